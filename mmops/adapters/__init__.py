@@ -1,0 +1,1 @@
+"""Adapters: Redis, PostgreSQL, exchanges, embedded servers, notifier."""

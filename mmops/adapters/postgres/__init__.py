@@ -1,0 +1,1 @@
+"""The PostgreSQL warehouse, its pool and its versioned SQL migrations."""

@@ -1,0 +1,75 @@
+"""Every Redis key name mmops uses, and nothing else. See docs/REDIS_SCHEMA.md.
+
+Each key of a session carries the session id as a ``{S}`` hash tag, so all of one session's
+keys live in one Redis Cluster slot and a Lua script or MULTI may touch several of them.
+Identifiers are validated before they reach a key, so no id can close the tag early or name
+another session's key.
+"""
+
+from __future__ import annotations
+
+from mmops.domain.models import check_order_id, check_session_id, check_symbol
+
+SESSIONS_INDEX = "sessions"  # ZSET of every session id by start time (the one untagged key)
+
+
+def _tag(session_id: str) -> str:
+    return "{" + check_session_id(session_id) + "}"
+
+
+def session(session_id: str) -> str:
+    return f"session:{_tag(session_id)}"
+
+
+def orders(session_id: str, symbol: str) -> str:
+    return f"orders:{_tag(session_id)}:{check_symbol(symbol)}"
+
+
+def fills(session_id: str, symbol: str) -> str:
+    return f"fills:{_tag(session_id)}:{check_symbol(symbol)}"
+
+
+def position(session_id: str, position_id: str) -> str:
+    return f"position:{_tag(session_id)}:{check_order_id(position_id)}"
+
+
+def positions(session_id: str, symbol: str) -> str:
+    return f"positions:{_tag(session_id)}:{check_symbol(symbol)}"
+
+
+def uncovered(session_id: str, symbol: str) -> str:
+    return f"uncovered:{_tag(session_id)}:{check_symbol(symbol)}"
+
+
+# The six service keys, named exactly as DESIGN.md has them.
+
+
+def tp_attempt(session_id: str, position_id: str) -> str:
+    return f"tp_attempt:{_tag(session_id)}:{check_order_id(position_id)}"
+
+
+def tp_order(session_id: str, order_id: str) -> str:
+    return f"tp_order:{_tag(session_id)}:{check_order_id(order_id)}"
+
+
+def settlement_status(session_id: str) -> str:
+    return f"settlement:status:{_tag(session_id)}"
+
+
+def settlement_last_run(session_id: str) -> str:
+    return f"settlement:last_run:{_tag(session_id)}"
+
+
+def settlement_lock(session_id: str) -> str:
+    return f"lock:settlement:{_tag(session_id)}"
+
+
+def migration_completed(session_id: str) -> str:
+    return f"migration:completed:{_tag(session_id)}"
+
+
+def session_pattern(session_id: str) -> str:
+    """A SCAN pattern matching every tagged key of one session (glob metacharacters escaped)."""
+    tag = _tag(session_id)
+    escaped = "".join("\\" + c if c in "*?[]\\{}" else c for c in tag)
+    return f"*{escaped}*"

@@ -1,0 +1,342 @@
+"""The one writer API over Redis: sessions, orders, fills and positions.
+
+Layout and field names are in docs/REDIS_SCHEMA.md. Multi-key updates run as Lua scripts on keys
+that share the session's hash tag, so each is atomic on a single server and on a cluster.
+Bulk reads are pipelined in chunks; a record that does not parse is returned as a
+:class:`~mmops.errors.BadRecordError` beside the good ones, so one bad record never hides the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar, cast
+
+from mmops.adapters.redis import codec, keys
+from mmops.adapters.redis.client import Redis, redis_errors
+from mmops.domain.models import Fill, Order, Position, Session, SessionStatus
+from mmops.errors import BadRecordError
+
+T = TypeVar("T")
+
+PIPELINE_CHUNK = 500  # commands per round trip on bulk reads
+SCAN_COUNT = 1000
+
+
+@dataclass(slots=True)
+class ReadResult(Generic[T]):
+    """Records that parsed, and those that did not (to be quarantined, never dropped)."""
+
+    items: list[T] = field(default_factory=list)
+    bad: list[BadRecordError] = field(default_factory=list)
+
+
+class SessionStore:
+    """Live state of sessions: ``session:{S}`` and the ``sessions`` index."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+
+    @redis_errors
+    async def save(self, s: Session) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            mapping: dict[Any, Any] = codec.session_to_fields(s)
+            pipe.hset(keys.session(s.id), mapping=mapping)
+            pipe.zadd(keys.SESSIONS_INDEX, {s.id: s.started_at.timestamp()})
+            await pipe.execute()
+
+    @redis_errors
+    async def get(self, session_id: str) -> Session | None:
+        """The session, or None if unknown. Raises BadRecordError if it does not parse."""
+        key = keys.session(session_id)
+        fields = cast(dict[str, str], await self._r.hgetall(key))
+        if not fields:
+            return None
+        return codec.decode(key, fields, codec.session_from_fields)
+
+    @redis_errors
+    async def set_status(self, session_id: str, status: SessionStatus) -> None:
+        await self._r.hset(keys.session(session_id), "status", status.value)
+
+    @redis_errors
+    async def end(self, session_id: str, ended_at: datetime) -> None:
+        await self._r.hset(
+            keys.session(session_id),
+            mapping={"status": SessionStatus.ENDED.value, "ended_at": codec.iso(ended_at)},
+        )
+
+    @redis_errors
+    async def ids(self) -> list[str]:
+        return cast(list[str], await self._r.zrange(keys.SESSIONS_INDEX, 0, -1))
+
+
+class OrderStore:
+    """Orders per (session, pair): ``orders:{S}:<pair>``, one JSON value per order id."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+
+    @redis_errors
+    async def save(self, order: Order) -> None:
+        """Insert or replace the order (the trading loop re-saves it as it fills)."""
+        key = keys.orders(order.session_id, order.symbol)
+        await self._r.hset(key, order.order_id, codec.order_to_json(order))
+
+    @redis_errors
+    async def save_many(self, orders: Sequence[Order]) -> None:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for order in orders:
+                key = keys.orders(order.session_id, order.symbol)
+                pipe.hset(key, order.order_id, codec.order_to_json(order))
+            await pipe.execute()
+
+    @redis_errors
+    async def get(self, session_id: str, symbol: str, order_id: str) -> Order | None:
+        key = keys.orders(session_id, symbol)
+        raw = await self._r.hget(key, order_id)
+        if raw is None:
+            return None
+        return codec.decode(f"{key}#{order_id}", raw, codec.order_from_json)
+
+    async def scan(
+        self, session_id: str, symbol: str, chunk: int = SCAN_COUNT
+    ) -> AsyncIterator[ReadResult[Order]]:
+        """Stream a pair's orders in chunks (HSCAN), so memory stays flat."""
+        key = keys.orders(session_id, symbol)
+        async for raw_chunk in _hscan_chunks(self._r, key, chunk):
+            yield _decode_all(key, raw_chunk, codec.order_from_json)
+
+    @redis_errors
+    async def count(self, session_id: str, symbol: str) -> int:
+        return int(await self._r.hlen(keys.orders(session_id, symbol)))
+
+
+# Record a fill once, and for a buy grow its position and (re)index it as uncovered.
+# KEYS: fills hash, position hash, positions zset, uncovered zset
+# ARGV: fill key, fill json, side, position id, symbol, opened_at iso, opened_at ms, contribution
+_RECORD_FILL = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if ARGV[3] == 'buy' then
+  redis.call('HSETNX', KEYS[2], 'symbol', ARGV[5])
+  redis.call('HSETNX', KEYS[2], 'opened_at', ARGV[6])
+  redis.call('HSET', KEYS[2], 'f:' .. ARGV[1], ARGV[8])
+  redis.call('HINCRBY', KEYS[2], 'v', 1)
+  redis.call('ZADD', KEYS[3], 'NX', ARGV[7], ARGV[4])
+  redis.call('ZADD', KEYS[4], 'NX', ARGV[7], ARGV[4])
+end
+return 1
+"""
+
+
+class FillStore:
+    """Fills per (session, pair): ``fills:{S}:<pair>``, keyed by the fill's identity."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+        self._record = redis.register_script(_RECORD_FILL)
+
+    @redis_errors
+    async def record(self, fill: Fill) -> bool:
+        """Record a fill; True if new, False if this execution was already recorded.
+
+        A buy fill grows the position of its order (position id = buy order id) in the same
+        atomic step, so a replayed execution can never count twice.
+        """
+        s, sym = fill.session_id, fill.symbol
+        opened = fill.timestamp
+        result = await self._record(
+            keys=[
+                keys.fills(s, sym),
+                keys.position(s, fill.order_id),
+                keys.positions(s, sym),
+                keys.uncovered(s, sym),
+            ],
+            args=[
+                fill.key,
+                codec.fill_to_json(fill),
+                fill.side.value,
+                fill.order_id,
+                sym,
+                codec.iso(opened),
+                codec.millis(opened),
+                codec.fill_contribution(fill),
+            ],
+        )
+        return bool(result)
+
+    async def scan(
+        self, session_id: str, symbol: str, chunk: int = SCAN_COUNT
+    ) -> AsyncIterator[ReadResult[Fill]]:
+        """Stream a pair's fills in chunks (HSCAN), so memory stays flat."""
+        key = keys.fills(session_id, symbol)
+        async for raw_chunk in _hscan_chunks(self._r, key, chunk):
+            yield _decode_all(key, raw_chunk, codec.fill_from_json)
+
+    @redis_errors
+    async def count(self, session_id: str, symbol: str) -> int:
+        """Distinct executions recorded for the pair (replays are already collapsed)."""
+        return int(await self._r.hlen(keys.fills(session_id, symbol)))
+
+
+# Record a take-profit: its tp_order metadata and the coverage of its position, atomically.
+# The position leaves the uncovered index only if no fill arrived since it was read (version).
+# KEYS: tp_order key, position hash, uncovered zset
+# ARGV: order id, amount, expected version, fully covered (1/0), position id, then field/value
+_RECORD_COVERAGE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[2], 'tp:' .. ARGV[1], ARGV[2])
+if ARGV[4] == '1' and redis.call('HGET', KEYS[2], 'v') == ARGV[3] then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+end
+return 1
+"""
+
+# Release the coverage of a take-profit that is no longer live (cancelled or rejected).
+# KEYS: tp_order key, position hash, uncovered zset   ARGV: order id, position id, score, status
+_RELEASE_COVERAGE = """
+if redis.call('HDEL', KEYS[2], 'tp:' .. ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[2])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'status', ARGV[4]) end
+return 1
+"""
+
+
+class PositionStore:
+    """Positions (``position:{S}:<id>``) and the per-pair age-ordered uncovered index."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+        self._cover = redis.register_script(_RECORD_COVERAGE)
+        self._release = redis.register_script(_RELEASE_COVERAGE)
+
+    @redis_errors
+    async def get(self, session_id: str, position_id: str) -> Position | None:
+        key = keys.position(session_id, position_id)
+        fields = cast(dict[str, str], await self._r.hgetall(key))
+        if not fields:
+            return None
+        return codec.decode(key, fields, _position_parser(session_id, position_id))
+
+    @redis_errors
+    async def uncovered_ids(self, session_id: str, symbol: str, limit: int = -1) -> list[str]:
+        """Ids of the pair's uncovered positions, oldest first."""
+        stop = -1 if limit < 0 else limit - 1
+        return cast(list[str], await self._r.zrange(keys.uncovered(session_id, symbol), 0, stop))
+
+    @redis_errors
+    async def uncovered(
+        self, session_id: str, symbol: str, limit: int = -1
+    ) -> ReadResult[Position]:
+        """The pair's uncovered positions, oldest first: one ZRANGE, then one pipelined
+        round trip per PIPELINE_CHUNK positions."""
+        ids = await self.uncovered_ids(session_id, symbol, limit)
+        return await self._read_many(session_id, ids)
+
+    @redis_errors
+    async def all(self, session_id: str, symbol: str) -> ReadResult[Position]:
+        """Every position of the pair, covered or not, oldest first."""
+        ids = cast(list[str], await self._r.zrange(keys.positions(session_id, symbol), 0, -1))
+        return await self._read_many(session_id, ids)
+
+    async def _read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]:
+        result: ReadResult[Position] = ReadResult()
+        for start in range(0, len(ids), PIPELINE_CHUNK):
+            chunk = ids[start : start + PIPELINE_CHUNK]
+            async with self._r.pipeline(transaction=False) as pipe:
+                for position_id in chunk:
+                    pipe.hgetall(keys.position(session_id, position_id))
+                rows: list[dict[str, str]] = await pipe.execute()
+            for position_id, fields in zip(chunk, rows, strict=True):
+                key = keys.position(session_id, position_id)
+                try:
+                    parse = _position_parser(session_id, position_id)
+                    result.items.append(codec.decode(key, fields, parse))
+                except BadRecordError as e:
+                    result.bad.append(e)
+        return result
+
+    @redis_errors
+    async def record_coverage(
+        self,
+        position: Position,
+        order_id: str,
+        amount: str,
+        metadata: dict[str, str],
+        fully_covered: bool,
+    ) -> None:
+        """Write ``tp_order:{S}:{O}`` and the position's coverage in one atomic step.
+
+        ``position`` is the state the take-profit was priced from; if a fill arrived since
+        (its version moved), the position stays in the uncovered index for the new quantity.
+        """
+        s = position.session_id
+        flat: list[str] = []
+        for name, value in metadata.items():
+            flat.extend((name, value))
+        await self._cover(
+            keys=[
+                keys.tp_order(s, order_id),
+                keys.position(s, position.position_id),
+                keys.uncovered(s, position.symbol),
+            ],
+            args=[
+                order_id,
+                amount,
+                str(position.version),
+                "1" if fully_covered else "0",
+                position.position_id,
+                *flat,
+            ],
+        )
+
+    @redis_errors
+    async def release_coverage(self, position: Position, order_id: str, status: str) -> None:
+        """Forget a take-profit that is no longer live; the position is uncovered again."""
+        s = position.session_id
+        await self._release(
+            keys=[
+                keys.tp_order(s, order_id),
+                keys.position(s, position.position_id),
+                keys.uncovered(s, position.symbol),
+            ],
+            args=[order_id, position.position_id, codec.millis(position.opened_at), status],
+        )
+
+    @redis_errors
+    async def tp_order(self, session_id: str, order_id: str) -> dict[str, str]:
+        return cast(dict[str, str], await self._r.hgetall(keys.tp_order(session_id, order_id)))
+
+
+def _decode_all(key: str, raw: dict[str, Any], parse: Any) -> ReadResult[Any]:
+    result: ReadResult[Any] = ReadResult()
+    for name, value in raw.items():
+        try:
+            result.items.append(codec.decode(f"{key}#{name}", value, parse))
+        except BadRecordError as e:
+            result.bad.append(e)
+    return result
+
+
+async def _hscan_chunks(redis: Redis, key: str, count: int) -> AsyncIterator[dict[str, Any]]:
+    cursor = 0
+    while True:
+        cursor, chunk = await _hscan(redis, key, cursor, count)
+        if chunk:
+            yield chunk
+        if cursor == 0:
+            return
+
+
+@redis_errors
+async def _hscan(redis: Redis, key: str, cursor: int, count: int) -> tuple[int, dict[str, Any]]:
+    next_cursor, chunk = await redis.hscan(key, cursor, count=count)
+    return int(next_cursor), cast(dict[str, Any], chunk)
+
+
+def _position_parser(session_id: str, position_id: str) -> Callable[[Any], Position]:
+    def parse(fields: Any) -> Position:
+        return codec.position_from_fields(session_id, position_id, fields)
+
+    return parse

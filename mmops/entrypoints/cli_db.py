@@ -1,0 +1,122 @@
+"""``mmops db …``: schema migrations, integrity checks and backups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mmops.adapters.clock import SystemClock
+from mmops.adapters.postgres import backup as pg_backup
+from mmops.adapters.postgres import schema
+from mmops.adapters.postgres.verify import verify as run_verify
+from mmops.entrypoints.cli import JsonOption, app, console, ctx, emit_json, err_console, handled
+from mmops.errors import ConfigurationError
+
+db = typer.Typer(help="PostgreSQL schema: migrations, verification, backup.", no_args_is_help=True)
+app.add_typer(db, name="db")
+
+
+@db.command("upgrade")
+def upgrade(json_out: JsonOption = False) -> None:
+    """Apply every pending migration."""
+    with handled():
+        applied = schema.upgrade(ctx().database_url)
+        if json_out:
+            emit_json({"applied": applied, "latest": schema.latest_id()})
+        elif applied:
+            console.print(f"applied: {', '.join(applied)}")
+        else:
+            console.print(f"schema is up to date ({schema.latest_id()})")
+
+
+@db.command("downgrade")
+def downgrade(
+    to: Annotated[
+        str | None,
+        typer.Option(help="Roll back until this migration is the newest; 'zero' for all."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: rollbacks can drop data.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Roll back the newest migration (or down to --to). Take `mmops db backup` first."""
+    with handled():
+        if not yes:
+            raise ConfigurationError(
+                "a downgrade may drop columns and tables with their data; back up with "
+                "`mmops db backup`, then repeat with --yes"
+            )
+        rolled_back = schema.downgrade(ctx().database_url, to)
+        if json_out:
+            emit_json({"rolled_back": rolled_back})
+        else:
+            console.print(f"rolled back: {', '.join(rolled_back) or 'nothing'}")
+
+
+@db.command("status")
+def status(json_out: JsonOption = False) -> None:
+    """List migrations and whether each is applied."""
+    with handled():
+        states = schema.status(ctx().database_url)
+        if json_out:
+            emit_json([{"id": s.id, "applied": s.applied} for s in states])
+            return
+        for s in states:
+            console.print(f"{'applied' if s.applied else 'pending':8} {s.id}")
+
+
+@db.command("verify")
+def verify(json_out: JsonOption = False) -> None:
+    """Run integrity checks; exit 1 naming each problem found."""
+    with handled():
+        url = ctx().database_url
+        if not schema.is_current(url):
+            raise ConfigurationError(
+                "schema is not at the latest migration: run `mmops db upgrade`"
+            )
+        problems = run_verify(url)
+        if json_out:
+            emit_json(
+                {
+                    "ok": not problems,
+                    "problems": [
+                        {
+                            "check": p.check,
+                            "description": p.description,
+                            "count": p.count,
+                            "examples": list(p.examples),
+                        }
+                        for p in problems
+                    ],
+                }
+            )
+        elif not problems:
+            console.print("ok: no integrity problems found")
+        for p in problems:
+            if not json_out:
+                examples = f" (e.g. {', '.join(p.examples)})" if p.examples else ""
+                err_console.print(f"problem {p.check}: {p.count} {p.description}{examples}")
+        if problems:
+            raise typer.Exit(1)
+
+
+@db.command("backup")
+def backup(
+    out: Annotated[Path, typer.Option(help="Directory for the dump file.")] = Path("backups"),
+    json_out: JsonOption = False,
+) -> None:
+    """Write a pg_dump -Fc file named with the UTC time."""
+    with handled():
+        context = ctx()
+        preferred = None
+        if context.settings.embedded_database:
+            from pgserver._commands import POSTGRES_BIN_PATH  # the embedded server's own pg_dump
+
+            preferred = Path(POSTGRES_BIN_PATH) / "pg_dump"
+        pg_dump = pg_backup.find_pg_dump(preferred)
+        path = pg_backup.backup(context.database_url, out, SystemClock().now(), pg_dump)
+        if json_out:
+            emit_json({"backup": str(path), "bytes": path.stat().st_size})
+        else:
+            console.print(f"backup written: {path} ({path.stat().st_size} bytes)")

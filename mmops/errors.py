@@ -1,0 +1,124 @@
+"""The one exception tree of mmops, organised by what the caller should do.
+
+::
+
+    MmopsError
+    ├── ConfigurationError        fix the settings; exit code 2, never retried
+    ├── TemporaryError            retry with backoff (the retry policy in mmops.retry keys on this)
+    │   ├── ExchangeUnavailable       5xx, maintenance, connection reset
+    │   ├── ExchangeTimeout           no answer; the request MAY have been accepted (look it up)
+    │   ├── RateLimited               the venue's limiter said no; wait, then retry
+    │   └── LockNotAcquired           another worker holds the lock; try again next run
+    ├── OperationalError          stop this run and alert a person
+    │   ├── StoreUnavailable          Redis or PostgreSQL does not answer (names which)
+    │   ├── AuthenticationFailed      the exchange refused the API key
+    │   └── IntegrityError            an invariant of mmops itself does not hold
+    ├── ExchangeRejected          the exchange refused the order: record, don't retry blindly
+    │   ├── PostOnlyWouldTake         the maker order would have crossed the book
+    │   ├── InsufficientFunds
+    │   ├── MinimumNotMet             below the market's minimum amount or cost
+    │   └── OrderNotFound
+    └── BadDataError              quarantine the record (or reject the input), go on
+        ├── BadRecordError            a stored record that does not parse; carries key and raw value
+        └── InvalidIdentifier         a session id or pair that could escape its key or its SQL
+
+Library errors (redis, psycopg, ccxt) are mapped into this tree once, at the adapter boundary,
+with ``raise ... from e``. Messages never contain secrets: adapters pass URLs through
+:func:`mmops.config.redact_url` before they name a server.
+"""
+
+from __future__ import annotations
+
+
+class MmopsError(Exception):
+    """Base of every error mmops raises on purpose."""
+
+
+class ConfigurationError(MmopsError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class TemporaryError(MmopsError):
+    """A transient condition; the same call may succeed after a backoff."""
+
+
+class ExchangeUnavailable(TemporaryError):
+    """The exchange answered with a server error or could not be reached."""
+
+
+class ExchangeTimeout(TemporaryError):
+    """The exchange did not answer in time; an order may or may not have been accepted."""
+
+
+class RateLimited(TemporaryError):
+    """The exchange's rate limiter refused the call."""
+
+
+class LockNotAcquired(TemporaryError):
+    """Another worker holds the lock for this session."""
+
+
+class OperationalError(MmopsError):
+    """Stop the current run and alert an operator."""
+
+
+class StoreUnavailable(OperationalError):
+    """Redis or PostgreSQL does not answer. ``store`` says which one."""
+
+    def __init__(self, store: str, detail: str) -> None:
+        self.store = store
+        self.detail = detail
+        super().__init__(f"{store} is unavailable: {detail}")
+
+
+class AuthenticationFailed(OperationalError):
+    """The exchange refused the credentials."""
+
+
+class IntegrityError(OperationalError):
+    """An invariant mmops relies on does not hold (e.g. counts differ after migration)."""
+
+
+class ExchangeRejected(MmopsError):
+    """The exchange refused an order for a reason that retrying will not change."""
+
+
+class PostOnlyWouldTake(ExchangeRejected):
+    """A post-only order would have matched immediately, so the exchange cancelled it."""
+
+
+class InsufficientFunds(ExchangeRejected):
+    """The account's free balance does not cover the order."""
+
+
+class MinimumNotMet(ExchangeRejected):
+    """The order is below the market's minimum amount or cost."""
+
+
+class OrderNotFound(ExchangeRejected):
+    """No such order on the exchange."""
+
+
+class BadDataError(MmopsError):
+    """Input or stored data that cannot be used; quarantine it and carry on."""
+
+
+class BadRecordError(BadDataError):
+    """A stored record that does not parse.
+
+    ``key`` is where it was read from, ``raw`` the value as stored (truncated for messages, kept
+    whole on the attribute so it can be quarantined), ``reason`` what is wrong with it.
+    """
+
+    def __init__(self, key: str, raw: object, reason: str) -> None:
+        self.key = key
+        self.raw = raw
+        self.reason = reason
+        shown = repr(raw)
+        if len(shown) > 200:
+            shown = shown[:200] + "…"
+        super().__init__(f"bad record at {key!r}: {reason} (raw={shown})")
+
+
+class InvalidIdentifier(BadDataError):
+    """A session id or pair symbol that does not match the allowed form."""

@@ -1,0 +1,95 @@
+"""Fixtures shared by the integration and e2e suites (unit tests need none of them)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from mmops.adapters.postgres import schema
+from mmops.adapters.postgres.pool import create_pool, open_pool
+from mmops.adapters.redis import keys
+from mmops.adapters.redis.client import Redis, create_client
+from tests.servers import Servers, throwaway_database
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    s = Servers()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(servers: Servers) -> str:
+    return servers.redis_url()
+
+
+@pytest.fixture(scope="session")
+def admin_database_url(servers: Servers) -> str:
+    return servers.admin_database_url()
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_database_url: str) -> Iterator[str]:
+    """This run's own database, at the latest schema; dropped at the end of the run."""
+    with throwaway_database(admin_database_url) as url:
+        schema.upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(admin_database_url: str) -> Iterator[str]:
+    """A database of this test's own, with no schema at all."""
+    with throwaway_database(admin_database_url) as url:
+        yield url
+
+
+class SessionIds:
+    """Makes unique session ids and deletes every Redis key of them afterwards."""
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+
+    def new(self, prefix: str = "t") -> str:
+        sid = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.made.append(sid)
+        return sid
+
+    async def cleanup(self, redis: Redis) -> None:
+        for sid in self.made:
+            async for key in redis.scan_iter(match=keys.session_pattern(sid), count=1000):
+                await redis.delete(key)
+            await redis.zrem(keys.SESSIONS_INDEX, sid)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = create_client(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def session_ids(redis: Redis) -> AsyncIterator[SessionIds]:
+    ids = SessionIds()
+    try:
+        yield ids
+    finally:
+        await ids.cleanup(redis)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    p = create_pool(database_url, max_size=4)
+    await open_pool(p)
+    try:
+        yield p
+    finally:
+        await p.close()

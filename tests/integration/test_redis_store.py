@@ -1,0 +1,274 @@
+"""The Redis store against a real Redis: round trips, idempotent fills, the uncovered index."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from mmops.adapters.redis import keys
+from mmops.adapters.redis.client import Redis, create_client
+from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
+from mmops.domain.models import Fill, Order, OrderStatus, Session, SessionStatus, Side
+from mmops.errors import BadRecordError, InvalidIdentifier
+from tests.conftest import SessionIds
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def buy_fill(sid: str, order_id: str, qty: str, price: str, at: datetime, **kw: Any) -> Fill:
+    return Fill(
+        session_id=sid,
+        order_id=order_id,
+        symbol=kw.pop("symbol", "BTC/USD"),
+        side=Side.BUY,
+        price=Decimal(price),
+        quantity=Decimal(qty),
+        fee=Decimal(kw.pop("fee", "0.1")),
+        timestamp=at,
+        **kw,
+    )
+
+
+async def test_session_round_trip(redis: Redis, session_ids: SessionIds) -> None:
+    store = SessionStore(redis)
+    sid = session_ids.new()
+    session = Session(sid, ("BTC/USD", "ETH/USD"), T0, capital=Decimal("10000.50"))
+    await store.save(session)
+    assert await store.get(sid) == session
+    await store.set_status(sid, SessionStatus.HALTED)
+    got = await store.get(sid)
+    assert got is not None and got.status is SessionStatus.HALTED
+    await store.end(sid, T0 + timedelta(hours=1))
+    got = await store.get(sid)
+    assert got is not None and got.status is SessionStatus.ENDED
+    assert got.ended_at == T0 + timedelta(hours=1)
+    assert sid in await store.ids()
+
+
+async def test_order_round_trip_and_update(redis: Redis, session_ids: SessionIds) -> None:
+    store = OrderStore(redis)
+    sid = session_ids.new()
+    order = Order(sid, "o1", "BTC/USD", Side.BUY, Decimal("50000.1"), Decimal("0.01"), T0)
+    await store.save(order)
+    assert await store.get(sid, "BTC/USD", "o1") == order
+    filled = Order(
+        sid, "o1", "BTC/USD", Side.BUY, Decimal("50000.1"), Decimal("0.01"), T0,
+        status=OrderStatus.FILLED, filled=Decimal("0.01"),
+    )
+    await store.save(filled)
+    assert await store.get(sid, "BTC/USD", "o1") == filled
+    assert await store.count(sid, "BTC/USD") == 1
+
+
+async def test_same_fill_recorded_twice_counts_once(redis: Redis, session_ids: SessionIds) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    fill = buy_fill(sid, "b1", "0.5", "100", T0)
+    assert await fills.record(fill) is True
+    assert await fills.record(fill) is False
+    # The same execution replayed with a normalised-equal amount is the same fill.
+    assert await fills.record(buy_fill(sid, "b1", "0.50", "100.0", T0)) is False
+    assert await fills.count(sid, "BTC/USD") == 1
+    position = await positions.get(sid, "b1")
+    assert position is not None
+    assert position.filled == Decimal("0.5")
+    assert position.cost == Decimal("50")
+    assert position.fees == Decimal("0.1")
+    assert position.version == 1
+
+
+async def test_fills_with_trade_ids_dedupe_by_trade_id(redis: Redis, session_ids: SessionIds) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    assert await fills.record(buy_fill(sid, "b1", "1", "10", T0, trade_id="T-1"))
+    assert not await fills.record(buy_fill(sid, "b1", "1", "10", T0, trade_id="T-1"))
+    assert await fills.record(buy_fill(sid, "b1", "2", "11", T0, trade_id="T-2"))
+    position = await positions.get(sid, "b1")
+    assert position is not None
+    assert (position.filled, position.cost) == (Decimal("3"), Decimal("32"))
+
+
+async def test_partial_fills_grow_one_position(redis: Redis, session_ids: SessionIds) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    await fills.record(buy_fill(sid, "b1", "0.2", "100", T0))
+    await fills.record(buy_fill(sid, "b1", "0.3", "110", T0 + timedelta(minutes=1)))
+    position = await positions.get(sid, "b1")
+    assert position is not None
+    assert position.filled == Decimal("0.5")
+    assert position.cost == Decimal("53")
+    assert position.opened_at == T0
+    assert position.uncovered == Decimal("0.5")
+
+
+async def test_sell_fill_does_not_open_a_position(redis: Redis, session_ids: SessionIds) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    sell = Fill(sid, "s1", "BTC/USD", Side.SELL, Decimal("101"), Decimal("0.1"), Decimal("0"), T0)
+    assert await fills.record(sell)
+    assert await positions.get(sid, "s1") is None
+    assert (await positions.uncovered(sid, "BTC/USD")).items == []
+
+
+async def test_uncovered_index_is_ordered_by_age(redis: Redis, session_ids: SessionIds) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    for order_id, minutes in (("young", 50), ("old", 1), ("middle", 20)):
+        await fills.record(buy_fill(sid, order_id, "1", "10", T0 + timedelta(minutes=minutes)))
+    await fills.record(buy_fill(sid, "other-pair", "1", "10", T0, symbol="ETH/USD"))
+    result = await positions.uncovered(sid, "BTC/USD")
+    assert [p.position_id for p in result.items] == ["old", "middle", "young"]
+    assert await positions.uncovered_ids(sid, "BTC/USD", limit=2) == ["old", "middle"]
+
+
+async def test_coverage_removes_from_index_and_release_restores(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    await fills.record(buy_fill(sid, "b1", "1", "10", T0))
+    position = await positions.get(sid, "b1")
+    assert position is not None
+    meta = {"position": "b1", "pair": "BTC/USD", "amount": "1", "status": "open"}
+    await positions.record_coverage(position, "tp-1", "1", meta, fully_covered=True)
+    assert await positions.uncovered_ids(sid, "BTC/USD") == []
+    covered = await positions.get(sid, "b1")
+    assert covered is not None and covered.covered == Decimal("1") and covered.uncovered == 0
+    assert (await positions.tp_order(sid, "tp-1"))["position"] == "b1"
+
+    await positions.release_coverage(covered, "tp-1", "canceled")
+    assert await positions.uncovered_ids(sid, "BTC/USD") == ["b1"]
+    assert (await positions.tp_order(sid, "tp-1"))["status"] == "canceled"
+
+
+async def test_fill_arriving_after_pricing_keeps_position_uncovered(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    """Coverage priced from an older version must not hide quantity filled since."""
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    await fills.record(buy_fill(sid, "b1", "1", "10", T0))
+    priced_from = await positions.get(sid, "b1")
+    assert priced_from is not None
+    await fills.record(buy_fill(sid, "b1", "1", "10", T0 + timedelta(seconds=5)))
+    await positions.record_coverage(priced_from, "tp-1", "1", {"position": "b1"}, True)
+    assert await positions.uncovered_ids(sid, "BTC/USD") == ["b1"]
+    now = await positions.get(sid, "b1")
+    assert now is not None and now.uncovered == Decimal("1")
+
+
+class CountingConnections:
+    """Counts round trips (packed command batches sent) on a real client's connections."""
+
+    def __init__(self, client: Redis) -> None:
+        self.round_trips = 0
+        pool = client.connection_pool
+        base = pool.connection_class
+        counter = self
+
+        class Counting(base):  # type: ignore[misc, valid-type]
+            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                counter.round_trips += 1
+                await super().send_packed_command(command, check_health)
+
+        pool.connection_class = Counting
+
+
+async def test_thousand_positions_read_in_a_handful_of_round_trips(
+    redis_url: str, redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    fills = FillStore(redis)
+    for start in range(0, 1000, 100):
+        for i in range(start, start + 100):
+            await fills.record(buy_fill(sid, f"b{i:04d}", "1", "10", T0 + timedelta(seconds=i)))
+    counted = create_client(redis_url)
+    counter = CountingConnections(counted)
+    try:
+        await counted.ping()  # connection hand-shake (HELLO, SETINFO, SELECT) not counted
+        counter.round_trips = 0
+        result = await PositionStore(counted).uncovered(sid, "BTC/USD")
+    finally:
+        await counted.aclose()
+    assert len(result.items) == 1000
+    assert result.bad == []
+    assert [p.position_id for p in result.items][:2] == ["b0000", "b0001"]
+    # One ZRANGE, then one pipelined round trip per 500 positions.
+    assert counter.round_trips == 3, counter.round_trips
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"price": "100"}, "KeyError"),
+        ({"price": "abc"}, "InvalidOperation"),
+        ({"quantity": "-1"}, "quantity"),
+        ({"price": "NaN"}, "finite"),
+        ({"quantity": 1.5}, "decimal string"),
+    ],
+)
+async def test_malformed_fill_is_a_typed_bad_record(
+    redis: Redis, session_ids: SessionIds, payload: dict[str, Any], reason: str
+) -> None:
+    sid = session_ids.new()
+    good = {
+        "session_id": sid, "order_id": "b1", "symbol": "BTC/USD", "side": "buy",
+        "price": "10", "quantity": "1", "fee": "0", "timestamp": T0.isoformat(),
+    }
+    record = {**good, **payload}
+    if payload == {"price": "100"}:
+        del record["quantity"]
+    raw = json.dumps(record)
+    await redis.hset(keys.fills(sid, "BTC/USD"), "bad", raw)
+    await FillStore(redis).record(buy_fill(sid, "b2", "1", "10", T0))
+    chunks = [chunk async for chunk in FillStore(redis).scan(sid, "BTC/USD")]
+    items = [f for c in chunks for f in c.items]
+    bad = [b for c in chunks for b in c.bad]
+    assert [f.order_id for f in items] == ["b2"]
+    assert len(bad) == 1
+    assert isinstance(bad[0], BadRecordError)
+    assert bad[0].key == f"{keys.fills(sid, 'BTC/USD')}#bad"
+    assert bad[0].raw == raw
+    assert reason in bad[0].reason
+
+
+async def test_malformed_session_and_position_raise_bad_record(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    await redis.hset(keys.session(sid), mapping={"id": sid, "pairs": "not json"})
+    with pytest.raises(BadRecordError) as caught:
+        await SessionStore(redis).get(sid)
+    assert caught.value.key == keys.session(sid)
+    await redis.hset(keys.position(sid, "p1"), mapping={"symbol": "BTC/USD", "f:x": "1|abc|0"})
+    with pytest.raises(BadRecordError):
+        await PositionStore(redis).get(sid, "p1")
+
+
+async def test_malformed_position_in_bulk_read_is_reported_not_raised(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    await FillStore(redis).record(buy_fill(sid, "good", "1", "10", T0))
+    await redis.zadd(keys.uncovered(sid, "BTC/USD"), {"broken": 1})
+    await redis.hset(keys.position(sid, "broken"), mapping={"symbol": "BTC/USD", "f:x": "-1|1|0"})
+    result = await PositionStore(redis).uncovered(sid, "BTC/USD")
+    assert [p.position_id for p in result.items] == ["good"]
+    assert [b.key for b in result.bad] == [keys.position(sid, "broken")]
+
+
+@pytest.mark.parametrize("hostile", ["a}b", "x:{y}", "sess ion", "", "a" * 65, "*"])
+def test_hostile_session_ids_never_reach_a_key(hostile: str) -> None:
+    with pytest.raises(InvalidIdentifier):
+        keys.session(hostile)
+
+
+def test_hostile_pair_never_reaches_a_key() -> None:
+    with pytest.raises(InvalidIdentifier):
+        keys.fills("s1", "BTC/USD'; DROP TABLE fills;--")

@@ -1,0 +1,77 @@
+"""Starting and ending sessions keeps Redis and PostgreSQL in step."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from mmops.adapters.postgres.sessions import SessionRepository
+from mmops.adapters.redis.client import Redis
+from mmops.adapters.redis.store import SessionStore
+from mmops.domain.models import Session, SessionStatus
+from mmops.services.sessions import SessionRegistry
+from tests.conftest import SessionIds
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def registry(redis: Redis, pool: AsyncConnectionPool) -> SessionRegistry:
+    return SessionRegistry(SessionStore(redis), SessionRepository(pool))
+
+
+async def test_start_writes_redis_and_postgres(
+    redis: Redis, pool: AsyncConnectionPool, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    pairs = ("BTC/USD", "ETH/USD", "BTC/EUR")
+    await registry(redis, pool).start(
+        Session(sid, pairs, NOW, capital=Decimal("25000"), exchange="paper")
+    )
+    live = await SessionStore(redis).get(sid)
+    assert live is not None and live.pairs == pairs
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT status, mode, exchange, pairs, pair_count, capital, started_at"
+            " FROM sessions WHERE id = %s",
+            (sid,),
+        )
+        row = await cur.fetchone()
+    assert row == ("active", "paper", "paper", list(pairs), 3, Decimal("25000"), NOW)
+
+
+async def test_end_updates_both(
+    redis: Redis, pool: AsyncConnectionPool, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    reg = registry(redis, pool)
+    await reg.start(Session(sid, ("BTC/USD",), NOW))
+    await reg.end(sid, NOW + timedelta(hours=2))
+    live = await SessionStore(redis).get(sid)
+    stored = await SessionRepository(pool).get(sid)
+    assert live is not None and stored is not None
+    assert live.status is stored.status is SessionStatus.ENDED
+    assert live.ended_at == stored.ended_at == NOW + timedelta(hours=2)
+
+
+async def test_recent_sessions_read_pairs_from_jsonb(
+    redis: Redis, pool: AsyncConnectionPool, session_ids: SessionIds
+) -> None:
+    reg = registry(redis, pool)
+    far_future = NOW + timedelta(days=3650)  # clear of rows other tests of this run wrote
+    recent = session_ids.new("recent")
+    old = session_ids.new("old")
+    await reg.start(Session(recent, ("SOL/USD", "XRP/USD"), far_future - timedelta(hours=1)))
+    await reg.start(Session(old, ("BTC/USD",), far_future - timedelta(hours=30)))
+    await reg.end(old, far_future - timedelta(hours=29))
+    found = await reg.recent_sessions(hours_back=24, limit=50, now=far_future)
+    by_id = {s.id: s for s in found}
+    assert recent in by_id and old not in by_id
+    assert by_id[recent].pairs == ("SOL/USD", "XRP/USD")
+    assert by_id[recent].pair_count == 2
+    limited = await reg.recent_sessions(hours_back=24, limit=1, now=far_future)
+    assert [s.id for s in limited] == [recent]
