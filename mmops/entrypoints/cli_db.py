@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
@@ -101,6 +102,14 @@ def verify(json_out: JsonOption = False) -> None:
             raise typer.Exit(1)
 
 
+def embedded_bin_dir() -> Path:
+    """Where pgserver keeps its PostgreSQL binaries (pg_dump among them)."""
+    spec = importlib.util.find_spec("pgserver")  # located, not imported
+    if spec is None or spec.origin is None:
+        return Path("/nonexistent")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
 @db.command("backup")
 def backup(
     out: Annotated[Path, typer.Option(help="Directory for the dump file.")] = Path("backups"),
@@ -109,12 +118,7 @@ def backup(
     """Write a pg_dump -Fc file named with the UTC time."""
     with handled():
         context = ctx()
-        preferred = None
-        if context.settings.embedded_database:
-            from pgserver._commands import POSTGRES_BIN_PATH  # the embedded server's own pg_dump
-
-            preferred = Path(POSTGRES_BIN_PATH) / "pg_dump"
-        pg_dump = pg_backup.find_pg_dump(preferred)
+        pg_dump = pg_backup.find_pg_dump([embedded_bin_dir() / "pg_dump"])
         path = pg_backup.backup(context.database_url, out, SystemClock().now(), pg_dump)
         if json_out:
             emit_json({"backup": str(path), "bytes": path.stat().st_size})

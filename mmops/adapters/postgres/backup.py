@@ -7,8 +7,10 @@ pg_dump in ``PGPASSWORD``, and the URL handed over has it removed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,17 +19,34 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from mmops.errors import ConfigurationError, OperationalError
 
 
-def find_pg_dump(preferred: Path | None = None) -> str:
-    """The pg_dump to use: ``preferred`` (the embedded server's own) if it exists, else PATH."""
-    if preferred is not None and preferred.is_file():
-        return str(preferred)
-    found = shutil.which("pg_dump")
-    if found is None:
+def find_pg_dump(extra: Sequence[Path] = (), path: str | None = None) -> str:
+    """The newest pg_dump among the one on PATH and ``extra`` (e.g. the embedded server's).
+
+    pg_dump refuses servers newer than itself and dumps older ones, so the newest is the safe
+    choice. Raises ConfigurationError when there is none.
+    """
+    candidates = [str(p) for p in extra if p.is_file()]
+    on_path = shutil.which("pg_dump", path=path)
+    if on_path is not None:
+        candidates.append(on_path)
+    if not candidates:
         raise ConfigurationError(
             "pg_dump not found on PATH: install the PostgreSQL client tools "
             "(Debian: apt-get install postgresql-client) to take backups"
         )
-    return found
+    return max(candidates, key=_major_version)
+
+
+def _major_version(pg_dump: str) -> int:
+    """16 for "pg_dump (PostgreSQL) 16.2"; 0 if it cannot say."""
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [pg_dump, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return 0
+    match = re.search(r"(\d+)(?:\.\d+)?", done.stdout)
+    return int(match.group(1)) if match else 0
 
 
 def backup(
