@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,7 +29,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from mmops.errors import ConfigurationError
+from mmops.domain.models import check_symbol
+from mmops.domain.tiers import TierPolicy, TierTable
+from mmops.errors import ConfigurationError, InvalidIdentifier
 
 ENV_PREFIX = "MMOPS_"
 CONFIG_FILE_VARIABLE = "MMOPS_CONFIG_FILE"
@@ -60,9 +69,9 @@ class Settings(BaseSettings):
     dry_run: bool = False
 
     # Take-profit.
+    tp_allow_loss_tiers: bool = False  # first: the tier validators below read it
     tp_tiers: dict[int, Decimal] = Field(default_factory=lambda: dict(DEFAULT_TP_TIERS))
     tp_tiers_by_pair: dict[str, dict[int, Decimal]] = Field(default_factory=dict)
-    tp_allow_loss_tiers: bool = False
     tp_reprice: bool = True
     tp_reserve: dict[str, Decimal] = Field(default_factory=dict)  # asset → amount kept back
     tp_attempt_ttl: int = Field(default=120, gt=0)  # seconds
@@ -93,17 +102,21 @@ class Settings(BaseSettings):
 
     @field_validator("tp_tiers")
     @classmethod
-    def _tiers_have_zero(cls, tiers: dict[int, Decimal]) -> dict[int, Decimal]:
-        _check_tier_table(tiers)
+    def _valid_tiers(cls, tiers: dict[int, Decimal], info: ValidationInfo) -> dict[int, Decimal]:
+        _parse_tiers(tiers, info)
         return tiers
 
     @field_validator("tp_tiers_by_pair")
     @classmethod
-    def _pair_tiers_have_zero(
-        cls, tables: dict[str, dict[int, Decimal]]
+    def _valid_pair_tiers(
+        cls, tables: dict[str, dict[int, Decimal]], info: ValidationInfo
     ) -> dict[str, dict[int, Decimal]]:
-        for table in tables.values():
-            _check_tier_table(table)
+        for symbol, table in tables.items():
+            try:
+                check_symbol(symbol)
+            except InvalidIdentifier as e:
+                raise ValueError(str(e)) from None
+            _parse_tiers(table, info)
         return tables
 
     @model_validator(mode="after")
@@ -113,10 +126,6 @@ class Settings(BaseSettings):
                 "stop-loss thresholds must satisfy warn <= halt <= flatten "
                 f"(got {self.stoploss_warn}, {self.stoploss_halt}, {self.stoploss_flatten})"
             )
-        if not self.tp_allow_loss_tiers:
-            tables = [self.tp_tiers, *self.tp_tiers_by_pair.values()]
-            if any(markup < 0 for table in tables for markup in table.values()):
-                raise ValueError("negative take-profit markups need MMOPS_TP_ALLOW_LOSS_TIERS=true")
         if (self.api_key is None) != (self.api_secret is None):
             raise ValueError("MMOPS_API_KEY and MMOPS_API_SECRET must be set together")
         return self
@@ -135,6 +144,17 @@ class Settings(BaseSettings):
         if toml_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_file)))
         return tuple(sources)
+
+    def tier_policy(self) -> TierPolicy:
+        """The take-profit tiers as the domain uses them: a default and per-pair tables."""
+        allow = self.tp_allow_loss_tiers
+        return TierPolicy(
+            default=TierTable.parse(self.tp_tiers, allow_loss=allow),
+            per_pair={
+                symbol: TierTable.parse(table, allow_loss=allow)
+                for symbol, table in self.tp_tiers_by_pair.items()
+            },
+        )
 
     @property
     def embedded_redis(self) -> bool:
@@ -163,15 +183,13 @@ class Settings(BaseSettings):
         return values
 
 
-def _check_tier_table(tiers: dict[int, Decimal]) -> None:
-    if not tiers:
-        raise ValueError("a take-profit tier table may not be empty")
-    if 0 not in tiers:
-        raise ValueError("a take-profit tier table needs a 0 key (the markup of a new position)")
-    if any(age < 0 for age in tiers):
-        raise ValueError("tier ages are minutes >= 0")
-    if any(not markup.is_finite() for markup in tiers.values()):
-        raise ValueError("tier markups must be finite numbers")
+def _parse_tiers(table: dict[int, Decimal], info: ValidationInfo) -> TierTable:
+    allow_loss = bool(info.data.get("tp_allow_loss_tiers"))
+    try:
+        return TierTable.parse(table, allow_loss=allow_loss)
+    except ValueError as e:
+        hint = " (MMOPS_TP_ALLOW_LOSS_TIERS=true allows it)" if "negative" in str(e) else ""
+        raise ValueError(f"{e}{hint}") from None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -20,7 +20,11 @@ def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MMOPS_")}
     full_env.update(env)
     return subprocess.run(
-        [*MMOPS, *args], env=full_env, capture_output=True, text=True, timeout=timeout,
+        [*MMOPS, *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
 
@@ -46,7 +50,9 @@ def test_upgrade_downgrade_to_zero_upgrade(env: dict[str, str]) -> None:
     down = run(env, "db", "downgrade", "--to", "zero", "--yes", "--json")
     assert down.returncode == 0, down.stderr
     assert json.loads(down.stdout)["rolled_back"] == [
-        "002-add-symbol-indexes", "001-add-multi-pair-support", "000-base",
+        "002-add-symbol-indexes",
+        "001-add-multi-pair-support",
+        "000-base",
     ]
     status = json.loads(run(env, "db", "status", "--json").stdout)
     assert [s["applied"] for s in status] == [False, False, False]
@@ -102,7 +108,9 @@ def test_unreachable_database_names_postgresql(env: dict[str, str]) -> None:
     assert "s3cretpw" not in result.stderr + result.stdout
 
 
-def test_backup_writes_a_timestamped_custom_format_dump(env: dict[str, str], tmp_path: Path) -> None:
+def test_backup_writes_a_timestamped_custom_format_dump(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     assert run(env, "db", "upgrade").returncode == 0
     result = run(env, "db", "backup", "--out", str(tmp_path / "bk"), "--json")
     assert result.returncode == 0, result.stderr

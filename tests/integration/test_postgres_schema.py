@@ -26,7 +26,12 @@ def tables(url: str) -> set[str]:
 
 
 BASE_TABLES = {
-    "sessions", "orders", "fills", "session_pair_stats", "migration_rejects", "settlement_runs",
+    "sessions",
+    "orders",
+    "fills",
+    "session_pair_stats",
+    "migration_rejects",
+    "settlement_runs",
 }
 
 

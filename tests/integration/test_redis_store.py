@@ -58,8 +58,15 @@ async def test_order_round_trip_and_update(redis: Redis, session_ids: SessionIds
     await store.save(order)
     assert await store.get(sid, "BTC/USD", "o1") == order
     filled = Order(
-        sid, "o1", "BTC/USD", Side.BUY, Decimal("50000.1"), Decimal("0.01"), T0,
-        status=OrderStatus.FILLED, filled=Decimal("0.01"),
+        sid,
+        "o1",
+        "BTC/USD",
+        Side.BUY,
+        Decimal("50000.1"),
+        Decimal("0.01"),
+        T0,
+        status=OrderStatus.FILLED,
+        filled=Decimal("0.01"),
     )
     await store.save(filled)
     assert await store.get(sid, "BTC/USD", "o1") == filled
@@ -83,7 +90,9 @@ async def test_same_fill_recorded_twice_counts_once(redis: Redis, session_ids: S
     assert position.version == 1
 
 
-async def test_fills_with_trade_ids_dedupe_by_trade_id(redis: Redis, session_ids: SessionIds) -> None:
+async def test_fills_with_trade_ids_dedupe_by_trade_id(
+    redis: Redis, session_ids: SessionIds
+) -> None:
     sid = session_ids.new()
     fills, positions = FillStore(redis), PositionStore(redis)
     assert await fills.record(buy_fill(sid, "b1", "1", "10", T0, trade_id="T-1"))
@@ -218,8 +227,14 @@ async def test_malformed_fill_is_a_typed_bad_record(
 ) -> None:
     sid = session_ids.new()
     good = {
-        "session_id": sid, "order_id": "b1", "symbol": "BTC/USD", "side": "buy",
-        "price": "10", "quantity": "1", "fee": "0", "timestamp": T0.isoformat(),
+        "session_id": sid,
+        "order_id": "b1",
+        "symbol": "BTC/USD",
+        "side": "buy",
+        "price": "10",
+        "quantity": "1",
+        "fee": "0",
+        "timestamp": T0.isoformat(),
     }
     record = {**good, **payload}
     if payload == {"price": "100"}:

@@ -47,8 +47,10 @@ def test_bad_integer_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
         ("MMOPS_DRY_RUN", "perhaps", "valid boolean"),
         ("MMOPS_LOG_FORMAT", "xml", "'console' or 'json'"),
         ("MMOPS_STOPLOSS_WARN", "NaN", "MMOPS_STOPLOSS_WARN"),
-        ("MMOPS_TP_TIERS", '{"60": "0.01"}', "needs a 0 key"),
-        ("MMOPS_TP_TIERS", "{}", "may not be empty"),
+        ("MMOPS_TP_TIERS", '{"60": "0.01"}', "no 0-minute tier"),
+        ("MMOPS_TP_TIERS", "{}", "is empty"),
+        ("MMOPS_TP_TIERS", '{"0": "0.01", "60": "0.02"}', "must not rise"),
+        ("MMOPS_TP_TIERS_BY_PAIR", '{"btc/usd": {"0": "0.01"}}', "invalid pair"),
     ],
 )
 def test_bad_values_are_named(

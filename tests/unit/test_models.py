@@ -15,8 +15,14 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def fill(**kw: object) -> Fill:
     args: dict[str, object] = dict(
-        session_id="s1", order_id="o1", symbol="BTC/USD", side=Side.BUY,
-        price=Decimal("10"), quantity=Decimal("1"), fee=Decimal("0"), timestamp=T0,
+        session_id="s1",
+        order_id="o1",
+        symbol="BTC/USD",
+        side=Side.BUY,
+        price=Decimal("10"),
+        quantity=Decimal("1"),
+        fee=Decimal("0"),
+        timestamp=T0,
     )
     args.update(kw)
     return Fill(**args)  # type: ignore[arg-type]
@@ -63,9 +69,19 @@ def test_session_refuses_duplicate_pairs() -> None:
 
 
 def test_position_uncovered_is_filled_minus_covered_minus_closed() -> None:
-    p = Position("s1", "p1", "BTC/USD", T0, Decimal("1"), Decimal("10"), Decimal("0"),
-                 covered=Decimal("0.4"), closed=Decimal("0.1"))
+    p = Position(
+        "s1",
+        "p1",
+        "BTC/USD",
+        T0,
+        Decimal("1"),
+        Decimal("10"),
+        Decimal("0"),
+        covered=Decimal("0.4"),
+        closed=Decimal("0.1"),
+    )
     assert p.uncovered == Decimal("0.5")
-    over = Position("s1", "p1", "BTC/USD", T0, Decimal("1"), Decimal("10"), Decimal("0"),
-                    covered=Decimal("2"))
+    over = Position(
+        "s1", "p1", "BTC/USD", T0, Decimal("1"), Decimal("10"), Decimal("0"), covered=Decimal("2")
+    )
     assert over.uncovered == 0

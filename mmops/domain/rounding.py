@@ -1,0 +1,59 @@
+"""Exact rounding of prices and amounts to a market's tick and lot.
+
+A sell limit price rounds **up** (never below break-even) and an amount rounds **down** (never
+more than the position holds). The arithmetic uses the Decimal remainder, which is exact for
+any step — 0.1, 0.00001, 0.25 or 5 — unlike ``quantize``, which only knows powers of ten.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, Inexact, InvalidOperation, localcontext
+
+# Enough digits for any price or amount a venue quotes; beyond this we refuse rather than guess.
+_PRECISION = 60
+
+
+def round_price_up(price: Decimal, tick: Decimal) -> Decimal:
+    """The smallest multiple of ``tick`` that is ≥ ``price``.
+
+    Raises ValueError if ``price`` is negative or not finite, if ``tick`` is not positive, or if
+    the result cannot be represented exactly in 60 digits.
+    """
+    return _snap("price", price, tick, up=True)
+
+
+def round_amount_down(amount: Decimal, lot: Decimal) -> Decimal:
+    """The largest multiple of ``lot`` that is ≤ ``amount``.
+
+    Raises ValueError if ``amount`` is negative or not finite, if ``lot`` is not positive, or if
+    the result cannot be represented exactly in 60 digits.
+    """
+    return _snap("amount", amount, lot, up=False)
+
+
+def is_multiple(value: Decimal, step: Decimal) -> bool:
+    """Whether ``value`` lies exactly on the grid of ``step`` (what a venue accepts).
+
+    Raises ValueError on the same inputs as :func:`round_amount_down`.
+    """
+    return _snap("value", value, step, up=False) == value
+
+
+def _snap(name: str, value: Decimal, step: Decimal, *, up: bool) -> Decimal:
+    if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+        raise ValueError(f"{name} must be a finite, non-negative Decimal, got {value!r}")
+    if not isinstance(step, Decimal) or not step.is_finite() or step <= 0:
+        raise ValueError(f"step must be a finite, positive Decimal, got {step!r}")
+    # Written with the step's decimal places, so 100.05 up on 0.1 reads 100.1, not 100.10.
+    places = Decimal(1).scaleb(min(int(step.as_tuple().exponent), 0))
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        ctx.traps[Inexact] = True
+        try:
+            remainder = value % step
+            snapped = value - remainder
+            if up and remainder:
+                snapped += step
+            return snapped.quantize(places)
+        except (Inexact, InvalidOperation) as e:
+            raise ValueError(f"cannot round {name} {value} to step {step} exactly") from e
