@@ -3,10 +3,12 @@ in ``mmops.adapters`` (and, for the exchange, a paper one beside the live one)."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from mmops.domain.models import Session, SessionStatus
+from mmops.domain.exchange import ExchangeOrder, OrderRequest, PlacementResult
+from mmops.domain.models import Balance, Market, Session, SessionStatus, Ticker
 
 
 class Clock(Protocol):
@@ -33,3 +35,47 @@ class SessionRecords(Protocol):
         self, session_id: str, status: SessionStatus, ended_at: datetime | None = None
     ) -> None: ...
     async def recent(self, hours_back: int, limit: int, now: datetime) -> list[Session]: ...
+
+
+class Exchange(Protocol):
+    """A venue: markets, tickers, balances, batch placement, cancel and look-ups.
+
+    Implementations map their library's errors into ``mmops.errors`` (temporary, rejected,
+    operational) once, at their boundary. All amounts are ``Decimal``.
+    """
+
+    name: str
+
+    async def markets(self) -> dict[str, Market]:
+        """Trading rules of every pair the venue lists (cached by live adapters)."""
+        ...
+
+    async def tickers(self, symbols: Sequence[str]) -> dict[str, Ticker]: ...
+
+    async def balances(self) -> dict[str, Balance]:
+        """Per asset: free, used (held by open orders) and total. Never cached."""
+        ...
+
+    async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
+        """Place up to MAX_BATCH orders of one pair; one result per order, in order.
+
+        Raises ValueError for a batch of mixed pairs or over MAX_BATCH; every per-order
+        failure (including a timeout) is in its result, never raised.
+        """
+        ...
+
+    async def cancel(self, symbol: str, order_id: str) -> ExchangeOrder:
+        """Cancel an open order; raises OrderNotFound if the venue has no such order."""
+        ...
+
+    async def fetch_order(self, symbol: str, order_id: str) -> ExchangeOrder:
+        """An order in any state; raises OrderNotFound."""
+        ...
+
+    async def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]: ...
+
+    async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
+        """The order placed with this client order id, in any state, or None."""
+        ...
+
+    async def close(self) -> None: ...
