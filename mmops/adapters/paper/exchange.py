@@ -1,0 +1,436 @@
+"""The paper exchange: a real venue whose state lives in Redis.
+
+Separate processes (the trading loop, ``settle``, ``serve``) that open the same venue id share
+one venue. Every change is a WATCH/MULTI transaction computed with ``Decimal`` in Python, so two
+processes never double-spend a balance or double-fill an order: a concurrent change makes
+the transaction retry on fresh state.
+
+Like Kraken: post-only orders that would take are rejected; balances hold what open orders
+reserve (a sell holds its base, a buy its cost plus the maker fee); each pair has a trading
+counter (:mod:`mmops.domain.ratelimit`); a client order id is accepted once. Resting orders
+fill when the seeded price path crosses them (:meth:`PaperExchange.match`), sometimes in parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar, cast
+
+import redis.exceptions as rex
+
+from mmops.adapters.paper.catalog import CATALOG, Listing
+from mmops.adapters.paper.faults import FaultPlan
+from mmops.adapters.paper.matching import match_orders
+from mmops.adapters.paper.prices import PricePath, Quote
+from mmops.adapters.paper.state import Holding, PaperOrder, VenueKeys, decode_trade, encode_trade
+from mmops.adapters.redis.client import Redis, redis_errors
+from mmops.domain.exchange import MAX_BATCH, ExchangeOrder, OrderRequest, PlacementResult, Trade
+from mmops.domain.models import Balance, Market, OrderStatus, Side, Ticker
+from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
+from mmops.domain.rounding import is_multiple
+from mmops.errors import (
+    ExchangeRejected,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InsufficientFunds,
+    MinimumNotMet,
+    MmopsError,
+    OrderNotFound,
+    PostOnlyWouldTake,
+    RateLimited,
+)
+from mmops.ports import Clock
+
+T = TypeVar("T")
+Pipe = Any  # redis.asyncio.client.Pipeline in immediate (WATCH) mode
+MAX_TRANSACTION_RETRIES = 50
+
+
+class PaperExchange:
+    """A paper venue; ``venue`` names its state in Redis (one venue per id)."""
+
+    name = "paper"
+
+    def __init__(
+        self,
+        redis: Redis,
+        clock: Clock,
+        venue: str = "default",
+        seed: int = 7,
+        counter: TradingCounter | None = None,
+        faults: FaultPlan | None = None,
+        listings: Sequence[Listing] = CATALOG,
+        volatility: float = 0.012,
+    ) -> None:
+        self._r = redis
+        self._clock = clock
+        self.venue = venue
+        self.keys = VenueKeys(venue)
+        self.prices = PricePath(seed, volatility)
+        self.counter = counter or TradingCounter()
+        self.faults = faults or FaultPlan()
+        self._listings = {listing.market.symbol: listing for listing in listings}
+        self._calls = 0
+        self._placements = 0
+        self._orders_seen = 0
+
+    # -- the Exchange port ----------------------------------------------------------------
+
+    async def markets(self) -> dict[str, Market]:
+        await self._call()
+        return {symbol: listing.market for symbol, listing in self._listings.items()}
+
+    @redis_errors
+    async def tickers(self, symbols: Sequence[str]) -> dict[str, Ticker]:
+        await self._call()
+        now = self._clock.now()
+        adjust = await self._adjustments()
+        result = {}
+        for symbol in symbols:
+            q = self._quote(symbol, now.timestamp(), adjust)
+            result[symbol] = Ticker(symbol, q.bid, q.ask, now, last=q.mid)
+        return result
+
+    @redis_errors
+    async def balances(self) -> dict[str, Balance]:
+        await self._call()
+        raw = cast(dict[str, str], await self._r.hgetall(self.keys.balances))
+        result = {}
+        for asset, value in raw.items():
+            h = Holding.decode(value)
+            result[asset] = Balance(asset, free=h.free, used=h.used, total=h.total)
+        return result
+
+    @redis_errors
+    async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
+        _check_batch(orders)
+        await self._call()
+        if not orders:
+            return []
+        self._placements += 1
+        placement = self._placements
+        first_number = self._orders_seen + 1
+        self._orders_seen += len(orders)
+        symbol = orders[0].symbol
+        listing = self._listing(symbol)
+        ids = await self._next_ids("P", len(orders))
+
+        async def place(pipe: Pipe) -> list[PlacementResult]:
+            now = self._clock.now()
+            quote = self._quote(symbol, now.timestamp(), await self._adjustment(pipe, symbol))
+            rate = await pipe.hget(self.keys.rate, symbol)
+            admitted = self.counter.admit(_counter(rate), now.timestamp(), len(orders))
+            if admitted is None:
+                limited = RateLimited(f"EOrder:Rate limit exceeded ({symbol})")
+                return [PlacementResult(o, error=limited) for o in orders]
+            balances = await pipe.hmget(
+                self.keys.balances, [listing.market.base, listing.market.quote]
+            )
+            holdings = {
+                listing.market.base: Holding.decode(balances[0]),
+                listing.market.quote: Holding.decode(balances[1]),
+            }
+            known = await pipe.hmget(self.keys.clients, [o.client_order_id for o in orders])
+            results: list[PlacementResult] = []
+            accepted: list[PaperOrder] = []
+            for i, request in enumerate(orders):
+                error = self._refusal(request, listing.market, quote, holdings, known[i])
+                error = error or self.faults.rejection(first_number + i, "order refused")
+                if error is not None:
+                    results.append(PlacementResult(request, error=error))
+                    continue
+                paper = _new_order(ids[i], request, listing.market, now)
+                holdings = _hold(holdings, listing.market, paper)
+                accepted.append(paper)
+                results.append(PlacementResult(request, order=paper.order))
+            pipe.multi()
+            pipe.hset(self.keys.rate, symbol, _encode_counter(admitted))
+            for paper in accepted:
+                pipe.hset(self.keys.orders, paper.order.id, paper.encode())
+                pipe.sadd(self.keys.open, paper.order.id)
+                pipe.hset(self.keys.clients, cast(str, paper.order.client_order_id), paper.order.id)
+            for asset, holding in holdings.items():
+                pipe.hset(self.keys.balances, asset, holding.encode())
+            return results
+
+        results = await self._transact(
+            [self.keys.balances, self.keys.clients, self.keys.rate], place
+        )
+        if placement in self.faults.timeout_after_accept:
+            timeout = ExchangeTimeout("no answer from the paper venue (injected fault)")
+            return [PlacementResult(r.request, error=timeout) if r.placed else r for r in results]
+        return results
+
+    @redis_errors
+    async def cancel(self, symbol: str, order_id: str) -> ExchangeOrder:
+        await self._call()
+
+        async def cancel(pipe: Pipe) -> ExchangeOrder:
+            paper = await self._read_order(pipe, order_id, symbol)
+            if paper.order.status is not OrderStatus.OPEN:
+                raise OrderNotFound(f"order {order_id} is {paper.order.status.value}, not open")
+            market = self._listing(symbol).market
+            held_asset = market.base if paper.order.side is Side.SELL else market.quote
+            holding = Holding.decode(await pipe.hget(self.keys.balances, held_asset))
+            now = self._clock.now()
+            age = (now - paper.order.created_at).total_seconds()
+            state = self.counter.current(
+                _counter(await pipe.hget(self.keys.rate, symbol)), now.timestamp()
+            )
+            penalised = CounterState(state + cancel_penalty(age), now.timestamp())
+            canceled = PaperOrder(replace(paper.order, status=OrderStatus.CANCELED), Decimal(0))
+            pipe.multi()
+            pipe.hset(self.keys.orders, order_id, canceled.encode())
+            pipe.srem(self.keys.open, order_id)
+            pipe.hset(
+                self.keys.balances,
+                held_asset,
+                Holding(holding.total, holding.used - paper.hold).encode(),
+            )
+            pipe.hset(self.keys.rate, symbol, _encode_counter(penalised))
+            return canceled.order
+
+        return await self._transact([self.keys.orders, self.keys.balances, self.keys.rate], cancel)
+
+    @redis_errors
+    async def fetch_order(self, symbol: str, order_id: str) -> ExchangeOrder:
+        await self._call()
+        return (await self._read_order(self._r, order_id, symbol)).order
+
+    @redis_errors
+    async def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
+        await self._call()
+        ids = sorted(cast(set[str], await self._r.smembers(self.keys.open)))
+        if not ids:
+            return []
+        raws = await self._r.hmget(self.keys.orders, ids)
+        orders = [PaperOrder.decode(str(raw)).order for raw in raws if raw]
+        return [o for o in orders if symbol is None or o.symbol == symbol]
+
+    @redis_errors
+    async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
+        await self._call()
+        order_id = await self._r.hget(self.keys.clients, client_order_id)
+        if order_id is None:
+            return None
+        order = (await self._read_order(self._r, str(order_id), None)).order
+        return order if order.symbol == symbol else None
+
+    async def close(self) -> None:
+        """Nothing to release: the Redis client belongs to whoever built this venue."""
+
+    # -- venue controls (paper only) ------------------------------------------------------
+
+    @redis_errors
+    async def fund(self, asset: str, amount: Decimal) -> None:
+        """Add ``amount`` of ``asset`` to the account (negative to withdraw free balance)."""
+
+        async def fund(pipe: Pipe) -> None:
+            h = Holding.decode(await pipe.hget(self.keys.balances, asset))
+            if h.free + amount < 0:
+                raise InsufficientFunds(f"cannot withdraw {-amount} {asset}: free {h.free}")
+            pipe.multi()
+            pipe.hset(self.keys.balances, asset, Holding(h.total + amount, h.used).encode())
+
+        await self._transact([self.keys.balances], fund)
+
+    @redis_errors
+    async def shock(self, symbol: str, multiplier: Decimal) -> None:
+        """Multiply the pair's price path by ``multiplier`` from now on (1 undoes it)."""
+        self._listing(symbol)
+        if not multiplier.is_finite() or multiplier <= 0:
+            raise ValueError(f"a price multiplier must be positive, got {multiplier}")
+        await self._r.hset(self.keys.adjust, symbol, str(multiplier))
+
+    @redis_errors
+    async def match(self, until: datetime | None = None, step_seconds: float = 10.0) -> list[Trade]:
+        """Fill resting orders the price path crossed since the last match, up to ``until``.
+
+        Returns the new trades. The first call only starts the venue's match clock.
+        """
+        end = (until or self._clock.now()).timestamp()
+
+        async def run(pipe: Pipe) -> list[Trade]:
+            start_raw = await pipe.get(self.keys.matched_at)
+            if start_raw is None:
+                pipe.multi()
+                pipe.set(self.keys.matched_at, repr(end))
+                return []
+            start = float(start_raw)
+            if end <= start:
+                return []
+            open_ids = sorted(cast(set[str], await pipe.smembers(self.keys.open)))
+            raws = await pipe.hmget(self.keys.orders, open_ids) if open_ids else []
+            orders = [PaperOrder.decode(raw) for raw in raws if raw]
+            holdings = {
+                a: Holding.decode(v)
+                for a, v in cast(dict[str, str], await pipe.hgetall(self.keys.balances)).items()
+            }
+            adjust = await self._adjustments(pipe)
+            outcome = match_orders(
+                orders,
+                holdings,
+                {s: listing.market for s, listing in self._listings.items()},
+                lambda symbol, t: self._quote(symbol, t, adjust),
+                start,
+                end,
+                step_seconds,
+            )
+            trade_ids = await self._next_ids("T", len(outcome.trades)) if outcome.trades else []
+            trades = [replace(t, id=trade_ids[i]) for i, t in enumerate(outcome.trades)]
+            pipe.multi()
+            pipe.set(self.keys.matched_at, repr(end))
+            for paper in outcome.orders:
+                pipe.hset(self.keys.orders, paper.order.id, paper.encode())
+                if paper.order.status is not OrderStatus.OPEN:
+                    pipe.srem(self.keys.open, paper.order.id)
+            for asset, holding in outcome.holdings.items():
+                pipe.hset(self.keys.balances, asset, holding.encode())
+            if trades:
+                pipe.rpush(self.keys.trades, *[encode_trade(t) for t in trades])
+            return trades
+
+        return await self._transact(
+            [self.keys.matched_at, self.keys.open, self.keys.orders, self.keys.balances], run
+        )
+
+    @redis_errors
+    async def trades(self, start: int = 0) -> tuple[list[Trade], int]:
+        """Trades from index ``start`` on, and the index to read from next time."""
+        raws = cast(list[str], await self._r.lrange(self.keys.trades, start, -1))
+        return [decode_trade(raw) for raw in raws], start + len(raws)
+
+    @redis_errors
+    async def reset(self) -> None:
+        """Delete every key of this venue."""
+        await self._r.delete(*self.keys.all)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _call(self) -> None:
+        self._calls += 1
+        if self.faults.latency:
+            await asyncio.sleep(self.faults.latency)
+        if self._calls in self.faults.fail_calls:
+            raise ExchangeUnavailable(
+                f"paper venue unavailable (injected fault, call {self._calls})"
+            )
+
+    async def _transact(self, watch: list[str], body: Callable[[Pipe], Awaitable[T]]) -> T:
+        for _ in range(MAX_TRANSACTION_RETRIES):
+            async with self._r.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*watch)
+                    result = await body(pipe)
+                    if pipe.explicit_transaction:
+                        await pipe.execute()
+                    return result
+                except rex.WatchError:
+                    continue
+        raise ExchangeUnavailable("paper venue busy: too many concurrent changes, try again")
+
+    async def _next_ids(self, prefix: str, count: int) -> list[str]:
+        last = int(await self._r.incrby(self.keys.seq, count))
+        return [f"{prefix}-{n:08d}" for n in range(last - count + 1, last + 1)]
+
+    def _listing(self, symbol: str) -> Listing:
+        listing = self._listings.get(symbol)
+        if listing is None:
+            raise ExchangeRejected(f"EQuery:Unknown asset pair {symbol!r}")
+        return listing
+
+    def _quote(self, symbol: str, t: float, adjust: Mapping[str, Decimal]) -> Quote:
+        market = self._listing(symbol).market
+        return self.prices.quote(market, t, adjust.get(symbol, Decimal(1)))
+
+    async def _adjustments(self, reader: Any = None) -> dict[str, Decimal]:
+        raw = cast(dict[str, str], await (reader or self._r).hgetall(self.keys.adjust))
+        return {symbol: Decimal(value) for symbol, value in raw.items()}
+
+    async def _adjustment(self, pipe: Pipe, symbol: str) -> dict[str, Decimal]:
+        value = await pipe.hget(self.keys.adjust, symbol)
+        return {symbol: Decimal(value)} if value else {}
+
+    async def _read_order(self, reader: Any, order_id: str, symbol: str | None) -> PaperOrder:
+        raw = await reader.hget(self.keys.orders, order_id)
+        if raw is None:
+            raise OrderNotFound(f"EOrder:Unknown order {order_id!r}")
+        paper = PaperOrder.decode(raw)
+        if symbol is not None and paper.order.symbol != symbol:
+            raise OrderNotFound(f"EOrder:Unknown order {order_id!r} for {symbol}")
+        return paper
+
+    def _refusal(
+        self,
+        o: OrderRequest,
+        market: Market,
+        quote: Quote,
+        holdings: Mapping[str, Holding],
+        known_client_id: str | None,
+    ) -> MmopsError | None:
+        """Why the venue refuses this order now, or None if it accepts it."""
+        if known_client_id is not None:
+            return ExchangeRejected(f"EOrder:Duplicate client order id {o.client_order_id}")
+        if not (is_multiple(o.price, market.tick) and is_multiple(o.amount, market.lot)):
+            return ExchangeRejected("EGeneral:Invalid arguments:price or volume precision")
+        if o.amount < market.min_amount or o.amount * o.price < market.min_cost:
+            return MinimumNotMet("EOrder:Order minimum not met")
+        if o.post_only and (
+            (o.side is Side.SELL and o.price <= quote.bid)
+            or (o.side is Side.BUY and o.price >= quote.ask)
+        ):
+            return PostOnlyWouldTake("EOrder:Post only order")
+        asset, need = _hold_need(o.side, o.price, o.amount, market)
+        if holdings[asset].free < need:
+            return InsufficientFunds("EOrder:Insufficient funds")
+        return None
+
+
+def _check_batch(orders: Sequence[OrderRequest]) -> None:
+    if len(orders) > MAX_BATCH:
+        raise ValueError(f"a batch holds at most {MAX_BATCH} orders, got {len(orders)}")
+    if len({o.symbol for o in orders}) > 1:
+        raise ValueError("a batch holds orders of one pair only")
+
+
+def _hold_need(side: Side, price: Decimal, amount: Decimal, market: Market) -> tuple[str, Decimal]:
+    """The asset and amount an order reserves: base for a sell, cost plus maker fee for a buy."""
+    if side is Side.SELL:
+        return market.base, amount
+    return market.quote, price * amount * (1 + market.maker_fee)
+
+
+def _new_order(order_id: str, o: OrderRequest, market: Market, now: datetime) -> PaperOrder:
+    _, hold = _hold_need(o.side, o.price, o.amount, market)
+    order = ExchangeOrder(
+        id=order_id,
+        symbol=o.symbol,
+        side=o.side,
+        price=o.price,
+        amount=o.amount,
+        status=OrderStatus.OPEN,
+        created_at=now,
+        client_order_id=o.client_order_id,
+    )
+    return PaperOrder(order, hold)
+
+
+def _hold(holdings: Mapping[str, Holding], market: Market, paper: PaperOrder) -> dict[str, Holding]:
+    asset = market.base if paper.order.side is Side.SELL else market.quote
+    h = holdings[asset]
+    return {**holdings, asset: Holding(h.total, h.used + paper.hold)}
+
+
+def _counter(raw: str | None) -> CounterState:
+    if not raw:
+        return CounterState()
+    value, at = raw.split("|")
+    return CounterState(float(value), float(at))
+
+
+def _encode_counter(state: CounterState) -> str:
+    return f"{state.value!r}|{state.at!r}"

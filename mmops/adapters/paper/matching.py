@@ -1,0 +1,127 @@
+"""Matching resting orders against the price path: a pure function the venue runs in a
+transaction. A resting buy fills when the best ask falls to its price, a resting sell when
+the best bid rises to it; the order is the maker, so it fills at its own price and pays the
+maker fee. Some crossings fill only part of what is left (a reproducible coin decides), so
+partial fills happen as they do on a real venue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from mmops.adapters.paper.prices import Quote
+from mmops.adapters.paper.state import Holding, PaperOrder
+from mmops.domain.exchange import Trade
+from mmops.domain.models import Market, OrderStatus, Side
+from mmops.domain.rounding import round_amount_down
+
+MAX_SAMPLES = 4000  # a long gap is matched over its last MAX_SAMPLES steps only
+PARTIAL_CHANCE = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class MatchOutcome:
+    orders: list[PaperOrder]  # orders that changed
+    holdings: dict[str, Holding]  # balances that changed
+    trades: list[Trade]  # new executions (ids assigned by the venue)
+
+
+def stable_fraction(*parts: object) -> float:
+    """A number in [0, 1) from its inputs alone: the venue's reproducible coin."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def match_orders(
+    orders: Sequence[PaperOrder],
+    holdings: Mapping[str, Holding],
+    markets: Mapping[str, Market],
+    quote: Callable[[str, float], Quote],
+    start: float,
+    end: float,
+    step: float,
+) -> MatchOutcome:
+    """Walk the path from ``start`` (exclusive) to ``end`` in ``step`` seconds."""
+    times = _sample_times(start, end, step)
+    balances = dict(holdings)
+    changed: dict[str, PaperOrder] = {}
+    trades: list[Trade] = []
+    quotes: dict[tuple[str, float], Quote] = {}
+    for paper in orders:
+        market = markets[paper.order.symbol]
+        for t in times:
+            if paper.order.status is not OrderStatus.OPEN:
+                break
+            q = quotes.get((market.symbol, t))
+            if q is None:
+                q = quotes[(market.symbol, t)] = quote(market.symbol, t)
+            if not _crossed(paper, q):
+                continue
+            qty = _fill_quantity(paper, market, t)
+            paper, trade = _execute(paper, market, qty, t, balances)
+            changed[paper.order.id] = paper
+            trades.append(trade)
+    trades.sort(key=lambda tr: (tr.timestamp, tr.order_id))
+    touched = {a: h for a, h in balances.items() if holdings.get(a) != h}
+    return MatchOutcome(list(changed.values()), touched, trades)
+
+
+def _sample_times(start: float, end: float, step: float) -> list[float]:
+    if step <= 0:
+        raise ValueError("step must be positive")
+    count = int((end - start) // step)
+    first = max(1, count - MAX_SAMPLES + 1)
+    times = [start + i * step for i in range(first, count + 1)]
+    if not times or times[-1] < end:
+        times.append(end)
+    return times
+
+
+def _crossed(paper: PaperOrder, q: Quote) -> bool:
+    o = paper.order
+    return q.ask <= o.price if o.side is Side.BUY else q.bid >= o.price
+
+
+def _fill_quantity(paper: PaperOrder, market: Market, t: float) -> Decimal:
+    remaining = paper.order.remaining
+    if stable_fraction(paper.order.id, t) < PARTIAL_CHANCE:
+        half = round_amount_down(remaining / 2, market.lot)
+        if half > 0:
+            return half
+    return remaining
+
+
+def _execute(
+    paper: PaperOrder, market: Market, qty: Decimal, t: float, balances: dict[str, Holding]
+) -> tuple[PaperOrder, Trade]:
+    o = paper.order
+    cost = qty * o.price
+    fee = cost * market.maker_fee
+    base = balances.get(market.base, Holding(Decimal(0), Decimal(0)))
+    quote = balances.get(market.quote, Holding(Decimal(0), Decimal(0)))
+    done = qty >= o.remaining
+    if o.side is Side.BUY:
+        release = paper.hold if done else min(paper.hold, cost + fee)
+        balances[market.base] = Holding(base.total + qty, base.used)
+        balances[market.quote] = Holding(quote.total - cost - fee, quote.used - release)
+    else:
+        release = qty
+        balances[market.base] = Holding(base.total - qty, base.used - qty)
+        balances[market.quote] = Holding(quote.total + cost - fee, quote.used)
+    filled = paper.with_fill(qty, release)
+    trade = Trade(
+        id="",
+        order_id=o.id,
+        symbol=o.symbol,
+        side=o.side,
+        price=o.price,
+        amount=qty,
+        fee=fee,
+        timestamp=datetime.fromtimestamp(t, UTC),
+        client_order_id=o.client_order_id,
+    )
+    return filled, trade

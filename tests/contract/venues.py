@@ -1,0 +1,54 @@
+"""The venues the contract suite runs against, behind one small test-side interface."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Protocol
+
+from mmops.adapters.clock import SimulatedClock
+from mmops.adapters.paper.exchange import PaperExchange
+from mmops.adapters.paper.faults import FaultPlan
+from mmops.adapters.redis.client import Redis
+from mmops.ports import Exchange
+
+
+class Venue(Protocol):
+    exchange: Exchange
+
+    async def fund(self, asset: str, amount: Decimal) -> None: ...
+
+    def timing_out_after_accept(self) -> Exchange:
+        """An exchange on the same venue whose next placement is accepted, then times out."""
+        ...
+
+
+class PaperVenue:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.venue = f"contract-{uuid.uuid4().hex[:10]}"
+        self.clock = SimulatedClock(datetime(2026, 11, 1, 12, 0, tzinfo=UTC))
+        self.exchange: PaperExchange = PaperExchange(redis, self.clock, venue=self.venue)
+
+    async def fund(self, asset: str, amount: Decimal) -> None:
+        await self.exchange.fund(asset, amount)
+
+    def timing_out_after_accept(self) -> Exchange:
+        return PaperExchange(
+            self.redis,
+            self.clock,
+            venue=self.venue,
+            faults=FaultPlan(timeout_after_accept=frozenset({1})),
+        )
+
+
+@asynccontextmanager
+async def paper_venue(redis: Redis) -> AsyncIterator[PaperVenue]:
+    venue = PaperVenue(redis)
+    try:
+        yield venue
+    finally:
+        await venue.exchange.reset()

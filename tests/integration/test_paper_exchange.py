@@ -1,0 +1,221 @@
+"""The paper venue: matching on the price path, reproducibility, rate counter, faults, and two
+processes sharing one venue without double-spending or double-filling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from mmops.adapters.clock import SimulatedClock
+from mmops.adapters.paper.exchange import PaperExchange
+from mmops.adapters.paper.faults import FaultPlan
+from mmops.adapters.paper.state import PaperOrder
+from mmops.adapters.redis.client import Redis
+from mmops.domain.exchange import OrderRequest
+from mmops.domain.models import OrderStatus, Side
+from mmops.domain.ratelimit import TradingCounter
+from mmops.errors import ExchangeUnavailable, RateLimited
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def venue_ids(redis: Redis) -> AsyncIterator[list[str]]:
+    made: list[str] = []
+    yield made
+    for venue in made:
+        await PaperExchange(redis, SimulatedClock(T0), venue=venue).reset()
+
+
+def new_venue(redis: Redis, made: list[str], clock: SimulatedClock, **kw: object) -> PaperExchange:
+    venue = f"paper-test-{uuid.uuid4().hex[:10]}"
+    made.append(venue)
+    return PaperExchange(redis, clock, venue=venue, **kw)  # type: ignore[arg-type]
+
+
+def bid(symbol: str, price: Decimal, amount: str = "0.01") -> OrderRequest:
+    return OrderRequest(symbol, Side.BUY, Decimal(amount), price, str(uuid.uuid4()))
+
+
+async def test_resting_buys_fill_when_the_price_comes_down_to_them(
+    redis: Redis, venue_ids: list[str]
+) -> None:
+    clock = SimulatedClock(T0)
+    ex = new_venue(redis, venue_ids, clock, seed=11)
+    await ex.fund("USD", Decimal("100000"))
+    ticker = (await ex.tickers(["BTC/USD"]))["BTC/USD"]
+    await ex.match()  # starts the match clock
+    price = ticker.bid - Decimal("100")
+    [res] = await ex.place_batch([bid("BTC/USD", price, "0.1")])
+    assert res.order is not None
+    trades = []
+    for _ in range(48):  # up to 8 simulated hours
+        clock.advance(timedelta(minutes=10))
+        trades += await ex.match()
+        if (await ex.fetch_order("BTC/USD", res.order.id)).status is OrderStatus.FILLED:
+            break
+    order = await ex.fetch_order("BTC/USD", res.order.id)
+    assert order.status is OrderStatus.FILLED and order.filled == Decimal("0.1")
+    assert sum(t.amount for t in trades) == Decimal("0.1")
+    assert all(t.price == price and t.side is Side.BUY for t in trades)
+    fees = sum(t.fee for t in trades)
+    assert fees == price * Decimal("0.1") * Decimal("0.0025")
+    balances = await ex.balances()
+    assert balances["BTC"].total == Decimal("0.1")
+    assert balances["USD"].total == Decimal("100000") - price * Decimal("0.1") - fees
+    assert balances["USD"].used == 0
+
+
+async def test_the_same_seed_and_times_give_the_same_trades(
+    redis: Redis, venue_ids: list[str]
+) -> None:
+    async def run() -> list[tuple[str, Decimal, Decimal, datetime]]:
+        clock = SimulatedClock(T0)
+        ex = new_venue(redis, venue_ids, clock, seed=5)
+        await ex.fund("USD", Decimal("1000000"))
+        await ex.match()
+        for symbol in ("BTC/USD", "ETH/USD"):
+            t = (await ex.tickers([symbol]))[symbol]
+            tick = (await ex.markets())[symbol].tick
+            await ex.place_batch([bid(symbol, t.bid - tick * 30 * i, "0.05") for i in range(1, 6)])
+        trades = []
+        for _ in range(30):
+            clock.advance(timedelta(minutes=5))
+            trades += await ex.match()
+        return [(t.symbol, t.price, t.amount, t.timestamp) for t in trades]
+
+    first, second = await run(), await run()
+    assert first and first == second
+
+
+async def test_a_burst_over_the_trading_counter_is_rate_limited(
+    redis: Redis, venue_ids: list[str]
+) -> None:
+    clock = SimulatedClock(T0)
+    ex = new_venue(redis, venue_ids, clock, counter=TradingCounter(threshold=20, decay=1))
+    await ex.fund("USD", Decimal("1000000"))
+    price = (await ex.tickers(["BTC/USD"]))["BTC/USD"].bid - 1000
+    placed = 0
+    errors = []
+    for _ in range(3):
+        for res in await ex.place_batch([bid("BTC/USD", price) for _ in range(10)]):
+            placed += res.placed
+            errors.append(res.error)
+    assert placed == 20
+    assert sum(isinstance(e, RateLimited) for e in errors) == 10
+    clock.advance(timedelta(seconds=10))  # the counter decays 1 per second
+    assert all(r.placed for r in await ex.place_batch([bid("BTC/USD", price) for _ in range(10)]))
+
+
+async def test_an_injected_failure_fails_only_that_call(redis: Redis, venue_ids: list[str]) -> None:
+    ex = new_venue(
+        redis, venue_ids, SimulatedClock(T0), faults=FaultPlan(fail_calls=frozenset({2}))
+    )
+    await ex.tickers(["BTC/USD"])
+    with pytest.raises(ExchangeUnavailable, match="injected"):
+        await ex.tickers(["BTC/USD"])
+    assert "BTC/USD" in await ex.tickers(["BTC/USD"])
+
+
+async def test_an_injected_rejection_refuses_that_order(redis: Redis, venue_ids: list[str]) -> None:
+    faults = FaultPlan(reject_orders={2: "insufficient_funds"})
+    ex = new_venue(redis, venue_ids, SimulatedClock(T0), faults=faults)
+    await ex.fund("USD", Decimal("100000"))
+    price = (await ex.tickers(["BTC/USD"]))["BTC/USD"].bid - 1000
+    results = await ex.place_batch([bid("BTC/USD", price) for _ in range(3)])
+    assert [r.placed for r in results] == [True, False, True]
+
+
+async def test_a_price_shock_moves_the_quotes(redis: Redis, venue_ids: list[str]) -> None:
+    ex = new_venue(redis, venue_ids, SimulatedClock(T0))
+    before = (await ex.tickers(["ETH/USD"]))["ETH/USD"]
+    await ex.shock("ETH/USD", Decimal("0.8"))
+    after = (await ex.tickers(["ETH/USD"]))["ETH/USD"]
+    assert after.bid < before.bid * Decimal("0.81")
+
+
+def test_fault_settings_are_validated() -> None:
+    plan = FaultPlan.from_dict({"latency_ms": 50, "timeout_after_accept": [2]})
+    assert plan.latency == 0.05 and plan.timeout_after_accept == {2}
+    with pytest.raises(ValueError, match="unknown fault"):
+        FaultPlan.from_dict({"explode": True})
+    with pytest.raises(ValueError, match="unknown rejection"):
+        FaultPlan(reject_orders={1: "meteor"})
+
+
+async def test_two_processes_on_one_venue_keep_balances_and_orders_consistent(
+    redis_url: str, redis: Redis, venue_ids: list[str]
+) -> None:
+    clock = SimulatedClock(T0)
+    ex = new_venue(redis, venue_ids, clock, seed=3)
+    funding = {
+        "USD": Decimal("50000"),
+        "EUR": Decimal("50000"),
+        "BTC": Decimal("2"),
+        "ETH": Decimal("20"),
+    }
+    for asset, amount in funding.items():
+        await ex.fund(asset, amount)
+    await ex.match()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.integration.paper_worker",
+            redis_url,
+            ex.venue,
+            str(worker),
+            "25",
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        for worker in (1, 2)
+    ]
+    for proc in procs:
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+
+    raw_orders = await redis.hgetall(ex.keys.orders)
+    orders = [PaperOrder.decode(v) for v in raw_orders.values()]
+    trades, _ = await ex.trades()
+    assert len(orders) > 50 and trades
+    # No order filled twice: its trades add up to exactly its filled amount, never beyond.
+    traded: dict[str, Decimal] = defaultdict(Decimal)
+    for t in trades:
+        traded[t.order_id] += t.amount
+    for paper in orders:
+        assert traded[paper.order.id] == paper.order.filled <= paper.order.amount
+    # Balances equal funding plus every trade, and what is held equals the open orders' holds.
+    markets = await ex.markets()
+    expected = defaultdict(Decimal, funding)
+    for t in trades:
+        m = markets[t.symbol]
+        sign = 1 if t.side is Side.BUY else -1
+        expected[m.base] += sign * t.amount
+        expected[m.quote] -= sign * t.amount * t.price + t.fee
+    held: dict[str, Decimal] = defaultdict(Decimal)
+    open_ids = await redis.smembers(ex.keys.open)
+    for paper in orders:
+        is_open = paper.order.status is OrderStatus.OPEN
+        assert (paper.order.id in open_ids) == is_open
+        if is_open:
+            m = markets[paper.order.symbol]
+            held[m.base if paper.order.side is Side.SELL else m.quote] += paper.hold
+        else:
+            assert paper.hold == 0 or paper.order.status is OrderStatus.FILLED
+    for asset, balance in (await ex.balances()).items():
+        assert balance.total == expected[asset], asset
+        assert balance.used == held[asset], asset
+        assert balance.free >= 0, asset
