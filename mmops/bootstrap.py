@@ -9,6 +9,8 @@ in one place.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,12 +19,25 @@ from psycopg_pool import AsyncConnectionPool
 from mmops import logs
 from mmops.adapters.clock import SystemClock
 from mmops.adapters.embedded import EmbeddedServers
+from mmops.adapters.notify import AppriseNotifier
+from mmops.adapters.paper.exchange import PaperExchange
+from mmops.adapters.paper.faults import FaultPlan
 from mmops.adapters.postgres.pool import create_pool, open_pool
 from mmops.adapters.postgres.sessions import SessionRepository
+from mmops.adapters.postgres.settlement_runs import SettlementRunRepository
 from mmops.adapters.redis.client import Redis, create_client, redis_errors
+from mmops.adapters.redis.locks import Attempts, SettlementLocks
+from mmops.adapters.redis.ops import OpsStore
 from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
 from mmops.config import Settings, redact_url
+from mmops.domain.pnl import StopLossThresholds
+from mmops.errors import ConfigurationError
+from mmops.ports import Clock, Exchange
+from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry
+from mmops.services.settlement import SettlementService
+from mmops.services.stoploss import StopLossService
+from mmops.services.take_profit import TakeProfitService
 
 log = logs.get_logger("mmops.bootstrap")
 
@@ -111,3 +126,66 @@ async def open_runtime(settings: Settings, urls: Urls) -> AsyncIterator[Runtime]
 def configure_logging(settings: Settings) -> None:
     logs.register_secrets(settings.secrets())
     logs.configure(settings.log_level, settings.log_format)
+
+
+def worker_name(settings: Settings) -> str:
+    return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_exchange(settings: Settings, redis: Redis, clock: Clock, dry_run: bool) -> Exchange:
+    """The paper venue, or a live ccxt exchange (dry-run places nothing on a live venue)."""
+    if settings.exchange == "paper":
+        return PaperExchange(
+            redis,
+            clock,
+            venue=settings.paper_venue,
+            seed=settings.paper_seed,
+            faults=FaultPlan.from_dict(settings.paper_faults),
+        )
+    raise ConfigurationError(
+        f"MMOPS_EXCHANGE={settings.exchange!r}: only the paper exchange is wired in this build"
+    )
+
+
+def build_settlement(
+    rt: Runtime, exchange: Exchange, *, dry_run: bool, clock: Clock | None = None
+) -> SettlementService:
+    """The settlement service with everything it needs, from one runtime."""
+    s = rt.settings
+    clock = clock or rt.clock
+    tiers = s.tier_policy()
+    notifier = AppriseNotifier(s.alert_url_list())
+    take_profits = TakeProfitService(
+        rt.positions,
+        Attempts(rt.redis, s.tp_attempt_ttl),
+        exchange,
+        tiers,
+        clock,
+        reserve=s.tp_reserve,
+        dry_run=dry_run,
+    )
+    stoploss = StopLossService(
+        rt.fills,
+        rt.positions,
+        OpsStore(rt.redis),
+        rt.registry,
+        exchange,
+        notifier,
+        StopLossThresholds(s.stoploss_warn, s.stoploss_halt, s.stoploss_flatten),
+        dry_run=dry_run,
+    )
+    return SettlementService(
+        rt.registry,
+        rt.positions,
+        OpsStore(rt.redis),
+        SettlementRunRepository(rt.pool),
+        SettlementLocks(rt.redis, s.settlement_lock_ttl),
+        exchange,
+        take_profits,
+        stoploss,
+        Repricer(rt.positions, exchange, tiers, clock) if s.tp_reprice else None,
+        clock,
+        hours_back=s.settlement_hours_back,
+        session_limit=s.settlement_session_limit,
+        worker=worker_name(s),
+    )

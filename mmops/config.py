@@ -29,6 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mmops.adapters.paper.faults import FaultPlan
 from mmops.domain.models import check_symbol
 from mmops.domain.tiers import TierPolicy, TierTable
 from mmops.errors import ConfigurationError, InvalidIdentifier
@@ -67,6 +68,11 @@ class Settings(BaseSettings):
     api_secret: SecretStr | None = None
     exchange_url: str | None = None  # override of the REST root (tests: the local Kraken server)
     dry_run: bool = False
+    # Paper venue (MMOPS_EXCHANGE=paper): its name in Redis, price-path seed, injected faults.
+    paper_venue: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    paper_seed: int = 7
+    paper_faults: dict[str, Any] = Field(default_factory=dict)
+    worker_id: str | None = None  # names this worker in settlement records; default host:pid
 
     # Take-profit.
     tp_allow_loss_tiers: bool = False  # first: the tier validators below read it
@@ -118,6 +124,12 @@ class Settings(BaseSettings):
                 raise ValueError(str(e)) from None
             _parse_tiers(table, info)
         return tables
+
+    @field_validator("paper_faults")
+    @classmethod
+    def _valid_faults(cls, faults: dict[str, Any]) -> dict[str, Any]:
+        FaultPlan.from_dict(faults)
+        return faults
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Settings:

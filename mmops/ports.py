@@ -3,12 +3,24 @@ in ``mmops.adapters`` (and, for the exchange, a paper one beside the live one)."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from decimal import Decimal
 from typing import Protocol
 
 from mmops.domain.exchange import ExchangeOrder, OrderRequest, PlacementResult
-from mmops.domain.models import Balance, Market, Session, SessionStatus, Ticker
+from mmops.domain.models import (
+    Balance,
+    Fill,
+    Market,
+    PendingTakeProfit,
+    Position,
+    Session,
+    SessionStatus,
+    Ticker,
+)
+from mmops.domain.records import Coverage, ReadResult, SettlementRun
 
 
 class Clock(Protocol):
@@ -79,3 +91,64 @@ class Exchange(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Positions(Protocol):
+    """Positions and their take-profit coverage (Redis)."""
+
+    async def uncovered(
+        self, session_id: str, symbol: str, limit: int = -1
+    ) -> ReadResult[Position]: ...
+    async def all(self, session_id: str, symbol: str) -> ReadResult[Position]: ...
+    async def read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]: ...
+    async def mark_pending(self, marks: Sequence[tuple[Position, PendingTakeProfit]]) -> None: ...
+    async def clear_pending(self, marks: Sequence[tuple[Position, int]]) -> None: ...
+    async def record_coverage(self, coverages: Sequence[Coverage]) -> None: ...
+    async def release_coverage(
+        self, position: Position, order_id: str, status: str, kept: Decimal = ...
+    ) -> None: ...
+    async def tp_order(self, session_id: str, order_id: str) -> dict[str, str]: ...
+    async def record_exit(self, position: Position, order_id: str, amount: Decimal) -> None: ...
+    async def set_tp_status(self, session_id: str, order_id: str, status: str) -> None: ...
+
+
+class Attempts(Protocol):
+    """Short-lived per-position claims: "I am placing this position's take-profit"."""
+
+    async def acquire(self, session_id: str, position_ids: Sequence[str]) -> dict[str, str]: ...
+    async def release(self, session_id: str, tokens: dict[str, str]) -> None: ...
+
+
+class Fills(Protocol):
+    """Recorded executions (Redis), streamed per pair."""
+
+    def scan(
+        self, session_id: str, symbol: str, chunk: int = ...
+    ) -> AsyncIterator[ReadResult[Fill]]: ...
+
+
+class Notifier(Protocol):
+    """Where alerts go (apprise URLs in production). Must never raise into a job."""
+
+    async def notify(self, title: str, body: str, level: str = "warning") -> None: ...
+
+
+class SettlementRecords(Protocol):
+    """Service keys of settlement: the status hash and the last-run time (Redis)."""
+
+    async def settlement_status(self, session_id: str) -> dict[str, str]: ...
+    async def write_settlement_status(
+        self, session_id: str, status: dict[str, str], finished_at: str
+    ) -> None: ...
+
+
+class SettlementRuns(Protocol):
+    """The history of settlement runs (PostgreSQL ``settlement_runs``)."""
+
+    async def record(self, run: SettlementRun) -> None: ...
+
+
+class SessionLocks(Protocol):
+    """``lock:settlement:{S}``; ``hold`` raises LockNotAcquired when another worker has it."""
+
+    def hold(self, session_id: str) -> AbstractAsyncContextManager[None]: ...

@@ -178,6 +178,19 @@ class Fill:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingTakeProfit:
+    """A take-profit about to be placed (or whose placement had no clear answer).
+
+    It is written before the order is sent, so a crash between placing and recording leaves a
+    trace: the next run looks ``client_order_id`` up on the exchange before placing anything.
+    """
+
+    generation: int
+    client_order_id: str
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
     """The filled quantity of one buy order, and what covers or closed it.
 
@@ -195,6 +208,9 @@ class Position:
     covered: Decimal = ZERO
     closed: Decimal = ZERO
     version: int = 0  # the number of fills recorded; lets coverage detect a concurrent fill
+    generation: int = 0  # take-profits recorded so far: the next one's client-id generation
+    take_profits: tuple[tuple[str, Decimal], ...] = ()  # (order id, amount) of live TPs
+    pending: tuple[PendingTakeProfit, ...] = ()
 
     def __post_init__(self) -> None:
         check_session_id(self.session_id)
@@ -205,9 +221,17 @@ class Position:
             check_amount(name, getattr(self, name))
 
     @property
+    def pending_amount(self) -> Decimal:
+        return sum((p.amount for p in self.pending), ZERO)
+
+    @property
     def uncovered(self) -> Decimal:
-        """Filled - covered - closed, never below zero."""
-        return max(ZERO, self.filled - self.covered - self.closed)
+        """Filled - covered - closed - pending, never below zero.
+
+        Pending take-profits count as covering: until their fate is known, the quantity they
+        name may already be on the exchange, and covering it again could sell it twice.
+        """
+        return max(ZERO, self.filled - self.covered - self.closed - self.pending_amount)
 
     @property
     def average_price(self) -> Decimal:

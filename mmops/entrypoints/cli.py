@@ -111,7 +111,7 @@ def emit_json(data: Any) -> None:
 
 
 def main() -> None:
-    from mmops.entrypoints import cli_db, cli_status  # noqa: F401 - registers the commands
+    from mmops.entrypoints import cli_db, cli_settle, cli_status  # noqa: F401 - registers commands
 
     try:
         app()

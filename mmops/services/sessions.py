@@ -35,5 +35,9 @@ class SessionRegistry:
         await self._live.set_status(session_id, status)
         await self._records.set_status(session_id, status)
 
+    async def get(self, session_id: str) -> Session | None:
+        """The session as registered in PostgreSQL (what settlement and migration go by)."""
+        return await self._records.get(session_id)
+
     async def recent_sessions(self, hours_back: int, limit: int, now: datetime) -> list[Session]:
         return await self._records.recent(hours_back, limit, now)

@@ -11,8 +11,22 @@ import pytest
 
 from mmops.adapters.redis import keys
 from mmops.adapters.redis.client import Redis, create_client
-from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
-from mmops.domain.models import Fill, Order, OrderStatus, Session, SessionStatus, Side
+from mmops.adapters.redis.store import (
+    FillStore,
+    OrderStore,
+    PositionStore,
+    SessionStore,
+)
+from mmops.domain.models import (
+    Fill,
+    Order,
+    OrderStatus,
+    PendingTakeProfit,
+    Session,
+    SessionStatus,
+    Side,
+)
+from mmops.domain.records import Coverage
 from mmops.errors import BadRecordError, InvalidIdentifier
 from tests.conftest import SessionIds
 
@@ -145,7 +159,7 @@ async def test_coverage_removes_from_index_and_release_restores(
     position = await positions.get(sid, "b1")
     assert position is not None
     meta = {"position": "b1", "pair": "BTC/USD", "amount": "1", "status": "open"}
-    await positions.record_coverage(position, "tp-1", "1", meta, fully_covered=True)
+    await positions.record_coverage([Coverage(position, 0, "tp-1", Decimal("1"), meta, True)])
     assert await positions.uncovered_ids(sid, "BTC/USD") == []
     covered = await positions.get(sid, "b1")
     assert covered is not None and covered.covered == Decimal("1") and covered.uncovered == 0
@@ -166,7 +180,9 @@ async def test_fill_arriving_after_pricing_keeps_position_uncovered(
     priced_from = await positions.get(sid, "b1")
     assert priced_from is not None
     await fills.record(buy_fill(sid, "b1", "1", "10", T0 + timedelta(seconds=5)))
-    await positions.record_coverage(priced_from, "tp-1", "1", {"position": "b1"}, True)
+    await positions.record_coverage(
+        [Coverage(priced_from, 0, "tp-1", Decimal("1"), {"position": "b1"}, True)]
+    )
     assert await positions.uncovered_ids(sid, "BTC/USD") == ["b1"]
     now = await positions.get(sid, "b1")
     assert now is not None and now.uncovered == Decimal("1")
@@ -287,3 +303,46 @@ def test_hostile_session_ids_never_reach_a_key(hostile: str) -> None:
 def test_hostile_pair_never_reaches_a_key() -> None:
     with pytest.raises(InvalidIdentifier):
         keys.fills("s1", "BTC/USD'; DROP TABLE fills;--")
+
+
+async def test_pending_marker_counts_as_covering_until_recorded_or_cleared(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    await fills.record(buy_fill(sid, "b1", "2", "10", T0))
+    p = await positions.get(sid, "b1")
+    assert p is not None and p.generation == 0
+    await positions.mark_pending([(p, PendingTakeProfit(0, "cid-0", Decimal("2")))])
+    p = await positions.get(sid, "b1")
+    assert p is not None and p.uncovered == 0
+    assert p.pending == (PendingTakeProfit(0, "cid-0", Decimal("2")),)
+
+    await positions.clear_pending([(p, 0)])
+    p = await positions.get(sid, "b1")
+    assert p is not None and p.uncovered == Decimal("2") and p.pending == ()
+
+    await positions.mark_pending([(p, PendingTakeProfit(0, "cid-0", Decimal("2")))])
+    await positions.record_coverage(
+        [Coverage(p, 0, "tp-9", Decimal("2"), {"position": "b1"}, True)]
+    )
+    p = await positions.get(sid, "b1")
+    assert p is not None
+    assert (p.pending, p.generation, p.take_profits) == ((), 1, (("tp-9", Decimal("2")),))
+
+
+async def test_release_keeps_what_a_cancelled_take_profit_already_sold(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    await fills.record(buy_fill(sid, "b1", "1", "10", T0))
+    p = await positions.get(sid, "b1")
+    assert p is not None
+    await positions.record_coverage(
+        [Coverage(p, 0, "tp-1", Decimal("1"), {"position": "b1"}, True)]
+    )
+    await positions.release_coverage(p, "tp-1", "canceled", kept=Decimal("0.4"))
+    p = await positions.get(sid, "b1")
+    assert p is not None and p.covered == Decimal("0.4") and p.uncovered == Decimal("0.6")
+    assert await positions.uncovered_ids(sid, "BTC/USD") == ["b1"]

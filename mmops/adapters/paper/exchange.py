@@ -116,6 +116,8 @@ class PaperExchange:
         first_number = self._orders_seen + 1
         self._orders_seen += len(orders)
         symbol = orders[0].symbol
+        if symbol in self.faults.fail_symbols:
+            raise ExchangeUnavailable(f"paper venue: {symbol} unavailable (injected fault)")
         listing = self._listing(symbol)
         ids = await self._next_ids("P", len(orders))
 

@@ -34,12 +34,14 @@ class FaultPlan:
     ``timeout_after_accept``: ``place_batch`` calls whose orders are accepted and recorded, then
     reported as ExchangeTimeout (the caller cannot know they were placed).
     ``reject_orders``: order numbers (across batches) refused with the named error.
+    ``fail_symbols``: pairs whose every ``place_batch`` raises ExchangeUnavailable.
     """
 
     latency: float = 0.0  # seconds added to every call
     fail_calls: frozenset[int] = frozenset()
     timeout_after_accept: frozenset[int] = frozenset()
     reject_orders: Mapping[int, str] = field(default_factory=dict)
+    fail_symbols: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.latency < 0:
@@ -53,7 +55,13 @@ class FaultPlan:
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> FaultPlan:
         """Build from settings JSON, e.g. ``{"latency_ms": 50, "timeout_after_accept": [2]}``."""
-        known = {"latency_ms", "fail_calls", "timeout_after_accept", "reject_orders"}
+        known = {
+            "latency_ms",
+            "fail_calls",
+            "timeout_after_accept",
+            "reject_orders",
+            "fail_symbols",
+        }
         if unknown := set(data) - known:
             raise ValueError(f"unknown fault settings {sorted(unknown)}; known: {sorted(known)}")
         return FaultPlan(
@@ -61,6 +69,7 @@ class FaultPlan:
             fail_calls=frozenset(int(n) for n in data.get("fail_calls", ())),
             timeout_after_accept=frozenset(int(n) for n in data.get("timeout_after_accept", ())),
             reject_orders={int(k): str(v) for k, v in dict(data.get("reject_orders", {})).items()},
+            fail_symbols=frozenset(str(s) for s in data.get("fail_symbols", ())),
         )
 
     def rejection(self, order_number: int, message: str) -> MmopsError | None:

@@ -20,6 +20,7 @@ from mmops.domain.models import (
     Order,
     OrderKind,
     OrderStatus,
+    PendingTakeProfit,
     Position,
     Session,
     SessionStatus,
@@ -178,26 +179,37 @@ def fill_from_json(raw: Any) -> Fill:
 
 # A position hash holds one field per contribution, summed here with Decimal arithmetic so
 # Redis never does money maths in floating point:
-#   symbol, opened_at, v (fills recorded)   f:<fill key> = "qty|price|fee"
-#   tp:<order id> = amount of a live take-profit   x:<ref> = amount closed otherwise
+#   symbol, opened_at, v (fills recorded), g (take-profits recorded: the next generation)
+#   f:<fill key> = "qty|price|fee"        tp:<order id> = amount of a live take-profit
+#   p:<generation> = "client id|amount"   x:<ref> = amount closed otherwise
 
 
 def fill_contribution(f: Fill) -> str:
     return f"{f.quantity}|{f.price}|{f.fee}"
 
 
+def pending_value(client_order_id: str, amount: Decimal) -> str:
+    return f"{client_order_id}|{amount}"
+
+
 def position_from_fields(session_id: str, position_id: str, fields: Mapping[str, str]) -> Position:
-    filled = cost = fees = covered = closed = ZERO
+    filled = cost = fees = closed = ZERO
+    take_profits: list[tuple[str, Decimal]] = []
+    pending: list[PendingTakeProfit] = []
     for name, value in fields.items():
-        if name.startswith("f:"):
+        kind, _, ref = name.partition(":")
+        if kind == "f":
             qty_s, price_s, fee_s = value.split("|")
             qty, price = dec(qty_s), dec(price_s)
             filled += qty
             cost += qty * price
             fees += dec(fee_s)
-        elif name.startswith("tp:"):
-            covered += dec(value)
-        elif name.startswith("x:"):
+        elif kind == "tp":
+            take_profits.append((ref, dec(value)))
+        elif kind == "p":
+            client_id, amount = value.split("|")
+            pending.append(PendingTakeProfit(int(ref), client_id, dec(amount)))
+        elif kind == "x":
             closed += dec(value)
     return Position(
         session_id=session_id,
@@ -207,7 +219,10 @@ def position_from_fields(session_id: str, position_id: str, fields: Mapping[str,
         filled=filled,
         cost=cost,
         fees=fees,
-        covered=covered,
+        covered=sum((amount for _, amount in take_profits), ZERO),
         closed=closed,
         version=int(fields.get("v", "0")),
+        generation=int(fields.get("g", "0")),
+        take_profits=tuple(sorted(take_profits)),
+        pending=tuple(sorted(pending, key=lambda p: p.generation)),
     )

@@ -9,27 +9,28 @@ Bulk reads are pipelined in chunks; a record that does not parse is returned as 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar, cast
+from decimal import Decimal
+from typing import Any, TypeVar, cast
 
 from mmops.adapters.redis import codec, keys
 from mmops.adapters.redis.client import Redis, redis_errors
-from mmops.domain.models import Fill, Order, Position, Session, SessionStatus
+from mmops.domain.models import (
+    ZERO,
+    Fill,
+    Order,
+    PendingTakeProfit,
+    Position,
+    Session,
+    SessionStatus,
+)
+from mmops.domain.records import Coverage, ReadResult
 from mmops.errors import BadRecordError
 
 T = TypeVar("T")
 
 PIPELINE_CHUNK = 500  # commands per round trip on bulk reads
 SCAN_COUNT = 1000
-
-
-@dataclass(slots=True)
-class ReadResult(Generic[T]):
-    """Records that parsed, and those that did not (to be quarantined, never dropped)."""
-
-    items: list[T] = field(default_factory=list)
-    bad: list[BadRecordError] = field(default_factory=list)
 
 
 class SessionStore:
@@ -180,24 +181,34 @@ class FillStore:
 
 
 # Record a take-profit: its tp_order metadata and the coverage of its position, atomically.
-# The position leaves the uncovered index only if no fill arrived since it was read (version).
+# The pending marker of its generation goes, the generation counter moves past it, and the
+# position leaves the uncovered index only if no fill arrived since it was read (version).
 # KEYS: tp_order key, position hash, uncovered zset
-# ARGV: order id, amount, expected version, fully covered (1/0), position id, then field/value
+# ARGV: order id, amount, expected version, fully covered (1/0), position id, generation,
+#       then tp_order field/value pairs
 _RECORD_COVERAGE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('HSET', KEYS[2], 'tp:' .. ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], 'p:' .. ARGV[6])
+local g = tonumber(redis.call('HGET', KEYS[2], 'g') or '0')
+if g <= tonumber(ARGV[6]) then redis.call('HSET', KEYS[2], 'g', tonumber(ARGV[6]) + 1) end
 if ARGV[4] == '1' and redis.call('HGET', KEYS[2], 'v') == ARGV[3] then
   redis.call('ZREM', KEYS[3], ARGV[5])
 end
 return 1
 """
 
-# Release the coverage of a take-profit that is no longer live (cancelled or rejected).
-# KEYS: tp_order key, position hash, uncovered zset   ARGV: order id, position id, score, status
+# Release the coverage of a take-profit that is no longer live (cancelled or rejected). What
+# it sold before it was cancelled (``kept``) stays covered.
+# KEYS: tp_order key, position hash, uncovered zset
+# ARGV: order id, position id, score, status, kept amount ('0' = none)
 _RELEASE_COVERAGE = """
-if redis.call('HDEL', KEYS[2], 'tp:' .. ARGV[1]) == 1 then
-  redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[2])
+if ARGV[5] == '0' then
+  redis.call('HDEL', KEYS[2], 'tp:' .. ARGV[1])
+else
+  redis.call('HSET', KEYS[2], 'tp:' .. ARGV[1], ARGV[5])
 end
+redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'status', ARGV[4]) end
 return 1
 """
@@ -249,6 +260,8 @@ class PositionStore:
                     pipe.hgetall(keys.position(session_id, position_id))
                 rows: list[dict[str, str]] = await pipe.execute()
             for position_id, fields in zip(chunk, rows, strict=True):
+                if not fields:
+                    continue  # gone (expired, or an id that never had a fill)
                 key = keys.position(session_id, position_id)
                 try:
                     parse = _position_parser(session_id, position_id)
@@ -258,42 +271,69 @@ class PositionStore:
         return result
 
     @redis_errors
-    async def record_coverage(
-        self,
-        position: Position,
-        order_id: str,
-        amount: str,
-        metadata: dict[str, str],
-        fully_covered: bool,
-    ) -> None:
-        """Write ``tp_order:{S}:{O}`` and the position's coverage in one atomic step.
-
-        ``position`` is the state the take-profit was priced from; if a fill arrived since
-        (its version moved), the position stays in the uncovered index for the new quantity.
+    async def record_coverage(self, coverages: Sequence[Coverage]) -> None:
+        """Record placed take-profits: each one atomically writes ``tp_order:{S}:{O}``, the
+        position's coverage, clears its pending marker and advances its generation. All are
+        sent in one round trip.
         """
-        s = position.session_id
-        flat: list[str] = []
-        for name, value in metadata.items():
-            flat.extend((name, value))
-        await self._cover(
-            keys=[
-                keys.tp_order(s, order_id),
-                keys.position(s, position.position_id),
-                keys.uncovered(s, position.symbol),
-            ],
-            args=[
-                order_id,
-                amount,
-                str(position.version),
-                "1" if fully_covered else "0",
-                position.position_id,
-                *flat,
-            ],
-        )
+        if not coverages:
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            for c in coverages:
+                p = c.position
+                flat: list[str] = []
+                for name, value in c.metadata.items():
+                    flat.extend((name, value))
+                await self._cover(
+                    keys=[
+                        keys.tp_order(p.session_id, c.order_id),
+                        keys.position(p.session_id, p.position_id),
+                        keys.uncovered(p.session_id, p.symbol),
+                    ],
+                    args=[
+                        c.order_id,
+                        str(c.amount),
+                        str(p.version),
+                        "1" if c.fully_covered else "0",
+                        p.position_id,
+                        str(c.generation),
+                        *flat,
+                    ],
+                    client=pipe,
+                )
+            await pipe.execute()
 
     @redis_errors
-    async def release_coverage(self, position: Position, order_id: str, status: str) -> None:
-        """Forget a take-profit that is no longer live; the position is uncovered again."""
+    async def mark_pending(self, marks: Sequence[tuple[Position, PendingTakeProfit]]) -> None:
+        """Write each position's pending marker, in one round trip, before its order is sent."""
+        if not marks:
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            for position, pending in marks:
+                pipe.hset(
+                    keys.position(position.session_id, position.position_id),
+                    f"p:{pending.generation}",
+                    codec.pending_value(pending.client_order_id, pending.amount),
+                )
+            await pipe.execute()
+
+    @redis_errors
+    async def clear_pending(self, marks: Sequence[tuple[Position, int]]) -> None:
+        """Forget pending markers whose order is known not to exist on the exchange."""
+        if not marks:
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            for position, generation in marks:
+                pipe.hdel(
+                    keys.position(position.session_id, position.position_id), f"p:{generation}"
+                )
+            await pipe.execute()
+
+    @redis_errors
+    async def release_coverage(
+        self, position: Position, order_id: str, status: str, kept: Decimal = ZERO
+    ) -> None:
+        """Forget a take-profit that is no longer live; what it sold (``kept``) stays covered."""
         s = position.session_id
         await self._release(
             keys=[
@@ -301,8 +341,35 @@ class PositionStore:
                 keys.position(s, position.position_id),
                 keys.uncovered(s, position.symbol),
             ],
-            args=[order_id, position.position_id, codec.millis(position.opened_at), status],
+            args=[
+                order_id,
+                position.position_id,
+                codec.millis(position.opened_at),
+                status,
+                "0" if kept == 0 else str(kept),
+            ],
         )
+
+    @redis_errors
+    async def record_exit(self, position: Position, order_id: str, amount: Decimal) -> None:
+        """Record quantity sold by a stop-loss exit (``x:<order id>``): no longer to be covered."""
+        s = position.session_id
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.position(s, position.position_id), f"x:{order_id}", str(amount))
+            pipe.zrem(keys.uncovered(s, position.symbol), position.position_id)
+            await pipe.execute()
+
+    @redis_errors
+    async def set_tp_status(self, session_id: str, order_id: str, status: str) -> None:
+        """Note a take-profit's state as last seen on the exchange (e.g. ``filled``)."""
+        key = keys.tp_order(session_id, order_id)
+        if await self._r.exists(key):
+            await self._r.hset(key, "status", status)
+
+    @redis_errors
+    async def read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]:
+        """Positions by id, pipelined; unknown ids are left out."""
+        return await self._read_many(session_id, ids)
 
     @redis_errors
     async def tp_order(self, session_id: str, order_id: str) -> dict[str, str]:

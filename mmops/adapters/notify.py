@@ -1,0 +1,40 @@
+"""Alerts through apprise (Slack, Discord, Telegram, e-mail, webhooks…).
+
+A failing channel is logged and swallowed: an alert must never break the job that raised it.
+URLs may carry tokens, so they are registered as secrets and never logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import apprise
+
+from mmops import logs
+
+log = logs.get_logger("mmops.notify")
+
+_TYPES = {"info": "info", "success": "success", "warning": "warning", "failure": "failure"}
+
+
+class AppriseNotifier:
+    def __init__(self, urls: Sequence[str]) -> None:
+        self._apprise = apprise.Apprise()
+        for url in urls:
+            if not self._apprise.add(url):
+                log.error("alert.bad_url", index=urls.index(url))
+        self.enabled = len(self._apprise) > 0
+
+    async def notify(self, title: str, body: str, level: str = "warning") -> None:
+        log.warning("alert", title=title, body=body, level=level)
+        if not self.enabled:
+            return
+        try:
+            delivered = await self._apprise.async_notify(
+                body=body, title=title, notify_type=_TYPES.get(level, "warning")
+            )
+        except Exception as e:  # any channel failure is logged, never raised
+            log.error("alert.failed", error=f"{type(e).__name__}: {logs.scrub(str(e))}")
+            return
+        if not delivered:
+            log.error("alert.failed", error="a channel did not accept the alert")

@@ -1,0 +1,111 @@
+"""Locks in Redis: the per-session settlement lock and the per-position take-profit attempts.
+
+Both are a random token stored with ``SET NX PX``; only the holder of the token may extend or
+delete the key (a compare-and-delete script), so a worker whose lock expired can never release
+a lock another worker has since taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Sequence
+
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
+
+from mmops import logs
+from mmops.adapters.redis import keys
+from mmops.adapters.redis.client import Redis, redis_errors
+from mmops.errors import LockNotAcquired
+
+log = logs.get_logger("mmops.locks")
+
+_RELEASE_IF_OWNED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class SettlementLocks:
+    """``lock:settlement:{S}``: one worker settles a session at a time (redis-py's Lock)."""
+
+    def __init__(self, redis: Redis, ttl_seconds: float) -> None:
+        self._r = redis
+        self._ttl = ttl_seconds
+
+    @contextlib.asynccontextmanager
+    async def hold(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's lock for the block, extending it every third of its TTL.
+
+        Raises LockNotAcquired at once if another worker holds it (no waiting: the next run
+        will come). The lock is released on exit only if this worker still owns it.
+        """
+        lock = Lock(
+            self._r,
+            keys.settlement_lock(session_id),
+            timeout=self._ttl,
+            blocking=False,
+            thread_local=False,
+        )
+        if not await _acquire(lock):
+            raise LockNotAcquired(f"session {session_id} is being settled by another worker")
+        keeper = asyncio.create_task(self._keep(lock, session_id))
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            try:
+                await lock.release()
+            except LockError:
+                log.warning("lock.lost", session=session_id)
+
+    async def _keep(self, lock: Lock, session_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                await lock.extend(self._ttl, replace_ttl=True)
+            except LockError:
+                log.error("lock.lost", session=session_id)
+                return
+
+
+@redis_errors
+async def _acquire(lock: Lock) -> bool:
+    return bool(await lock.acquire())
+
+
+class Attempts:
+    """``tp_attempt:{S}:{P}``: who is placing a position's take-profit right now."""
+
+    def __init__(self, redis: Redis, ttl_seconds: float) -> None:
+        self._r = redis
+        self._ttl_ms = int(ttl_seconds * 1000)
+        self._release = redis.register_script(_RELEASE_IF_OWNED)
+
+    @redis_errors
+    async def acquire(self, session_id: str, position_ids: Sequence[str]) -> dict[str, str]:
+        """Try every position at once (one round trip); return the tokens of those acquired."""
+        if not position_ids:
+            return {}
+        tokens = {pid: secrets.token_hex(12) for pid in position_ids}
+        async with self._r.pipeline(transaction=False) as pipe:
+            for pid, token in tokens.items():
+                pipe.set(keys.tp_attempt(session_id, pid), token, nx=True, px=self._ttl_ms)
+            acquired = await pipe.execute()
+        return {pid: token for (pid, token), ok in zip(tokens.items(), acquired, strict=True) if ok}
+
+    @redis_errors
+    async def release(self, session_id: str, tokens: dict[str, str]) -> None:
+        """Delete the attempts this worker still owns (one round trip)."""
+        if not tokens:
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            for pid, token in tokens.items():
+                await self._release(
+                    keys=[keys.tp_attempt(session_id, pid)], args=[token], client=pipe
+                )
+            await pipe.execute()

@@ -1,0 +1,65 @@
+"""Repricing: a take-profit priced at a younger tier is cancelled when its position ages into a
+lower one, and the position becomes uncovered so the same run covers it at the new price.
+
+Cancel first, replace after: a failed cancel leaves the old order covering the position; a
+failed replacement leaves it uncovered for the next run. It is never covered twice.
+"""
+
+from __future__ import annotations
+
+from mmops import logs
+from mmops.domain.models import OrderStatus, Position
+from mmops.domain.pricing import age_in_minutes
+from mmops.domain.tiers import TierPolicy
+from mmops.errors import MmopsError, OrderNotFound
+from mmops.ports import Clock, Exchange, Positions
+from mmops.services.tp_results import PairReport
+
+log = logs.get_logger("mmops.reprice")
+
+
+class Repricer:
+    def __init__(
+        self, positions: Positions, exchange: Exchange, tiers: TierPolicy, clock: Clock
+    ) -> None:
+        self._positions = positions
+        self._exchange = exchange
+        self._tiers = tiers
+        self._clock = clock
+
+    async def run(self, session_id: str, pair: str, report: PairReport) -> None:
+        result = await self._positions.all(session_id, pair)
+        report.bad_records += len(result.bad)
+        now = self._clock.now()
+        table = self._tiers.for_pair(pair)
+        for position in result.items:
+            if not position.take_profits or position.pending:
+                continue
+            tier_now, _ = table.markup_at(age_in_minutes(position.opened_at, now))
+            for order_id, _amount in position.take_profits:
+                meta = await self._positions.tp_order(session_id, order_id)
+                if meta.get("status") != "open" or not meta.get("tier"):
+                    continue
+                if int(meta["tier"]) < tier_now and await self._cancel(position, order_id):
+                    report.repriced += 1
+
+    async def _cancel(self, position: Position, order_id: str) -> bool:
+        """Cancel a stale take-profit and release its coverage; True if it was replaced."""
+        try:
+            order = await self._exchange.cancel(position.symbol, order_id)
+        except OrderNotFound:
+            try:
+                order = await self._exchange.fetch_order(position.symbol, order_id)
+            except MmopsError as e:
+                log.warning("tp.reprice_failed", position=position.position_id, error=str(e))
+                return False
+        except MmopsError as e:
+            log.warning("tp.reprice_failed", position=position.position_id, error=str(e))
+            return False
+        if order.status is OrderStatus.FILLED:
+            await self._positions.set_tp_status(position.session_id, order_id, "filled")
+            return False
+        await self._positions.release_coverage(position, order_id, "replaced", order.filled)
+        log.info("tp.repriced", session=position.session_id, pair=position.symbol,
+                 position=position.position_id, order=order_id)  # fmt: skip
+        return True

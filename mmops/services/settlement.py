@@ -1,0 +1,269 @@
+"""The settlement run: every recent session's uncovered positions covered, the stop-loss checked,
+the outcome recorded.
+
+One run: discover sessions (PostgreSQL) → fetch markets, tickers and balances once → per
+session, under ``lock:settlement:{S}``: reprice stale take-profits, read uncovered positions,
+create take-profits (pairs concurrently, isolated), check the portfolio stop-loss, write
+``settlement:status:{S}`` / ``settlement:last_run:{S}`` and a ``settlement_runs`` row. Several
+workers may run at once: the locks share the sessions out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from mmops import logs
+from mmops.domain.models import ZERO, Balance, Position, Session
+from mmops.domain.records import SettlementRun
+from mmops.errors import LockNotAcquired, MmopsError
+from mmops.ports import Clock, Exchange, Positions, SessionLocks, SettlementRecords, SettlementRuns
+from mmops.services.reprice import Repricer
+from mmops.services.sessions import SessionRegistry
+from mmops.services.stoploss import StopLossReport, StopLossService
+from mmops.services.take_profit import TakeProfitService
+from mmops.services.tp_results import MarketData, PairReport
+
+log = logs.get_logger("mmops.settlement")
+
+
+@dataclass(slots=True)
+class SessionResult:
+    session_id: str
+    state: str  # ok | partial | failed | locked
+    started_at: datetime
+    finished_at: datetime
+    pairs: dict[str, PairReport] = field(default_factory=dict)
+    stoploss: StopLossReport | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("ok", "locked")
+
+    @property
+    def duration_ms(self) -> int:
+        return int((self.finished_at - self.started_at).total_seconds() * 1000)
+
+    def totals(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for report in self.pairs.values():
+            for name, n in report.counts().items():
+                total[name] = total.get(name, 0) + n
+        return total
+
+    def errors(self) -> list[str]:
+        found = [self.error] if self.error else []
+        for report in self.pairs.values():
+            if report.error:
+                found.append(f"{report.symbol}: {report.error}")
+            found.extend(f"{report.symbol} {f.position_id}: {f.kind}" for f in report.failed)
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        stop = self.stoploss
+        return {
+            "session": self.session_id,
+            "state": self.state,
+            "duration_ms": self.duration_ms,
+            "totals": self.totals(),
+            "errors": self.errors(),
+            "stoploss": None if stop is None else {**stop.fields(), "action": stop.action},
+            "pairs": {pair: report.to_dict() for pair, report in self.pairs.items()},
+        }
+
+
+class SettlementService:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        positions: Positions,
+        records: SettlementRecords,
+        runs: SettlementRuns,
+        locks: SessionLocks,
+        exchange: Exchange,
+        take_profits: TakeProfitService,
+        stoploss: StopLossService,
+        repricer: Repricer | None,
+        clock: Clock,
+        *,
+        hours_back: int,
+        session_limit: int,
+        worker: str,
+    ) -> None:
+        self._registry = registry
+        self._positions = positions
+        self._records = records
+        self._runs = runs
+        self._locks = locks
+        self._exchange = exchange
+        self._tp = take_profits
+        self._stoploss = stoploss
+        self._repricer = repricer
+        self._clock = clock
+        self._hours_back = hours_back
+        self._limit = session_limit
+        self.worker = worker
+
+    async def run(self, session_id: str | None = None) -> list[SessionResult]:
+        """Settle one session, or every recent one. Raises MmopsError only when nothing can be
+        settled at all (PostgreSQL or the exchange unreachable); per-session failures are in
+        the results."""
+        sessions = await self._sessions(session_id)
+        if not sessions:
+            return []
+        started = self._clock.now()
+        try:
+            data = await self._market_data(sessions)
+        except MmopsError as e:
+            log.error("settlement.market_data_failed", error=str(e))
+            results = [self._failed(s, started, f"market data: {e}") for s in sessions]
+            for r in results:
+                await self._record(r, dry_run=self._tp.dry_run)
+            return results
+        results = []
+        for session in sessions:
+            result = await self._settle(session, data)
+            data = _after_placements(data, result)
+            results.append(result)
+        return results
+
+    async def _sessions(self, session_id: str | None) -> list[Session]:
+        if session_id is None:
+            return await self._registry.recent_sessions(
+                self._hours_back, self._limit, self._clock.now()
+            )
+        session = await self._registry.get(session_id)
+        if session is None:
+            raise LookupError(f"no session {session_id!r} in the registry")
+        return [session]
+
+    async def _market_data(self, sessions: list[Session]) -> MarketData:
+        pairs = sorted({pair for s in sessions for pair in s.pairs})
+        markets, tickers, balances = await asyncio.gather(
+            self._exchange.markets(), self._exchange.tickers(pairs), self._exchange.balances()
+        )
+        return MarketData(markets, tickers, balances)
+
+    async def _settle(self, session: Session, data: MarketData) -> SessionResult:
+        started = self._clock.now()
+        log.info("settlement.started", session=session.id, pairs=len(session.pairs))
+        try:
+            async with self._locks.hold(session.id):
+                result = await self._settle_locked(session, data, started)
+        except LockNotAcquired:
+            log.info("settlement.skipped_locked", session=session.id)
+            return SessionResult(session.id, "locked", started, self._clock.now())
+        except MmopsError as e:
+            log.error("settlement.failed", session=session.id, error=str(e))
+            result = self._failed(session, started, f"{type(e).__name__}: {e}")
+        await self._record(result, dry_run=self._tp.dry_run)
+        log.info("settlement.finished", session=session.id, state=result.state,
+                 duration_ms=result.duration_ms, **result.totals())  # fmt: skip
+        return result
+
+    async def _settle_locked(
+        self, session: Session, data: MarketData, started: datetime
+    ) -> SessionResult:
+        reports = {pair: PairReport(pair) for pair in session.pairs}
+        if self._repricer is not None and not self._tp.dry_run:
+            await asyncio.gather(
+                *(self._isolated(reports[p], self._repricer.run(session.id, p, reports[p]))
+                  for p in session.pairs)
+            )  # fmt: skip
+        uncovered = await asyncio.gather(
+            *(self._positions.uncovered(session.id, pair) for pair in session.pairs)
+        )
+        by_pair: dict[str, list[Position]] = {}
+        for pair, read in zip(session.pairs, uncovered, strict=True):
+            by_pair[pair] = read.items
+            reports[pair].bad_records += len(read.bad)
+            for bad in read.bad:
+                log.error(
+                    "settlement.bad_record", session=session.id, key=bad.key, reason=bad.reason
+                )
+        await self._tp.create_batch(session.id, by_pair, data, reports)
+        stop, stop_error = None, None
+        try:
+            stop = await self._stoploss.check(session, data)
+        except (MmopsError, ValueError) as e:
+            stop_error = f"stop-loss: {type(e).__name__}: {e}"
+            log.error("stoploss.failed", session=session.id, error=stop_error)
+        errors = sum(r.error is not None for r in reports.values())
+        state = "ok" if all(r.ok for r in reports.values()) and not stop_error else "partial"
+        if reports and errors == len(reports):
+            state = "failed"
+        return SessionResult(
+            session.id, state, started, self._clock.now(), reports, stop, stop_error
+        )
+
+    @staticmethod
+    async def _isolated(report: PairReport, work: Any) -> None:
+        try:
+            await work
+        except MmopsError as e:
+            report.error = f"{type(e).__name__}: {e}"
+
+    def _failed(self, session: Session, started: datetime, error: str) -> SessionResult:
+        return SessionResult(session.id, "failed", started, self._clock.now(), error=error)
+
+    async def _record(self, result: SessionResult, dry_run: bool) -> None:
+        """Status in Redis and a row in PostgreSQL; a failure to record is logged, not raised."""
+        totals = result.totals()
+        status = {
+            "state": result.state,
+            "placed": str(totals.get("placed", 0)),
+            "skipped": str(totals.get("skipped", 0)),
+            "failed": str(totals.get("failed", 0)),
+            "errors": json.dumps(result.errors()[:50]),
+            "duration_ms": str(result.duration_ms),
+            "finished_at": result.finished_at.isoformat(),
+            "worker": self.worker,
+            "dry_run": str(dry_run).lower(),
+        }
+        if result.stoploss is not None:
+            status.update(result.stoploss.fields())
+        else:
+            previous = await self._keep_stoploss(result.session_id)
+            status.update(previous)
+        row = SettlementRun(
+            result.session_id, self.worker, result.state, result.started_at, result.finished_at,
+            totals.get("placed", 0), totals.get("skipped", 0), totals.get("failed", 0), dry_run,
+            result.to_dict(),
+        )  # fmt: skip
+        for write in (
+            self._records.write_settlement_status(result.session_id, status, status["finished_at"]),
+            self._runs.record(row),
+        ):
+            try:
+                await write
+            except MmopsError as e:
+                log.error("settlement.record_failed", session=result.session_id, error=str(e))
+
+    async def _keep_stoploss(self, session_id: str) -> dict[str, str]:
+        """The stop-loss fields of the previous status, kept when this run measured nothing."""
+        try:
+            previous = await self._records.settlement_status(session_id)
+        except MmopsError:
+            return {}
+        names = ("equity", "peak_equity", "drawdown", "stoploss_level")
+        return {k: previous[k] for k in names if k in previous}
+
+
+def _after_placements(data: MarketData, result: SessionResult) -> MarketData:
+    """Balances as the next session of this run should see them: what was placed is held."""
+    held: dict[str, Balance] = dict(data.balances)
+    for pair, report in result.pairs.items():
+        market = data.markets.get(pair)
+        if market is None:
+            continue
+        amount = sum((p.amount for p in report.placed if not p.dry_run), ZERO)
+        if not amount:
+            continue
+        b = held.get(market.base)
+        if b is not None:
+            held[market.base] = replace(b, free=max(b.free - amount, ZERO), used=b.used + amount)
+    return MarketData(data.markets, data.tickers, held)

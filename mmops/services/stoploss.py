@@ -1,0 +1,169 @@
+"""Portfolio stop-loss: equity over all pairs, drawdown from the session's peak, and actions.
+
+equity = capital + realized + unrealized at the best bid (FIFO per pair over the recorded
+fills). The peak and the highest level acted on are kept in ``settlement:status:{S}``, so each
+level's action (warn: alert; halt: the session's status tells the trading loop to stop buying;
+flatten: cancel take-profits and exit positions, never in dry-run) happens once, not every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from mmops import logs
+from mmops.domain.exchange import OrderRequest
+from mmops.domain.ids import client_order_id
+from mmops.domain.models import OrderStatus, Position, Session, SessionStatus, Side
+from mmops.domain.pnl import (
+    PairPnL,
+    StopLossLevel,
+    StopLossThresholds,
+    drawdown,
+    equity,
+    fifo_pnl,
+    stop_loss_level,
+)
+from mmops.errors import MmopsError, OrderNotFound
+from mmops.ports import Exchange, Fills, Notifier, Positions, SettlementRecords
+from mmops.services.sessions import SessionRegistry
+from mmops.services.tp_results import MarketData
+
+log = logs.get_logger("mmops.stoploss")
+
+
+@dataclass(frozen=True, slots=True)
+class StopLossReport:
+    equity: Decimal
+    peak: Decimal
+    drawdown: Decimal
+    level: StopLossLevel
+    action: str | None  # the level acted on this run, if any
+    bad_fills: int = 0
+
+    def fields(self) -> dict[str, str]:
+        """What the settlement status keeps between runs."""
+        return {
+            "equity": str(self.equity),
+            "peak_equity": str(self.peak),
+            "drawdown": str(self.drawdown),
+            "stoploss_level": self.level.value,
+        }
+
+
+class StopLossService:
+    def __init__(
+        self,
+        fills: Fills,
+        positions: Positions,
+        records: SettlementRecords,
+        registry: SessionRegistry,
+        exchange: Exchange,
+        notifier: Notifier,
+        thresholds: StopLossThresholds,
+        *,
+        dry_run: bool = False,
+    ) -> None:
+        self._fills = fills
+        self._positions = positions
+        self._records = records
+        self._registry = registry
+        self._exchange = exchange
+        self._notifier = notifier
+        self._thresholds = thresholds
+        self.dry_run = dry_run
+
+    async def check(self, session: Session, data: MarketData) -> StopLossReport | None:
+        """Measure the drawdown and act on a level not acted on before.
+
+        Returns None for a session without capital (no drawdown can be measured).
+        """
+        if session.capital <= 0:
+            return None
+        pnls, bad = await self._pnls(session)
+        marks = {pair: t.bid for pair, t in data.tickers.items()}
+        now_equity = equity(session.capital, pnls, marks)
+        status = await self._records.settlement_status(session.id)
+        peak = max(Decimal(status.get("peak_equity", session.capital)), now_equity)
+        fraction = drawdown(peak, now_equity)
+        level = stop_loss_level(fraction, self._thresholds)
+        acted = StopLossLevel(status.get("stoploss_level", StopLossLevel.NONE.value))
+        action = None
+        if level.severity > acted.severity:
+            action = level.value
+            await self._act(session, level, fraction, now_equity, peak)
+        kept = level if level.severity > acted.severity else acted
+        return StopLossReport(now_equity, peak, fraction, kept, action, bad)
+
+    async def _pnls(self, session: Session) -> tuple[list[PairPnL], int]:
+        pnls, bad = [], 0
+        for pair in session.pairs:
+            fills = []
+            async for chunk in self._fills.scan(session.id, pair):
+                fills.extend(chunk.items)
+                bad += len(chunk.bad)
+            pnls.append(fifo_pnl(session.id, pair, fills))
+        return pnls, bad
+
+    async def _act(
+        self, session: Session, level: StopLossLevel, fraction: Decimal, eq: Decimal, peak: Decimal
+    ) -> None:
+        log.warning(
+            "stoploss.triggered", session=session.id, level=level.value,
+            drawdown=str(fraction), equity=str(eq), peak=str(peak), dry_run=self.dry_run,
+        )  # fmt: skip
+        what = {
+            StopLossLevel.WARN: "warning only",
+            StopLossLevel.HALT: "session halted: the trading loop stops buying",
+            StopLossLevel.FLATTEN: "take-profits cancelled and positions exited",
+        }[level]
+        if self.dry_run:
+            what = f"dry-run, nothing done ({what} when live)"
+        elif level.severity >= StopLossLevel.HALT.severity:
+            await self._registry.set_status(session.id, SessionStatus.HALTED)
+            if level is StopLossLevel.FLATTEN:
+                await self._flatten(session)
+        await self._notifier.notify(
+            f"mmops stop-loss {level.value}: session {session.id}",
+            f"drawdown {fraction:.2%} from peak {peak} (equity {eq}); {what}",
+            "failure" if level is StopLossLevel.FLATTEN else "warning",
+        )
+
+    async def _flatten(self, session: Session) -> None:
+        """Cancel every live take-profit, then sell what each position still holds at the bid."""
+        for pair in session.pairs:
+            result = await self._positions.all(session.id, pair)
+            tickers = await self._exchange.tickers([pair])
+            for position in result.items:
+                sold = await self._cancel_take_profits(position)
+                left = position.filled - position.closed - sold
+                if left > 0:
+                    await self._exit(position, left, tickers[pair].bid)
+
+    async def _cancel_take_profits(self, position: Position) -> Decimal:
+        """Cancel the position's take-profits; return what they had already sold."""
+        sold = Decimal(0)
+        for order_id, _amount in position.take_profits:
+            try:
+                order = await self._exchange.cancel(position.symbol, order_id)
+            except OrderNotFound:
+                order = await self._exchange.fetch_order(position.symbol, order_id)
+            sold += order.filled
+            if order.status is not OrderStatus.FILLED:
+                await self._positions.release_coverage(position, order_id, "canceled", order.filled)
+        return sold
+
+    async def _exit(self, position: Position, amount: Decimal, bid: Decimal) -> None:
+        cid = client_order_id(position.session_id, f"{position.position_id}:exit", 0)
+        request = OrderRequest(position.symbol, Side.SELL, amount, bid, cid, post_only=False)
+        try:
+            [result] = await self._exchange.place_batch([request])
+        except MmopsError as e:
+            log.error("stoploss.exit_failed", position=position.position_id, error=str(e))
+            return
+        if result.order is None:
+            log.error(
+                "stoploss.exit_failed", position=position.position_id, error=str(result.error)
+            )
+            return
+        await self._positions.record_exit(position, result.order.id, amount)

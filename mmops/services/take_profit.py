@@ -1,0 +1,421 @@
+"""The take-profit service: cover every uncovered position with one post-only sell, once.
+
+``create_batch`` runs four phases for one session:
+
+1. **recover** (per pair, concurrently): a position with a pending marker had an order sent
+   whose outcome was never recorded (a crash, a timeout). Its client order id is looked up on
+   the exchange first: found live → recorded; not there → the marker is cleared.
+2. **price** every position (pure domain pricing; dust is reported, never placed).
+3. **allocate** the free balance per base asset across all pairs, oldest first.
+4. **place** (per pair, concurrently, each pair's failure isolated): claim ``tp_attempt`` for
+   each position (one round trip), re-read the claimed positions, write pending markers,
+   send batches of at most 15, record each placed order with its coverage atomically, and
+   look up the client id of any order whose answer was lost.
+
+Invariants: the sum of a position's take-profits never exceeds its filled quantity (pending
+markers count as covering), and one (position, generation) never has two live orders (the
+client order id is derived from them, and claimed before it is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from mmops import logs
+from mmops.domain.allocation import Grant, allocate
+from mmops.domain.exchange import MAX_BATCH, ExchangeOrder, OrderRequest, PlacementResult
+from mmops.domain.ids import client_order_id
+from mmops.domain.models import PendingTakeProfit, Position, Side
+from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_take_profit
+from mmops.domain.records import Coverage
+from mmops.domain.tiers import TierPolicy
+from mmops.errors import ExchangeRejected, MmopsError, RateLimited
+from mmops.ports import Attempts, Clock, Exchange, Positions
+from mmops.services.tp_results import (
+    Failed,
+    MarketData,
+    PairReport,
+    Placed,
+    Skipped,
+    SkipReason,
+)
+
+log = logs.get_logger("mmops.take_profit")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    position: Position
+    quote: TakeProfitQuote
+    amount: Decimal
+    generation: int
+    client_order_id: str
+
+    def request(self) -> OrderRequest:
+        return OrderRequest(
+            self.position.symbol, Side.SELL, self.amount, self.quote.price, self.client_order_id
+        )
+
+
+class TakeProfitService:
+    def __init__(
+        self,
+        positions: Positions,
+        attempts: Attempts,
+        exchange: Exchange,
+        tiers: TierPolicy,
+        clock: Clock,
+        *,
+        reserve: Mapping[str, Decimal] | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self._positions = positions
+        self._attempts = attempts
+        self._exchange = exchange
+        self._tiers = tiers
+        self._clock = clock
+        self._reserve = dict(reserve or {})
+        self.dry_run = dry_run
+
+    async def create_batch(
+        self,
+        session_id: str,
+        positions_by_pair: Mapping[str, Sequence[Position]],
+        data: MarketData,
+        reports: dict[str, PairReport] | None = None,
+    ) -> dict[str, PairReport]:
+        """Cover the given uncovered positions; return what happened, per pair."""
+        reports = reports if reports is not None else {}
+        for pair in positions_by_pair:
+            reports.setdefault(pair, PairReport(pair))
+        ready = await self._per_pair(
+            reports,
+            {
+                p: self._recover(session_id, p, ps, reports[p])
+                for p, ps in positions_by_pair.items()
+            },
+        )
+        now = self._clock.now()
+        quotes = self._price(ready, data, reports, now)
+        allocation = allocate(quotes, data.balances, data.markets, self._reserve)
+        grants: dict[str, list[Grant]] = {pair: [] for pair in ready}
+        for grant in allocation.granted:
+            grants[grant.quote.symbol].append(grant)
+        for short in allocation.insufficient:
+            detail = f"missing {short.missing} of {short.quote.amount}, granted {short.granted}"
+            reports[short.quote.symbol].skipped.append(
+                Skipped(short.quote.position_id, SkipReason.INSUFFICIENT_BALANCE, detail)
+            )
+        await self._per_pair(
+            reports,
+            {
+                p: self._place_pair(session_id, p, g, data, reports[p], now)
+                for p, g in grants.items()
+            },
+        )
+        return reports
+
+    async def _per_pair(
+        self, reports: dict[str, PairReport], work: Mapping[str, Coroutine[Any, Any, T]]
+    ) -> dict[str, T]:
+        """Run one coroutine per pair concurrently; a pair that raises is reported, not fatal."""
+        outcomes = await asyncio.gather(*work.values(), return_exceptions=True)
+        result: dict[str, T] = {}
+        for pair, outcome in zip(work, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                reports[pair].error = f"{type(outcome).__name__}: {outcome}"
+                log.error("tp.pair_failed", pair=pair, error=reports[pair].error)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                result[pair] = outcome
+        return result
+
+    # -- 1. recover ---------------------------------------------------------------------
+
+    async def _recover(
+        self, session_id: str, pair: str, positions: Sequence[Position], report: PairReport
+    ) -> list[Position]:
+        """Resolve pending markers; return the positions that can be priced now."""
+        clean = [p for p in positions if not p.pending]
+        pending = [p for p in positions if p.pending]
+        if not pending or self.dry_run:
+            for p in pending:
+                report.skipped.append(Skipped(p.position_id, SkipReason.AWAITING_LOOKUP))
+            return clean
+        tokens = await self._attempts.acquire(session_id, [p.position_id for p in pending])
+        try:
+            for p in pending:
+                if p.position_id not in tokens:
+                    report.skipped.append(Skipped(p.position_id, SkipReason.ATTEMPT_IN_PROGRESS))
+                    continue
+                await self._resolve(p, report)
+            fresh = await self._positions.read_many(session_id, list(tokens))
+            report.bad_records += len(fresh.bad)
+        finally:
+            await self._attempts.release(session_id, tokens)
+        for p in fresh.items:
+            if p.pending:
+                report.skipped.append(Skipped(p.position_id, SkipReason.AWAITING_LOOKUP))
+            else:
+                clean.append(p)
+        return clean
+
+    async def _resolve(self, position: Position, report: PairReport) -> None:
+        for pending in position.pending:
+            try:
+                order = await self._exchange.find_by_client_id(
+                    position.symbol, pending.client_order_id
+                )
+            except MmopsError as e:
+                log.warning("tp.lookup_failed", position=position.position_id, error=str(e))
+                continue
+            if order is not None and order.live:
+                meta = _metadata(
+                    position,
+                    pending.client_order_id,
+                    pending.generation,
+                    order.price,
+                    order.amount,
+                    None,
+                    self._clock.now(),
+                )
+                fully = order.amount >= position.uncovered + pending.amount
+                await self._positions.record_coverage(
+                    [Coverage(position, pending.generation, order.id, order.amount, meta, fully)]
+                )
+                report.recovered += 1
+                log.info(
+                    "tp.recovered",
+                    session=position.session_id,
+                    pair=position.symbol,
+                    position=position.position_id,
+                    order=order.id,
+                )
+            else:
+                await self._positions.clear_pending([(position, pending.generation)])
+
+    # -- 2. price -----------------------------------------------------------------------
+
+    def _price(
+        self,
+        ready: Mapping[str, Sequence[Position]],
+        data: MarketData,
+        reports: dict[str, PairReport],
+        now: datetime,
+    ) -> list[TakeProfitQuote]:
+        quotes: list[TakeProfitQuote] = []
+        for pair, positions in ready.items():
+            market, ticker = data.markets.get(pair), data.tickers.get(pair)
+            if market is None or ticker is None:
+                reports[pair].error = f"no market or ticker for {pair}"
+                continue
+            for p in positions:
+                if p.uncovered == 0:
+                    reports[pair].skipped.append(Skipped(p.position_id, SkipReason.ALREADY_COVERED))
+                    continue
+                result = self._quote(p, now, data)
+                if isinstance(result, Dust):
+                    reports[pair].skipped.append(
+                        Skipped(p.position_id, SkipReason.DUST, result.reason.value)
+                    )
+                else:
+                    quotes.append(result)
+        return quotes
+
+    def _quote(self, p: Position, now: datetime, data: MarketData) -> TakeProfitQuote | Dust:
+        tiers = self._tiers.for_pair(p.symbol)
+        age = age_in_minutes(p.opened_at, now)
+        return price_take_profit(p, age, data.markets[p.symbol], data.tickers[p.symbol], tiers)
+
+    # -- 4. place -----------------------------------------------------------------------
+
+    async def _place_pair(
+        self,
+        session_id: str,
+        pair: str,
+        grants: Sequence[Grant],
+        data: MarketData,
+        report: PairReport,
+        now: datetime,
+    ) -> None:
+        if self.dry_run:
+            for g in grants:
+                cid = client_order_id(session_id, g.quote.position_id, 0)
+                report.placed.append(
+                    Placed(
+                        g.quote.position_id,
+                        "dry-run",
+                        cid,
+                        g.quote.price,
+                        g.amount,
+                        g.quote.tier_minutes,
+                        dry_run=True,
+                    )
+                )
+            return
+        tokens = await self._attempts.acquire(session_id, [g.quote.position_id for g in grants])
+        try:
+            orders = await self._claimed_orders(session_id, grants, tokens, data, report, now)
+            await self._positions.mark_pending(
+                [
+                    (o.position, PendingTakeProfit(o.generation, o.client_order_id, o.amount))
+                    for o in orders
+                ]
+            )
+            for start in range(0, len(orders), MAX_BATCH):
+                await self._place_chunk(orders[start : start + MAX_BATCH], report, now)
+        finally:
+            await self._attempts.release(session_id, tokens)
+
+    async def _claimed_orders(
+        self,
+        session_id: str,
+        grants: Sequence[Grant],
+        tokens: Mapping[str, str],
+        data: MarketData,
+        report: PairReport,
+        now: datetime,
+    ) -> list[_Order]:
+        """Re-read the positions this worker claimed and build their orders from fresh state."""
+        for g in grants:
+            if g.quote.position_id not in tokens:
+                report.skipped.append(Skipped(g.quote.position_id, SkipReason.ATTEMPT_IN_PROGRESS))
+        fresh = await self._positions.read_many(session_id, list(tokens))
+        report.bad_records += len(fresh.bad)
+        by_id = {p.position_id: p for p in fresh.items}
+        orders = []
+        for g in grants:
+            p = by_id.get(g.quote.position_id)
+            if p is None or g.quote.position_id not in tokens:
+                continue
+            if p.pending or p.uncovered == 0:
+                reason = SkipReason.AWAITING_LOOKUP if p.pending else SkipReason.ALREADY_COVERED
+                report.skipped.append(Skipped(p.position_id, reason))
+                continue
+            quote = g.quote
+            if p.uncovered != g.quote.uncovered:  # a fill or a TP since it was priced
+                repriced = self._quote(p, now, data)
+                if isinstance(repriced, Dust):
+                    report.skipped.append(
+                        Skipped(p.position_id, SkipReason.DUST, repriced.reason.value)
+                    )
+                    continue
+                quote = repriced
+            amount = min(quote.amount, g.amount)
+            cid = client_order_id(session_id, p.position_id, p.generation)
+            orders.append(_Order(p, quote, amount, p.generation, cid))
+        return orders
+
+    async def _place_chunk(
+        self, chunk: Sequence[_Order], report: PairReport, now: datetime
+    ) -> None:
+        requests = [o.request() for o in chunk]
+        try:
+            results = await self._exchange.place_batch(requests)
+        except MmopsError as e:  # the whole call failed: every outcome is unknown
+            results = [PlacementResult(r, error=e) for r in requests]
+        coverages: list[Coverage] = []
+        clears: list[tuple[Position, int]] = []
+        for o, r in zip(chunk, results, strict=True):
+            order = r.order
+            if order is None and not _refused(r.error):
+                order = await self._lookup(o)  # the answer was lost: did it land?
+                if order is None:
+                    report.failed.append(
+                        Failed(
+                            o.position.position_id,
+                            type(r.error).__name__,
+                            f"{r.error}; kept pending, next run looks it up",
+                        )
+                    )
+                    continue
+            if order is not None:
+                meta = _metadata(
+                    o.position,
+                    o.client_order_id,
+                    o.generation,
+                    order.price,
+                    order.amount,
+                    o.quote,
+                    now,
+                )
+                fully = order.amount >= o.position.uncovered
+                coverages.append(
+                    Coverage(o.position, o.generation, order.id, order.amount, meta, fully)
+                )
+                report.placed.append(
+                    Placed(
+                        o.position.position_id,
+                        order.id,
+                        o.client_order_id,
+                        order.price,
+                        order.amount,
+                        o.quote.tier_minutes,
+                    )
+                )
+                log.info(
+                    "tp.placed",
+                    session=o.position.session_id,
+                    pair=o.position.symbol,
+                    position=o.position.position_id,
+                    order=order.id,
+                    price=str(order.price),
+                    amount=str(order.amount),
+                    tier=o.quote.tier_minutes,
+                )
+            else:
+                clears.append((o.position, o.generation))
+                report.failed.append(
+                    Failed(o.position.position_id, type(r.error).__name__, str(r.error))
+                )
+                log.warning(
+                    "tp.rejected",
+                    session=o.position.session_id,
+                    pair=o.position.symbol,
+                    position=o.position.position_id,
+                    error=str(r.error),
+                )
+        await self._positions.record_coverage(coverages)
+        await self._positions.clear_pending(clears)
+
+    async def _lookup(self, o: _Order) -> ExchangeOrder | None:
+        try:
+            found = await self._exchange.find_by_client_id(o.position.symbol, o.client_order_id)
+        except MmopsError:
+            return None
+        return found if found is not None and found.live else None
+
+
+def _refused(error: MmopsError | None) -> bool:
+    """The exchange definitely did not place it (so the pending marker can go)."""
+    return isinstance(error, ExchangeRejected | RateLimited)
+
+
+def _metadata(
+    p: Position,
+    cid: str,
+    generation: int,
+    price: Decimal,
+    amount: Decimal,
+    quote: TakeProfitQuote | None,
+    now: datetime,
+) -> dict[str, str]:
+    return {
+        "position": p.position_id,
+        "pair": p.symbol,
+        "price": str(price),
+        "amount": str(amount),
+        "tier": str(quote.tier_minutes) if quote else "",
+        "markup": str(quote.markup) if quote else "",
+        "client_order_id": cid,
+        "generation": str(generation),
+        "created_at": now.isoformat(),
+        "status": "open",
+    }

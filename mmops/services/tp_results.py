@@ -1,0 +1,112 @@
+"""What a take-profit run reports, per pair: placed, skipped with a reason, failed with an error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from mmops.domain.models import Balance, Market, Ticker
+
+
+class SkipReason(StrEnum):
+    DUST = "dust"  # below the market's minimums: reported, never placed
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    ALREADY_COVERED = "already_covered"
+    ATTEMPT_IN_PROGRESS = "attempt_in_progress"  # another worker holds tp_attempt
+    AWAITING_LOOKUP = "awaiting_lookup"  # an earlier placement's outcome is not known yet
+
+
+# Reasons that leave a coverable position uncovered through no fault of the run.
+BENIGN_SKIPS = frozenset(
+    {SkipReason.DUST, SkipReason.ATTEMPT_IN_PROGRESS, SkipReason.ALREADY_COVERED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MarketData:
+    """One fetch of the exchange per settlement run, shared by every pair."""
+
+    markets: dict[str, Market]
+    tickers: dict[str, Ticker]
+    balances: dict[str, Balance]
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    position_id: str
+    order_id: str
+    client_order_id: str
+    price: Decimal
+    amount: Decimal
+    tier_minutes: int
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    position_id: str
+    reason: SkipReason
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    position_id: str
+    kind: str  # the error's class name
+    error: str
+
+
+@dataclass(slots=True)
+class PairReport:
+    symbol: str
+    placed: list[Placed] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    recovered: int = 0  # earlier placements found on the exchange and recorded
+    repriced: int = 0  # take-profits cancelled to be replaced at a lower tier
+    bad_records: int = 0  # positions that did not parse (quarantined, reported)
+    error: str | None = None  # the whole pair failed
+
+    @property
+    def left_uncovered(self) -> int:
+        """Positions left uncovered for a reason other than dust or another worker's hold."""
+        return len(self.failed) + sum(s.reason not in BENIGN_SKIPS for s in self.skipped)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.left_uncovered == 0 and self.bad_records == 0
+
+    def counts(self) -> dict[str, int]:
+        by_reason: dict[str, int] = {}
+        for s in self.skipped:
+            by_reason[s.reason.value] = by_reason.get(s.reason.value, 0) + 1
+        return {
+            "placed": len(self.placed),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed) + (1 if self.error else 0),
+            "recovered": self.recovered,
+            "repriced": self.repriced,
+            "bad_records": self.bad_records,
+            **{f"skipped_{reason}": n for reason, n in sorted(by_reason.items())},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "counts": self.counts(),
+            "error": self.error,
+            "placed": [
+                {"position": p.position_id, "order": p.order_id, "price": str(p.price),
+                 "amount": str(p.amount), "tier": p.tier_minutes, "dry_run": p.dry_run}
+                for p in self.placed
+            ],
+            "skipped": [
+                {"position": s.position_id, "reason": s.reason.value, "detail": s.detail}
+                for s in self.skipped
+            ],
+            "failed": [
+                {"position": f.position_id, "kind": f.kind, "error": f.error} for f in self.failed
+            ],
+        }  # fmt: skip
