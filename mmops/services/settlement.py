@@ -169,6 +169,8 @@ class SettlementService:
         self, session: Session, data: MarketData, started: datetime
     ) -> SessionResult:
         reports = {pair: PairReport(pair) for pair in session.pairs}
+        if await self._flattened(session.id):
+            return await self._only_stoploss(session, data, started, reports)
         if self._repricer is not None and not self._tp.dry_run:
             await asyncio.gather(
                 *(self._isolated(reports[p], self._repricer.run(session.id, p, reports[p]))
@@ -199,6 +201,17 @@ class SettlementService:
         return SessionResult(
             session.id, state, started, self._clock.now(), reports, stop, stop_error
         )
+
+    async def _flattened(self, session_id: str) -> bool:
+        """A flattened session gets no new take-profits: its positions are being exited."""
+        status = await self._records.settlement_status(session_id)
+        return status.get("stoploss_level") == "flatten" and not self._tp.dry_run
+
+    async def _only_stoploss(
+        self, session: Session, data: MarketData, started: datetime, reports: dict[str, PairReport]
+    ) -> SessionResult:
+        stop = await self._stoploss.check(session, data)
+        return SessionResult(session.id, "ok", started, self._clock.now(), reports, stop)
 
     @staticmethod
     async def _isolated(report: PairReport, work: Any) -> None:

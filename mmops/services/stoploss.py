@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from mmops import logs
-from mmops.domain.exchange import OrderRequest
+from mmops.domain.exchange import MAX_BATCH, OrderRequest
 from mmops.domain.ids import client_order_id
 from mmops.domain.models import OrderStatus, Position, Session, SessionStatus, Side
 from mmops.domain.pnl import (
@@ -92,6 +92,8 @@ class StopLossService:
         if level.severity > acted.severity:
             action = level.value
             await self._act(session, level, fraction, now_equity, peak)
+        elif acted is StopLossLevel.FLATTEN and not self.dry_run:
+            await self._flatten(session)  # finish what an earlier run could not (no new alert)
         kept = level if level.severity > acted.severity else acted
         return StopLossReport(now_equity, peak, fraction, kept, action, bad)
 
@@ -130,15 +132,26 @@ class StopLossService:
         )
 
     async def _flatten(self, session: Session) -> None:
-        """Cancel every live take-profit, then sell what each position still holds at the bid."""
+        """Cancel every live take-profit, then sell what each position still holds at the bid.
+
+        Idempotent: positions already exited and take-profits already cancelled are skipped,
+        so a run that was cut short (rate limit, outage) is completed by the next one.
+        """
         for pair in session.pairs:
             result = await self._positions.all(session.id, pair)
-            tickers = await self._exchange.tickers([pair])
+            bid = (await self._exchange.tickers([pair]))[pair].bid
+            exits: list[tuple[Position, Decimal]] = []
             for position in result.items:
-                sold = await self._cancel_take_profits(position)
+                try:
+                    sold = await self._cancel_take_profits(position)
+                except MmopsError as e:
+                    log.error("stoploss.cancel_failed", position=position.position_id, error=str(e))
+                    continue
                 left = position.filled - position.closed - sold
                 if left > 0:
-                    await self._exit(position, left, tickers[pair].bid)
+                    exits.append((position, left))
+            for start in range(0, len(exits), MAX_BATCH):
+                await self._exit(exits[start : start + MAX_BATCH], bid)
 
     async def _cancel_take_profits(self, position: Position) -> Decimal:
         """Cancel the position's take-profits; return what they had already sold."""
@@ -153,17 +166,28 @@ class StopLossService:
                 await self._positions.release_coverage(position, order_id, "canceled", order.filled)
         return sold
 
-    async def _exit(self, position: Position, amount: Decimal, bid: Decimal) -> None:
-        cid = client_order_id(position.session_id, f"{position.position_id}:exit", 0)
-        request = OrderRequest(position.symbol, Side.SELL, amount, bid, cid, post_only=False)
-        try:
-            [result] = await self._exchange.place_batch([request])
-        except MmopsError as e:
-            log.error("stoploss.exit_failed", position=position.position_id, error=str(e))
-            return
-        if result.order is None:
-            log.error(
-                "stoploss.exit_failed", position=position.position_id, error=str(result.error)
+    async def _exit(self, exits: list[tuple[Position, Decimal]], bid: Decimal) -> None:
+        """Place one batch of exit sells (takers at the bid) and record what they close."""
+        requests = [
+            OrderRequest(
+                p.symbol,
+                Side.SELL,
+                amount,
+                bid,
+                client_order_id(p.session_id, f"{p.position_id}:exit", p.generation),
+                post_only=False,
             )
+            for p, amount in exits
+        ]
+        try:
+            results = await self._exchange.place_batch(requests)
+        except MmopsError as e:
+            log.error("stoploss.exit_failed", positions=len(exits), error=str(e))
             return
-        await self._positions.record_exit(position, result.order.id, amount)
+        for (position, amount), result in zip(exits, results, strict=True):
+            if result.order is None:
+                log.error(
+                    "stoploss.exit_failed", position=position.position_id, error=str(result.error)
+                )
+                continue
+            await self._positions.record_exit(position, result.order.id, amount)

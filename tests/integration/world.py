@@ -22,6 +22,7 @@ from mmops.adapters.paper.state import PaperOrder
 from mmops.bootstrap import Runtime, Urls, build_settlement, open_runtime
 from mmops.config import Settings
 from mmops.domain.models import Fill, Order, OrderStatus, Position, Session, Side
+from mmops.domain.ratelimit import TradingCounter
 from mmops.domain.rounding import round_amount_down
 from mmops.ports import Exchange
 from mmops.services.settlement import SettlementService
@@ -36,13 +37,14 @@ class World:
     exchange: PaperExchange
     session_ids: list[str]
 
-    def venue(self, **faults: object) -> PaperExchange:
-        """Another handle on the same venue, with injected faults."""
+    def venue(self, counter: TradingCounter | None = None, **faults: object) -> PaperExchange:
+        """Another handle on the same venue, with injected faults or another trading counter."""
         return PaperExchange(
             self.rt.redis,
             self.rt.clock,
             venue=self.exchange.venue,
             seed=self.rt.settings.paper_seed,
+            counter=counter,
             faults=FaultPlan(**faults),  # type: ignore[arg-type]
         )
 
