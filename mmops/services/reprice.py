@@ -7,6 +7,8 @@ failed replacement leaves it uncovered for the next run. It is never covered twi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mmops import logs
 from mmops.domain.models import OrderStatus, Position
 from mmops.domain.pricing import age_in_minutes
@@ -27,21 +29,24 @@ class Repricer:
         self._tiers = tiers
         self._clock = clock
 
-    async def run(self, session_id: str, pair: str, report: PairReport) -> None:
-        result = await self._positions.all(session_id, pair)
-        report.bad_records += len(result.bad)
+    async def run(self, positions: Sequence[Position], report: PairReport) -> set[str]:
+        """Cancel take-profits whose position has aged into a lower tier; return the ids of
+        the positions whose coverage was released (they need a fresh read)."""
         now = self._clock.now()
-        table = self._tiers.for_pair(pair)
-        for position in result.items:
+        released: set[str] = set()
+        for position in positions:
             if not position.take_profits or position.pending:
                 continue
+            table = self._tiers.for_pair(position.symbol)
             tier_now, _ = table.markup_at(age_in_minutes(position.opened_at, now))
             for order_id, _amount in position.take_profits:
-                meta = await self._positions.tp_order(session_id, order_id)
+                meta = await self._positions.tp_order(position.session_id, order_id)
                 if meta.get("status") != "open" or not meta.get("tier"):
                     continue
                 if int(meta["tier"]) < tier_now and await self._cancel(position, order_id):
                     report.repriced += 1
+                    released.add(position.position_id)
+        return released
 
     async def _cancel(self, position: Position, order_id: str) -> bool:
         """Cancel a stale take-profit and release its coverage; True if it was replaced."""

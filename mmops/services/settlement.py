@@ -171,22 +171,18 @@ class SettlementService:
         reports = {pair: PairReport(pair) for pair in session.pairs}
         if await self._flattened(session.id):
             return await self._only_stoploss(session, data, started, reports)
-        if self._repricer is not None and not self._tp.dry_run:
-            await asyncio.gather(
-                *(self._isolated(reports[p], self._repricer.run(session.id, p, reports[p]))
-                  for p in session.pairs)
-            )  # fmt: skip
-        uncovered = await asyncio.gather(
-            *(self._positions.uncovered(session.id, pair) for pair in session.pairs)
+        reads = await asyncio.gather(
+            *(self._coverable(session.id, pair, reports[pair]) for pair in session.pairs),
+            return_exceptions=True,
         )
         by_pair: dict[str, list[Position]] = {}
-        for pair, read in zip(session.pairs, uncovered, strict=True):
-            by_pair[pair] = read.items
-            reports[pair].bad_records += len(read.bad)
-            for bad in read.bad:
-                log.error(
-                    "settlement.bad_record", session=session.id, key=bad.key, reason=bad.reason
-                )
+        for pair, read in zip(session.pairs, reads, strict=True):
+            if isinstance(read, MmopsError):
+                reports[pair].error = f"{type(read).__name__}: {read}"
+            elif isinstance(read, BaseException):
+                raise read
+            else:
+                by_pair[pair] = read
         await self._tp.create_batch(session.id, by_pair, data, reports)
         stop, stop_error = None, None
         try:
@@ -213,12 +209,25 @@ class SettlementService:
         stop = await self._stoploss.check(session, data)
         return SessionResult(session.id, "ok", started, self._clock.now(), reports, stop)
 
-    @staticmethod
-    async def _isolated(report: PairReport, work: Any) -> None:
-        try:
-            await work
-        except MmopsError as e:
-            report.error = f"{type(e).__name__}: {e}"
+    async def _coverable(self, session_id: str, pair: str, report: PairReport) -> list[Position]:
+        """The pair's positions that need a take-profit, after repricing stale ones.
+
+        With repricing on, every position is read once (repricing needs the covered ones too)
+        and the uncovered are taken from that read; otherwise only the uncovered index is read.
+        """
+        live = self._repricer is not None and not self._tp.dry_run
+        read = await (self._positions.all if live else self._positions.uncovered)(session_id, pair)
+        report.bad_records += len(read.bad)
+        for bad in read.bad:
+            log.error("settlement.bad_record", session=session_id, key=bad.key, reason=bad.reason)
+        positions = read.items
+        if live and self._repricer is not None:
+            released = await self._repricer.run(positions, report)
+            if released:
+                fresh = await self._positions.read_many(session_id, sorted(released))
+                by_id = {p.position_id: p for p in fresh.items}
+                positions = [by_id.get(p.position_id, p) for p in positions]
+        return [p for p in positions if p.uncovered > 0 or p.pending]
 
     def _failed(self, session: Session, started: datetime, error: str) -> SessionResult:
         return SessionResult(session.id, "failed", started, self._clock.now(), error=error)

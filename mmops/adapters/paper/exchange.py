@@ -98,9 +98,11 @@ class PaperExchange:
     @redis_errors
     async def balances(self) -> dict[str, Balance]:
         await self._call()
-        raw = cast(dict[str, str], await self._r.hgetall(self.keys.balances))
+        assets = sorted(cast(set[str], await self._r.smembers(self.keys.assets)))
+        keys = [self.keys.balance(a) for a in assets]
+        values = cast(list[str | None], await self._r.mget(keys) if keys else [])
         result = {}
-        for asset, value in raw.items():
+        for asset, value in zip(assets, values, strict=True):
             h = Holding.decode(value)
             result[asset] = Balance(asset, free=h.free, used=h.used, total=h.total)
         return result
@@ -124,48 +126,50 @@ class PaperExchange:
         async def place(pipe: Pipe) -> list[PlacementResult]:
             now = self._clock.now()
             quote = self._quote(symbol, now.timestamp(), await self._adjustment(pipe, symbol))
-            rate = await pipe.hget(self.keys.rate, symbol)
+            rate = await pipe.get(self.keys.rate(symbol))
             admitted = self.counter.admit(_counter(rate), now.timestamp(), len(orders))
             if admitted is None:
                 limited = RateLimited(f"EOrder:Rate limit exceeded ({symbol})")
                 return [PlacementResult(o, error=limited) for o in orders]
-            balances = await pipe.hmget(
-                self.keys.balances, [listing.market.base, listing.market.quote]
-            )
-            holdings = {
-                listing.market.base: Holding.decode(balances[0]),
-                listing.market.quote: Holding.decode(balances[1]),
-            }
-            known = await pipe.hmget(self.keys.clients, [o.client_order_id for o in orders])
-            results: list[PlacementResult] = []
-            accepted: list[PaperOrder] = []
+            values = await pipe.mget([self.keys.balance(a) for a in assets])
+            holdings = {a: Holding.decode(v) for a, v in zip(assets, values, strict=True)}
+            before = dict(holdings)
+            known = await pipe.hmget(self.keys.clients(symbol), [o.client_order_id for o in orders])
+            results, accepted = [], []
             for i, request in enumerate(orders):
                 error = self._refusal(request, listing.market, quote, holdings, known[i])
                 error = error or self.faults.rejection(first_number + i, "order refused")
-                if error is not None:
-                    results.append(PlacementResult(request, error=error))
-                    continue
-                paper = _new_order(ids[i], request, listing.market, now)
-                holdings = _hold(holdings, listing.market, paper)
-                accepted.append(paper)
-                results.append(PlacementResult(request, order=paper.order))
+                if error is None:
+                    paper = _new_order(ids[i], request, listing.market, now)
+                    holdings = _hold(holdings, listing.market, paper)
+                    accepted.append(paper)
+                results.append(
+                    PlacementResult(
+                        request, order=paper.order if error is None else None, error=error
+                    )
+                )
             pipe.multi()
-            pipe.hset(self.keys.rate, symbol, _encode_counter(admitted))
-            for paper in accepted:
-                pipe.hset(self.keys.orders, paper.order.id, paper.encode())
-                pipe.sadd(self.keys.open, paper.order.id)
-                pipe.hset(self.keys.clients, cast(str, paper.order.client_order_id), paper.order.id)
+            pipe.set(self.keys.rate(symbol), _encode_counter(admitted))
+            self._write_accepted(pipe, symbol, accepted)
             for asset, holding in holdings.items():
-                pipe.hset(self.keys.balances, asset, holding.encode())
+                if holding != before[asset]:
+                    pipe.set(self.keys.balance(asset), holding.encode())
             return results
 
-        results = await self._transact(
-            [self.keys.balances, self.keys.clients, self.keys.rate], place
-        )
+        assets = sorted({_held_asset(o.side, listing.market) for o in orders})
+        watched = [self.keys.clients(symbol), self.keys.rate(symbol)]
+        results = await self._transact(watched + [self.keys.balance(a) for a in assets], place)
         if placement in self.faults.timeout_after_accept:
             timeout = ExchangeTimeout("no answer from the paper venue (injected fault)")
             return [PlacementResult(r.request, error=timeout) if r.placed else r for r in results]
         return results
+
+    def _write_accepted(self, pipe: Pipe, symbol: str, accepted: list[PaperOrder]) -> None:
+        for paper in accepted:
+            pipe.hset(self.keys.orders, paper.order.id, paper.encode())
+            pipe.sadd(self.keys.open, paper.order.id)
+            client_id = cast(str, paper.order.client_order_id)
+            pipe.hset(self.keys.clients(symbol), client_id, paper.order.id)
 
     @redis_errors
     async def cancel(self, symbol: str, order_id: str) -> ExchangeOrder:
@@ -176,27 +180,27 @@ class PaperExchange:
             if paper.order.status is not OrderStatus.OPEN:
                 raise OrderNotFound(f"order {order_id} is {paper.order.status.value}, not open")
             market = self._listing(symbol).market
-            held_asset = market.base if paper.order.side is Side.SELL else market.quote
-            holding = Holding.decode(await pipe.hget(self.keys.balances, held_asset))
+            held_asset = _held_asset(paper.order.side, market)
+            holding = Holding.decode(await pipe.get(self.keys.balance(held_asset)))
             now = self._clock.now()
             age = (now - paper.order.created_at).total_seconds()
             state = self.counter.current(
-                _counter(await pipe.hget(self.keys.rate, symbol)), now.timestamp()
+                _counter(await pipe.get(self.keys.rate(symbol))), now.timestamp()
             )
             penalised = CounterState(state + cancel_penalty(age), now.timestamp())
             canceled = PaperOrder(replace(paper.order, status=OrderStatus.CANCELED), Decimal(0))
             pipe.multi()
             pipe.hset(self.keys.orders, order_id, canceled.encode())
             pipe.srem(self.keys.open, order_id)
-            pipe.hset(
-                self.keys.balances,
-                held_asset,
-                Holding(holding.total, holding.used - paper.hold).encode(),
-            )
-            pipe.hset(self.keys.rate, symbol, _encode_counter(penalised))
+            released = Holding(holding.total, holding.used - paper.hold)
+            pipe.set(self.keys.balance(held_asset), released.encode())
+            pipe.set(self.keys.rate(symbol), _encode_counter(penalised))
             return canceled.order
 
-        return await self._transact([self.keys.orders, self.keys.balances, self.keys.rate], cancel)
+        market = self._listing(symbol).market
+        watched = [self.keys.orders, self.keys.rate(symbol)]
+        watched += [self.keys.balance(market.base), self.keys.balance(market.quote)]
+        return await self._transact(watched, cancel)
 
     @redis_errors
     async def fetch_order(self, symbol: str, order_id: str) -> ExchangeOrder:
@@ -216,7 +220,7 @@ class PaperExchange:
     @redis_errors
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
         await self._call()
-        order_id = await self._r.hget(self.keys.clients, client_order_id)
+        order_id = await self._r.hget(self.keys.clients(symbol), client_order_id)
         if order_id is None:
             return None
         order = (await self._read_order(self._r, str(order_id), None)).order
@@ -232,13 +236,14 @@ class PaperExchange:
         """Add ``amount`` of ``asset`` to the account (negative to withdraw free balance)."""
 
         async def fund(pipe: Pipe) -> None:
-            h = Holding.decode(await pipe.hget(self.keys.balances, asset))
+            h = Holding.decode(await pipe.get(self.keys.balance(asset)))
             if h.free + amount < 0:
                 raise InsufficientFunds(f"cannot withdraw {-amount} {asset}: free {h.free}")
             pipe.multi()
-            pipe.hset(self.keys.balances, asset, Holding(h.total + amount, h.used).encode())
+            pipe.set(self.keys.balance(asset), Holding(h.total + amount, h.used).encode())
+            pipe.sadd(self.keys.assets, asset)
 
-        await self._transact([self.keys.balances], fund)
+        await self._transact([self.keys.balance(asset)], fund)
 
     @redis_errors
     async def shock(self, symbol: str, multiplier: Decimal) -> None:
@@ -268,10 +273,11 @@ class PaperExchange:
             open_ids = sorted(cast(set[str], await pipe.smembers(self.keys.open)))
             raws = await pipe.hmget(self.keys.orders, open_ids) if open_ids else []
             orders = [PaperOrder.decode(raw) for raw in raws if raw]
-            holdings = {
-                a: Holding.decode(v)
-                for a, v in cast(dict[str, str], await pipe.hgetall(self.keys.balances)).items()
-            }
+            assets = sorted(cast(set[str], await self._r.smembers(self.keys.assets)))
+            assets = sorted(set(assets) | {a for m in self._markets() for a in (m.base, m.quote)})
+            await pipe.watch(*[self.keys.balance(a) for a in assets])
+            values = await pipe.mget([self.keys.balance(a) for a in assets])
+            holdings = {a: Holding.decode(v) for a, v in zip(assets, values, strict=True)}
             adjust = await self._adjustments(pipe)
             outcome = match_orders(
                 orders,
@@ -291,14 +297,13 @@ class PaperExchange:
                 if paper.order.status is not OrderStatus.OPEN:
                     pipe.srem(self.keys.open, paper.order.id)
             for asset, holding in outcome.holdings.items():
-                pipe.hset(self.keys.balances, asset, holding.encode())
+                pipe.set(self.keys.balance(asset), holding.encode())
+                pipe.sadd(self.keys.assets, asset)
             if trades:
                 pipe.rpush(self.keys.trades, *[encode_trade(t) for t in trades])
             return trades
 
-        return await self._transact(
-            [self.keys.matched_at, self.keys.open, self.keys.orders, self.keys.balances], run
-        )
+        return await self._transact([self.keys.matched_at, self.keys.open, self.keys.orders], run)
 
     @redis_errors
     async def trades(self, start: int = 0) -> tuple[list[Trade], int]:
@@ -309,7 +314,9 @@ class PaperExchange:
     @redis_errors
     async def reset(self) -> None:
         """Delete every key of this venue."""
-        await self._r.delete(*self.keys.all)
+        keys = [key async for key in self._r.scan_iter(match=self.keys.pattern, count=1000)]
+        if keys:
+            await self._r.delete(*keys)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -344,6 +351,9 @@ class PaperExchange:
         if listing is None:
             raise ExchangeRejected(f"EQuery:Unknown asset pair {symbol!r}")
         return listing
+
+    def _markets(self) -> list[Market]:
+        return [listing.market for listing in self._listings.values()]
 
     def _quote(self, symbol: str, t: float, adjust: Mapping[str, Decimal]) -> Quote:
         market = self._listing(symbol).market
@@ -397,6 +407,10 @@ def _check_batch(orders: Sequence[OrderRequest]) -> None:
         raise ValueError(f"a batch holds at most {MAX_BATCH} orders, got {len(orders)}")
     if len({o.symbol for o in orders}) > 1:
         raise ValueError("a batch holds orders of one pair only")
+
+
+def _held_asset(side: Side, market: Market) -> str:
+    return market.base if side is Side.SELL else market.quote
 
 
 def _hold_need(side: Side, price: Decimal, amount: Decimal, market: Market) -> tuple[str, Decimal]:

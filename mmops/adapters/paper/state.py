@@ -4,15 +4,19 @@ All keys of one venue share the hash tag ``{V}`` so a transaction may span them 
 
 | key | type | contents |
 |---|---|---|
-| ``paper:{V}:balances`` | HASH | asset → ``"total|used"`` (decimal strings) |
+| ``paper:{V}:balance:<asset>`` | STRING | ``"total|used"`` (decimal strings) |
+| ``paper:{V}:assets`` | SET | assets that have a balance key |
 | ``paper:{V}:orders`` | HASH | order id → JSON order |
 | ``paper:{V}:open`` | SET | ids of open orders |
-| ``paper:{V}:clients`` | HASH | client order id → order id |
+| ``paper:{V}:clients:<pair>`` | HASH | client order id → order id |
 | ``paper:{V}:trades`` | LIST | JSON trades, oldest first (a reader keeps its own index) |
-| ``paper:{V}:rate`` | HASH | symbol → ``"value|at"``: the trading counter |
+| ``paper:{V}:rate:<pair>`` | STRING | ``"value|at"``: the pair's trading counter |
 | ``paper:{V}:adjust`` | HASH | symbol → price multiplier (a test's or demo's price shock) |
 | ``paper:{V}:seq`` | STRING | counter for order and trade ids |
 | ``paper:{V}:matched_at`` | STRING | epoch seconds up to which resting orders were matched |
+
+Balances, client ids and counters are split per asset and per pair so that placements on
+pairs sharing nothing never conflict (a transaction WATCHes only what it touches).
 """
 
 from __future__ import annotations
@@ -24,29 +28,29 @@ from decimal import Decimal
 from typing import Any
 
 from mmops.domain.exchange import ExchangeOrder, Trade
-from mmops.domain.models import ZERO, OrderStatus, Side, check_session_id
+from mmops.domain.models import ZERO, OrderStatus, Side, check_session_id, check_symbol
 
 
 class VenueKeys:
     def __init__(self, venue: str) -> None:
-        tag = "{" + check_session_id(venue) + "}"
-        self.balances = f"paper:{tag}:balances"
-        self.orders = f"paper:{tag}:orders"
-        self.open = f"paper:{tag}:open"
-        self.clients = f"paper:{tag}:clients"
-        self.trades = f"paper:{tag}:trades"
-        self.rate = f"paper:{tag}:rate"
-        self.adjust = f"paper:{tag}:adjust"
-        self.seq = f"paper:{tag}:seq"
-        self.matched_at = f"paper:{tag}:matched_at"
-        self.pattern = f"paper:\\{{{venue}\\}}:*"
+        self._prefix = "paper:{" + check_session_id(venue) + "}"
+        self.assets = f"{self._prefix}:assets"
+        self.orders = f"{self._prefix}:orders"
+        self.open = f"{self._prefix}:open"
+        self.trades = f"{self._prefix}:trades"
+        self.adjust = f"{self._prefix}:adjust"
+        self.seq = f"{self._prefix}:seq"
+        self.matched_at = f"{self._prefix}:matched_at"
+        self.pattern = "paper:\\{" + venue + "\\}:*"
 
-    @property
-    def all(self) -> list[str]:
-        return [
-            self.balances, self.orders, self.open, self.clients, self.trades,
-            self.rate, self.adjust, self.seq, self.matched_at,
-        ]  # fmt: skip
+    def balance(self, asset: str) -> str:
+        return f"{self._prefix}:balance:{asset}"
+
+    def clients(self, symbol: str) -> str:
+        return f"{self._prefix}:clients:{check_symbol(symbol)}"
+
+    def rate(self, symbol: str) -> str:
+        return f"{self._prefix}:rate:{check_symbol(symbol)}"
 
 
 @dataclass(frozen=True, slots=True)

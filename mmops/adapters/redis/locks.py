@@ -22,9 +22,23 @@ from mmops.errors import LockNotAcquired
 
 log = logs.get_logger("mmops.locks")
 
-_RELEASE_IF_OWNED = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# Claim many attempts of one session in one call (their keys share the session's slot).
+# KEYS: attempt keys   ARGV: ttl ms, then one token per key   → 1/0 per key
+_ACQUIRE_MANY = """
+local acquired = {}
+for i, key in ipairs(KEYS) do
+  acquired[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1]) and 1 or 0
+end
+return acquired
+"""
+
+# Delete the attempts this worker still owns. KEYS: attempt keys   ARGV: one token per key
+_RELEASE_MANY = """
+local released = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then released = released + redis.call('DEL', key) end
+end
+return released
 """
 
 
@@ -84,28 +98,26 @@ class Attempts:
     def __init__(self, redis: Redis, ttl_seconds: float) -> None:
         self._r = redis
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._release = redis.register_script(_RELEASE_IF_OWNED)
+        self._acquire = redis.register_script(_ACQUIRE_MANY)
+        self._release = redis.register_script(_RELEASE_MANY)
 
     @redis_errors
     async def acquire(self, session_id: str, position_ids: Sequence[str]) -> dict[str, str]:
-        """Try every position at once (one round trip); return the tokens of those acquired."""
+        """Try every position at once (one call); return the tokens of those acquired."""
         if not position_ids:
             return {}
         tokens = {pid: secrets.token_hex(12) for pid in position_ids}
-        async with self._r.pipeline(transaction=False) as pipe:
-            for pid, token in tokens.items():
-                pipe.set(keys.tp_attempt(session_id, pid), token, nx=True, px=self._ttl_ms)
-            acquired = await pipe.execute()
+        acquired = await self._acquire(
+            keys=[keys.tp_attempt(session_id, pid) for pid in tokens],
+            args=[self._ttl_ms, *tokens.values()],
+        )
         return {pid: token for (pid, token), ok in zip(tokens.items(), acquired, strict=True) if ok}
 
     @redis_errors
     async def release(self, session_id: str, tokens: dict[str, str]) -> None:
-        """Delete the attempts this worker still owns (one round trip)."""
+        """Delete the attempts this worker still owns (one call)."""
         if not tokens:
             return
-        async with self._r.pipeline(transaction=False) as pipe:
-            for pid, token in tokens.items():
-                await self._release(
-                    keys=[keys.tp_attempt(session_id, pid)], args=[token], client=pipe
-                )
-            await pipe.execute()
+        await self._release(
+            keys=[keys.tp_attempt(session_id, pid) for pid in tokens], args=list(tokens.values())
+        )

@@ -180,20 +180,31 @@ class FillStore:
         return int(await self._r.hlen(keys.fills(session_id, symbol)))
 
 
-# Record a take-profit: its tp_order metadata and the coverage of its position, atomically.
-# The pending marker of its generation goes, the generation counter moves past it, and the
-# position leaves the uncovered index only if no fill arrived since it was read (version).
-# KEYS: tp_order key, position hash, uncovered zset
-# ARGV: order id, amount, expected version, fully covered (1/0), position id, generation,
-#       then tp_order field/value pairs
+# Record placed take-profits of one session, each atomically with its position's coverage:
+# its tp_order metadata, the position's tp:<order> field, the pending marker of its generation
+# gone, the generation counter past it, and the position out of the uncovered index only if
+# no fill arrived since it was read (version). One call records a whole batch.
+# KEYS: per take-profit: tp_order key, position hash, uncovered zset
+# ARGV: per take-profit: order id, amount, expected version, fully covered (1/0), position id,
+#       generation, number of metadata fields n, then n field/value pairs
 _RECORD_COVERAGE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('HSET', KEYS[2], 'tp:' .. ARGV[1], ARGV[2])
-redis.call('HDEL', KEYS[2], 'p:' .. ARGV[6])
-local g = tonumber(redis.call('HGET', KEYS[2], 'g') or '0')
-if g <= tonumber(ARGV[6]) then redis.call('HSET', KEYS[2], 'g', tonumber(ARGV[6]) + 1) end
-if ARGV[4] == '1' and redis.call('HGET', KEYS[2], 'v') == ARGV[3] then
-  redis.call('ZREM', KEYS[3], ARGV[5])
+local a = 1
+for k = 1, #KEYS, 3 do
+  local tp, pos, unc = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local order, amount, version, fully, pid, gen = ARGV[a], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+  local n = tonumber(ARGV[a + 6])
+  a = a + 7
+  for i = 0, n - 1 do redis.call('HSET', tp, ARGV[a + 2 * i], ARGV[a + 2 * i + 1]) end
+  a = a + 2 * n
+  redis.call('HSET', pos, 'tp:' .. order, amount)
+  redis.call('HDEL', pos, 'p:' .. gen)
+  if tonumber(redis.call('HGET', pos, 'g') or '0') <= gen then
+    redis.call('HSET', pos, 'g', gen + 1)
+  end
+  if fully == '1' and redis.call('HGET', pos, 'v') == version then
+    redis.call('ZREM', unc, pid)
+  end
 end
 return 1
 """
@@ -272,36 +283,27 @@ class PositionStore:
 
     @redis_errors
     async def record_coverage(self, coverages: Sequence[Coverage]) -> None:
-        """Record placed take-profits: each one atomically writes ``tp_order:{S}:{O}``, the
-        position's coverage, clears its pending marker and advances its generation. All are
-        sent in one round trip.
-        """
-        if not coverages:
-            return
-        async with self._r.pipeline(transaction=False) as pipe:
-            for c in coverages:
+        """Record placed take-profits (see _RECORD_COVERAGE), one call per session."""
+        by_session: dict[str, list[Coverage]] = {}
+        for c in coverages:
+            by_session.setdefault(c.position.session_id, []).append(c)
+        for session_id, group in by_session.items():
+            script_keys: list[str] = []
+            args: list[str] = []
+            for c in group:
                 p = c.position
-                flat: list[str] = []
+                script_keys += [
+                    keys.tp_order(session_id, c.order_id),
+                    keys.position(session_id, p.position_id),
+                    keys.uncovered(session_id, p.symbol),
+                ]
+                args += [
+                    c.order_id, str(c.amount), str(p.version), "1" if c.fully_covered else "0",
+                    p.position_id, str(c.generation), str(len(c.metadata)),
+                ]  # fmt: skip
                 for name, value in c.metadata.items():
-                    flat.extend((name, value))
-                await self._cover(
-                    keys=[
-                        keys.tp_order(p.session_id, c.order_id),
-                        keys.position(p.session_id, p.position_id),
-                        keys.uncovered(p.session_id, p.symbol),
-                    ],
-                    args=[
-                        c.order_id,
-                        str(c.amount),
-                        str(p.version),
-                        "1" if c.fully_covered else "0",
-                        p.position_id,
-                        str(c.generation),
-                        *flat,
-                    ],
-                    client=pipe,
-                )
-            await pipe.execute()
+                    args += [name, value]
+            await self._cover(keys=script_keys, args=args)
 
     @redis_errors
     async def mark_pending(self, marks: Sequence[tuple[Position, PendingTakeProfit]]) -> None:

@@ -1,0 +1,97 @@
+"""Settlement benchmark: one settlement run over fresh positions on the paper venue.
+
+Prints one JSON object per case: wall time, exchange calls, time per position, and the ratio
+to the batching lower bound = (1 + ceil(positions per pair / 15)) x exchange latency (one round
+of market data, then the batches of the busiest pair, pairs running concurrently). Rate
+limiting is off (the lower bound assumes no waiting).
+
+Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
+Run: .venv/bin/python bench/settlement.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmops import logs
+from mmops.adapters.postgres import schema
+from mmops.domain.ratelimit import TradingCounter
+from tests.integration.world import PAIRS, world
+from tests.servers import Servers, throwaway_database
+
+NO_LIMIT = TradingCounter(threshold=1e12, decay=1e12)
+CASES = [(10, 10, 0), (10, 100, 0), (10, 10, 50), (10, 100, 50)]
+
+
+async def one_run(
+    redis_url: str, database_url: str, pairs: int, per_pair: int, latency_ms: int
+) -> dict[str, float]:
+    async with world(redis_url, database_url) as w:
+        sid = await w.start_session(PAIRS[:pairs])
+        for pair in PAIRS[:pairs]:
+            await w.seed_positions(
+                sid, pair, [5 + i for i in range(per_pair)], notional=Decimal(40)
+            )
+        venue = w.venue(counter=NO_LIMIT, latency=latency_ms / 1000)
+        service = w.settlement(venue)
+        started = time.perf_counter()
+        [result] = await service.run(sid)
+        wall = time.perf_counter() - started
+        placed = result.totals().get("placed", 0)
+        if placed != pairs * per_pair:
+            raise RuntimeError(f"placed {placed} of {pairs * per_pair}: {result.errors()[:3]}")
+        return {"wall_s": wall, "exchange_calls": venue._calls}
+
+
+async def main(repeat: int) -> None:
+    logs.configure("ERROR", "console")
+    servers = Servers()
+    try:
+        redis_url = servers.redis_url()
+        with throwaway_database(servers.admin_database_url(), "mmops_bench") as database_url:
+            schema.upgrade(database_url)
+            for pairs, per_pair, latency_ms in CASES:
+                runs = [
+                    await one_run(redis_url, database_url, pairs, per_pair, latency_ms)
+                    for _ in range(repeat)
+                ]
+                wall = statistics.median(r["wall_s"] for r in runs)
+                positions = pairs * per_pair
+                bound = (1 + math.ceil(per_pair / 15)) * latency_ms / 1000
+                print(
+                    json.dumps(
+                        {
+                            "bench": "settlement",
+                            "pairs": pairs,
+                            "positions_per_pair": per_pair,
+                            "positions": positions,
+                            "latency_ms": latency_ms,
+                            "runs": repeat,
+                            "wall_s_median": round(wall, 4),
+                            "wall_s_min": round(min(r["wall_s"] for r in runs), 4),
+                            "exchange_calls": runs[0]["exchange_calls"],
+                            "ms_per_position": round(wall * 1000 / positions, 4),
+                            "lower_bound_s": bound,
+                            "ratio_to_lower_bound": round(wall / bound, 3) if bound else None,
+                        }
+                    ),
+                    flush=True,
+                )
+    finally:
+        servers.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    asyncio.run(main(parser.parse_args().repeat))
