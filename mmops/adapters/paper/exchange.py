@@ -125,13 +125,16 @@ class PaperExchange:
 
         async def place(pipe: Pipe) -> list[PlacementResult]:
             now = self._clock.now()
-            quote = self._quote(symbol, now.timestamp(), await self._adjustment(pipe, symbol))
-            rate = await pipe.get(self.keys.rate(symbol))
+            adjust, rate, *values = await pipe.mget(
+                [self.keys.adjust(symbol), self.keys.rate(symbol)]
+                + [self.keys.balance(a) for a in assets]
+            )
+            multiplier = {symbol: Decimal(adjust)} if adjust else {}
+            quote = self._quote(symbol, now.timestamp(), multiplier)
             admitted = self.counter.admit(_counter(rate), now.timestamp(), len(orders))
             if admitted is None:
                 limited = RateLimited(f"EOrder:Rate limit exceeded ({symbol})")
                 return [PlacementResult(o, error=limited) for o in orders]
-            values = await pipe.mget([self.keys.balance(a) for a in assets])
             holdings = {a: Holding.decode(v) for a, v in zip(assets, values, strict=True)}
             before = dict(holdings)
             known = await pipe.hmget(self.keys.clients(symbol), [o.client_order_id for o in orders])
@@ -165,11 +168,12 @@ class PaperExchange:
         return results
 
     def _write_accepted(self, pipe: Pipe, symbol: str, accepted: list[PaperOrder]) -> None:
-        for paper in accepted:
-            pipe.hset(self.keys.orders, paper.order.id, paper.encode())
-            pipe.sadd(self.keys.open, paper.order.id)
-            client_id = cast(str, paper.order.client_order_id)
-            pipe.hset(self.keys.clients(symbol), client_id, paper.order.id)
+        if not accepted:
+            return
+        pipe.hset(self.keys.orders, mapping={p.order.id: p.encode() for p in accepted})
+        pipe.sadd(self.keys.open, *[p.order.id for p in accepted])
+        clients = {cast(str, p.order.client_order_id): p.order.id for p in accepted}
+        pipe.hset(self.keys.clients(symbol), mapping=clients)
 
     @redis_errors
     async def cancel(self, symbol: str, order_id: str) -> ExchangeOrder:
@@ -251,7 +255,7 @@ class PaperExchange:
         self._listing(symbol)
         if not multiplier.is_finite() or multiplier <= 0:
             raise ValueError(f"a price multiplier must be positive, got {multiplier}")
-        await self._r.hset(self.keys.adjust, symbol, str(multiplier))
+        await self._r.set(self.keys.adjust(symbol), str(multiplier))
 
     @redis_errors
     async def match(self, until: datetime | None = None, step_seconds: float = 10.0) -> list[Trade]:
@@ -360,12 +364,9 @@ class PaperExchange:
         return self.prices.quote(market, t, adjust.get(symbol, Decimal(1)))
 
     async def _adjustments(self, reader: Any = None) -> dict[str, Decimal]:
-        raw = cast(dict[str, str], await (reader or self._r).hgetall(self.keys.adjust))
-        return {symbol: Decimal(value) for symbol, value in raw.items()}
-
-    async def _adjustment(self, pipe: Pipe, symbol: str) -> dict[str, Decimal]:
-        value = await pipe.hget(self.keys.adjust, symbol)
-        return {symbol: Decimal(value)} if value else {}
+        symbols = list(self._listings)
+        values = await (reader or self._r).mget([self.keys.adjust(s) for s in symbols])
+        return {s: Decimal(v) for s, v in zip(symbols, values, strict=True) if v}
 
     async def _read_order(self, reader: Any, order_id: str, symbol: str | None) -> PaperOrder:
         raw = await reader.hget(self.keys.orders, order_id)

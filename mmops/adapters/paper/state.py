@@ -11,7 +11,7 @@ All keys of one venue share the hash tag ``{V}`` so a transaction may span them 
 | ``paper:{V}:clients:<pair>`` | HASH | client order id → order id |
 | ``paper:{V}:trades`` | LIST | JSON trades, oldest first (a reader keeps its own index) |
 | ``paper:{V}:rate:<pair>`` | STRING | ``"value|at"``: the pair's trading counter |
-| ``paper:{V}:adjust`` | HASH | symbol → price multiplier (a test's or demo's price shock) |
+| ``paper:{V}:adjust:<pair>`` | STRING | price multiplier (a test's or demo's price shock) |
 | ``paper:{V}:seq`` | STRING | counter for order and trade ids |
 | ``paper:{V}:matched_at`` | STRING | epoch seconds up to which resting orders were matched |
 
@@ -38,7 +38,6 @@ class VenueKeys:
         self.orders = f"{self._prefix}:orders"
         self.open = f"{self._prefix}:open"
         self.trades = f"{self._prefix}:trades"
-        self.adjust = f"{self._prefix}:adjust"
         self.seq = f"{self._prefix}:seq"
         self.matched_at = f"{self._prefix}:matched_at"
         self.pattern = "paper:\\{" + venue + "\\}:*"
@@ -48,6 +47,9 @@ class VenueKeys:
 
     def clients(self, symbol: str) -> str:
         return f"{self._prefix}:clients:{check_symbol(symbol)}"
+
+    def adjust(self, symbol: str) -> str:
+        return f"{self._prefix}:adjust:{check_symbol(symbol)}"
 
     def rate(self, symbol: str) -> str:
         return f"{self._prefix}:rate:{check_symbol(symbol)}"

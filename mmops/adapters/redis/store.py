@@ -312,11 +312,9 @@ class PositionStore:
             return
         async with self._r.pipeline(transaction=False) as pipe:
             for position, pending in marks:
-                pipe.hset(
-                    keys.position(position.session_id, position.position_id),
-                    f"p:{pending.generation}",
-                    codec.pending_value(pending.client_order_id, pending.amount),
-                )
+                key = keys.position(position.session_id, position.position_id)
+                value = codec.pending_value(pending.client_order_id, pending.amount)
+                pipe.hset(key, f"p:{pending.generation}", value)
             await pipe.execute()
 
     @redis_errors
