@@ -25,6 +25,7 @@ from mmops.adapters.paper.faults import FaultPlan
 from mmops.adapters.postgres.pool import create_pool, open_pool
 from mmops.adapters.postgres.sessions import SessionRepository
 from mmops.adapters.postgres.settlement_runs import SettlementRunRepository
+from mmops.adapters.postgres.warehouse import Warehouse
 from mmops.adapters.redis.client import Redis, create_client, redis_errors
 from mmops.adapters.redis.locks import Attempts, SettlementLocks
 from mmops.adapters.redis.ops import OpsStore
@@ -33,6 +34,7 @@ from mmops.config import Settings, redact_url
 from mmops.domain.pnl import StopLossThresholds
 from mmops.errors import ConfigurationError
 from mmops.ports import Clock, Exchange
+from mmops.services.migration import MigrationService
 from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry
 from mmops.services.settlement import SettlementService
@@ -188,4 +190,19 @@ def build_settlement(
         hours_back=s.settlement_hours_back,
         session_limit=s.settlement_session_limit,
         worker=worker_name(s),
+    )
+
+
+def build_migration(rt: Runtime, batch_size: int | None = None) -> MigrationService:
+    s = rt.settings
+    return MigrationService(
+        rt.sessions,
+        rt.session_records,
+        rt.orders,
+        rt.fills,
+        Warehouse(rt.pool),
+        OpsStore(rt.redis),
+        rt.clock,
+        batch_size=batch_size or s.migration_batch_size,
+        retention_seconds=s.migration_retention_grace if s.migration_retention else None,
     )

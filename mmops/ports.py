@@ -14,13 +14,22 @@ from mmops.domain.models import (
     Balance,
     Fill,
     Market,
+    Order,
     PendingTakeProfit,
     Position,
     Session,
     SessionStatus,
     Ticker,
 )
-from mmops.domain.records import Coverage, ReadResult, SettlementRun
+from mmops.domain.pnl import PairPnL
+from mmops.domain.records import (
+    Coverage,
+    FillMove,
+    ReadResult,
+    Reject,
+    SettlementRun,
+    StagedFill,
+)
 
 
 class Clock(Protocol):
@@ -36,6 +45,7 @@ class LiveSessions(Protocol):
     async def get(self, session_id: str) -> Session | None: ...
     async def set_status(self, session_id: str, status: SessionStatus) -> None: ...
     async def end(self, session_id: str, ended_at: datetime) -> None: ...
+    async def expire_all(self, session_id: str, seconds: int) -> int: ...
 
 
 class SessionRecords(Protocol):
@@ -125,6 +135,16 @@ class Fills(Protocol):
     def scan(
         self, session_id: str, symbol: str, chunk: int = ...
     ) -> AsyncIterator[ReadResult[Fill]]: ...
+    async def count(self, session_id: str, symbol: str) -> int: ...
+
+
+class Orders(Protocol):
+    """Recorded orders (Redis), streamed per pair."""
+
+    def scan(
+        self, session_id: str, symbol: str, chunk: int = ...
+    ) -> AsyncIterator[ReadResult[Order]]: ...
+    async def count(self, session_id: str, symbol: str) -> int: ...
 
 
 class Notifier(Protocol):
@@ -152,3 +172,32 @@ class SessionLocks(Protocol):
     """``lock:settlement:{S}``; ``hold`` raises LockNotAcquired when another worker has it."""
 
     def hold(self, session_id: str) -> AbstractAsyncContextManager[None]: ...
+
+
+class SessionWriter(Protocol):
+    """One session's migration transaction in the warehouse."""
+
+    session: Session
+
+    async def stage_orders(self, orders: Sequence[Order]) -> None: ...
+    async def stage_fills(self, fills: Sequence[StagedFill]) -> None: ...
+    async def reject(self, rejects: Sequence[Reject]) -> None: ...
+    async def move_orders(self) -> int: ...
+    async def move_fills(self) -> FillMove: ...
+    async def recompute_stats(self) -> dict[str, PairPnL]: ...
+
+
+class Warehouse(Protocol):
+    """PostgreSQL as migration writes it."""
+
+    def session(self, session: Session) -> AbstractAsyncContextManager[SessionWriter]: ...
+    async def pending_sessions(self, limit: int, after: str | None = None) -> list[str]: ...
+    async def counts(self, session_id: str) -> dict[str, dict[str, int]]: ...
+    async def mark_migrated(self, session_id: str, at: datetime) -> None: ...
+
+
+class MigrationMarks(Protocol):
+    """``migration:completed:{S}`` (Redis)."""
+
+    async def migration_completed(self, session_id: str) -> str | None: ...
+    async def mark_migration_completed(self, session_id: str, at: str) -> None: ...

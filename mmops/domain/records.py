@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
-from mmops.domain.models import Position
+from mmops.domain.models import Fill, Position
 from mmops.errors import BadRecordError
 
 T = TypeVar("T")
@@ -19,6 +19,7 @@ class ReadResult(Generic[T]):
 
     items: list[T] = field(default_factory=list)
     bad: list[BadRecordError] = field(default_factory=list)
+    sources: list[tuple[str, str]] = field(default_factory=list)  # (key, raw) of each item
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +50,30 @@ class SettlementRun:
     @property
     def duration_ms(self) -> int:
         return int((self.finished_at - self.started_at).total_seconds() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    symbol: str | None
+    key: str
+    raw: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFill:
+    fill: Fill
+    key: str  # where it was read, for a reject
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class FillMove:
+    inserted: int
+    orphans: int  # quarantined: their order does not exist
+    staged: int
+
+    @property
+    def duplicates(self) -> int:
+        """Staged fills already in PostgreSQL (a re-run, or a replay under another key)."""
+        return self.staged - self.inserted - self.orphans

@@ -111,7 +111,12 @@ def emit_json(data: Any) -> None:
 
 
 def main() -> None:
-    from mmops.entrypoints import cli_db, cli_settle, cli_status  # noqa: F401 - registers commands
+    from mmops.entrypoints import (  # noqa: F401 - registers the commands
+        cli_db,
+        cli_migrate,
+        cli_settle,
+        cli_status,
+    )
 
     try:
         app()

@@ -68,6 +68,14 @@ class SessionStore:
         )
 
     @redis_errors
+    async def expire_all(self, session_id: str, seconds: int) -> int:
+        """Give every key of the session a time to live (retention after migration)."""
+        count = 0
+        async for key in self._r.scan_iter(match=keys.session_pattern(session_id), count=1000):
+            count += int(await self._r.expire(key, seconds))
+        return count
+
+    @redis_errors
     async def ids(self) -> list[str]:
         return cast(list[str], await self._r.zrange(keys.SESSIONS_INDEX, 0, -1))
 
@@ -381,6 +389,7 @@ def _decode_all(key: str, raw: dict[str, Any], parse: Any) -> ReadResult[Any]:
     for name, value in raw.items():
         try:
             result.items.append(codec.decode(f"{key}#{name}", value, parse))
+            result.sources.append((f"{key}#{name}", value))
         except BadRecordError as e:
             result.bad.append(e)
     return result
