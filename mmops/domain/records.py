@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
-from mmops.domain.models import Fill, Position
+from mmops.domain.models import Fill, Order, Position
 from mmops.errors import BadRecordError
 
 T = TypeVar("T")
@@ -58,6 +58,13 @@ class Reject:
     key: str
     raw: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StagedOrder:
+    order: Order
+    key: str  # where it was read, for a reject
+    raw: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ ended session whose counts match is marked complete (``migration:completed:{S}``
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from mmops import logs
 from mmops.domain.models import Fill, Session, SessionStatus
-from mmops.domain.records import FillMove, Reject, StagedFill
+from mmops.domain.records import FillMove, Reject, StagedFill, StagedOrder
 from mmops.errors import BadRecordError, MmopsError
 from mmops.ports import (
     Clock,
@@ -32,6 +33,10 @@ from mmops.ports import (
 )
 
 log = logs.get_logger("mmops.migration")
+
+# Sessions of a batch migrated at once: while one waits on PostgreSQL another parses Redis data,
+# so both cores work. Each holds one pooled connection for its transaction.
+CONCURRENT_SESSIONS = 3
 
 
 @dataclass(slots=True)
@@ -126,9 +131,14 @@ class MigrationService:
             return [await self._reported(session_id, on_done)]
         results: list[SessionMigration] = []
         after: str | None = None
+        gate = asyncio.Semaphore(CONCURRENT_SESSIONS)
+
+        async def one(sid: str) -> SessionMigration:
+            async with gate:
+                return await self._reported(sid, on_done)
+
         while batch := await self._warehouse.pending_sessions(self.batch_size, after):
-            for sid in batch:
-                results.append(await self._reported(sid, on_done))
+            results += await asyncio.gather(*(one(sid) for sid in batch))
             after = batch[-1]
         return results
 
@@ -170,17 +180,18 @@ class MigrationService:
             counts = result.pairs.setdefault(pair, PairCounts())
             async for chunk in self._orders.scan(session.id, pair):
                 counts.redis_orders += len(chunk.items) + len(chunk.bad)
-                good = [o for o in chunk.items if o.symbol == pair and o.session_id == session.id]
-                rejects = _rejects(chunk.bad, pair)
-                rejects += [
-                    Reject(pair, key, raw, f"order of {o.session_id}/{o.symbol} under {pair}")
-                    for o, (key, raw) in zip(chunk.items, chunk.sources, strict=True)
-                    if o.symbol != pair or o.session_id != session.id
-                ]
+                good, rejects = [], _rejects(chunk.bad, pair)
+                for o, (key, raw) in zip(chunk.items, chunk.sources, strict=True):
+                    if o.symbol == pair and o.session_id == session.id:
+                        good.append(StagedOrder(o, key, raw))
+                    else:
+                        reason = f"order of {o.session_id}/{o.symbol} under {pair}"
+                        rejects.append(Reject(pair, key, raw, reason))
                 await tx.stage_orders(good)
                 await tx.reject(rejects)
                 result.rejects += len(rejects)
-        result.orders = await tx.move_orders()
+        result.orders, duplicated = await tx.move_orders()
+        result.rejects += duplicated
         for pair in session.pairs:
             counts = result.pairs[pair]
             executions: set[tuple[object, ...]] = set()

@@ -203,3 +203,23 @@ async def test_an_active_session_migrates_incrementally_and_completes_once_ended
     [(migrated_at,)] = await pg_rows(w, "SELECT migrated_at FROM sessions WHERE id = %s", sid)
     assert migrated_at is not None
     assert sid not in [r.session_id for r in await migration(w).run()]  # complete: not again
+
+
+async def test_an_order_id_recorded_under_two_pairs_is_kept_once_and_the_copy_quarantined(
+    w: World,
+) -> None:
+    sid = await w.start_session(["BTC/USD", "BTC/EUR"])
+    now = w.rt.clock.now()
+    for pair in ("BTC/USD", "BTC/EUR"):
+        await w.rt.orders.save(
+            Order(sid, "same-id", pair, Side.BUY, Decimal("50000"), Decimal("0.1"), now)
+        )
+    await w.rt.registry.end(sid, now)
+    [result] = await migration(w).run(sid)
+    assert result.state == "verified", result.to_dict()
+    assert (result.orders, result.rejects) == (1, 1)
+    [(symbol,)] = await pg_rows(w, "SELECT symbol FROM orders WHERE session_id = %s", sid)
+    [(reason,)] = await pg_rows(
+        w, "SELECT reason FROM migration_rejects WHERE session_id = %s", sid
+    )
+    assert symbol == "BTC/EUR" and "also recorded under BTC/EUR" in reason

@@ -17,14 +17,15 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from mmops.adapters.postgres.pool import pg_errors
-from mmops.domain.models import Fill, Order, Session, Side
+from mmops.domain.models import Fill, Session, Side
 from mmops.domain.pnl import PairPnL, fifo_pnl
-from mmops.domain.records import FillMove, Reject, StagedFill
+from mmops.domain.records import FillMove, Reject, StagedFill, StagedOrder
 
 _STAGING = """
 CREATE TEMP TABLE orders_staging (
     order_id TEXT, symbol TEXT, side TEXT, kind TEXT, price NUMERIC, amount NUMERIC,
-    filled NUMERIC, status TEXT, client_order_id TEXT, created_at TIMESTAMPTZ
+    filled NUMERIC, status TEXT, client_order_id TEXT, created_at TIMESTAMPTZ,
+    redis_key TEXT, raw TEXT
 ) ON COMMIT DROP;
 CREATE TEMP TABLE fills_staging (
     order_id TEXT, symbol TEXT, side TEXT, price NUMERIC, quantity NUMERIC, fee NUMERIC,
@@ -41,12 +42,26 @@ ON CONFLICT (id) DO UPDATE SET
     pairs = EXCLUDED.pairs, pair_count = EXCLUDED.pair_count, updated_at = now()
 """
 
+# An order id recorded under two pairs is kept once (its first pair) and the other copies are
+# quarantined, so one bad record cannot fail the whole session.
+_REJECT_DUPLICATE_ORDERS = """
+INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)
+SELECT %(session)s, symbol, redis_key, raw, 'order id ' || order_id || ' also recorded under '
+       || first_symbol
+FROM (SELECT *, first_value(symbol) OVER w AS first_symbol, row_number() OVER w AS n
+      FROM orders_staging WINDOW w AS (PARTITION BY order_id ORDER BY symbol, redis_key)) ranked
+WHERE n > 1
+ON CONFLICT DO NOTHING
+"""
+
 _MOVE_ORDERS = """
 INSERT INTO orders (session_id, order_id, symbol, pair_index, side, kind, price, amount, filled,
                     status, client_order_id, created_at)
-SELECT %(session)s, order_id, symbol, array_position(%(pairs)s::text[], symbol) - 1, side, kind,
-       price, amount, filled, status, client_order_id, created_at
+SELECT DISTINCT ON (order_id) %(session)s, order_id, symbol,
+       array_position(%(pairs)s::text[], symbol) - 1, side, kind, price, amount, filled, status,
+       client_order_id, created_at
 FROM orders_staging
+ORDER BY order_id, symbol, redis_key
 ON CONFLICT (session_id, order_id) DO UPDATE SET
     symbol = EXCLUDED.symbol, pair_index = EXCLUDED.pair_index, filled = EXCLUDED.filled,
     status = EXCLUDED.status, client_order_id = EXCLUDED.client_order_id, updated_at = now()
@@ -99,15 +114,16 @@ class SessionWrite:
         self._conn = conn
         self.session = session
 
-    async def stage_orders(self, orders: Sequence[Order]) -> None:
+    async def stage_orders(self, orders: Sequence[StagedOrder]) -> None:
         async with self._conn.cursor().copy(
             "COPY orders_staging (order_id, symbol, side, kind, price, amount, filled, status,"
-            " client_order_id, created_at) FROM STDIN"
+            " client_order_id, created_at, redis_key, raw) FROM STDIN"
         ) as copy:
-            for o in orders:
+            for s in orders:
+                o = s.order
                 await copy.write_row((
                     o.order_id, o.symbol, o.side.value, o.kind.value, o.price, o.amount,
-                    o.filled, o.status.value, o.client_order_id, o.created_at,
+                    o.filled, o.status.value, o.client_order_id, o.created_at, s.key, s.raw,
                 ))  # fmt: skip
 
     async def stage_fills(self, fills: Sequence[StagedFill]) -> None:
@@ -132,12 +148,13 @@ class SessionWrite:
                 [(self.session.id, r.symbol, r.key, r.raw, r.reason) for r in rejects],
             )
 
-    async def move_orders(self) -> int:
-        cur = await self._conn.execute(
-            _MOVE_ORDERS, {"session": self.session.id, "pairs": list(self.session.pairs)}
-        )
+    async def move_orders(self) -> tuple[int, int]:
+        """Upsert the staged orders; return (orders written, duplicates quarantined)."""
+        params = {"session": self.session.id, "pairs": list(self.session.pairs)}
+        rejected = (await self._conn.execute(_REJECT_DUPLICATE_ORDERS, params)).rowcount
+        cur = await self._conn.execute(_MOVE_ORDERS, params)
         await self._conn.execute("TRUNCATE orders_staging")
-        return cur.rowcount
+        return cur.rowcount, max(rejected, 0)
 
     async def move_fills(self) -> FillMove:
         params = {"session": self.session.id}

@@ -1,0 +1,180 @@
+"""Migration benchmark: ~1,000,000 fills from Redis to PostgreSQL.
+
+Writes SESSIONS x PAIRS x FILLS fills (two per order) into Redis the way the store lays them
+out, registers and ends the sessions, then runs ``mmops migrate`` as a subprocess (its peak RSS
+is the child's ru_maxrss). For comparison it measures, in the same run, a plain COPY of the same
+rows into an empty table with no constraints. Prints one JSON object.
+
+Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
+Run: .venv/bin/python bench/migration.py [--sessions 100 --pairs 10 --fills 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmops import logs
+from mmops.adapters.postgres import schema
+from mmops.adapters.redis import codec, keys
+from mmops.adapters.redis.client import create_client
+from mmops.bootstrap import Urls, open_runtime
+from mmops.config import Settings
+from mmops.domain.models import Fill, Order, OrderStatus, Session, Side
+from tests.conftest import SessionIds
+from tests.integration.world import PAIRS
+from tests.servers import Servers, throwaway_database
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def generate(
+    redis_url: str, database_url: str, sessions: int, pairs: int, fills: int
+) -> list[str]:
+    settings = Settings(redis_url=redis_url, database_url=database_url)  # type: ignore[arg-type]
+    ids = []
+    async with open_runtime(settings, Urls(redis_url, database_url)) as rt:
+        for s in range(sessions):
+            sid = f"bench-{uuid.uuid4().hex[:10]}"
+            ids.append(sid)
+            await rt.registry.start(Session(sid, PAIRS[:pairs], T0))
+            async with rt.redis.pipeline(transaction=False) as pipe:
+                for pair in PAIRS[:pairs]:
+                    orders, fill_map = {}, {}
+                    for i in range(fills // 2):
+                        at = T0 + timedelta(seconds=s * 10_000 + i)
+                        oid = f"{pair.replace('/', '')}-o{i}"
+                        price = Decimal(100) + Decimal(i % 97) / 10
+                        side = Side.BUY if i % 2 == 0 else Side.SELL
+                        order = Order(
+                            sid,
+                            oid,
+                            pair,
+                            side,
+                            price,
+                            Decimal(2),
+                            at,
+                            OrderStatus.FILLED,
+                            Decimal(2),
+                        )
+                        orders[oid] = codec.order_to_json(order)
+                        for part in range(2):
+                            f = Fill(sid, oid, pair, side, price, Decimal(1), Decimal("0.025"),
+                                     at + timedelta(milliseconds=part))  # fmt: skip
+                            fill_map[f.key] = codec.fill_to_json(f)
+                    pipe.hset(keys.orders(sid, pair), mapping=orders)
+                    pipe.hset(keys.fills(sid, pair), mapping=fill_map)
+                await pipe.execute()
+            await rt.registry.end(sid, T0 + timedelta(days=1))
+    return ids
+
+
+def migrate(redis_url: str, database_url: str) -> tuple[float, int, dict[str, object]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMOPS_")}
+    env.update(MMOPS_REDIS_URL=redis_url, MMOPS_DATABASE_URL=database_url, MMOPS_LOG_LEVEL="ERROR")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "mmops.entrypoints", "migrate", "--json"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"migrate failed ({done.returncode}): {done.stderr[-2000:]}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, peak_kb, json.loads(done.stdout)
+
+
+def plain_copy(database_url: str) -> tuple[int, float]:
+    """COPY the migrated fills out, then time a plain COPY of them into an empty table of the
+    same shape as ``fills``."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        buffer = io.BytesIO()
+        with conn.cursor().copy(
+            "COPY (SELECT session_id, order_id, symbol, side, price, quantity, fee, trade_id,"
+            " timestamp FROM fills) TO STDOUT"
+        ) as copy:
+            for block in copy:
+                buffer.write(block)
+        conn.execute("DROP TABLE IF EXISTS fills_plain")
+        # The same table shape as fills, indexes and unique constraints included: what any
+        # write of these rows into the warehouse has to pay.
+        conn.execute("CREATE TABLE fills_plain (LIKE fills INCLUDING ALL)")
+        data = buffer.getvalue()
+        started = time.perf_counter()
+        columns = "session_id, order_id, symbol, side, price, quantity, fee, trade_id, timestamp"
+        with conn.cursor().copy(f"COPY fills_plain ({columns}) FROM STDIN") as copy:
+            for i in range(0, len(data), 1 << 20):
+                copy.write(data[i : i + (1 << 20)])
+        elapsed = time.perf_counter() - started
+        row = conn.execute("SELECT count(*) FROM fills_plain").fetchone()
+        conn.execute("DROP TABLE fills_plain")
+    return int(row[0]) if row else 0, elapsed
+
+
+async def cleanup(redis_url: str, ids: list[str]) -> None:
+    redis = create_client(redis_url)
+    cleaner = SessionIds()
+    cleaner.made = ids
+    await cleaner.cleanup(redis)
+    await redis.aclose()
+
+
+def main(sessions: int, pairs: int, fills: int) -> None:
+    logs.configure("ERROR", "console")
+    servers = Servers()
+    try:
+        redis_url = servers.redis_url()
+        with throwaway_database(servers.admin_database_url(), "mmops_bench") as database_url:
+            schema.upgrade(database_url)
+            started = time.perf_counter()
+            ids = asyncio.run(generate(redis_url, database_url, sessions, pairs, fills))
+            generated = time.perf_counter() - started
+            try:
+                wall, peak_kb, report = migrate(redis_url, database_url)
+                inserted = sum(int(s["fills_inserted"]) for s in report["sessions"])  # type: ignore[index, union-attr, call-overload]
+                verified = sum(bool(s["verified"]) for s in report["sessions"])  # type: ignore[index, union-attr]
+                copied, copy_s = plain_copy(database_url)
+            finally:
+                asyncio.run(cleanup(redis_url, ids))
+        rate = inserted / wall
+        print(json.dumps({
+            "bench": "migration",
+            "sessions": sessions,
+            "pairs": pairs,
+            "fills": inserted,
+            "sessions_verified": verified,
+            "generate_s": round(generated, 2),
+            "migrate_wall_s": round(wall, 2),
+            "fills_per_second": round(rate),
+            "peak_rss_mb": round(peak_kb / 1024, 1),
+            "plain_copy_rows": copied,
+            "plain_copy_s": round(copy_s, 2),
+            "plain_copy_rows_per_second": round(copied / copy_s),
+            "ratio_to_plain_copy": round(rate / (copied / copy_s), 3),
+        }))  # fmt: skip
+    finally:
+        servers.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--fills", type=int, default=1000, help="fills per (session, pair)")
+    a = parser.parse_args()
+    main(a.sessions, a.pairs, a.fills)
