@@ -163,6 +163,7 @@ def build_settlement(
         exchange,
         tiers,
         clock,
+        orders=rt.orders,
         reserve=s.tp_reserve,
         dry_run=dry_run,
     )

@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from mmops.domain.exchange import ExchangeOrder, OrderRequest, PlacementResult
+from mmops.domain.exchange import ExchangeOrder, OrderRequest, PlacementResult, Trade
 from mmops.domain.models import (
     Balance,
     Fill,
@@ -139,9 +139,17 @@ class Fills(Protocol):
     async def count(self, session_id: str, symbol: str) -> int: ...
 
 
+class OrderWriter(Protocol):
+    """Recording orders (Redis): the trading loop's quotes, settlement's take-profits."""
+
+    async def save(self, order: Order) -> None: ...
+    async def save_many(self, orders: Sequence[Order]) -> None: ...
+
+
 class Orders(Protocol):
     """Recorded orders (Redis), streamed per pair."""
 
+    async def get(self, session_id: str, symbol: str, order_id: str) -> Order | None: ...
     def scan(
         self, session_id: str, symbol: str, chunk: int = ...
     ) -> AsyncIterator[ReadResult[Order]]: ...
@@ -202,3 +210,27 @@ class MigrationMarks(Protocol):
 
     async def migration_completed(self, session_id: str) -> str | None: ...
     async def mark_migration_completed(self, session_id: str, at: str) -> None: ...
+
+
+class Venue(Exchange, Protocol):
+    """A venue the paper trading loop can drive: it matches resting orders up to a time and
+    lists the account's executions."""
+
+    async def match(
+        self, until: datetime | None = None, step_seconds: float = ...
+    ) -> list[Trade]: ...
+
+    async def trades(self, start: int = 0) -> tuple[list[Trade], int]: ...
+
+    async def fund(self, asset: str, amount: Decimal) -> None: ...
+
+
+class FillWriter(Protocol):
+    async def record(self, fill: Fill) -> bool: ...
+
+
+class SessionLifecycle(Protocol):
+    """Starting and ending a session in Redis and PostgreSQL together (SessionRegistry)."""
+
+    async def start(self, session: Session) -> Session: ...
+    async def end(self, session_id: str, ended_at: datetime) -> None: ...

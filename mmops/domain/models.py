@@ -211,6 +211,7 @@ class Position:
     generation: int = 0  # take-profits recorded so far: the next one's client-id generation
     take_profits: tuple[tuple[str, Decimal], ...] = ()  # (order id, amount) of live TPs
     pending: tuple[PendingTakeProfit, ...] = ()
+    first_covered_at: datetime | None = None
 
     def __post_init__(self) -> None:
         check_session_id(self.session_id)

@@ -30,12 +30,12 @@ from mmops import logs
 from mmops.domain.allocation import Grant, allocate
 from mmops.domain.exchange import MAX_BATCH, ExchangeOrder, OrderRequest, PlacementResult
 from mmops.domain.ids import client_order_id
-from mmops.domain.models import PendingTakeProfit, Position, Side
+from mmops.domain.models import Order, OrderKind, PendingTakeProfit, Position, Side
 from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_take_profit
 from mmops.domain.records import Coverage
 from mmops.domain.tiers import TierPolicy
 from mmops.errors import ExchangeRejected, MmopsError, RateLimited
-from mmops.ports import Attempts, Clock, Exchange, Positions
+from mmops.ports import Attempts, Clock, Exchange, OrderWriter, Positions
 from mmops.services.tp_results import (
     Failed,
     MarketData,
@@ -72,10 +72,12 @@ class TakeProfitService:
         tiers: TierPolicy,
         clock: Clock,
         *,
+        orders: OrderWriter | None = None,
         reserve: Mapping[str, Decimal] | None = None,
         dry_run: bool = False,
     ) -> None:
         self._positions = positions
+        self._orders = orders
         self._attempts = attempts
         self._exchange = exchange
         self._tiers = tiers
@@ -187,9 +189,12 @@ class TakeProfitService:
                     self._clock.now(),
                 )
                 fully = order.amount >= position.uncovered + pending.amount
-                await self._positions.record_coverage(
-                    [Coverage(position, pending.generation, order.id, order.amount, meta, fully)]
+                coverage = Coverage(
+                    position, pending.generation, order.id, order.amount, meta, fully
                 )
+                await self._positions.record_coverage([coverage])
+                if self._orders is not None:
+                    await self._orders.save(_as_order(coverage, order.created_at))
                 report.recovered += 1
                 log.info(
                     "tp.recovered",
@@ -383,6 +388,8 @@ class TakeProfitService:
                     error=str(r.error),
                 )
         await self._positions.record_coverage(coverages)
+        if self._orders is not None and coverages:
+            await self._orders.save_many([_as_order(c, now) for c in coverages])
         await self._positions.clear_pending(clears)
 
     async def _lookup(self, o: _Order) -> ExchangeOrder | None:
@@ -391,6 +398,22 @@ class TakeProfitService:
         except MmopsError:
             return None
         return found if found is not None and found.live else None
+
+
+def _as_order(c: Coverage, now: datetime) -> Order:
+    """The take-profit as an order of its session, so its fills have an order to belong to."""
+    p = c.position
+    return Order(
+        session_id=p.session_id,
+        order_id=c.order_id,
+        symbol=p.symbol,
+        side=Side.SELL,
+        price=Decimal(c.metadata["price"]),
+        amount=c.amount,
+        created_at=now,
+        kind=OrderKind.TAKE_PROFIT,
+        client_order_id=c.metadata["client_order_id"],
+    )
 
 
 def _refused(error: MmopsError | None) -> bool:

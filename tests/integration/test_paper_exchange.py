@@ -88,13 +88,20 @@ async def test_the_same_seed_and_times_give_the_same_trades(
         for symbol in ("BTC/USD", "ETH/USD"):
             t = (await ex.tickers([symbol]))[symbol]
             tick = (await ex.markets())[symbol].tick
-            await ex.place_batch([bid(symbol, t.bid - tick * 30 * i, "0.05") for i in range(1, 6)])
+            await ex.place_batch(
+                [
+                    OrderRequest(symbol, Side.BUY, Decimal("0.05"), t.bid - tick * 30 * i,
+                                 str(uuid.uuid5(uuid.NAMESPACE_URL, f"{symbol}/{i}")))
+                    for i in range(1, 6)
+                ]
+            )  # fmt: skip
         trades = []
         for _ in range(30):
             clock.advance(timedelta(minutes=5))
             trades += await ex.match()
         return [(t.symbol, t.price, t.amount, t.timestamp) for t in trades]
 
+    # Deterministic client ids (they key the venue's partial fills), fresh venue each run.
     first, second = await run(), await run()
     assert first and first == second
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from mmops.domain.models import OrderKind, Side
 from mmops.domain.pricing import age_in_minutes
 from mmops.domain.tiers import DEFAULT_TIERS
 from mmops.services.tp_results import SkipReason
@@ -46,6 +47,10 @@ async def test_every_coverable_position_gets_one_take_profit_at_its_tier_price(w
         assert duplicates(orders) == []
     placed = result.pairs["BTC/USD"].placed
     assert {p.tier_minutes for p in placed} == {0, 60, 240, 720, 1440}
+    for p in placed:  # each take-profit is recorded as an order, so its fills belong somewhere
+        order = await w.rt.orders.get(sid, "BTC/USD", p.order_id)
+        assert order is not None and order.kind is OrderKind.TAKE_PROFIT
+        assert (order.side, order.price, order.amount) == (Side.SELL, p.price, p.amount)
     status = await w.rt.redis.hgetall(f"settlement:status:{{{sid}}}")
     assert status["state"] == "ok" and status["placed"] == "36"
     assert await w.rt.redis.get(f"settlement:last_run:{{{sid}}}")

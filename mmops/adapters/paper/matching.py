@@ -88,7 +88,8 @@ def _crossed(paper: PaperOrder, q: Quote) -> bool:
 
 def _fill_quantity(paper: PaperOrder, market: Market, t: float) -> Decimal:
     remaining = paper.order.remaining
-    if stable_fraction(paper.order.id, t) < PARTIAL_CHANCE:
+    # Keyed on the client order id: the venue's own ids depend on how concurrent callers interleave.
+    if stable_fraction(paper.order.client_order_id or paper.order.id, t) < PARTIAL_CHANCE:
         half = round_amount_down(remaining / 2, market.lot)
         if half > 0:
             return half

@@ -179,7 +179,8 @@ def fill_from_json(raw: Any) -> Fill:
 
 # A position hash holds one field per contribution, summed here with Decimal arithmetic so
 # Redis never does money maths in floating point:
-#   symbol, opened_at, v (fills recorded), g (take-profits recorded: the next generation)
+#   symbol, opened_at, v (fills recorded), g (take-profits recorded: the next generation),
+#   c (when its first take-profit was recorded)
 #   f:<fill key> = "qty|price|fee"        tp:<order id> = amount of a live take-profit
 #   p:<generation> = "client id|amount"   x:<ref> = amount closed otherwise
 
@@ -225,4 +226,5 @@ def position_from_fields(session_id: str, position_id: str, fields: Mapping[str,
         generation=int(fields.get("g", "0")),
         take_profits=tuple(sorted(take_profits)),
         pending=tuple(sorted(pending, key=lambda p: p.generation)),
+        first_covered_at=ts(fields["c"]) if fields.get("c") else None,
     )

@@ -194,18 +194,19 @@ class FillStore:
 # no fill arrived since it was read (version). One call records a whole batch.
 # KEYS: per take-profit: tp_order key, position hash, uncovered zset
 # ARGV: per take-profit: order id, amount, expected version, fully covered (1/0), position id,
-#       generation, number of metadata fields n, then n field/value pairs
+#       generation, covered-at time, number of metadata fields n, then n field/value pairs
 _RECORD_COVERAGE = """
 local a = 1
 for k = 1, #KEYS, 3 do
   local tp, pos, unc = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local order, amount, version, fully, pid, gen = ARGV[a], ARGV[a + 1], ARGV[a + 2],
     ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
-  local n = tonumber(ARGV[a + 6])
-  a = a + 7
+  local at, n = ARGV[a + 6], tonumber(ARGV[a + 7])
+  a = a + 8
   for i = 0, n - 1 do redis.call('HSET', tp, ARGV[a + 2 * i], ARGV[a + 2 * i + 1]) end
   a = a + 2 * n
   redis.call('HSET', pos, 'tp:' .. order, amount)
+  redis.call('HSETNX', pos, 'c', at)
   redis.call('HDEL', pos, 'p:' .. gen)
   if tonumber(redis.call('HGET', pos, 'g') or '0') <= gen then
     redis.call('HSET', pos, 'g', gen + 1)
@@ -307,7 +308,8 @@ class PositionStore:
                 ]
                 args += [
                     c.order_id, str(c.amount), str(p.version), "1" if c.fully_covered else "0",
-                    p.position_id, str(c.generation), str(len(c.metadata)),
+                    p.position_id, str(c.generation), c.metadata.get("created_at", ""),
+                    str(len(c.metadata)),
                 ]  # fmt: skip
                 for name, value in c.metadata.items():
                     args += [name, value]

@@ -1,0 +1,95 @@
+"""Coverage: how much of each pair's coverable quantity live take-profits hold.
+
+A position's coverable quantity is what it still holds (filled - closed) when that is at least
+the market's minimum order (a smaller remainder is dust: it can never be sold on its own).
+The share covered is covered / coverable over the pair; the oldest uncovered position is the
+one whose uncovered quantity could be sold but is not covered, and its age is how long it has
+waited. ``max_cover_delay_s`` is the longest time a position waited for its first take-profit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from mmops.domain.models import ZERO, Market, Session
+from mmops.domain.pricing import dust_reason
+from mmops.ports import Positions
+
+
+@dataclass(frozen=True, slots=True)
+class PairCoverage:
+    symbol: str
+    positions: int
+    coverable_positions: int
+    coverable: Decimal
+    covered: Decimal
+    oldest_uncovered_s: float | None
+    max_cover_delay_s: float | None
+    bad_records: int = 0
+
+    @property
+    def percent(self) -> Decimal:
+        if self.coverable == 0:
+            return Decimal(100)
+        return (self.covered / self.coverable * 100).quantize(Decimal("0.01"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pair": self.symbol,
+            "positions": self.positions,
+            "coverable_positions": self.coverable_positions,
+            "coverable": str(self.coverable),
+            "covered": str(self.covered),
+            "percent": str(self.percent),
+            "oldest_uncovered_s": self.oldest_uncovered_s,
+            "max_cover_delay_s": self.max_cover_delay_s,
+            "bad_records": self.bad_records,
+        }
+
+
+class CoverageService:
+    def __init__(self, positions: Positions) -> None:
+        self._positions = positions
+
+    async def session(
+        self, session: Session, markets: Mapping[str, Market], now: datetime
+    ) -> list[PairCoverage]:
+        return [await self.pair(session.id, pair, markets[pair], now) for pair in session.pairs]
+
+    async def pair(
+        self, session_id: str, symbol: str, market: Market, now: datetime
+    ) -> PairCoverage:
+        read = await self._positions.all(session_id, symbol)
+        coverable = covered = ZERO
+        count = 0
+        oldest: datetime | None = None
+        max_delay: float | None = None
+        for p in read.items:
+            held = p.filled - p.closed
+            price = p.average_price or Decimal(1)
+            if held <= 0 or dust_reason(held, price, market) is not None:
+                continue
+            count += 1
+            coverable += held
+            covered += min(p.covered + p.pending_amount, held)
+            if dust_reason(p.uncovered, price, market) is None and (
+                oldest is None or p.opened_at < oldest
+            ):
+                oldest = p.opened_at
+            if p.first_covered_at is not None:
+                delay = max(0.0, (p.first_covered_at - p.opened_at).total_seconds())
+                max_delay = delay if max_delay is None else max(max_delay, delay)
+        return PairCoverage(
+            symbol,
+            len(read.items),
+            count,
+            coverable,
+            covered,
+            None if oldest is None else (now - oldest).total_seconds(),
+            max_delay,
+            len(read.bad),
+        )
