@@ -15,8 +15,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/mmops db upgrade
-	$(BIN)/mmops status
+	$(BIN)/mmops demo
 
 lint: install
 	$(BIN)/ruff check mmops tests bench

@@ -114,6 +114,7 @@ def main() -> None:
     from mmops.entrypoints import (  # noqa: F401 - registers the commands
         cli_db,
         cli_migrate,
+        cli_paper,
         cli_settle,
         cli_status,
     )

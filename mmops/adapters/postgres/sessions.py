@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -23,6 +24,8 @@ ON CONFLICT (id) DO UPDATE SET
     ended_at = EXCLUDED.ended_at, pairs = EXCLUDED.pairs, pair_count = EXCLUDED.pair_count,
     updated_at = now()
 """
+
+_SESSION_TABLES = ("fills", "orders", "session_pair_stats", "migration_rejects", "settlement_runs")
 
 _COLUMNS = "id, status, mode, exchange, capital, started_at, ended_at, pairs, migrated_at"
 
@@ -57,6 +60,16 @@ class SessionRepository:
                 " updated_at = now() WHERE id = %s",
                 (status.value, ended_at, session_id),
             )
+
+    async def delete(self, session_id: str) -> None:
+        """Remove the session and everything migrated of it, in one transaction."""
+        async with pg_errors(), self._pool.connection() as conn, conn.transaction():
+            for table in _SESSION_TABLES:
+                await conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE session_id = %s").format(sql.Identifier(table)),
+                    (session_id,),
+                )
+            await conn.execute("DELETE FROM sessions WHERE id = %s", (session_id,))
 
     async def get(self, session_id: str) -> Session | None:
         async with pg_errors(), self._pool.connection() as conn:

@@ -68,6 +68,15 @@ class SessionStore:
         )
 
     @redis_errors
+    async def delete_all(self, session_id: str) -> int:
+        """Delete every key of the session (the demo replaces its previous run with this)."""
+        count = 0
+        async for key in self._r.scan_iter(match=keys.session_pattern(session_id), count=1000):
+            count += int(await self._r.delete(key))
+        await self._r.zrem(keys.SESSIONS_INDEX, session_id)
+        return count
+
+    @redis_errors
     async def expire_all(self, session_id: str, seconds: int) -> int:
         """Give every key of the session a time to live (retention after migration)."""
         count = 0

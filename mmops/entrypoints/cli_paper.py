@@ -1,0 +1,256 @@
+"""``mmops demo``, ``mmops sim`` and ``mmops verify-coverage``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mmops import logs
+from mmops.adapters.clock import SimulatedClock, SystemClock
+from mmops.adapters.paper.catalog import SYMBOLS
+from mmops.adapters.paper.exchange import PaperExchange
+from mmops.adapters.postgres import schema
+from mmops.bootstrap import Runtime, build_exchange, build_settlement, open_runtime
+from mmops.entrypoints.cli import JsonOption, app, console, ctx, emit_json, handled, run_async
+from mmops.entrypoints.workflow import WorkflowPlan, report, run_workflow
+from mmops.errors import ConfigurationError
+from mmops.services.coverage import CoverageService
+from mmops.sim.loop import LoopConfig, TradingLoop
+
+DEMO_START = datetime(2026, 1, 5, tzinfo=UTC)  # fixed: the same seed gives the same figures
+
+PairsOption = Annotated[
+    int, typer.Option("--pairs", min=1, max=len(SYMBOLS), help="Pairs to quote.")
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of prices and the trading loop.")]
+
+
+def _pairs(n: int) -> tuple[str, ...]:
+    return SYMBOLS[:n]
+
+
+def _require_schema(database_url: str) -> None:
+    if not schema.is_current(database_url):
+        schema.upgrade(database_url)  # the demo and sim set their own database up
+
+
+@app.command("demo")
+def demo(
+    pairs: PairsOption = 10,
+    hours: Annotated[float, typer.Option(min=0.1, max=72, help="Simulated hours.")] = 6,
+    seed: SeedOption = 7,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Log every event.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """The whole paper workflow on a simulated clock, then a report.
+
+    Trades PAIRS pairs for HOURS simulated hours on the paper venue, settles every 3 simulated
+    minutes, migrates hourly and at the end, and prints per-pair figures, settlement latency,
+    migration completeness and the per-pair P&L analysis query. The demo's session id is
+    demo-SEED: a new run with the same seed replaces the previous one.
+    """
+    with handled():
+        context = ctx()
+        if not verbose:
+            logs.configure("WARNING", context.settings.log_format)
+        urls = context.urls
+        _require_schema(urls.database)
+        plan = WorkflowPlan(_pairs(pairs), hours, seed, DEMO_START)
+        session_id = f"demo-{seed}"
+
+        async def go() -> dict[str, Any]:
+            async with open_runtime(context.settings, urls) as rt:
+                await rt.session_records.delete(session_id)
+                await rt.sessions.delete_all(session_id)
+                result = await run_workflow(rt, plan, session_id, venue=session_id)
+                return await report(rt, plan, result)
+
+        data = run_async(go())
+        if json_out:
+            emit_json(data)
+        else:
+            _print_demo(data)
+        if not (data["migration"] and data["migration"]["complete"]):
+            raise typer.Exit(1)
+
+
+def _money(value: str) -> str:
+    return f"{Decimal(value).quantize(Decimal('0.01')):,}"
+
+
+def _qty(value: str) -> str:
+    return f"{Decimal(value).quantize(Decimal('0.0001')):,}"
+
+
+def _print_demo(data: dict[str, Any]) -> None:
+    table = Table("pair", "fills", "positions", "coverage %", "TPs filled", "fees",
+                  "realized P&L", "open qty", title=f"session {data['session']}")  # fmt: skip
+    for p in data["pairs"]:
+        table.add_row(p["pair"], str(p["fills"]), str(p["positions"]), p["coverage_percent"],
+                      str(p["take_profits_filled"]), _money(p["fees"]),
+                      _money(p["realized_pnl"]), _qty(p["open_quantity"]))  # fmt: skip
+    console.print(table, width=max(console.width, 110))
+    t, m = data["timings"], data["migration"]
+    console.print(
+        f"settlement: {t['settlement_runs']} runs, p50 {t['settlement_ms_p50']} ms, "
+        f"p99 {t['settlement_ms_p99']} ms"
+    )
+    if m:
+        console.print(f"migration: {m['state']}, {m['fills_in_postgres']} fills in PostgreSQL, "
+                      f"{m['rejects']} rejects")  # fmt: skip
+    console.print(f"analysis query (docs/MONITORING_QUERIES.md, per-pair P&L): "
+                  f"{len(data['analysis_query'])} rows")  # fmt: skip
+    console.print(f"{data['simulated_hours']} simulated hours in {t['wall_seconds']} s")
+
+
+@app.command("sim")
+def sim(
+    pairs: PairsOption = 10,
+    hours: Annotated[float, typer.Option(min=0.01, max=72, help="How long to trade.")] = 1,
+    seed: SeedOption = 7,
+    session: Annotated[str | None, typer.Option(help="Session id (default: sim-<time>).")] = None,
+    simulated: Annotated[
+        bool, typer.Option("--simulated", help="Run on a simulated clock, as fast as it goes.")
+    ] = False,
+    settle: Annotated[
+        bool, typer.Option("--settle/--no-settle", help="Settle every interval in this process.")
+    ] = True,
+    step: Annotated[int, typer.Option(min=1, help="Seconds between loop steps.")] = 10,
+    json_out: JsonOption = False,
+) -> None:
+    """Run the paper trading loop on the configured paper venue (MMOPS_PAPER_VENUE).
+
+    On the real clock it feeds a running `mmops serve` (use --no-settle) or manual `settle` /
+    `migrate` runs. With --simulated the session ends at the current time, after HOURS of
+    simulated trading, with settlement every MMOPS_SETTLEMENT_INTERVAL simulated seconds.
+    """
+    with handled():
+        context = ctx()
+        if context.settings.exchange != "paper":
+            raise ConfigurationError(
+                "MMOPS_EXCHANGE: the trading loop runs on the paper venue only"
+            )
+        urls = context.urls
+        _require_schema(urls.database)
+        now = datetime.now(UTC)
+        start = now - timedelta(hours=hours) if simulated else now
+        sid = session or f"sim-{start:%Y%m%d%H%M%S}"
+
+        async def go() -> dict[str, Any]:
+            async with open_runtime(context.settings, urls) as rt:
+                return await _run_sim(rt, _pairs(pairs), hours, seed, sid, start, simulated,
+                                      settle, step)  # fmt: skip
+
+        data = run_async(go())
+        if json_out:
+            emit_json(data)
+        else:
+            console.print(f"session {data['session']}: {data['fills']} fills, "
+                          f"{data['settlements']} settlement runs")  # fmt: skip
+
+
+async def _run_sim(
+    rt: Runtime,
+    pairs: tuple[str, ...],
+    hours: float,
+    seed: int,
+    session_id: str,
+    start: datetime,
+    simulated: bool,
+    settle: bool,
+    step: int,
+) -> dict[str, Any]:
+    s = rt.settings
+    clock: SimulatedClock | SystemClock = SimulatedClock(start) if simulated else SystemClock()
+    venue = PaperExchange(rt.redis, clock, venue=s.paper_venue, seed=s.paper_seed)
+    for quote in sorted({p.split("/")[1] for p in pairs}):
+        balance = (await venue.balances()).get(quote)
+        if balance is None or balance.free < Decimal(10_000):
+            await venue.fund(quote, Decimal(50_000))
+    config = LoopConfig(pairs, seed=seed)
+    loop = TradingLoop(venue, rt.registry, rt.sessions, rt.orders, rt.orders, rt.fills, clock,
+                       config, session_id)  # fmt: skip
+    settlement = build_settlement(rt, venue, dry_run=False, clock=clock)
+    await loop.start()
+    settlements = 0
+    steps = int(hours * 3600 // step)
+    for n in range(1, steps + 1):
+        if isinstance(clock, SimulatedClock):
+            clock.advance(timedelta(seconds=step))
+        else:
+            await asyncio.sleep(step)
+        await loop.step()
+        if settle and (n * step) % s.settlement_interval == 0:
+            await settlement.run(session_id)
+            settlements += 1
+    await loop.end()
+    if settle:
+        await settlement.run(session_id)
+        settlements += 1
+    return {"session": session_id, "fills": loop.stats.fills, "settlements": settlements,
+            "duplicates_recorded": loop.stats.duplicates_recorded}  # fmt: skip
+
+
+@app.command("verify-coverage")
+def verify_coverage(
+    session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
+    minimum: Annotated[
+        float, typer.Option("--min", min=0, max=100, help="Lowest acceptable coverage %.")
+    ] = 99,
+    json_out: JsonOption = False,
+) -> None:
+    """Per session and pair: the share of coverable quantity covered and the age of the oldest
+    uncovered position. Exit 1 if any pair is below --min."""
+    with handled():
+        context = ctx()
+        urls = context.urls
+
+        async def go() -> list[dict[str, Any]]:
+            async with open_runtime(context.settings, urls) as rt:
+                return await _coverage(rt, session)
+
+        rows = run_async(go())
+        below = [r for r in rows if float(r["percent"]) < minimum]
+        if json_out:
+            emit_json({"minimum": minimum, "ok": not below, "pairs": rows})
+        else:
+            for r in rows:
+                age = r["oldest_uncovered_s"]
+                console.print(
+                    f"{r['session']} {r['pair']:10} {r['percent']:>7}% covered "
+                    f"({r['covered']} of {r['coverable']})"
+                    + (f", oldest uncovered {age:.0f} s" if age is not None else "")
+                )
+            if below:
+                console.print(f"[red]{len(below)} pairs below {minimum}%[/]")
+        if below:
+            raise typer.Exit(1)
+
+
+async def _coverage(rt: Runtime, session_id: str | None) -> list[dict[str, Any]]:
+    s = rt.settings
+    if session_id is not None:
+        found = await rt.registry.get(session_id)
+        if found is None:
+            raise ConfigurationError(f"no session {session_id!r} in the registry")
+        sessions = [found]
+    else:
+        sessions = await rt.registry.recent_sessions(
+            s.settlement_hours_back, s.settlement_session_limit, rt.clock.now()
+        )
+    exchange = build_exchange(s, rt.redis, rt.clock, dry_run=True)
+    try:
+        markets = await exchange.markets()
+    finally:
+        await exchange.close()
+    service = CoverageService(rt.positions)
+    rows = []
+    for sess in sessions:
+        for c in await service.session(sess, markets, rt.clock.now()):
+            rows.append({"session": sess.id, **c.to_dict()})
+    return rows
