@@ -8,6 +8,7 @@ failed replacement leaves it uncovered for the next run. It is never covered twi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 
 from mmops import logs
 from mmops.domain.models import OrderStatus, Position
@@ -28,6 +29,7 @@ class Repricer:
         self._exchange = exchange
         self._tiers = tiers
         self._clock = clock
+        self.released = Decimal(0)  # what the last cancel freed
 
     async def run(self, positions: Sequence[Position], report: PairReport) -> set[str]:
         """Cancel take-profits whose position has aged into a lower tier; return the ids of
@@ -43,8 +45,10 @@ class Repricer:
                 meta = await self._positions.tp_order(position.session_id, order_id)
                 if meta.get("status") != "open" or not meta.get("tier"):
                     continue
+                self.released = Decimal(0)
                 if int(meta["tier"]) < tier_now and await self._cancel(position, order_id):
                     report.repriced += 1
+                    report.released += self.released
                     released.add(position.position_id)
         return released
 
@@ -65,6 +69,7 @@ class Repricer:
             await self._positions.set_tp_status(position.session_id, order_id, "filled")
             return False
         await self._positions.release_coverage(position, order_id, "replaced", order.filled)
+        self.released += order.remaining
         log.info("tp.repriced", session=position.session_id, pair=position.symbol,
                  position=position.position_id, order=order_id)  # fmt: skip
         return True

@@ -14,6 +14,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from mmops import logs
@@ -183,6 +184,7 @@ class SettlementService:
                 raise read
             else:
                 by_pair[pair] = read
+        data = _with_released(data, reports)
         await self._tp.create_batch(session.id, by_pair, data, reports)
         stop, stop_error = None, None
         try:
@@ -273,6 +275,22 @@ class SettlementService:
             return {}
         names = ("equity", "peak_equity", "drawdown", "stoploss_level")
         return {k: previous[k] for k in names if k in previous}
+
+
+def _with_released(data: MarketData, reports: dict[str, PairReport]) -> MarketData:
+    """Balances plus what repricing just freed: the run's snapshot predates those cancels."""
+    freed: dict[str, Decimal] = {}
+    for pair, report in reports.items():
+        market = data.markets.get(pair)
+        if market is not None and report.released:
+            freed[market.base] = freed.get(market.base, ZERO) + report.released
+    if not freed:
+        return data
+    balances = dict(data.balances)
+    for asset, amount in freed.items():
+        b = balances.get(asset) or Balance(asset, ZERO, ZERO, ZERO)
+        balances[asset] = replace(b, free=b.free + amount, used=max(b.used - amount, ZERO))
+    return MarketData(data.markets, data.tickers, balances)
 
 
 def _after_placements(data: MarketData, result: SessionResult) -> MarketData:

@@ -66,6 +66,7 @@ class PairReport:
     failed: list[Failed] = field(default_factory=list)
     recovered: int = 0  # earlier placements found on the exchange and recorded
     repriced: int = 0  # take-profits cancelled to be replaced at a lower tier
+    released: Decimal = Decimal(0)  # base quantity those cancels freed on the exchange
     bad_records: int = 0  # positions that did not parse (quarantined, reported)
     error: str | None = None  # the whole pair failed
 

@@ -6,10 +6,13 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
+from mmops.adapters.clock import SimulatedClock
+from mmops.bootstrap import build_settlement
 from mmops.domain.models import OrderKind, Side
 from mmops.domain.pricing import age_in_minutes
 from mmops.domain.tiers import DEFAULT_TIERS
@@ -164,3 +167,21 @@ async def test_dry_run_places_nothing(w: World) -> None:
     assert len(result.pairs["BTC/USD"].placed) == 2
     assert await w.exchange.open_orders("BTC/USD") == []
     assert all(p.uncovered > 0 for p in await w.positions(sid, "BTC/USD"))
+
+
+async def test_balance_freed_by_repricing_is_available_in_the_same_run(w: World) -> None:
+    """A stale take-profit is cancelled and replaced, and a new position is covered too, when
+    the balance holds exactly both: the run's balance snapshot predates the cancel."""
+    clock = SimulatedClock(w.rt.clock.now())
+    sid = await w.start_session(["ETH/USD"])
+    [old] = await w.seed_positions(sid, "ETH/USD", [5])
+    [first] = await build_settlement(w.rt, w.exchange, dry_run=False, clock=clock).run(sid)
+    assert [p.tier_minutes for p in first.pairs["ETH/USD"].placed] == [0]
+    clock.advance(timedelta(minutes=70))
+    [new] = await w.seed_positions(sid, "ETH/USD", [1])  # funded with exactly its quantity
+    [second] = await build_settlement(w.rt, w.exchange, dry_run=False, clock=clock).run(sid)
+    report = second.pairs["ETH/USD"]
+    assert report.repriced == 1
+    assert sorted(p.position_id for p in report.placed) == sorted([old, new])
+    assert {p.tier_minutes for p in report.placed} == {60}
+    assert second.state == "ok"
