@@ -1,0 +1,93 @@
+"""Workflow load benchmark: the paper trading loop on 10+ pairs with settlement every 3
+simulated minutes and migration hourly, as ``mmops demo`` runs it, at a scale where each
+settlement run covers 100+ positions.
+
+Prints JSON: settlement runs, positions placed per run, average / p50 / p99 settlement latency
+(wall clock), migration outcome, wall time. Servers as the tests use them, else embedded.
+Run: .venv/bin/python bench/workflow.py [--pairs 10 --hours 6 --seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmops import logs
+from mmops.adapters.paper.catalog import SYMBOLS
+from mmops.adapters.postgres import schema
+from mmops.bootstrap import Urls, open_runtime
+from mmops.config import Settings
+from mmops.entrypoints.workflow import WorkflowPlan, percentile, run_workflow
+from tests.conftest import SessionIds
+from tests.servers import Servers, throwaway_database
+
+
+async def run(
+    redis_url: str, database_url: str, pairs: int, hours: float, seed: int, settle_every: int
+) -> dict[str, object]:
+    settings = Settings(redis_url=redis_url, database_url=database_url)  # type: ignore[arg-type]
+    async with open_runtime(settings, Urls(redis_url, database_url)) as rt:
+        sid = f"bench-wf-{uuid.uuid4().hex[:8]}"
+        plan = WorkflowPlan(SYMBOLS[:pairs], hours, seed, datetime(2026, 1, 5, tzinfo=UTC),
+                            settle_every=settle_every)  # fmt: skip
+        try:
+            result = await run_workflow(rt, plan, sid, venue=sid)
+        finally:
+            cleaner = SessionIds()
+            cleaner.made = [sid]
+            await cleaner.cleanup(rt.redis)
+        big = [
+            ms for ms, n in zip(result.settle_ms, result.settle_positions, strict=True) if n >= 100
+        ]
+        last = result.migrations[-1]
+        return {
+            "bench": "workflow",
+            "pairs": pairs,
+            "simulated_hours": hours,
+            "settle_every_s": settle_every,
+            "settlement_runs": len(result.settle_ms),
+            "positions_placed_max_per_run": max(result.settle_positions),
+            "runs_with_100_plus_positions": len(big),
+            "settlement_ms_avg": round(statistics.fmean(result.settle_ms), 2),
+            "settlement_ms_p50": round(percentile(result.settle_ms, 50), 2),
+            "settlement_ms_p99": round(percentile(result.settle_ms, 99), 2),
+            "settlement_ms_avg_100_plus": round(statistics.fmean(big), 2) if big else None,
+            "settlement_ms_p99_100_plus": round(percentile(big, 99), 2) if big else None,
+            "fills_recorded": result.loop.fills,
+            "migration_state": last.state,
+            "fills_migrated": sum(c.pg_fills for c in last.pairs.values()),
+            "wall_s": round(result.wall_seconds, 2),
+        }
+
+
+def main(pairs: int, hours: float, seed: int) -> None:
+    logs.configure("ERROR", "console")
+    servers = Servers()
+    try:
+        redis_url = servers.redis_url()
+        with throwaway_database(servers.admin_database_url(), "mmops_bench") as database_url:
+            schema.upgrade(database_url)
+            # Every 3 simulated minutes, as in production; then every 30 minutes, so that each
+            # settlement run meets 100+ new positions (the load case).
+            for settle_every in (180, 1800):
+                print(json.dumps(asyncio.run(run(redis_url, database_url, pairs, hours, seed,
+                                                 settle_every))), flush=True)  # fmt: skip
+    finally:
+        servers.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--hours", type=float, default=6)
+    parser.add_argument("--seed", type=int, default=7)
+    a = parser.parse_args()
+    main(a.pairs, a.hours, a.seed)
