@@ -75,6 +75,11 @@ def test_sim_settle_migrate_analyse(env: dict[str, str], redis_url: str) -> None
     delays = {p["pair"]: p["max_cover_delay_s"] for p in pairs}
     assert all(d is not None and d <= 180 for d in delays.values()), delays
 
+    status = {row["session"]: row for row in mmops(env, "status")["sessions"]}
+    assert status[sid]["last_settlement"]["state"] == "ok"
+    assert status[sid]["migration_completed_at"] is not None
+    assert {c["pair"] for c in status[sid]["coverage"]} == {p["pair"] for p in pairs}
+
     # Zero duplicate take-profits: no client order id (session, position, generation) twice.
     import redis as sync_redis
 
