@@ -144,8 +144,18 @@ def build_exchange(settings: Settings, redis: Redis, clock: Clock, dry_run: bool
             seed=settings.paper_seed,
             faults=FaultPlan.from_dict(settings.paper_faults),
         )
-    raise ConfigurationError(
-        f"MMOPS_EXCHANGE={settings.exchange!r}: only the paper exchange is wired in this build"
+    if settings.api_key is None or settings.api_secret is None:
+        raise ConfigurationError(
+            f"MMOPS_EXCHANGE={settings.exchange!r} is live: set MMOPS_API_KEY and MMOPS_API_SECRET"
+        )
+    from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange  # live venues only
+
+    return CcxtExchange(
+        settings.exchange,
+        settings.api_key.get_secret_value(),
+        settings.api_secret.get_secret_value(),
+        base_url=settings.exchange_url,
+        dry_run=dry_run,
     )
 
 

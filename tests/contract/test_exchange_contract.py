@@ -27,10 +27,14 @@ pytestmark = pytest.mark.integration
 SYMBOL = "BTC/USD"
 
 
-@pytest.fixture(params=["paper"])
+@pytest.fixture(params=["paper", "kraken"])
 async def venue(request: pytest.FixtureRequest, redis: object) -> AsyncIterator[venues.Venue]:
-    async with venues.paper_venue(redis) as v:  # type: ignore[arg-type]
-        yield v
+    if request.param == "paper":
+        async with venues.paper_venue(redis) as v:  # type: ignore[arg-type]
+            yield v
+    else:
+        async with venues.kraken_venue() as k:
+            yield k
 
 
 def cid() -> str:

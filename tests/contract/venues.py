@@ -14,6 +14,7 @@ from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.paper.faults import FaultPlan
 from mmops.adapters.redis.client import Redis
 from mmops.ports import Exchange
+from tests.kraken_server import KrakenServer, make_ccxt_exchange
 
 
 class Venue(Protocol):
@@ -52,3 +53,35 @@ async def paper_venue(redis: Redis) -> AsyncIterator[PaperVenue]:
         yield venue
     finally:
         await venue.exchange.reset()
+
+
+class KrakenVenue:
+    """The ccxt adapter against the local server that speaks Kraken's REST."""
+
+    def __init__(self, server: KrakenServer) -> None:
+        self.server = server
+        self.exchange: Exchange = make_ccxt_exchange(server)
+        self._extra: list[Exchange] = []
+
+    async def fund(self, asset: str, amount: Decimal) -> None:
+        self.server.fund(asset, amount)
+
+    def timing_out_after_accept(self) -> Exchange:
+        self.server.timeout_after_accept(self.server.stats.placements + 1, 1.5)
+        flaky = make_ccxt_exchange(self.server, timeout=0.5)
+        self._extra.append(flaky)
+        return flaky
+
+    async def close(self) -> None:
+        for exchange in [self.exchange, *self._extra]:
+            await exchange.close()
+
+
+@asynccontextmanager
+async def kraken_venue() -> AsyncIterator[KrakenVenue]:
+    with KrakenServer() as server:
+        venue = KrakenVenue(server)
+        try:
+            yield venue
+        finally:
+            await venue.close()

@@ -1,0 +1,1 @@
+"""Live exchanges through ccxt (Kraken first); the paper venue lives in ``mmops.adapters.paper``."""

@@ -1,0 +1,321 @@
+"""The local Kraken REST server speaks Kraken: signatures, nonces, shapes, refusals, counter.
+
+Requests here are built by hand (no ccxt), so the server is checked against Kraken's
+documented rules rather than against the client it will serve.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from mmops.domain.ratelimit import TradingCounter
+from tests.kraken_server import KrakenServer, kraken_signature
+
+pytestmark = pytest.mark.integration
+
+# Kraken's REST authentication guide, "Examples".
+DOC_SECRET = (
+    "kQH5HW/8p1uGOVjbgWA7FunAmGO8lsSUXNsu3eow76sz84Q18fWxnyRzBHCd3pd5nE9qa99HAZtuZuj6F1huXg=="
+)
+DOC_NONCE = "1616492376594"
+DOC_PAYLOAD = "nonce=1616492376594&ordertype=limit&pair=XBTUSD&price=37500&type=buy&volume=1.25"
+DOC_PATH = "/0/private/AddOrder"
+DOC_SIGNATURE = (
+    "4/dpxb3iT4tp/ZCVEwSnEsLxx0bqyhLpdfOpc6fn7OR8+UClSV5n9E6aSS8MPtnRfp32bAb0nmbRn6H8ndwLUQ=="
+)
+
+
+class Client:
+    """Signed Kraken requests with urllib; nonces from a counter so they always increase."""
+
+    def __init__(self, server: KrakenServer, key: str | None = None, secret: str | None = None):
+        self.server = server
+        self.key = key or server.api_key
+        self.secret = secret or server.api_secret
+        self.nonce = time.time_ns() // 1000
+
+    def public(self, method: str, **query: str) -> dict[str, Any]:
+        url = f"{self.server.url}/0/public/{method}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def private(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        as_json: bool = False,
+        nonce: int | None = None,
+        sign_with: str | None = None,
+    ) -> dict[str, Any]:
+        if nonce is None:
+            self.nonce += 1
+            nonce = self.nonce
+        data = {"nonce": str(nonce), **(params or {})}
+        body = json.dumps(data) if as_json else urllib.parse.urlencode(data)
+        path = f"/0/private/{method}"
+        request = urllib.request.Request(
+            self.server.url + path,
+            data=body.encode(),
+            method="POST",
+            headers={
+                "API-Key": self.key,
+                "API-Sign": kraken_signature(path, str(nonce), body, sign_with or self.secret),
+                "Content-Type": "application/json"
+                if as_json
+                else "application/x-www-form-urlencoded",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def order(
+        self, price: str, volume: str = "0.01", side: str = "sell", **extra: str
+    ) -> dict[str, str]:
+        return {"type": side, "ordertype": "limit", "price": price, "volume": volume, **extra}
+
+    def batch(self, orders: list[dict[str, str]], pair: str = "XXBTZUSD") -> dict[str, Any]:
+        return self.private("AddOrderBatch", {"pair": pair, "orders": orders}, as_json=True)
+
+
+@pytest.fixture
+def server() -> Iterator[KrakenServer]:
+    with KrakenServer() as s:
+        s.set_quote("BTC/USD", "60000.0", "60010.0")
+        yield s
+        assert s.stats.errors == []
+
+
+@pytest.fixture
+def client(server: KrakenServer) -> Client:
+    return Client(server)
+
+
+def test_the_signature_is_the_one_in_krakens_authentication_guide() -> None:
+    assert kraken_signature(DOC_PATH, DOC_NONCE, DOC_PAYLOAD, DOC_SECRET) == DOC_SIGNATURE
+
+
+def test_a_correctly_signed_call_is_answered_in_krakens_shape(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1.5")
+    answer = client.private("BalanceEx")
+    assert answer == {
+        "error": [],
+        "result": {"XXBT": {"balance": "1.5000000000", "hold_trade": "0.0000000000"}},
+    }
+
+
+def test_a_bad_signature_is_refused_with_invalid_signature(
+    server: KrakenServer, client: Client
+) -> None:
+    _, other_secret = server.new_key()
+    answer = client.private("Balance", sign_with=other_secret)
+    assert answer == {"error": ["EAPI:Invalid signature"]}
+
+
+def test_an_unknown_key_is_refused_with_invalid_key(server: KrakenServer) -> None:
+    stranger = Client(server, key="no-such-key", secret=server.api_secret)
+    assert stranger.private("Balance") == {"error": ["EAPI:Invalid key"]}
+
+
+def test_a_nonce_that_does_not_increase_is_refused_with_invalid_nonce(client: Client) -> None:
+    assert client.private("Balance", nonce=1000)["error"] == []
+    assert client.private("Balance", nonce=1000) == {"error": ["EAPI:Invalid nonce"]}
+    assert client.private("Balance", nonce=999) == {"error": ["EAPI:Invalid nonce"]}
+    assert client.private("Balance", nonce=1001)["error"] == []
+
+
+def test_a_refused_signature_does_not_use_up_its_nonce(
+    server: KrakenServer, client: Client
+) -> None:
+    _, other_secret = server.new_key()
+    assert client.private("Balance", nonce=5000, sign_with=other_secret)["error"]
+    assert client.private("Balance", nonce=5000)["error"] == []
+
+
+def test_each_key_has_its_own_nonce_sequence(server: KrakenServer, client: Client) -> None:
+    second = Client(server, *server.new_key())
+    assert client.private("Balance", nonce=9000)["error"] == []
+    assert second.private("Balance", nonce=10)["error"] == []
+
+
+def test_asset_pairs_and_assets_use_krakens_codes_and_decimals(client: Client) -> None:
+    pairs = client.public("AssetPairs")["result"]
+    btc = pairs["XXBTZUSD"]
+    assert (btc["altname"], btc["base"], btc["quote"]) == ("XBTUSD", "XXBT", "ZUSD")
+    assert (btc["pair_decimals"], btc["lot_decimals"]) == (1, 8)
+    assert (btc["ordermin"], btc["costmin"]) == ("0.0001", "0.5")
+    assert (btc["fees_maker"][0][1], btc["fees"][0][1]) == (0.25, 0.4)
+    assert pairs["XDGUSD"]["pair_decimals"] == 7
+    assets = client.public("Assets")["result"]
+    assert assets["XXBT"]["altname"] == "XBT" and assets["XXDG"]["altname"] == "XDG"
+
+
+def test_the_ticker_quotes_the_bid_and_ask_that_were_set(client: Client) -> None:
+    ticker = client.public("Ticker", pair="XXBTZUSD,XETHZUSD")["result"]
+    assert set(ticker) == {"XXBTZUSD", "XETHZUSD"}
+    assert ticker["XXBTZUSD"]["b"][0] == "60000.0" and ticker["XXBTZUSD"]["a"][0] == "60010.0"
+    assert client.public("Ticker", pair="NOPE") == {"error": ["EQuery:Unknown asset pair"]}
+
+
+def test_a_batch_places_good_orders_and_refuses_others_one_by_one(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "0.25")
+    answer = client.batch(
+        [
+            client.order("60100.0", "0.1", oflags="post", cl_ord_id="a"),
+            client.order("60000.0", "0.1", oflags="post", cl_ord_id="b"),  # at the bid
+            client.order("60200.0", "0.2", oflags="post", cl_ord_id="c"),  # 0.3 > 0.25
+            client.order("60300.0", "0.1", oflags="post", cl_ord_id="d"),
+        ]
+    )
+    assert answer["error"] == []
+    orders = answer["result"]["orders"]
+    assert [o.get("error") for o in orders] == [
+        None,
+        "EOrder:Post only order",
+        "EOrder:Insufficient funds",
+        None,
+    ]
+    assert orders[0]["descr"]["order"] == "sell 0.10000000 XBTUSD @ limit 60100.0"
+    assert server.order(orders[0]["txid"])["cl_ord_id"] == "a"
+    assert server.order(orders[3]["txid"])["oflags"] == "post,fciq"
+
+
+def test_a_batch_with_an_order_below_the_minimum_is_refused_whole(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    answer = client.batch([client.order("60100.0"), client.order("60200.0", "0.00001")])
+    assert answer == {"error": ["EOrder:Order minimum not met"]}
+    assert server.stats.orders_accepted == 0
+
+
+def test_an_order_below_the_minimum_cost_is_refused(server: KrakenServer, client: Client) -> None:
+    server.fund("XRP", "10")
+    answer = client.private("AddOrder", {"pair": "XXRPZUSD", **client.order("0.20000", "2")})
+    assert answer == {"error": ["EOrder:Cost minimum not met"]}
+
+
+def test_a_batch_holds_two_to_fifteen_orders_of_one_pair(client: Client) -> None:
+    one = client.batch([client.order("60100.0")])
+    sixteen = client.batch([client.order("60100.0") for _ in range(16)])
+    assert one == sixteen == {"error": ["EGeneral:Invalid arguments:orders"]}
+
+
+def test_a_price_finer_than_the_tick_is_refused(client: Client) -> None:
+    answer = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("60100.05")})
+    assert answer["error"][0].startswith("EOrder:Invalid price:XBTUSD")
+
+
+def test_balance_ex_holds_what_open_orders_reserve_and_a_fill_moves_it(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    server.fund("USD", "1000")
+    sell = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0", "0.2")})
+    client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("50000.0", "0.01", "buy")})
+    assert server.balance("BTC") == (Decimal(1), Decimal("0.2"))
+    assert server.balance("USD") == (Decimal(1000), Decimal(500))
+    txid = sell["result"]["txid"][0]
+    server.fill(txid, "0.05")
+    assert server.balance("BTC") == (Decimal("0.95"), Decimal("0.15"))
+    proceeds = Decimal("0.05") * 61000 * (1 - Decimal("0.0025"))
+    assert server.balance("USD")[0] == 1000 + proceeds
+    server.fill(txid)
+    closed = client.private("QueryOrders", {"txid": txid})["result"][txid]
+    assert (closed["status"], closed["vol_exec"]) == ("closed", "0.20000000")
+
+
+def test_orders_are_found_by_cl_ord_id_open_or_closed(server: KrakenServer, client: Client) -> None:
+    server.fund("BTC", "1")
+    placed = client.private(
+        "AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0", cl_ord_id="uuid-1")}
+    )
+    txid = placed["result"]["txid"][0]
+    assert list(client.private("OpenOrders", {"cl_ord_id": "uuid-1"})["result"]["open"]) == [txid]
+    assert client.private("OpenOrders", {"cl_ord_id": "uuid-2"})["result"]["open"] == {}
+    assert client.private("CancelOrder", {"txid": txid})["result"] == {"count": 1}
+    closed = client.private("ClosedOrders", {"cl_ord_id": "uuid-1"})["result"]["closed"]
+    assert closed[txid]["status"] == "canceled"
+    assert client.private("CancelOrder", {"txid": txid}) == {"error": ["EOrder:Unknown order"]}
+
+
+def test_the_trading_counter_refuses_a_burst_over_its_threshold() -> None:
+    with KrakenServer(counter=TradingCounter(threshold=5, decay=0.01)) as server:
+        client = Client(server)
+        server.fund("BTC", "1")
+        answer = client.batch([client.order(f"{61000 + i}.0") for i in range(5)])
+        assert all("txid" in o for o in answer["result"]["orders"])
+        refused = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("62000.0")})
+        assert refused == {"error": ["EOrder:Rate limit exceeded"]}
+        other_pair = client.private(
+            "AddOrder", {"pair": "XETHZUSD", **client.order("3100.00", "0.01", "buy")}
+        )
+        assert other_pair["error"] == ["EOrder:Insufficient funds"]  # its own counter
+        assert server.stats.rate_limit_refusals == 1
+
+
+def test_injected_faults_slow_every_call_and_fail_the_named_call_or_order(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    server.latency = 0.1
+    started = time.monotonic()
+    client.public("Time")
+    assert time.monotonic() - started >= 0.1
+    server.latency = 0.0
+    server.fail_private_call(server.stats.private_calls + 1, "5xx")
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        client.private("Balance")
+    assert failed.value.code == 500
+    failed.value.close()
+    server.fail_private_call(server.stats.private_calls + 1, "unavailable")
+    assert client.private("Balance") == {"error": ["EService:Unavailable"]}
+    server.reject_order(server.stats.orders_received + 2, "EOrder:Insufficient funds")
+    answer = client.batch([client.order("61000.0"), client.order("61001.0")])
+    assert [o.get("error") for o in answer["result"]["orders"]] == [
+        None,
+        "EOrder:Insufficient funds",
+    ]
+
+
+def test_a_timeout_after_accept_records_the_order_and_answers_late(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    server.timeout_after_accept(server.stats.placements + 1, delay=0.5)
+    started = time.monotonic()
+    answer = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0")})
+    assert time.monotonic() - started >= 0.5
+    assert answer["error"] == [] and server.stats.orders_accepted == 1
+
+
+def test_cancel_order_batch_cancels_by_txid_or_cl_ord_id_and_counts_them(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    placed = client.batch(
+        [client.order("61000.0", cl_ord_id="x"), client.order("61001.0", userref="7")]
+    )
+    first, second = (o["txid"] for o in placed["result"]["orders"])
+    assert list(client.private("OpenOrders", {"userref": "7"})["result"]["open"]) == [second]
+    answer = client.private(
+        "CancelOrderBatch", {"orders": ["x", second, "ONOPE1-ONOPE-ONOPE1"]}, as_json=True
+    )
+    assert answer == {"error": [], "result": {"count": 2}}
+    assert server.order(first)["status"] == server.order(second)["status"] == "canceled"
+    assert server.balance("BTC") == (Decimal(1), Decimal(0))

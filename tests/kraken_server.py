@@ -1,0 +1,817 @@
+"""A local Kraken REST server for tests: real HTTP on 127.0.0.1, state in memory.
+
+It speaks enough of Kraken's REST API for ccxt's ``kraken`` (``load_markets``,
+``fetch_tickers``, balances, AddOrder / AddOrderBatch, cancels and order queries) and answers in
+Kraken's ``{"error": [...], "result": ...}`` shape with Kraken's error strings. Private calls
+are checked like Kraken checks them: ``API-Key`` must be known, ``API-Sign`` must be the
+HMAC-SHA512 of (URI path + SHA256(nonce + POST body)) under the base64-decoded secret, and
+nonces must strictly increase per key. Several keys may share the one account
+(:meth:`KrakenServer.new_key`), as several processes each with their own key would.
+
+Markets come from the paper catalog (Kraken pair and asset codes). Orders are post-only
+aware, hold what they reserve (a sell its base, a buy price * amount of quote), respect
+ordermin / costmin and the pair's tick, and each pair has Kraken's trading counter
+(:class:`~mmops.domain.ratelimit.TradingCounter`). AddOrderBatch validates the whole batch
+first (one bad order refuses the batch) and then refuses single orders for funds or post-only,
+placing the rest — as Kraken documents.
+
+Test controls: :meth:`fund`, :meth:`set_quote`, :meth:`fill`; faults like the paper venue's:
+``latency``, :meth:`fail_private_call`, :meth:`reject_order`, :meth:`timeout_after_accept`.
+Counts (``private_calls``, ``placements``, ``orders_received``...) are from 1 since start.
+
+Usage::
+
+    with KrakenServer() as server:          # or server = KrakenServer().start(); server.stop()
+        exchange = make_ccxt_exchange(server)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from email.utils import formatdate
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange
+from mmops.adapters.paper.catalog import CATALOG, Listing
+from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
+from mmops.domain.rounding import round_amount_down, round_price_up
+
+LOT_DECIMALS = 8
+MAX_BATCH = 15
+FIAT = frozenset({"USD", "EUR"})
+_ALTNAMES = {"BTC": "XBT", "DOGE": "XDG"}  # unified code → Kraken altname, where they differ
+_HALF_SPREAD = Decimal("0.0005")
+Params = dict[str, Any]
+
+
+class KrakenError(Exception):
+    """A refusal, answered as ``{"error": [str(self)]}``."""
+
+
+def kraken_signature(url_path: str, nonce: str, post_data: str, secret_b64: str) -> str:
+    """Kraken's ``API-Sign``: HMAC-SHA512(path + SHA256(nonce + body)), base64 secret and result."""
+    digest = hashlib.sha256((nonce + post_data).encode()).digest()
+    mac = hmac.new(base64.b64decode(secret_b64), url_path.encode() + digest, hashlib.sha512)
+    return base64.b64encode(mac.digest()).decode()
+
+
+def _decimals(step: Decimal) -> int:
+    return max(0, -int(step.normalize().as_tuple().exponent))
+
+
+def _places(value: Decimal) -> int:
+    return max(0, -int(value.normalize().as_tuple().exponent))
+
+
+def _fmt(value: Decimal, places: int) -> str:
+    return f"{value:.{places}f}"
+
+
+@dataclass
+class Pair:
+    """One market as the server lists it."""
+
+    listing: Listing
+    altname: str
+    bid: Decimal
+    ask: Decimal
+
+    @property
+    def id(self) -> str:
+        return self.listing.kraken_pair
+
+    @property
+    def decimals(self) -> int:
+        return _decimals(self.listing.market.tick)
+
+    def price(self, value: Decimal) -> str:
+        return _fmt(value, self.decimals)
+
+
+@dataclass
+class Spec:
+    """One order as requested."""
+
+    side: str
+    price: Decimal
+    volume: Decimal
+    oflags: str = ""
+    cl_ord_id: str | None = None
+    userref: int | None = None
+
+    @property
+    def post_only(self) -> bool:
+        return "post" in self.oflags.split(",")
+
+
+@dataclass
+class ServerOrder:
+    txid: str
+    pair: Pair
+    spec: Spec
+    opentm: float
+    status: str = "open"
+    vol_exec: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)
+    fee: Decimal = Decimal(0)
+    closetm: float | None = None
+    reason: str | None = None
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.spec.volume - self.vol_exec
+
+    @property
+    def description(self) -> str:
+        return _describe(self.pair, self.spec)
+
+    def info(self) -> dict[str, Any]:
+        s = self.spec
+        average = self.cost / self.vol_exec if self.vol_exec else Decimal(0)
+        info: dict[str, Any] = {
+            "refid": None,
+            "userref": s.userref,
+            "cl_ord_id": s.cl_ord_id,
+            "status": self.status,
+            "reason": self.reason,
+            "opentm": self.opentm,
+            "starttm": 0,
+            "expiretm": 0,
+            "descr": {
+                "pair": self.pair.altname,
+                "type": s.side,
+                "ordertype": "limit",
+                "price": self.pair.price(s.price),
+                "price2": "0",
+                "leverage": "none",
+                "order": self.description,
+                "close": "",
+            },
+            "vol": _fmt(s.volume, LOT_DECIMALS),
+            "vol_exec": _fmt(self.vol_exec, LOT_DECIMALS),
+            "cost": _fmt(self.cost, 5),
+            "fee": _fmt(self.fee, 5),
+            "price": self.pair.price(average),
+            "stopprice": "0.00000",
+            "limitprice": "0.00000",
+            "misc": "",
+            "oflags": ",".join(f for f in (s.oflags, "fciq") if f),
+        }
+        if self.closetm is not None:
+            info["closetm"] = self.closetm
+        return info
+
+
+@dataclass
+class Stats:
+    calls: Counter[str] = field(default_factory=Counter)  # per endpoint (private: authenticated)
+    private_calls: int = 0
+    placements: int = 0  # AddOrder / AddOrderBatch calls
+    orders_received: int = 0  # orders in those calls; the numbering of reject_order
+    orders_accepted: int = 0
+    rate_limit_refusals: int = 0  # calls refused by the trading counter
+    errors: list[str] = field(default_factory=list)  # server bugs (tracebacks), should stay empty
+
+
+class KrakenServer:
+    """Kraken's REST API on an ephemeral port of 127.0.0.1, served from a background thread."""
+
+    def __init__(
+        self,
+        counter: TradingCounter | None = None,
+        listings: Iterable[Listing] = CATALOG,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+    ) -> None:
+        self.counter = counter or TradingCounter()
+        self.latency = 0.0  # seconds added to every call
+        self.stats = Stats()
+        self.api_key = api_key or "test-key-" + secrets.token_hex(8)
+        self.api_secret = api_secret or base64.b64encode(secrets.token_bytes(64)).decode()
+        self._lock = threading.RLock()
+        self._keys: dict[str, str] = {self.api_key: self.api_secret}
+        self._nonces: dict[str, int] = {}
+        self._pairs: dict[str, Pair] = {}
+        self._assets: dict[str, str] = {}  # Kraken asset code → unified code
+        for listing in listings:
+            self._add_pair(listing)
+        self._totals: dict[str, Decimal] = {}
+        self._orders: dict[str, ServerOrder] = {}
+        self._counters: dict[str, CounterState] = {}
+        self._fail_calls: dict[int, str] = {}
+        self._reject_orders: dict[int, str] = {}
+        self._timeouts: dict[int, float] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if not self._port:
+            raise RuntimeError("the Kraken test server is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> KrakenServer:
+        """Serve from a daemon thread; returns once the port is bound."""
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                runner = loop.run_until_complete(self._serve())
+            except BaseException as e:
+                failure.append(e)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="kraken-test-server", daemon=True)
+        self._thread.start()
+        started.wait(10)
+        if failure:
+            self._thread = None
+            raise RuntimeError("the Kraken test server did not start") from failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; answers still being held back (timeouts) are cut off."""
+        if self._thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._thread = None
+        self._port = 0
+
+    def __enter__(self) -> KrakenServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    async def _serve(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/0/public/{method}", self._public)
+        app.router.add_post("/0/private/{method}", self._private)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = int(runner.addresses[0][1])
+        return runner
+
+    # -- test controls --------------------------------------------------------------------
+
+    def new_key(self) -> tuple[str, str]:
+        """A further API key pair on the same account, with its own nonce sequence."""
+        key = "test-key-" + secrets.token_hex(8)
+        secret = base64.b64encode(secrets.token_bytes(64)).decode()
+        with self._lock:
+            self._keys[key] = secret
+        return key, secret
+
+    def fund(self, asset: str, amount: Decimal | str) -> None:
+        """Add ``amount`` (negative: remove) to an asset, by unified or Kraken code."""
+        code = self._asset_code(asset)
+        with self._lock:
+            self._totals[code] = self._totals.get(code, Decimal(0)) + Decimal(amount)
+
+    def set_quote(self, symbol: str, bid: Decimal | str, ask: Decimal | str) -> None:
+        """Set a pair's best bid and ask (post-only checks and Ticker read them)."""
+        bid, ask = Decimal(bid), Decimal(ask)
+        if not 0 < bid < ask:
+            raise ValueError(f"need 0 < bid < ask, got {bid} / {ask}")
+        with self._lock:
+            pair = self._pair_by_symbol(symbol)
+            pair.bid, pair.ask = bid, ask
+
+    def fill(self, order_id: str, amount: Decimal | str | None = None) -> dict[str, Any]:
+        """Execute ``amount`` (default: all that remains) of an open order at its limit price.
+
+        Balances move as on Kraken (fee in quote, at the maker rate); the order closes when
+        nothing remains. Returns the order's Kraken description.
+        """
+        with self._lock:
+            order = self._orders[order_id]
+            qty = order.remaining if amount is None else Decimal(amount)
+            if order.status != "open" or not 0 < qty <= order.remaining:
+                raise ValueError(f"cannot fill {qty} of {order_id} ({order.status})")
+            market = order.pair.listing
+            value = order.spec.price * qty
+            fee = value * market.market.maker_fee
+            sign = 1 if order.spec.side == "buy" else -1
+            self._add(market.kraken_base, sign * qty)
+            self._add(market.kraken_quote, -sign * value - fee)
+            order.vol_exec += qty
+            order.cost += value
+            order.fee += fee
+            if order.remaining == 0:
+                order.status, order.closetm = "closed", time.time()
+            return order.info()
+
+    def fail_private_call(self, n: int, kind: Literal["5xx", "unavailable"] = "5xx") -> None:
+        """Make the ``n``-th private call fail before doing anything: HTTP 500 or
+        ``EService:Unavailable``. ``stats.private_calls + 1`` is the next one."""
+        with self._lock:
+            self._fail_calls[n] = kind
+
+    def reject_order(self, n: int, error: str) -> None:
+        """Refuse the ``n``-th order received with ``error`` (e.g. ``EOrder:Insufficient
+        funds``); in a batch only that order is refused. ``stats.orders_received + 1`` is next."""
+        with self._lock:
+            self._reject_orders[n] = error
+
+    def timeout_after_accept(self, n: int, delay: float = 3.0) -> None:
+        """Process the ``n``-th placement call as usual, then hold its answer back ``delay``
+        seconds (longer than the client waits). ``stats.placements + 1`` is the next one."""
+        with self._lock:
+            self._timeouts[n] = delay
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        """An order's Kraken description (as QueryOrders gives it)."""
+        with self._lock:
+            return self._orders[order_id].info()
+
+    def orders(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"txid": o.txid, **o.info()} for o in self._orders.values()]
+
+    def balance(self, asset: str) -> tuple[Decimal, Decimal]:
+        """(total, held by open orders) of an asset, by unified or Kraken code."""
+        code = self._asset_code(asset)
+        with self._lock:
+            return self._totals.get(code, Decimal(0)), self._held(code)
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def _public(self, request: web.Request) -> web.Response:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        handler = self._public_handlers().get(request.match_info["method"])
+        try:
+            if handler is None:
+                raise KrakenError("EGeneral:Unknown method")
+            with self._lock:
+                self.stats.calls[request.match_info["method"]] += 1
+                return _answer(handler(dict(request.query)))
+        except KrakenError as e:
+            return _answer(error=str(e))
+        except Exception:
+            return self._bug()
+
+    async def _private(self, request: web.Request) -> web.Response:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        method = request.match_info["method"]
+        body = await request.text()
+        try:
+            params = _parse_body(body, request.content_type)
+            with self._lock:
+                self._authenticate(request, body, params)
+                self.stats.private_calls += 1
+                self.stats.calls[method] += 1
+                fault = self._fail_calls.pop(self.stats.private_calls, None)
+            if fault == "5xx":
+                return web.Response(status=500, text="Internal Server Error")
+            if fault == "unavailable":
+                raise KrakenError("EService:Unavailable")
+            handler = self._private_handlers().get(method)
+            if handler is None:
+                raise KrakenError("EGeneral:Unknown method")
+            delay = 0.0
+            with self._lock:
+                if method in ("AddOrder", "AddOrderBatch"):
+                    self.stats.placements += 1
+                    delay = self._timeouts.pop(self.stats.placements, 0.0)
+                result = handler(params)
+            if delay:
+                await asyncio.sleep(delay)
+            return _answer(result)
+        except KrakenError as e:
+            return _answer(error=str(e))
+        except Exception:
+            return self._bug()
+
+    def _bug(self) -> web.Response:
+        self.stats.errors.append(traceback.format_exc())
+        return web.Response(status=500, text="test server bug")
+
+    def _authenticate(self, request: web.Request, body: str, params: Params) -> None:
+        key = request.headers.get("API-Key", "")
+        secret = self._keys.get(key)
+        if secret is None:
+            raise KrakenError("EAPI:Invalid key")
+        nonce = str(params.get("nonce", ""))
+        if not nonce.isdigit():
+            raise KrakenError("EAPI:Invalid nonce")
+        expected = kraken_signature(request.path, nonce, body, secret)
+        if not hmac.compare_digest(expected, request.headers.get("API-Sign", "")):
+            raise KrakenError("EAPI:Invalid signature")
+        if int(nonce) <= self._nonces.get(key, 0):
+            raise KrakenError("EAPI:Invalid nonce")
+        self._nonces[key] = int(nonce)
+
+    def _public_handlers(self) -> Mapping[str, Callable[[Params], Any]]:
+        return {
+            "Time": lambda _: {"unixtime": int(time.time()), "rfc1123": formatdate(usegmt=True)},
+            "SystemStatus": lambda _: {
+                "status": "online",
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            "Assets": self._assets_info,
+            "AssetPairs": self._asset_pairs,
+            "Ticker": self._ticker,
+        }
+
+    def _private_handlers(self) -> Mapping[str, Callable[[Params], Any]]:
+        return {
+            "Balance": lambda _: {c: _fmt(t, 10) for c, t in self._totals.items()},
+            "BalanceEx": self._balance_ex,
+            "AddOrder": self._add_order,
+            "AddOrderBatch": self._add_order_batch,
+            "CancelOrder": self._cancel_order,
+            "CancelOrderBatch": self._cancel_order_batch,
+            "OpenOrders": lambda p: {"open": self._select(p, open_=True)},
+            "ClosedOrders": self._closed_orders,
+            "QueryOrders": self._query_orders,
+        }
+
+    # -- public endpoints -----------------------------------------------------------------
+
+    def _assets_info(self, _: Params) -> dict[str, Any]:
+        return {
+            code: {
+                "aclass": "currency",
+                "altname": _ALTNAMES.get(unified, unified),
+                "decimals": 4 if unified in FIAT else 10,
+                "display_decimals": 2 if unified in FIAT else 5,
+                "status": "enabled",
+            }
+            for code, unified in self._assets.items()
+        }
+
+    def _asset_pairs(self, query: Params) -> dict[str, Any]:
+        pairs = self._pairs_named(query.get("pair"))
+        return {p.id: _pair_info(p) for p in pairs}
+
+    def _ticker(self, query: Params) -> dict[str, Any]:
+        result = {}
+        for p in self._pairs_named(query.get("pair")):
+            mid = round_price_up((p.bid + p.ask) / 2, p.listing.market.tick)
+            result[p.id] = {
+                "a": [p.price(p.ask), "1", "1.000"],
+                "b": [p.price(p.bid), "1", "1.000"],
+                "c": [p.price(mid), "0.10000000"],
+                "v": ["100.00000000", "1000.00000000"],
+                "p": [p.price(mid), p.price(mid)],
+                "t": [10, 100],
+                "l": [p.price(p.bid), p.price(p.bid)],
+                "h": [p.price(p.ask), p.price(p.ask)],
+                "o": p.price(mid),
+            }
+        return result
+
+    # -- private endpoints ----------------------------------------------------------------
+
+    def _balance_ex(self, _: Params) -> dict[str, Any]:
+        codes = set(self._totals) | {self._held_asset(o) for o in self._open()}
+        return {
+            c: {
+                "balance": _fmt(self._totals.get(c, Decimal(0)), 10),
+                "hold_trade": _fmt(self._held(c), 10),
+            }
+            for c in sorted(codes)
+        }
+
+    def _add_order(self, params: Params) -> dict[str, Any]:
+        pair = self._pair(params.get("pair"))
+        number = self._receive(1)
+        spec = _spec(params)
+        self._validate(pair, spec)
+        if _truthy(params.get("validate")):
+            return {"descr": {"order": _describe(pair, spec)}}
+        self._admit(pair, 1)
+        error = self._refusal(pair, spec, number)
+        if error:
+            raise KrakenError(error)
+        order = self._accept(pair, spec)
+        return {"descr": {"order": order.description}, "txid": [order.txid]}
+
+    def _add_order_batch(self, params: Params) -> dict[str, Any]:
+        raw = params.get("orders")
+        if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_BATCH:
+            raise KrakenError("EGeneral:Invalid arguments:orders")
+        pair = self._pair(params.get("pair"))
+        first = self._receive(len(raw))
+        specs = [_spec(o) for o in raw]
+        for spec in specs:
+            self._validate(pair, spec)
+        if _truthy(params.get("validate")):
+            return {"orders": [{"descr": {"order": _describe(pair, s)}} for s in specs]}
+        self._admit(pair, len(specs))
+        answers: list[dict[str, Any]] = []
+        for i, spec in enumerate(specs):
+            error = self._refusal(pair, spec, first + i)
+            if error:
+                answers.append({"error": error})
+            else:
+                order = self._accept(pair, spec)
+                answers.append({"txid": order.txid, "descr": {"order": order.description}})
+        return {"orders": answers}
+
+    def _cancel_order(self, params: Params) -> dict[str, Any]:
+        ref = params.get("cl_ord_id") or params.get("txid")
+        order = self._find_open(str(ref) if ref is not None else "")
+        if order is None:
+            raise KrakenError("EOrder:Unknown order")
+        self._cancel(order)
+        return {"count": 1}
+
+    def _cancel_order_batch(self, params: Params) -> dict[str, Any]:
+        refs = params.get("orders") or []
+        if not isinstance(refs, list) or not refs:
+            raise KrakenError("EGeneral:Invalid arguments:orders")
+        count = 0
+        for ref in refs:
+            key = ref.get("txid") or ref.get("cl_ord_id") if isinstance(ref, dict) else ref
+            order = self._find_open(str(key))
+            if order is not None:
+                self._cancel(order)
+                count += 1
+        return {"count": count}
+
+    def _closed_orders(self, params: Params) -> dict[str, Any]:
+        closed = self._select(params, open_=False)
+        return {"closed": closed, "count": len(closed)}
+
+    def _query_orders(self, params: Params) -> dict[str, Any]:
+        ids = [t for t in str(params.get("txid", "")).split(",") if t]
+        if not ids:
+            raise KrakenError("EGeneral:Invalid arguments:txid")
+        result = {}
+        for txid in ids:
+            order = self._orders.get(txid)
+            if order is not None and _matches(order, params):
+                result[txid] = order.info()
+        return result
+
+    # -- order book-keeping ---------------------------------------------------------------
+
+    def _receive(self, count: int) -> int:
+        first = self.stats.orders_received + 1
+        self.stats.orders_received += count
+        return first
+
+    def _validate(self, pair: Pair, spec: Spec) -> None:
+        """Whole-request checks: a failure refuses every order of a batch."""
+        market = pair.listing.market
+        if _places(spec.price) > pair.decimals:
+            raise KrakenError(
+                f"EOrder:Invalid price:{pair.altname} price can only be specified up to "
+                f"{pair.decimals} decimals."
+            )
+        if _places(spec.volume) > LOT_DECIMALS:
+            raise KrakenError("EGeneral:Invalid arguments:volume")
+        if spec.volume < market.min_amount:
+            raise KrakenError("EOrder:Order minimum not met")
+        if spec.volume * spec.price < market.min_cost:
+            raise KrakenError("EOrder:Cost minimum not met")
+
+    def _admit(self, pair: Pair, cost: float) -> None:
+        state = self._counters.get(pair.id, CounterState())
+        admitted = self.counter.admit(state, time.monotonic(), cost)
+        if admitted is None:
+            self.stats.rate_limit_refusals += 1
+            raise KrakenError("EOrder:Rate limit exceeded")
+        self._counters[pair.id] = admitted
+
+    def _refusal(self, pair: Pair, spec: Spec, number: int) -> str | None:
+        """Why the engine refuses this one order (funds, post-only, injected), or None."""
+        injected = self._reject_orders.pop(number, None)
+        if injected:
+            return injected
+        if spec.cl_ord_id and any(o.spec.cl_ord_id == spec.cl_ord_id for o in self._open()):
+            return "EOrder:Duplicate order"
+        if spec.post_only and (
+            (spec.side == "sell" and spec.price <= pair.bid)
+            or (spec.side == "buy" and spec.price >= pair.ask)
+        ):
+            return "EOrder:Post only order"
+        listing = pair.listing
+        asset = listing.kraken_base if spec.side == "sell" else listing.kraken_quote
+        need = spec.volume if spec.side == "sell" else spec.volume * spec.price
+        if self._totals.get(asset, Decimal(0)) - self._held(asset) < need:
+            return "EOrder:Insufficient funds"
+        return None
+
+    def _accept(self, pair: Pair, spec: Spec) -> ServerOrder:
+        txid = "O{}-{}-{}".format(*(secrets.token_hex(4).upper()[:n] for n in (5, 5, 6)))
+        order = ServerOrder(txid, pair, spec, opentm=time.time())
+        self._orders[txid] = order
+        self.stats.orders_accepted += 1
+        return order
+
+    def _cancel(self, order: ServerOrder) -> None:
+        self._admit(order.pair, cancel_penalty(time.time() - order.opentm))
+        order.status, order.closetm, order.reason = "canceled", time.time(), "User requested"
+
+    def _find_open(self, ref: str) -> ServerOrder | None:
+        order = self._orders.get(ref)
+        if order is None:
+            order = next((o for o in self._orders.values() if o.spec.cl_ord_id == ref), None)
+        return order if order is not None and order.status == "open" else None
+
+    def _select(self, params: Params, open_: bool) -> dict[str, Any]:
+        return {
+            o.txid: o.info()
+            for o in self._orders.values()
+            if (o.status == "open") == open_ and _matches(o, params)
+        }
+
+    def _open(self) -> list[ServerOrder]:
+        return [o for o in self._orders.values() if o.status == "open"]
+
+    def _held_asset(self, order: ServerOrder) -> str:
+        listing = order.pair.listing
+        return listing.kraken_base if order.spec.side == "sell" else listing.kraken_quote
+
+    def _held(self, asset: str) -> Decimal:
+        held = Decimal(0)
+        for o in self._open():
+            if self._held_asset(o) == asset:
+                held += o.remaining if o.spec.side == "sell" else o.remaining * o.spec.price
+        return held
+
+    def _add(self, asset: str, amount: Decimal) -> None:
+        self._totals[asset] = self._totals.get(asset, Decimal(0)) + amount
+
+    # -- markets and assets ---------------------------------------------------------------
+
+    def _add_pair(self, listing: Listing) -> None:
+        m = listing.market
+        altname = _ALTNAMES.get(m.base, m.base) + _ALTNAMES.get(m.quote, m.quote)
+        bid = round_amount_down(listing.start * (1 - _HALF_SPREAD), m.tick)
+        ask = round_price_up(listing.start * (1 + _HALF_SPREAD), m.tick)
+        self._pairs[listing.kraken_pair] = Pair(listing, altname, bid, ask)
+        self._assets[listing.kraken_base] = m.base
+        self._assets[listing.kraken_quote] = m.quote
+
+    def _pair(self, name: Any) -> Pair:
+        for p in self._pairs.values():
+            if name in (p.id, p.altname):
+                return p
+        raise KrakenError("EQuery:Unknown asset pair")
+
+    def _pairs_named(self, names: Any) -> list[Pair]:
+        if not names:
+            return list(self._pairs.values())
+        return [self._pair(n) for n in str(names).split(",")]
+
+    def _pair_by_symbol(self, symbol: str) -> Pair:
+        for p in self._pairs.values():
+            if p.listing.market.symbol == symbol:
+                return p
+        raise KeyError(f"no pair {symbol} on the test server")
+
+    def _asset_code(self, asset: str) -> str:
+        if asset in self._assets:
+            return asset
+        for code, unified in self._assets.items():
+            if unified == asset:
+                return code
+        raise KeyError(f"no asset {asset} on the test server")
+
+
+# -- request parsing and answers ----------------------------------------------------------
+
+
+def _answer(result: Any = None, error: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": [error] if error else []}
+    if error is None:
+        body["result"] = result
+    return web.json_response(body)
+
+
+def _parse_body(body: str, content_type: str) -> Params:
+    """A private call's parameters: JSON (AddOrderBatch, CancelOrderBatch) or form-encoded."""
+    if content_type == "application/json":
+        try:
+            parsed = json.loads(body or "{}")
+        except json.JSONDecodeError as e:
+            raise KrakenError("EGeneral:Invalid arguments") from e
+        if not isinstance(parsed, dict):
+            raise KrakenError("EGeneral:Invalid arguments")
+        return parsed
+    return dict(parse_qsl(body, keep_blank_values=True))
+
+
+def _spec(params: Mapping[str, Any]) -> Spec:
+    side = params.get("type")
+    if side not in ("buy", "sell"):
+        raise KrakenError("EGeneral:Invalid arguments:type")
+    if params.get("ordertype") != "limit":
+        raise KrakenError("EGeneral:Invalid arguments:ordertype")
+    try:
+        price, volume = Decimal(str(params["price"])), Decimal(str(params["volume"]))
+    except (KeyError, InvalidOperation) as e:
+        raise KrakenError("EGeneral:Invalid arguments:price") from e
+    if not (price.is_finite() and volume.is_finite() and price > 0 and volume > 0):
+        raise KrakenError("EGeneral:Invalid arguments:volume")
+    userref = params.get("userref")
+    return Spec(
+        side=str(side),
+        price=price,
+        volume=volume,
+        oflags=str(params.get("oflags") or ""),
+        cl_ord_id=str(params["cl_ord_id"]) if params.get("cl_ord_id") else None,
+        userref=int(userref) if userref not in (None, "") else None,
+    )
+
+
+def _describe(pair: Pair, spec: Spec) -> str:
+    """Kraken's one-line order description, e.g. ``sell 0.10000000 XBTUSD @ limit 60100.0``."""
+    volume = _fmt(spec.volume, LOT_DECIMALS)
+    return f"{spec.side} {volume} {pair.altname} @ limit {pair.price(spec.price)}"
+
+
+def _matches(order: ServerOrder, params: Mapping[str, Any]) -> bool:
+    cl_ord_id = params.get("cl_ord_id")
+    if cl_ord_id and order.spec.cl_ord_id != str(cl_ord_id):
+        return False
+    userref = params.get("userref")
+    return not (userref not in (None, "") and order.spec.userref != int(userref))
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def _pair_info(p: Pair) -> dict[str, Any]:
+    m, listing = p.listing.market, p.listing
+    return {
+        "altname": p.altname,
+        "wsname": f"{_ALTNAMES.get(m.base, m.base)}/{_ALTNAMES.get(m.quote, m.quote)}",
+        "aclass_base": "currency",
+        "base": listing.kraken_base,
+        "aclass_quote": "currency",
+        "quote": listing.kraken_quote,
+        "lot": "unit",
+        "cost_decimals": 5,
+        "pair_decimals": p.decimals,
+        "lot_decimals": LOT_DECIMALS,
+        "lot_multiplier": 1,
+        "leverage_buy": [],
+        "leverage_sell": [],
+        "fees": [[0, float(m.taker_fee * 100)]],
+        "fees_maker": [[0, float(m.maker_fee * 100)]],
+        "fee_volume_currency": "ZUSD",
+        "margin_call": 80,
+        "margin_stop": 40,
+        "ordermin": str(m.min_amount),
+        "costmin": str(m.min_cost),
+        "tick_size": str(m.tick),
+        "status": "online",
+    }
+
+
+def make_ccxt_exchange(server: KrakenServer, **kw: Any) -> CcxtExchange:
+    """A CcxtExchange on ``server`` with a key of its own (so instances never share nonces),
+    the server's counter rules, a 2 s timeout and ccxt's REST limiter at 1 ms; ``kw``
+    overrides any constructor argument."""
+    key, secret = server.new_key()
+    options: dict[str, Any] = {
+        "api_key": key,
+        "api_secret": secret,
+        "base_url": server.url,
+        "timeout": 2.0,
+        "rate_limit_ms": 1,
+        "counter": server.counter,
+    }
+    options.update(kw)
+    return CcxtExchange("kraken", **options)
