@@ -94,16 +94,23 @@ async def _ping(redis: Redis) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, urls: Urls) -> AsyncIterator[Runtime]:
-    """Open Redis and PostgreSQL, check both answer, and close both on exit.
+async def open_runtime(
+    settings: Settings, urls: Urls, *, require: bool = True
+) -> AsyncIterator[Runtime]:
+    """Open Redis and PostgreSQL and close both on exit.
 
-    Raises StoreUnavailable naming the server that does not answer.
+    With ``require`` (commands) both must answer now, else StoreUnavailable names the one that
+    does not; without it (the daemon) the pool connects in the background, so the process can
+    start, report not-ready and recover when the server comes back.
     """
     redis = create_client(urls.redis)
     pool = create_pool(urls.database, settings.db_pool_max_size)
     try:
-        await _ping(redis)
-        await open_pool(pool)
+        if require:
+            await _ping(redis)
+            await open_pool(pool)
+        else:
+            await pool.open(wait=False)
         log.debug("runtime.opened", redis=redact_url(urls.redis))
         sessions = SessionStore(redis)
         records = SessionRepository(pool)

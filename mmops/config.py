@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     alert_urls: SecretStr = SecretStr("")  # apprise URLs, separated by commas or spaces
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8787, ge=1, le=65535)
+    shutdown_grace: int = Field(default=30, ge=0)  # seconds a running job may finish on SIGTERM
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

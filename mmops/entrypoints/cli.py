@@ -115,6 +115,7 @@ def main() -> None:
         cli_db,
         cli_migrate,
         cli_paper,
+        cli_serve,
         cli_settle,
         cli_status,
     )

@@ -30,6 +30,7 @@ class PairCoverage:
     oldest_uncovered_s: float | None
     max_cover_delay_s: float | None
     bad_records: int = 0
+    uncovered_positions: int = 0  # coverable positions with a sellable uncovered remainder
 
     @property
     def percent(self) -> Decimal:
@@ -48,6 +49,7 @@ class PairCoverage:
             "oldest_uncovered_s": self.oldest_uncovered_s,
             "max_cover_delay_s": self.max_cover_delay_s,
             "bad_records": self.bad_records,
+            "uncovered_positions": self.uncovered_positions,
         }
 
 
@@ -65,7 +67,7 @@ class CoverageService:
     ) -> PairCoverage:
         read = await self._positions.all(session_id, symbol)
         coverable = covered = ZERO
-        count = 0
+        count = uncovered = 0
         oldest: datetime | None = None
         max_delay: float | None = None
         for p in read.items:
@@ -76,10 +78,10 @@ class CoverageService:
             count += 1
             coverable += held
             covered += min(p.covered + p.pending_amount, held)
-            if dust_reason(p.uncovered, price, market) is None and (
-                oldest is None or p.opened_at < oldest
-            ):
-                oldest = p.opened_at
+            if dust_reason(p.uncovered, price, market) is None:
+                uncovered += 1
+                if oldest is None or p.opened_at < oldest:
+                    oldest = p.opened_at
             if p.first_covered_at is not None:
                 delay = max(0.0, (p.first_covered_at - p.opened_at).total_seconds())
                 max_delay = delay if max_delay is None else max(max_delay, delay)
@@ -92,4 +94,5 @@ class CoverageService:
             None if oldest is None else (now - oldest).total_seconds(),
             max_delay,
             len(read.bad),
+            uncovered,
         )

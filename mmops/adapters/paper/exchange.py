@@ -88,7 +88,13 @@ class PaperExchange:
     async def tickers(self, symbols: Sequence[str]) -> dict[str, Ticker]:
         await self._call()
         now = self._clock.now()
-        adjust = await self._adjustments()
+        symbols_listed = list(self._listings)
+        down, *values = await self._r.mget(
+            [self.keys.down, *[self.keys.adjust(s) for s in symbols_listed]]
+        )
+        if down:
+            raise ExchangeUnavailable("paper venue is down (its down switch is on)")
+        adjust = {s: Decimal(str(v)) for s, v in zip(symbols_listed, values, strict=True) if v}
         result = {}
         for symbol in symbols:
             q = self._quote(symbol, now.timestamp(), adjust)
@@ -248,6 +254,15 @@ class PaperExchange:
             pipe.sadd(self.keys.assets, asset)
 
         await self._transact([self.keys.balance(asset)], fund)
+
+    @redis_errors
+    async def set_down(self, down: bool) -> None:
+        """Take the venue down for every process using it, or bring it back: while down,
+        ``tickers`` fails with ExchangeUnavailable, so settlement runs fail."""
+        if down:
+            await self._r.set(self.keys.down, "1")
+        else:
+            await self._r.delete(self.keys.down)
 
     @redis_errors
     async def shock(self, symbol: str, multiplier: Decimal) -> None:

@@ -13,6 +13,7 @@ All keys of one venue share the hash tag ``{V}`` so a transaction may span them 
 | ``paper:{V}:rate:<pair>`` | STRING | ``"value|at"``: the pair's trading counter |
 | ``paper:{V}:adjust:<pair>`` | STRING | price multiplier (a test's or demo's price shock) |
 | ``paper:{V}:seq`` | STRING | counter for order and trade ids |
+| ``paper:{V}:down`` | STRING | while it exists, ``tickers`` fails as if the venue were down |
 | ``paper:{V}:matched_at`` | STRING | epoch seconds up to which resting orders were matched |
 
 Balances, client ids and counters are split per asset and per pair so that placements on
@@ -40,6 +41,7 @@ class VenueKeys:
         self.trades = f"{self._prefix}:trades"
         self.seq = f"{self._prefix}:seq"
         self.matched_at = f"{self._prefix}:matched_at"
+        self.down = f"{self._prefix}:down"
         self.pattern = "paper:\\{" + venue + "\\}:*"
 
     def balance(self, asset: str) -> str:

@@ -262,6 +262,16 @@ class Warehouse:
                 result.setdefault(symbol or "?", {})[f"rejected_{kind}"] = int(n)
             return result
 
+    async def migration_lag_seconds(self) -> float | None:
+        """Seconds since the oldest ended, not yet migrated session ended (None: none waits)."""
+        async with pg_errors(), self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT extract(epoch FROM now() - min(ended_at)) FROM sessions"
+                " WHERE migrated_at IS NULL AND ended_at IS NOT NULL"
+            )
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     async def mark_migrated(self, session_id: str, at: datetime) -> None:
         async with pg_errors(), self._pool.connection() as conn:
             await conn.execute(

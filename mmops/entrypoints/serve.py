@@ -1,0 +1,263 @@
+"""``mmops serve``: the long-running process.
+
+Settlement every ``MMOPS_SETTLEMENT_INTERVAL`` and migration every ``MMOPS_MIGRATION_INTERVAL``
+seconds on APScheduler (with a little jitter; ``max_instances=1``, so a job never runs twice at
+once in this process; across processes the settlement locks share the sessions out), the HTTP
+endpoints on uvicorn, and alerts. On SIGTERM or SIGINT uvicorn stops serving, the scheduler stops
+starting runs, a running job gets ``MMOPS_SHUTDOWN_GRACE`` seconds to finish (a job stopped after
+that releases its locks on the way out), and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from mmops import logs
+from mmops.adapters.notify import AppriseNotifier
+from mmops.adapters.paper.catalog import CATALOG
+from mmops.adapters.postgres import schema
+from mmops.adapters.postgres.warehouse import Warehouse
+from mmops.adapters.redis.client import redis_errors
+from mmops.bootstrap import Runtime, Urls, build_exchange, build_migration, build_settlement
+from mmops.config import Settings
+from mmops.entrypoints.http import Probes, create_app
+from mmops.entrypoints.metrics import Metrics
+from mmops.entrypoints.status_view import collect_status
+from mmops.errors import MmopsError, StoreUnavailable
+from mmops.ports import Exchange
+from mmops.services.alerts import Alerts
+from mmops.services.coverage import CoverageService
+from mmops.services.migration import MigrationService
+from mmops.services.settlement import SessionResult, SettlementService
+
+log = logs.get_logger("mmops.serve")
+
+SCHEMA_CHECK_TTL = 30.0  # seconds a schema check is trusted by /readyz
+STATUS_TIMEOUT = 4.0  # seconds /status may take before it answers 503
+
+
+class Daemon:
+    def __init__(self, rt: Runtime, exchange: Exchange) -> None:
+        self.rt = rt
+        self.settings: Settings = rt.settings
+        self.exchange = exchange
+        self.metrics = Metrics()
+        self.alerts = Alerts(AppriseNotifier(self.settings.alert_url_list()))
+        self.settlement: SettlementService = build_settlement(
+            rt, exchange, dry_run=self.settings.dry_run
+        )
+        self.migration: MigrationService = build_migration(rt)
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.running: set[asyncio.Task[Any]] = set()
+        self.stopping = False
+        self.last_settlement_ok = time.time()
+        self._schema_ok: tuple[float, bool] = (0.0, False)
+
+    # -- schedules ------------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        s = self.settings
+        soon = datetime.now(UTC) + timedelta(seconds=1)
+        jobs: list[tuple[str, int, Callable[[], Awaitable[None]]]] = [
+            ("settlement", s.settlement_interval, self.settle),
+            ("migration", s.migration_interval, self.migrate),
+            ("staleness", s.settlement_interval, self.check_stale),
+        ]
+        for name, interval, job in jobs:
+            self.scheduler.add_job(
+                self._guarded(name, job),
+                IntervalTrigger(seconds=interval, jitter=min(15, interval // 10)),
+                id=name,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=soon,
+            )
+        self.scheduler.start()
+
+    def _guarded(
+        self, name: str, job: Callable[[], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            if self.stopping:
+                return
+            task = asyncio.current_task()
+            if task is not None:
+                self.running.add(task)
+            try:
+                await job()
+            except Exception as e:  # a job never takes the daemon down; it is logged and alerted
+                log.error("job.crashed", job=name, error=f"{type(e).__name__}: {e}")
+            finally:
+                if task is not None:
+                    self.running.discard(task)
+
+        return run
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        started = time.perf_counter()
+        results: list[SessionResult] = []
+        error = None
+        try:
+            results = await self.settlement.run()
+        except MmopsError as e:
+            error = f"{type(e).__name__}: {e}"
+        failed = [r for r in results if not r.ok]
+        ok = error is None and not failed
+        self.metrics.job("settlement", time.perf_counter() - started, ok, time.time())
+        self.metrics.settlement(results)
+        if ok:
+            self.last_settlement_ok = time.time()
+        detail = error or "; ".join(f"{r.session_id}: {r.state} {r.errors()[:3]}" for r in failed)
+        await self.alerts.update("settlement_failed", not ok, detail)
+        await self.alerts.update("exchange_auth", "AuthenticationFailed" in detail, detail)
+        await self._coverage_metrics(results)
+
+    async def check_stale(self) -> None:
+        limit = 2 * self.settings.settlement_interval
+        age = time.time() - self.last_settlement_ok
+        await self.alerts.update(
+            "settlement_stale", age > limit, f"no successful settlement for {age:.0f} s"
+        )
+
+    async def migrate(self) -> None:
+        started = time.perf_counter()
+        error = None
+        results = []
+        try:
+            results = await self.migration.run()
+            lag = await Warehouse(self.rt.pool).migration_lag_seconds()
+        except MmopsError as e:
+            error, lag = f"{type(e).__name__}: {e}", None
+        bad = [r for r in results if not r.ok]
+        ok = error is None and not bad
+        self.metrics.job("migration", time.perf_counter() - started, ok, time.time())
+        self.metrics.migration(results, lag)
+        detail = error or "; ".join(
+            f"{r.session_id}: {r.state} {r.error or ''} {r.mismatches()}" for r in bad
+        )
+        await self.alerts.update("migration_failed", not ok, detail)
+
+    async def _coverage_metrics(self, results: list[SessionResult]) -> None:
+        markets = {listing.market.symbol: listing.market for listing in CATALOG}
+        coverage = CoverageService(self.rt.positions)
+        now = self.rt.clock.now()
+        for result in results:
+            session = await self.rt.registry.get(result.session_id)
+            if session is None:
+                continue
+            pairs = [p for p in session.pairs if p in markets]
+            covered = [await coverage.pair(session.id, p, markets[p], now) for p in pairs]
+            self.metrics.coverage_of(session.id, covered)
+
+    # -- probes ---------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return not self.stopping and bool(self.scheduler.running)
+
+    async def readiness(self) -> list[str]:
+        reasons = []
+        try:
+            await _ping(self.rt)
+        except MmopsError as e:
+            reasons.append(logs.scrub(str(e)))
+        try:
+            async with self.rt.pool.connection(timeout=3) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as e:  # any failure to reach PostgreSQL makes the daemon not ready
+            reasons.append(logs.scrub(f"PostgreSQL is unavailable: {type(e).__name__}: {e}"))
+        else:
+            if not await self._schema_current():
+                reasons.append(f"schema is not at {schema.latest_id()}: run `mmops db upgrade`")
+        return reasons
+
+    async def _schema_current(self) -> bool:
+        checked_at, ok = self._schema_ok
+        if time.monotonic() - checked_at > SCHEMA_CHECK_TTL or not ok:
+            try:
+                ok = await asyncio.to_thread(schema.is_current, self.rt.urls.database)
+            except MmopsError:
+                ok = False
+            self._schema_ok = (time.monotonic(), ok)
+        return ok
+
+    async def status(self) -> list[dict[str, Any]]:
+        """The status view, or StoreUnavailable within STATUS_TIMEOUT if a store is down."""
+        try:
+            async with asyncio.timeout(STATUS_TIMEOUT):
+                return await collect_status(self.rt)
+        except TimeoutError:
+            raise StoreUnavailable(
+                "Redis or PostgreSQL", f"no answer within {STATUS_TIMEOUT:g} s"
+            ) from None
+
+    # -- stopping -------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Start nothing new; give running jobs the grace period; then stop them."""
+        self.stopping = True
+        self.scheduler.shutdown(wait=False)
+        running = set(self.running)
+        if running:
+            log.info("serve.draining", jobs=len(running), grace=self.settings.shutdown_grace)
+            _, late = await asyncio.wait(running, timeout=self.settings.shutdown_grace)
+            for task in late:
+                task.cancel()  # its `async with` blocks release the locks it holds
+            if late:
+                await asyncio.wait(late, timeout=10)
+
+
+@redis_errors
+async def _ping(rt: Runtime) -> None:
+    await rt.redis.ping()
+
+
+async def serve(settings: Settings, urls: Urls) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    from mmops.bootstrap import open_runtime
+
+    async with open_runtime(settings, urls, require=False) as rt:
+        exchange = build_exchange(settings, rt.redis, rt.clock, settings.dry_run)
+        daemon = Daemon(rt, exchange)
+        probes = Probes(daemon.alive, daemon.readiness, daemon.metrics.render, daemon.status)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(probes),
+                host=settings.http_host,
+                port=settings.http_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        daemon.schedule()
+        log.info(
+            "serve.started",
+            host=settings.http_host,
+            port=settings.http_port,
+            settlement_interval=settings.settlement_interval,
+            migration_interval=settings.migration_interval,
+            dry_run=settings.dry_run,
+        )
+        # uvicorn captures SIGTERM/SIGINT while it serves and raises them again when it stops;
+        # these no-op handlers receive that re-raise so the process can drain and exit 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        try:
+            await server.serve()
+        finally:
+            await daemon.stop()
+            with contextlib.suppress(MmopsError):
+                await exchange.close()
+            log.info("serve.stopped")
