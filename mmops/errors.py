@@ -22,6 +22,9 @@
         ├── BadRecordError            a stored record that does not parse; carries key and raw value
         └── InvalidIdentifier         a session id or pair that could escape its key or its SQL
 
+A run handles ``RECOVERABLE`` errors per order, pair or session and goes on; an
+``OperationalError`` (a store down, the API key refused) or a ``ConfigurationError`` ends it.
+
 Library errors (redis, psycopg, ccxt) are mapped into this tree once, at the adapter boundary,
 with ``raise ... from e``. Messages never contain secrets: adapters pass URLs through
 :func:`mmops.config.redact_url` before they name a server.
@@ -122,3 +125,9 @@ class BadRecordError(BadDataError):
 
 class InvalidIdentifier(BadDataError):
     """A session id or pair symbol that does not match the allowed form."""
+
+
+# What a run handles locally and continues past; anything else ends the run.
+RECOVERABLE: tuple[type[MmopsError], ...] = (TemporaryError, ExchangeRejected, BadDataError)
+# The same, with the errors of bad input that are not ours (a lookup or a value refused).
+RECOVERABLE_INPUT: tuple[type[Exception], ...] = (*RECOVERABLE, LookupError, ValueError)

@@ -20,7 +20,7 @@ from typing import Any
 from mmops import logs
 from mmops.domain.models import Fill, Session, SessionStatus
 from mmops.domain.records import FillMove, Reject, StagedFill, StagedOrder
-from mmops.errors import BadRecordError, MmopsError
+from mmops.errors import RECOVERABLE_INPUT, BadRecordError
 from mmops.ports import (
     Clock,
     Fills,
@@ -151,7 +151,8 @@ class MigrationService:
         return result
 
     async def migrate(self, session_id: str) -> SessionMigration:
-        """Migrate one session; failures are reported in the result, not raised."""
+        """Migrate one session; its failures are reported in the result, not raised, except
+        an OperationalError (Redis or PostgreSQL down), which ends the run."""
         started = time.perf_counter()
         result = SessionMigration(session_id)
         try:
@@ -159,7 +160,7 @@ class MigrationService:
             async with self._warehouse.session(session) as tx:
                 await self._copy(tx, session, result)
             await self._verify(session, result)
-        except (MmopsError, LookupError) as e:
+        except RECOVERABLE_INPUT as e:  # a store down ends the run (rolled back)
             result.state, result.error = "failed", f"{type(e).__name__}: {e}"
             log.error("migration.failed", session=session_id, error=result.error)
         result.duration_ms = int((time.perf_counter() - started) * 1000)

@@ -14,7 +14,7 @@ from mmops import logs
 from mmops.domain.models import OrderStatus, Position
 from mmops.domain.pricing import age_in_minutes
 from mmops.domain.tiers import TierPolicy
-from mmops.errors import MmopsError, OrderNotFound
+from mmops.errors import RECOVERABLE, OrderNotFound
 from mmops.ports import Clock, Exchange, Positions
 from mmops.services.tp_results import PairReport
 
@@ -59,10 +59,10 @@ class Repricer:
         except OrderNotFound:
             try:
                 order = await self._exchange.fetch_order(position.symbol, order_id)
-            except MmopsError as e:
+            except RECOVERABLE as e:
                 log.warning("tp.reprice_failed", position=position.position_id, error=str(e))
                 return False
-        except MmopsError as e:
+        except RECOVERABLE as e:
             log.warning("tp.reprice_failed", position=position.position_id, error=str(e))
             return False
         if order.status is OrderStatus.FILLED:

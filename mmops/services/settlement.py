@@ -20,7 +20,7 @@ from typing import Any
 from mmops import logs
 from mmops.domain.models import ZERO, Balance, Position, Session
 from mmops.domain.records import SettlementRun
-from mmops.errors import LockNotAcquired, MmopsError
+from mmops.errors import RECOVERABLE, RECOVERABLE_INPUT, LockNotAcquired, MmopsError
 from mmops.ports import Clock, Exchange, Positions, SessionLocks, SettlementRecords, SettlementRuns
 from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry
@@ -110,16 +110,15 @@ class SettlementService:
         self.worker = worker
 
     async def run(self, session_id: str | None = None) -> list[SessionResult]:
-        """Settle one session, or every recent one. Raises MmopsError only when nothing can be
-        settled at all (PostgreSQL or the exchange unreachable); per-session failures are in
-        the results."""
+        """Settle one session, or every recent one. Per-session failures are in the results;
+        StoreUnavailable (Redis or PostgreSQL down) ends the whole run at once."""
         sessions = await self._sessions(session_id)
         if not sessions:
             return []
         started = self._clock.now()
         try:
             data = await self._market_data(sessions)
-        except MmopsError as e:
+        except RECOVERABLE as e:
             log.error("settlement.market_data_failed", error=str(e))
             results = [self._failed(s, started, f"market data: {e}") for s in sessions]
             for r in results:
@@ -158,7 +157,7 @@ class SettlementService:
         except LockNotAcquired:
             log.info("settlement.skipped_locked", session=session.id)
             return SessionResult(session.id, "locked", started, self._clock.now())
-        except MmopsError as e:
+        except RECOVERABLE as e:  # anything else (a store down, the key refused) ends the run
             log.error("settlement.failed", session=session.id, error=str(e))
             result = self._failed(session, started, f"{type(e).__name__}: {e}")
         await self._record(result, dry_run=self._tp.dry_run)
@@ -178,7 +177,7 @@ class SettlementService:
         )
         by_pair: dict[str, list[Position]] = {}
         for pair, read in zip(session.pairs, reads, strict=True):
-            if isinstance(read, MmopsError):
+            if isinstance(read, RECOVERABLE):
                 reports[pair].error = f"{type(read).__name__}: {read}"
             elif isinstance(read, BaseException):
                 raise read
@@ -189,7 +188,7 @@ class SettlementService:
         stop, stop_error = None, None
         try:
             stop = await self._stoploss.check(session, data)
-        except (MmopsError, ValueError) as e:
+        except RECOVERABLE_INPUT as e:
             stop_error = f"stop-loss: {type(e).__name__}: {e}"
             log.error("stoploss.failed", session=session.id, error=stop_error)
         errors = sum(r.error is not None for r in reports.values())

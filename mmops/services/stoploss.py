@@ -24,7 +24,7 @@ from mmops.domain.pnl import (
     fifo_pnl,
     stop_loss_level,
 )
-from mmops.errors import MmopsError, OrderNotFound
+from mmops.errors import RECOVERABLE, OrderNotFound
 from mmops.ports import Exchange, Fills, Notifier, Positions, SettlementRecords
 from mmops.services.sessions import SessionRegistry
 from mmops.services.tp_results import MarketData
@@ -144,7 +144,7 @@ class StopLossService:
             for position in result.items:
                 try:
                     sold = await self._cancel_take_profits(position)
-                except MmopsError as e:
+                except RECOVERABLE as e:
                     log.error("stoploss.cancel_failed", position=position.position_id, error=str(e))
                     continue
                 left = position.filled - position.closed - sold
@@ -181,7 +181,7 @@ class StopLossService:
         ]
         try:
             results = await self._exchange.place_batch(requests)
-        except MmopsError as e:
+        except RECOVERABLE as e:
             log.error("stoploss.exit_failed", positions=len(exits), error=str(e))
             return
         for (position, amount), result in zip(exits, results, strict=True):

@@ -34,7 +34,14 @@ from mmops.domain.models import Order, OrderKind, PendingTakeProfit, Position, S
 from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_take_profit
 from mmops.domain.records import Coverage
 from mmops.domain.tiers import TierPolicy
-from mmops.errors import ExchangeRejected, MmopsError, RateLimited
+from mmops.errors import (
+    RECOVERABLE,
+    ConfigurationError,
+    ExchangeRejected,
+    MmopsError,
+    OperationalError,
+    RateLimited,
+)
 from mmops.ports import Attempts, Clock, Exchange, OrderWriter, Positions
 from mmops.services.tp_results import (
     Failed,
@@ -130,6 +137,8 @@ class TakeProfitService:
         outcomes = await asyncio.gather(*work.values(), return_exceptions=True)
         result: dict[str, T] = {}
         for pair, outcome in zip(work, outcomes, strict=True):
+            if isinstance(outcome, OperationalError | ConfigurationError):
+                raise outcome  # a store down or the key refused: the run cannot go on
             if isinstance(outcome, Exception):
                 reports[pair].error = f"{type(outcome).__name__}: {outcome}"
                 log.error("tp.pair_failed", pair=pair, error=reports[pair].error)
@@ -175,7 +184,7 @@ class TakeProfitService:
                 order = await self._exchange.find_by_client_id(
                     position.symbol, pending.client_order_id
                 )
-            except MmopsError as e:
+            except RECOVERABLE as e:
                 log.warning("tp.lookup_failed", position=position.position_id, error=str(e))
                 continue
             if order is not None and order.live:
@@ -324,7 +333,7 @@ class TakeProfitService:
         requests = [o.request() for o in chunk]
         try:
             results = await self._exchange.place_batch(requests)
-        except MmopsError as e:  # the whole call failed: every outcome is unknown
+        except RECOVERABLE as e:  # the whole call failed: every outcome is unknown
             results = [PlacementResult(r, error=e) for r in requests]
         coverages: list[Coverage] = []
         clears: list[tuple[Position, int]] = []
@@ -395,7 +404,7 @@ class TakeProfitService:
     async def _lookup(self, o: _Order) -> ExchangeOrder | None:
         try:
             found = await self._exchange.find_by_client_id(o.position.symbol, o.client_order_id)
-        except MmopsError:
+        except RECOVERABLE:
             return None
         return found if found is not None and found.live else None
 

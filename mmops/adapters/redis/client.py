@@ -8,6 +8,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from mmops.config import redact_url
 from mmops.errors import StoreUnavailable
@@ -29,6 +31,10 @@ def create_client(url: str, **kwargs: object) -> Redis:
         "socket_connect_timeout": 3,
         "socket_timeout": 10,
         "health_check_interval": 30,
+        # A restarted server closes our pooled connections: reconnect and retry a few times,
+        # quickly, before reporting Redis as unavailable.
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        "retry_on_error": [rex.ConnectionError, rex.TimeoutError],
     }
     options.update(kwargs)
     try:

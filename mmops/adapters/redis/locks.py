@@ -12,6 +12,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
 
+import redis.exceptions as rex
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
@@ -76,6 +77,9 @@ class SettlementLocks:
                 await lock.release()
             except LockError:
                 log.warning("lock.lost", session=session_id)
+            except (rex.ConnectionError, rex.TimeoutError, OSError) as e:
+                # Redis is gone: the lock expires by its TTL; don't hide the error in flight.
+                log.error("lock.release_failed", session=session_id, error=str(e))
 
     async def _keep(self, lock: Lock, session_id: str) -> None:
         while True:
@@ -84,6 +88,10 @@ class SettlementLocks:
                 await lock.extend(self._ttl, replace_ttl=True)
             except LockError:
                 log.error("lock.lost", session=session_id)
+                return
+            except (rex.ConnectionError, rex.TimeoutError, OSError) as e:
+                # Redis is gone; the run itself will fail on its next command and say so.
+                log.error("lock.extend_failed", session=session_id, error=str(e))
                 return
 
 
