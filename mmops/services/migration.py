@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmops import logs
-from mmops.domain.models import Fill, Session, SessionStatus
+from mmops.domain.models import Session, SessionStatus
 from mmops.domain.records import FillMove, Reject, StagedFill, StagedOrder
 from mmops.errors import RECOVERABLE_INPUT, BadRecordError
 from mmops.ports import (
@@ -195,11 +195,8 @@ class MigrationService:
         result.rejects += duplicated
         for pair in session.pairs:
             counts = result.pairs[pair]
-            executions: set[tuple[object, ...]] = set()
             moved = FillMove(0, 0, 0)
             async for fills in self._fills.scan(session.id, pair):
-                counts.redis_fills += len(fills.bad)
-                executions.update(_execution(f) for f in fills.items)
                 staged, rejects = [], _rejects(fills.bad, pair)
                 for f, (key, raw) in zip(fills.items, fills.sources, strict=True):
                     if f.symbol == pair and f.session_id == session.id:
@@ -208,13 +205,17 @@ class MigrationService:
                         rejects.append(Reject(pair, key, raw, f"fill of {f.symbol} under {pair}"))
                 await tx.stage_fills(staged)
                 await tx.reject(rejects)
+                counts.redis_fills += len(rejects)  # each quarantined record counts once
                 result.rejects += len(rejects)
                 step = await tx.move_fills()
                 moved = FillMove(
-                    moved.inserted + step.inserted, moved.orphans + step.orphans,
+                    moved.inserted + step.inserted,
+                    moved.orphans + step.orphans,
                     moved.staged + step.staged,
-                )  # fmt: skip
-            counts.redis_fills += len(executions)
+                )
+            # Fills that belong count as distinct executions (replays collapse, as in the
+            # unique key); orphans were quarantined record by record.
+            counts.redis_fills += await tx.distinct_fills(pair) + moved.orphans
             result.fills_inserted += moved.inserted
             result.duplicates_skipped += moved.duplicates
             result.rejects += moved.orphans
@@ -243,11 +244,6 @@ class MigrationService:
             expired = await self._live.expire_all(session.id, self._retention)
             log.info("migration.retention", session=session.id, keys=expired,
                      seconds=self._retention)  # fmt: skip
-
-
-def _execution(f: Fill) -> tuple[object, ...]:
-    """A fill's identity as PostgreSQL's unique key sees it (microsecond time, exact numbers)."""
-    return (f.order_id, f.timestamp, f.price.normalize(), f.quantity.normalize())
 
 
 def _rejects(bad: list[BadRecordError], pair: str) -> list[Reject]:

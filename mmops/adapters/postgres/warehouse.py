@@ -31,6 +31,9 @@ CREATE TEMP TABLE fills_staging (
     order_id TEXT, symbol TEXT, side TEXT, price NUMERIC, quantity NUMERIC, fee NUMERIC,
     trade_id TEXT, timestamp TIMESTAMPTZ, redis_key TEXT, raw TEXT
 ) ON COMMIT DROP;
+CREATE TEMP TABLE fills_seen (
+    order_id TEXT, symbol TEXT, timestamp TIMESTAMPTZ, price NUMERIC, quantity NUMERIC
+) ON COMMIT DROP;
 """
 
 _UPSERT_SESSION = """
@@ -92,6 +95,14 @@ _CLEAR_RESOLVED = """
 DELETE FROM migration_rejects r USING fills_staging s
 WHERE r.session_id = %(session)s AND r.redis_key = s.redis_key
   AND EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s AND o.order_id = s.order_id)
+"""
+
+# The identities of the fills read from Redis that belong (their order exists), so completeness
+# can count distinct executions the way the unique key does.
+_SEEN = """
+INSERT INTO fills_seen
+SELECT order_id, symbol, timestamp, price, quantity FROM fills_staging s
+WHERE EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s AND o.order_id = s.order_id)
 """
 
 _UPSERT_STATS = """
@@ -170,10 +181,22 @@ class SessionWrite:
         ).fetchone()
         await self._conn.execute(_REJECT_ORPHANS, params)
         await self._conn.execute(_CLEAR_RESOLVED, params)
+        await self._conn.execute(_SEEN, params)
         await self._conn.execute("TRUNCATE fills_staging")
         staged = int(staged_row[0]) if staged_row else 0
         orphans = int(orphan_row[0]) if orphan_row else 0
         return FillMove(inserted, orphans, staged)
+
+    async def distinct_fills(self, symbol: str) -> int:
+        """Distinct executions (order, pair, time, price, quantity) among the fills read from
+        Redis in this transaction whose order exists."""
+        cur = await self._conn.execute(
+            "SELECT count(DISTINCT (order_id, symbol, timestamp, price, quantity)) FROM fills_seen"
+            " WHERE symbol = %s",
+            (symbol,),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def recompute_stats(self) -> dict[str, PairPnL]:
         """session_pair_stats from the rows now in PostgreSQL (FIFO P&L from the domain)."""

@@ -276,8 +276,10 @@ class PositionStore:
 
     @redis_errors
     async def all(self, session_id: str, symbol: str) -> ReadResult[Position]:
-        """Every position of the pair, covered or not, oldest first."""
-        ids = cast(list[str], await self._r.zrange(keys.positions(session_id, symbol), 0, -1))
+        """Every position of the pair, covered or not, oldest first: those of the positions
+        index and of the uncovered index (a union, so neither can hide one)."""
+        indexes = [keys.positions(session_id, symbol), keys.uncovered(session_id, symbol)]
+        ids = cast(list[str], await self._r.zunion(indexes, aggregate="MIN"))
         return await self._read_many(session_id, ids)
 
     async def _read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]:
