@@ -3,7 +3,6 @@ strings in ``info`` where present so no float rounding creeps in."""
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -21,11 +20,7 @@ from mmops.errors import (
 
 log = logs.get_logger("mmops.exchange.ccxt")
 
-MARKET_TTL = 3600.0  # seconds
-TICKER_TTL = 3.0  # seconds
-DRY_RUN_PREFIX = "dry-run-"
-_PLACED_MEMORY = 300.0  # seconds: older orders cost nothing to cancel
-_STATUS = {
+ORDER_STATUS = {
     None: OrderStatus.OPEN,
     "open": OrderStatus.OPEN,
     "closed": OrderStatus.FILLED,
@@ -34,7 +29,6 @@ _STATUS = {
     "expired": OrderStatus.CANCELED,
     "rejected": OrderStatus.REJECTED,
 }
-_WIRE = logging.getLogger("mmops.exchange.ccxt.wire")
 
 
 def to_decimal(value: Any) -> Decimal | None:
@@ -136,7 +130,7 @@ def order_from(raw: Any, symbol: str | None, exchange: str) -> ExchangeOrder:
             side=Side(raw.get("side")),
             price=positive(descr.get("price")) or positive(raw.get("price")) or Decimal(0),
             amount=to_decimal(info.get("vol")) or to_decimal(raw.get("amount")) or Decimal(0),
-            status=_STATUS.get(raw.get("status"), OrderStatus.OPEN),
+            status=ORDER_STATUS.get(raw.get("status"), OrderStatus.OPEN),
             created_at=created,
             filled=to_decimal(info.get("vol_exec")) or to_decimal(raw.get("filled")) or ZERO,
             client_order_id=str(client_id) if client_id else None,

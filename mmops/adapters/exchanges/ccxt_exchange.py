@@ -37,7 +37,13 @@ import ccxt.async_support as ccxt_async
 from ccxt.base import errors as cx
 
 from mmops import logs
-from mmops.adapters.exchanges.ccxt_convert import markets_from, order_from, ticker_from, to_decimal
+from mmops.adapters.exchanges.ccxt_convert import (
+    ORDER_STATUS,
+    markets_from,
+    order_from,
+    ticker_from,
+    to_decimal,
+)
 from mmops.adapters.exchanges.ccxt_errors import (
     KrakenClient,
     map_error,
@@ -64,15 +70,6 @@ MARKET_TTL = 3600.0  # seconds
 TICKER_TTL = 3.0  # seconds
 DRY_RUN_PREFIX = "dry-run-"
 _PLACED_MEMORY = 300.0  # seconds: older orders cost nothing to cancel
-_STATUS = {
-    None: OrderStatus.OPEN,
-    "open": OrderStatus.OPEN,
-    "closed": OrderStatus.FILLED,
-    "canceled": OrderStatus.CANCELED,
-    "cancelled": OrderStatus.CANCELED,
-    "expired": OrderStatus.CANCELED,
-    "rejected": OrderStatus.REJECTED,
-}
 _WIRE = logging.getLogger("mmops.exchange.ccxt.wire")
 
 
@@ -342,7 +339,7 @@ class CcxtExchange:
         if error:
             return order_error(self._client, str(error), self._secrets)
         order_id = raw.get("id") if isinstance(raw, dict) else None
-        status = _STATUS.get(raw.get("status") if isinstance(raw, dict) else None)
+        status = ORDER_STATUS.get(raw.get("status") if isinstance(raw, dict) else None)
         if status is OrderStatus.REJECTED:
             return ExchangeRejected(safe_text(f"{self.name}: order rejected: {info}"))
         if not order_id:
