@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from mmops import logs
@@ -94,7 +95,7 @@ def _print_demo(data: dict[str, Any]) -> None:
         table.add_row(p["pair"], str(p["fills"]), str(p["positions"]), p["coverage_percent"],
                       str(p["take_profits_filled"]), _money(p["fees"]),
                       _money(p["realized_pnl"]), _qty(p["open_quantity"]))  # fmt: skip
-    console.print(table, width=max(console.width, 110))
+    Console(highlight=False, width=max(console.width, 120)).print(table)  # never truncate
     t, m = data["timings"], data["migration"]
     console.print(
         f"settlement: {t['settlement_runs']} runs, p50 {t['settlement_ms_p50']} ms, "
