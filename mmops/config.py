@@ -152,10 +152,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = os.environ.get(CONFIG_FILE_VARIABLE)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_file)))
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
     def tier_policy(self) -> TierPolicy:
@@ -206,17 +205,26 @@ def _parse_tiers(table: dict[int, Decimal], info: ValidationInfo) -> TierTable:
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build and validate settings, or raise ConfigurationError naming each bad variable."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigurationError(f"{CONFIG_FILE_VARIABLE}: no such file {config_file}")
-        os.environ[CONFIG_FILE_VARIABLE] = str(config_file)
-    elif (path := os.environ.get(CONFIG_FILE_VARIABLE)) and not Path(path).is_file():
-        raise ConfigurationError(f"{CONFIG_FILE_VARIABLE}: no such file {path}")
+    """Build and validate settings, or raise ConfigurationError naming each bad variable.
+
+    ``config_file`` (or ``MMOPS_CONFIG_FILE``) is a TOML file under the environment; it is read
+    by this call only, never recorded in the process environment.
+    """
+    if config_file is None and os.environ.get(CONFIG_FILE_VARIABLE):
+        config_file = Path(os.environ[CONFIG_FILE_VARIABLE])
+    if config_file is not None and not config_file.is_file():
+        raise ConfigurationError(f"{CONFIG_FILE_VARIABLE}: no such file {config_file}")
+    cls = Settings if config_file is None else _reading(config_file)
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as e:
         raise ConfigurationError(_describe(e)) from None
+
+
+def _reading(toml_file: Path) -> type[Settings]:
+    """Settings that also read ``toml_file`` (below the environment)."""
+    config = SettingsConfigDict(**{**Settings.model_config, "toml_file": toml_file})
+    return type("Settings", (Settings,), {"model_config": config})
 
 
 def _describe(error: ValidationError) -> str:

@@ -210,6 +210,10 @@ def verify_coverage(
     with handled():
         context = ctx()
         urls = context.urls
+        if not schema.is_current(urls.database):
+            raise ConfigurationError(
+                "schema is not at the latest migration: run `mmops db upgrade`"
+            )
 
         async def go() -> list[dict[str, Any]]:
             async with open_runtime(context.settings, urls) as rt:

@@ -24,7 +24,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from mmops import logs
 from mmops.adapters.notify import AppriseNotifier
-from mmops.adapters.paper.catalog import CATALOG
 from mmops.adapters.postgres import schema
 from mmops.adapters.postgres.warehouse import Warehouse
 from mmops.adapters.redis.client import redis_errors
@@ -33,7 +32,7 @@ from mmops.config import Settings
 from mmops.entrypoints.http import Probes, create_app
 from mmops.entrypoints.metrics import Metrics
 from mmops.entrypoints.status_view import collect_status
-from mmops.errors import MmopsError, StoreUnavailable
+from mmops.errors import RECOVERABLE, MmopsError, StoreUnavailable
 from mmops.ports import Exchange
 from mmops.services.alerts import Alerts
 from mmops.services.coverage import CoverageService
@@ -96,7 +95,11 @@ class Daemon:
             try:
                 await job()
             except Exception as e:  # a job never takes the daemon down; it is logged and alerted
-                log.error("job.crashed", job=name, error=f"{type(e).__name__}: {e}")
+                error = logs.scrub(f"{type(e).__name__}: {e}")
+                log.error("job.crashed", job=name, error=error)
+                await self.alerts.update(f"{name}_crashed", True, error)
+            else:
+                await self.alerts.update(f"{name}_crashed", False)
             finally:
                 if task is not None:
                     self.running.discard(task)
@@ -150,7 +153,11 @@ class Daemon:
         await self.alerts.update("migration_failed", not ok, detail)
 
     async def _coverage_metrics(self, results: list[SessionResult]) -> None:
-        markets = {listing.market.symbol: listing.market for listing in CATALOG}
+        try:
+            markets = await self.exchange.markets()  # cached by live adapters
+        except RECOVERABLE as e:
+            log.warning("metrics.coverage_skipped", error=str(e))
+            return
         coverage = CoverageService(self.rt.positions)
         now = self.rt.clock.now()
         for result in results:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mmops.adapters.postgres import schema
 from tests.integration.world import World, world
 
 pytestmark = pytest.mark.e2e
@@ -39,8 +40,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def w(redis_url: str, database_url: str) -> AsyncIterator[World]:
-    async with world(redis_url, database_url) as w:
+async def w(redis_url: str, empty_database_url: str) -> AsyncIterator[World]:
+    """A database of the test's own: the daemon migrates every pending session it finds."""
+    schema.upgrade(empty_database_url)
+    async with world(redis_url, empty_database_url) as w:
         yield w
 
 

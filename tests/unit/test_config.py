@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -89,6 +90,9 @@ def test_toml_file_under_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert s.migration_batch_size == 5  # the environment wins
     assert s.exchange == "kraken"
     assert s.tp_tiers == {0: Decimal("0.02"), 30: Decimal("0.01")}
+    # The file is read by that call only: it leaks into no later settings.
+    assert "MMOPS_CONFIG_FILE" not in os.environ
+    assert load_settings().tp_tiers == DEFAULT_TP_TIERS
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:

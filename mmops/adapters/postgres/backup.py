@@ -60,7 +60,14 @@ def backup(
     params = conninfo_to_dict(database_url)
     password = params.pop("password", None)
     dbname = str(params.get("dbname") or "postgres")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigurationError(
+            f"--out {out_dir}: cannot create the directory ({e.strerror})"
+        ) from None
+    if not os.access(out_dir, os.W_OK):
+        raise ConfigurationError(f"--out {out_dir}: the directory is not writable")
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = out_dir / f"mmops-{dbname}-{stamp}.dump"
     env = dict(os.environ)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from mmops.errors import StoreUnavailable
+from mmops.errors import IntegrityError, StoreUnavailable, TemporaryError
 
 
 def create_pool(database_url: str, max_size: int = 10) -> AsyncConnectionPool:
@@ -35,8 +35,20 @@ async def open_pool(pool: AsyncConnectionPool, timeout: float = 10) -> None:
 
 @contextlib.asynccontextmanager
 async def pg_errors() -> AsyncIterator[None]:
-    """Map a lost or refused PostgreSQL connection to ``StoreUnavailable('PostgreSQL', ...)``."""
+    """Map psycopg errors once: a deadlock or serialization failure is temporary (the
+    transaction rolled back; try again), a lost or refused connection is StoreUnavailable, any
+    other database error an IntegrityError (stop and alert: mmops did something it should not).
+    """
     try:
         yield
+    except psycopg.errors.TransactionRollback as e:
+        raise TemporaryError(f"PostgreSQL rolled the transaction back: {_first(e)}") from e
     except (psycopg.OperationalError, PoolTimeout) as e:
-        raise StoreUnavailable("PostgreSQL", str(e).strip().splitlines()[0]) from e
+        raise StoreUnavailable("PostgreSQL", _first(e)) from e
+    except psycopg.Error as e:
+        raise IntegrityError(f"PostgreSQL error: {type(e).__name__}: {_first(e)}") from e
+
+
+def _first(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -14,9 +14,10 @@ from typing import Any
 
 import psycopg
 from yoyo import get_backend, read_migrations
+from yoyo.exceptions import LockTimeout
 
 from mmops.config import redact_url
-from mmops.errors import ConfigurationError, StoreUnavailable
+from mmops.errors import ConfigurationError, OperationalError, StoreUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 ZERO = "zero"  # downgrade target meaning "roll back everything"
@@ -46,6 +47,13 @@ def _backend(database_url: str) -> Any:
 
 def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _lock_held() -> OperationalError:
+    return OperationalError(
+        "another process holds the schema migration lock (yoyo_lock); wait for it, or if no "
+        "deploy is running, see docs/TROUBLESHOOTING.md (schema lock)"
+    )
 
 
 def migration_ids() -> list[str]:
@@ -82,6 +90,8 @@ def upgrade(database_url: str) -> list[str]:
             pending = backend.to_apply(migrations)
             backend.apply_migrations(pending)
         return [m.id for m in pending]
+    except LockTimeout:
+        raise _lock_held() from None
     except psycopg.OperationalError as e:
         raise StoreUnavailable("PostgreSQL", first_line(e)) from None
     finally:
@@ -108,6 +118,8 @@ def downgrade(database_url: str, to: str | None = None) -> list[str]:
                 chosen = [m for m in applied if m.id not in keep]
             backend.rollback_migrations(migrations.__class__(chosen))
         return [m.id for m in chosen]
+    except LockTimeout:
+        raise _lock_held() from None
     except psycopg.OperationalError as e:
         raise StoreUnavailable("PostgreSQL", first_line(e)) from None
     finally:
