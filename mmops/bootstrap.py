@@ -180,7 +180,6 @@ def build_settlement(
         exchange,
         tiers,
         clock,
-        orders=rt.orders,
         reserve=s.tp_reserve,
         dry_run=dry_run,
     )

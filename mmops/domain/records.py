@@ -32,6 +32,7 @@ class Coverage:
     amount: Decimal
     metadata: dict[str, str]
     fully_covered: bool
+    order: Order | None = None  # the take-profit as an order of its session, recorded with it
 
 
 @dataclass(frozen=True, slots=True)

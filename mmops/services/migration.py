@@ -236,14 +236,16 @@ class MigrationService:
         if session.status is not SessionStatus.ENDED:
             result.state = "incremental"  # still trading: migrated so far, not complete
             return
+        # Redis first, PostgreSQL last: discovery goes by sessions.migrated_at, so a crash
+        # between the two leaves the session pending and the next run sets both.
         now = self._clock.now()
-        await self._warehouse.mark_migrated(session.id, now)
         await self._marks.mark_migration_completed(session.id, now.isoformat())
-        result.state = "verified"
         if self._retention is not None:
             expired = await self._live.expire_all(session.id, self._retention)
             log.info("migration.retention", session=session.id, keys=expired,
                      seconds=self._retention)  # fmt: skip
+        await self._warehouse.mark_migrated(session.id, now)
+        result.state = "verified"
 
 
 def _rejects(bad: list[BadRecordError], pair: str) -> list[Reject]:

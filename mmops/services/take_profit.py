@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -42,7 +42,7 @@ from mmops.errors import (
     OperationalError,
     RateLimited,
 )
-from mmops.ports import Attempts, Clock, Exchange, OrderWriter, Positions
+from mmops.ports import Attempts, Clock, Exchange, Positions
 from mmops.services.tp_results import (
     Failed,
     MarketData,
@@ -79,12 +79,10 @@ class TakeProfitService:
         tiers: TierPolicy,
         clock: Clock,
         *,
-        orders: OrderWriter | None = None,
         reserve: Mapping[str, Decimal] | None = None,
         dry_run: bool = False,
     ) -> None:
         self._positions = positions
-        self._orders = orders
         self._attempts = attempts
         self._exchange = exchange
         self._tiers = tiers
@@ -201,9 +199,7 @@ class TakeProfitService:
                 coverage = Coverage(
                     position, pending.generation, order.id, order.amount, meta, fully
                 )
-                await self._positions.record_coverage([coverage])
-                if self._orders is not None:
-                    await self._orders.save(_as_order(coverage, order.created_at))
+                await self._positions.record_coverage([_with_order(coverage, order.created_at)])
                 report.recovered += 1
                 log.info(
                     "tp.recovered",
@@ -396,9 +392,7 @@ class TakeProfitService:
                     position=o.position.position_id,
                     error=str(r.error),
                 )
-        await self._positions.record_coverage(coverages)
-        if self._orders is not None and coverages:
-            await self._orders.save_many([_as_order(c, now) for c in coverages])
+        await self._positions.record_coverage([_with_order(c, now) for c in coverages])
         await self._positions.clear_pending(clears)
 
     async def _lookup(self, o: _Order) -> ExchangeOrder | None:
@@ -409,10 +403,11 @@ class TakeProfitService:
         return found if found is not None and found.live else None
 
 
-def _as_order(c: Coverage, now: datetime) -> Order:
-    """The take-profit as an order of its session, so its fills have an order to belong to."""
+def _with_order(c: Coverage, now: datetime) -> Coverage:
+    """The coverage with its take-profit as an order of the session, recorded in the same
+    atomic step, so the take-profit's fills always have an order to belong to."""
     p = c.position
-    return Order(
+    order = Order(
         session_id=p.session_id,
         order_id=c.order_id,
         symbol=p.symbol,
@@ -423,6 +418,7 @@ def _as_order(c: Coverage, now: datetime) -> Order:
         kind=OrderKind.TAKE_PROFIT,
         client_order_id=c.metadata["client_order_id"],
     )
+    return replace(c, order=order)
 
 
 def _refused(error: MmopsError | None) -> bool:

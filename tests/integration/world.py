@@ -101,7 +101,7 @@ class World:
         raw = await self.rt.redis.hgetall(self.exchange.keys.orders)
         found = []
         for value in raw.values():
-            order = PaperOrder.decode(value).order
+            order = PaperOrder.decode(str(value)).order
             if order.symbol != pair or order.side is not Side.SELL:
                 continue
             meta = await self.rt.positions.tp_order(sid, order.id)

@@ -71,16 +71,18 @@ class OwnRedis:
 class OwnPostgres:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.server = pgserver.get_server(directory, cleanup_mode="stop")
+        get_server = pgserver.get_server  # type: ignore[attr-defined]
+        self.server = get_server(directory, cleanup_mode="stop")
         admin = self.server.get_uri()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("CREATE DATABASE mmops")
         self.url = self.server.get_uri("mmops")
 
     def _pg_ctl(self, *args: str) -> None:
-        from pgserver._commands import pg_ctl
+        from pgserver import _commands
 
-        pg_ctl(list(args), pgdata=self.directory, user=self.server.system_user)
+        # pgserver makes one function per PostgreSQL binary at import time; mypy cannot see them.
+        _commands.pg_ctl(list(args), pgdata=self.directory, user=self.server.system_user)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         self._pg_ctl("-w", "-m", "immediate", "stop")

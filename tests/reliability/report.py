@@ -25,14 +25,20 @@ from one such run (`python -m tests.reliability.report`), not written by hand.
 
 def render(entries: list[dict[str, object]]) -> str:
     rows = []
-    merged: dict[tuple[int, str, str], dict[str, object]] = defaultdict(dict)
-    for e in entries:
-        key = (int(e["number"]), str(e["name"]), str(e["test"]).split("::")[-1])  # type: ignore[call-overload]
-        merged[key] = e
-    for (number, name, test), e in sorted(merged.items()):
-        held = "<br>".join(str(h) for h in e["held"])  # type: ignore[attr-defined]
-        result = "passed" if e["passed"] else "**FAILED**"
-        rows.append(f"| {number} | {name} | `{test}` | {e['runs']} | {held} | {result} |")
+    runs: dict[tuple[int, str, str], int] = defaultdict(int)
+    held: dict[tuple[int, str, str], list[str]] = defaultdict(list)
+    passed: dict[tuple[int, str, str], bool] = defaultdict(lambda: True)
+    for e in entries:  # one entry per scenario object: a hypothesis test makes one an example
+        key = (int(str(e["number"])), str(e["name"]), str(e["test"]).split("::")[-1])
+        runs[key] += int(str(e["runs"]))
+        held[key] += [str(h) for h in e["held"] if str(h) not in held[key]]  # type: ignore[attr-defined]
+        passed[key] = passed[key] and bool(e["passed"])
+    for key in sorted(runs):
+        number, name, test = key
+        result = "passed" if passed[key] else "**FAILED**"
+        rows.append(
+            f"| {number} | {name} | `{test}` | {runs[key]} | {'<br>'.join(held[key])} | {result} |"
+        )
     return HEADER + "\n".join(rows) + "\n"
 
 

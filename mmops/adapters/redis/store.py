@@ -201,17 +201,21 @@ class FillStore:
 # its tp_order metadata, the position's tp:<order> field, the pending marker of its generation
 # gone, the generation counter past it, and the position out of the uncovered index only if
 # no fill arrived since it was read (version). One call records a whole batch.
-# KEYS: per take-profit: tp_order key, position hash, uncovered zset
+# The take-profit's order record goes into the pair's orders hash in the same step, so a crash
+# can never leave coverage without the order its fills will belong to.
+# KEYS: per take-profit: tp_order key, position hash, uncovered zset, orders hash
 # ARGV: per take-profit: order id, amount, expected version, fully covered (1/0), position id,
-#       generation, covered-at time, number of metadata fields n, then n field/value pairs
+#       generation, covered-at time, order JSON ('' for none), number of metadata fields n,
+#       then n field/value pairs
 _RECORD_COVERAGE = """
 local a = 1
-for k = 1, #KEYS, 3 do
-  local tp, pos, unc = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+for k = 1, #KEYS, 4 do
+  local tp, pos, unc, orders = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local order, amount, version, fully, pid, gen = ARGV[a], ARGV[a + 1], ARGV[a + 2],
     ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
-  local at, n = ARGV[a + 6], tonumber(ARGV[a + 7])
-  a = a + 8
+  local at, record, n = ARGV[a + 6], ARGV[a + 7], tonumber(ARGV[a + 8])
+  a = a + 9
+  if record ~= '' then redis.call('HSET', orders, order, record) end
   for i = 0, n - 1 do redis.call('HSET', tp, ARGV[a + 2 * i], ARGV[a + 2 * i + 1]) end
   a = a + 2 * n
   redis.call('HSET', pos, 'tp:' .. order, amount)
@@ -316,10 +320,12 @@ class PositionStore:
                     keys.tp_order(session_id, c.order_id),
                     keys.position(session_id, p.position_id),
                     keys.uncovered(session_id, p.symbol),
+                    keys.orders(session_id, p.symbol),
                 ]
                 args += [
                     c.order_id, str(c.amount), str(p.version), "1" if c.fully_covered else "0",
                     p.position_id, str(c.generation), c.metadata.get("created_at", ""),
+                    codec.order_to_json(c.order) if c.order is not None else "",
                     str(len(c.metadata)),
                 ]  # fmt: skip
                 for name, value in c.metadata.items():
