@@ -102,6 +102,14 @@ def handled() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def require_current_schema(database_url: str) -> None:
+    """Raise ConfigurationError unless every schema migration is applied."""
+    from mmops.adapters.postgres import schema
+
+    if not schema.is_current(database_url):
+        raise ConfigurationError("schema is not at the latest migration: run `mmops db upgrade`")
+
+
 def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
 

@@ -12,7 +12,16 @@ from mmops.adapters.clock import SystemClock
 from mmops.adapters.postgres import backup as pg_backup
 from mmops.adapters.postgres import schema
 from mmops.adapters.postgres.verify import verify as run_verify
-from mmops.entrypoints.cli import JsonOption, app, console, ctx, emit_json, err_console, handled
+from mmops.entrypoints.cli import (
+    JsonOption,
+    app,
+    console,
+    ctx,
+    emit_json,
+    err_console,
+    handled,
+    require_current_schema,
+)
 from mmops.errors import ConfigurationError
 
 db = typer.Typer(help="PostgreSQL schema: migrations, verification, backup.", no_args_is_help=True)
@@ -72,10 +81,7 @@ def verify(json_out: JsonOption = False) -> None:
     """Run integrity checks; exit 1 naming each problem found."""
     with handled():
         url = ctx().database_url
-        if not schema.is_current(url):
-            raise ConfigurationError(
-                "schema is not at the latest migration: run `mmops db upgrade`"
-            )
+        require_current_schema(url)
         problems = run_verify(url)
         if json_out:
             emit_json(

@@ -8,10 +8,17 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
-from mmops.adapters.postgres import schema
 from mmops.bootstrap import build_migration, open_runtime
-from mmops.entrypoints.cli import JsonOption, app, console, ctx, emit_json, handled, run_async
-from mmops.errors import ConfigurationError
+from mmops.entrypoints.cli import (
+    JsonOption,
+    app,
+    console,
+    ctx,
+    emit_json,
+    handled,
+    require_current_schema,
+    run_async,
+)
 from mmops.services.migration import SessionMigration
 
 
@@ -27,10 +34,7 @@ def migrate(
     with handled():
         context = ctx()
         urls = context.urls
-        if not schema.is_current(urls.database):
-            raise ConfigurationError(
-                "schema is not at the latest migration: run `mmops db upgrade`"
-            )
+        require_current_schema(urls.database)
         interactive = sys.stdout.isatty() and not json_out
 
         async def go() -> list[SessionMigration]:

@@ -17,7 +17,16 @@ from mmops.adapters.paper.catalog import SYMBOLS
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.postgres import schema
 from mmops.bootstrap import Runtime, build_exchange, build_settlement, open_runtime
-from mmops.entrypoints.cli import JsonOption, app, console, ctx, emit_json, handled, run_async
+from mmops.entrypoints.cli import (
+    JsonOption,
+    app,
+    console,
+    ctx,
+    emit_json,
+    handled,
+    require_current_schema,
+    run_async,
+)
 from mmops.entrypoints.workflow import WorkflowPlan, report, run_workflow
 from mmops.errors import ConfigurationError
 from mmops.services.coverage import CoverageService
@@ -210,10 +219,7 @@ def verify_coverage(
     with handled():
         context = ctx()
         urls = context.urls
-        if not schema.is_current(urls.database):
-            raise ConfigurationError(
-                "schema is not at the latest migration: run `mmops db upgrade`"
-            )
+        require_current_schema(urls.database)
 
         async def go() -> list[dict[str, Any]]:
             async with open_runtime(context.settings, urls) as rt:

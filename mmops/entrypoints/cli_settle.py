@@ -6,9 +6,17 @@ from typing import Annotated
 
 import typer
 
-from mmops.adapters.postgres import schema
 from mmops.bootstrap import build_exchange, build_settlement, open_runtime
-from mmops.entrypoints.cli import JsonOption, app, console, ctx, emit_json, handled, run_async
+from mmops.entrypoints.cli import (
+    JsonOption,
+    app,
+    console,
+    ctx,
+    emit_json,
+    handled,
+    require_current_schema,
+    run_async,
+)
 from mmops.errors import ConfigurationError
 from mmops.services.settlement import SessionResult
 
@@ -29,10 +37,7 @@ def settle(
     with handled():
         context = ctx()
         urls = context.urls
-        if not schema.is_current(urls.database):
-            raise ConfigurationError(
-                "schema is not at the latest migration: run `mmops db upgrade`"
-            )
+        require_current_schema(urls.database)
         live_dry_run = dry_run or context.settings.dry_run
 
         async def go() -> list[SessionResult]:

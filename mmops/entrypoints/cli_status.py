@@ -7,11 +7,18 @@ from typing import Any
 
 from rich.table import Table
 
-from mmops.adapters.postgres import schema
 from mmops.bootstrap import open_runtime
-from mmops.entrypoints.cli import JsonOption, app, console, ctx, emit_json, handled, run_async
+from mmops.entrypoints.cli import (
+    JsonOption,
+    app,
+    console,
+    ctx,
+    emit_json,
+    handled,
+    require_current_schema,
+    run_async,
+)
 from mmops.entrypoints.status_view import collect_status
-from mmops.errors import ConfigurationError
 
 
 @app.command("status")
@@ -20,10 +27,7 @@ def status(json_out: JsonOption = False) -> None:
     with handled():
         context = ctx()
         urls = context.urls
-        if not schema.is_current(urls.database):
-            raise ConfigurationError(
-                "schema is not at the latest migration: run `mmops db upgrade`"
-            )
+        require_current_schema(urls.database)
 
         async def go() -> list[dict[str, Any]]:
             async with open_runtime(context.settings, urls) as rt:
