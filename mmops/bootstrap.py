@@ -31,6 +31,7 @@ from mmops.adapters.redis.locks import Attempts, SettlementLocks
 from mmops.adapters.redis.ops import OpsStore
 from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
 from mmops.config import Settings, redact_url
+from mmops.domain.models import Market
 from mmops.domain.pnl import StopLossThresholds
 from mmops.errors import ConfigurationError
 from mmops.ports import Clock, Exchange
@@ -164,6 +165,15 @@ def build_exchange(settings: Settings, redis: Redis, clock: Clock, dry_run: bool
         base_url=settings.exchange_url,
         dry_run=dry_run,
     )
+
+
+async def exchange_markets(rt: Runtime) -> dict[str, Market]:
+    """The configured exchange's markets (for coverage views); places nothing."""
+    exchange = build_exchange(rt.settings, rt.redis, rt.clock, dry_run=True)
+    try:
+        return await exchange.markets()
+    finally:
+        await exchange.close()
 
 
 def build_settlement(

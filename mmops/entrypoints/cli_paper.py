@@ -16,7 +16,7 @@ from mmops.adapters.clock import SimulatedClock, SystemClock
 from mmops.adapters.paper.catalog import SYMBOLS
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.postgres import schema
-from mmops.bootstrap import Runtime, build_exchange, build_settlement, open_runtime
+from mmops.bootstrap import Runtime, build_settlement, exchange_markets, open_runtime
 from mmops.entrypoints.cli import (
     JsonOption,
     app,
@@ -254,11 +254,7 @@ async def _coverage(rt: Runtime, session_id: str | None) -> list[dict[str, Any]]
         sessions = await rt.registry.recent_sessions(
             s.settlement_hours_back, s.settlement_session_limit, rt.clock.now()
         )
-    exchange = build_exchange(s, rt.redis, rt.clock, dry_run=True)
-    try:
-        markets = await exchange.markets()
-    finally:
-        await exchange.close()
+    markets = await exchange_markets(rt)
     service = CoverageService(rt.positions)
     rows = []
     for sess in sessions:

@@ -7,9 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from mmops.adapters.paper.catalog import CATALOG
 from mmops.adapters.redis.ops import OpsStore
-from mmops.bootstrap import Runtime, build_exchange
+from mmops.bootstrap import Runtime, exchange_markets
 from mmops.services.coverage import CoverageService
 
 
@@ -21,13 +20,7 @@ async def collect_status(rt: Runtime) -> list[dict[str, Any]]:
         s.settlement_hours_back, s.settlement_session_limit, now
     )
     coverage = CoverageService(rt.positions)
-    markets = {listing.market.symbol: listing.market for listing in CATALOG}
-    if s.exchange != "paper":
-        exchange = build_exchange(s, rt.redis, rt.clock, dry_run=True)
-        try:
-            markets = await exchange.markets()
-        finally:
-            await exchange.close()
+    markets = await exchange_markets(rt)
     rows = []
     for session in sessions:
         settlement = await ops.settlement_status(session.id)

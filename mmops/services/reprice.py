@@ -29,31 +29,37 @@ class Repricer:
         self._exchange = exchange
         self._tiers = tiers
         self._clock = clock
-        self.released = Decimal(0)  # what the last cancel freed
 
     async def run(self, positions: Sequence[Position], report: PairReport) -> set[str]:
         """Cancel take-profits whose position has aged into a lower tier; return the ids of
         the positions whose coverage was released (they need a fresh read)."""
+        candidates = [
+            (p, order_id) for p in positions if not p.pending for order_id, _ in p.take_profits
+        ]
+        if not candidates:
+            return set()
+        metas = await self._positions.tp_orders(
+            candidates[0][0].session_id, [order_id for _, order_id in candidates]
+        )
         now = self._clock.now()
         released: set[str] = set()
-        for position in positions:
-            if not position.take_profits or position.pending:
+        for (position, order_id), meta in zip(candidates, metas, strict=True):
+            if meta.get("status") != "open" or not meta.get("tier"):
                 continue
             table = self._tiers.for_pair(position.symbol)
             tier_now, _ = table.markup_at(age_in_minutes(position.opened_at, now))
-            for order_id, _amount in position.take_profits:
-                meta = await self._positions.tp_order(position.session_id, order_id)
-                if meta.get("status") != "open" or not meta.get("tier"):
-                    continue
-                self.released = Decimal(0)
-                if int(meta["tier"]) < tier_now and await self._cancel(position, order_id):
-                    report.repriced += 1
-                    report.released += self.released
-                    released.add(position.position_id)
+            if int(meta["tier"]) >= tier_now:
+                continue
+            freed = await self._cancel(position, order_id)
+            if freed is not None:
+                report.repriced += 1
+                report.released += freed
+                released.add(position.position_id)
         return released
 
-    async def _cancel(self, position: Position, order_id: str) -> bool:
-        """Cancel a stale take-profit and release its coverage; True if it was replaced."""
+    async def _cancel(self, position: Position, order_id: str) -> Decimal | None:
+        """Cancel a stale take-profit and release its coverage; return the base quantity the
+        cancel freed on the exchange, or None if it was not cancelled (filled, or an error)."""
         try:
             order = await self._exchange.cancel(position.symbol, order_id)
         except OrderNotFound:
@@ -61,15 +67,14 @@ class Repricer:
                 order = await self._exchange.fetch_order(position.symbol, order_id)
             except RECOVERABLE as e:
                 log.warning("tp.reprice_failed", position=position.position_id, error=str(e))
-                return False
+                return None
         except RECOVERABLE as e:
             log.warning("tp.reprice_failed", position=position.position_id, error=str(e))
-            return False
+            return None
         if order.status is OrderStatus.FILLED:
             await self._positions.set_tp_status(position.session_id, order_id, "filled")
-            return False
+            return None
         await self._positions.release_coverage(position, order_id, "replaced", order.filled)
-        self.released += order.remaining
         log.info("tp.repriced", session=position.session_id, pair=position.symbol,
                  position=position.position_id, order=order_id)  # fmt: skip
-        return True
+        return order.remaining

@@ -402,6 +402,17 @@ class PositionStore:
     async def tp_order(self, session_id: str, order_id: str) -> dict[str, str]:
         return cast(dict[str, str], await self._r.hgetall(keys.tp_order(session_id, order_id)))
 
+    @redis_errors
+    async def tp_orders(self, session_id: str, order_ids: Sequence[str]) -> list[dict[str, str]]:
+        """The metadata of many take-profits, one round trip per PIPELINE_CHUNK."""
+        found: list[dict[str, str]] = []
+        for start in range(0, len(order_ids), PIPELINE_CHUNK):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for order_id in order_ids[start : start + PIPELINE_CHUNK]:
+                    pipe.hgetall(keys.tp_order(session_id, order_id))
+                found += cast(list[dict[str, str]], await pipe.execute())
+        return found
+
 
 def _decode_all(key: str, raw: dict[str, Any], parse: Any) -> ReadResult[Any]:
     result: ReadResult[Any] = ReadResult()
