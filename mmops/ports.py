@@ -21,15 +21,13 @@ from mmops.domain.models import (
     SessionStatus,
     Ticker,
 )
-from mmops.domain.pnl import PairPnL
 from mmops.domain.records import (
     Coverage,
     FillMove,
     ReadResult,
     Reject,
     SettlementRun,
-    StagedFill,
-    StagedOrder,
+    Stray,
 )
 
 
@@ -141,6 +139,16 @@ class Fills(Protocol):
     ) -> AsyncIterator[ReadResult[Fill]]: ...
 
 
+class RecordLines(Protocol):
+    """Recorded orders or fills (Redis) as migration reads them: TSV lines streamed per pair
+    (``records.FILL_LINE_COLUMNS``), and the stored text of some by their record keys."""
+
+    def lines(
+        self, session_id: str, symbol: str, chunk: int = ...
+    ) -> AsyncIterator[ReadResult[str]]: ...
+    async def raw(self, session_id: str, symbol: str, record_keys: Sequence[str]) -> list[str]: ...
+
+
 class OrderWriter(Protocol):
     """Recording orders (Redis): the trading loop's quotes, settlement's take-profits."""
 
@@ -149,12 +157,9 @@ class OrderWriter(Protocol):
 
 
 class Orders(Protocol):
-    """Recorded orders (Redis), streamed per pair."""
+    """Recorded orders (Redis)."""
 
     async def get(self, session_id: str, symbol: str, order_id: str) -> Order | None: ...
-    def scan(
-        self, session_id: str, symbol: str, chunk: int = ...
-    ) -> AsyncIterator[ReadResult[Order]]: ...
 
 
 class Notifier(Protocol):
@@ -189,13 +194,12 @@ class SessionWriter(Protocol):
 
     session: Session
 
-    async def stage_orders(self, orders: Sequence[StagedOrder]) -> None: ...
-    async def stage_fills(self, fills: Sequence[StagedFill]) -> None: ...
+    async def stage_orders(self, lines: Sequence[str]) -> None: ...
+    async def stage_fills(self, lines: Sequence[str]) -> None: ...
     async def reject(self, rejects: Sequence[Reject]) -> None: ...
-    async def move_orders(self) -> tuple[int, int]: ...
+    async def move_orders(self) -> tuple[int, list[Stray]]: ...
     async def move_fills(self) -> FillMove: ...
-    async def distinct_fills(self, symbol: str) -> int: ...
-    async def recompute_stats(self) -> dict[str, PairPnL]: ...
+    async def recompute_stats(self) -> None: ...
 
 
 class Warehouse(Protocol):

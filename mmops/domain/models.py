@@ -17,10 +17,15 @@ from mmops.errors import InvalidIdentifier
 
 ZERO = Decimal(0)
 
-_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# The identifier rules as pattern text, so a reader that matches whole records at once (the
+# migration's fast path in the Redis codec) applies exactly these rules.
+SESSION_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _ASSET = r"[A-Z0-9]{1,16}"
-_SYMBOL = re.compile(rf"{_ASSET}/{_ASSET}")
-_ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+SYMBOL_PATTERN = rf"{_ASSET}/{_ASSET}"
+ORDER_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+_SYMBOL = re.compile(SYMBOL_PATTERN)
+_ORDER_ID = re.compile(ORDER_ID_PATTERN)
 
 
 def check_session_id(value: str) -> str:

@@ -1,4 +1,5 @@
-"""Records that cross the store ports: bulk reads, take-profit coverage, settlement runs."""
+"""Records that cross the store ports: bulk reads, take-profit coverage, settlement runs,
+migration rows."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
-from mmops.domain.models import Fill, Order, Position
+from mmops.domain.models import Order, Position
 from mmops.errors import BadRecordError
 
 T = TypeVar("T")
@@ -61,27 +62,36 @@ class Reject:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class StagedOrder:
-    order: Order
-    key: str  # where it was read, for a reject
-    raw: str
+# Migration moves orders and fills as lines of tab-separated values (PostgreSQL COPY's text
+# format: \N for none, backslash escapes), one per record that passed the domain's rules, with
+# these columns: money as plain decimals, times as ISO 8601 in UTC, and last the record's key
+# in Redis (where a reject points). The Redis codec writes them; the warehouse COPYs them in.
+ORDER_LINE_COLUMNS = ("order_id", "session_id", "symbol", "side", "price", "amount", "filled",
+                      "status", "kind", "client_order_id", "created_at", "redis_key")  # fmt: skip
+FILL_LINE_COLUMNS = ("session_id", "order_id", "symbol", "side", "price", "quantity", "fee",
+                     "timestamp", "trade_id", "redis_key")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
-class StagedFill:
-    fill: Fill
-    key: str  # where it was read, for a reject
-    raw: str
+class Stray:
+    """A staged record PostgreSQL cannot take as it is (a fill whose order does not exist, an
+    order id already recorded under another pair): to be quarantined with its stored text."""
+
+    symbol: str
+    key: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class FillMove:
-    inserted: int
-    orphans: int  # quarantined: their order does not exist
+    """What moving a session's staged fills into ``fills`` did."""
+
     staged: int
+    inserted: int
+    distinct: dict[str, int]  # per pair: distinct executions among the fills whose order exists
+    strays: list[Stray]  # not inserted: their order does not exist
 
     @property
     def duplicates(self) -> int:
         """Staged fills already in PostgreSQL (a re-run, or a replay under another key)."""
-        return self.staged - self.inserted - self.orphans
+        return self.staged - self.inserted - len(self.strays)

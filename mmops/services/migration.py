@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmops import logs
 from mmops.domain.models import Session, SessionStatus
-from mmops.domain.records import FillMove, Reject, StagedFill, StagedOrder
-from mmops.errors import RECOVERABLE_INPUT, BadRecordError
+from mmops.domain.records import ReadResult, Reject, Stray
+from mmops.errors import RECOVERABLE_INPUT
 from mmops.ports import (
     Clock,
-    Fills,
     LiveSessions,
     MigrationMarks,
-    Orders,
+    RecordLines,
     SessionRecords,
     SessionWriter,
     Warehouse,
@@ -34,9 +33,10 @@ from mmops.ports import (
 
 log = logs.get_logger("mmops.migration")
 
+
 # Sessions of a batch migrated at once: while one waits on PostgreSQL another parses Redis data,
 # so both cores work. Each holds one pooled connection for its transaction.
-CONCURRENT_SESSIONS = 3
+CONCURRENT_SESSIONS = 4
 
 
 @dataclass(slots=True)
@@ -102,8 +102,8 @@ class MigrationService:
         self,
         live: LiveSessions,
         records: SessionRecords,
-        orders: Orders,
-        fills: Fills,
+        orders: RecordLines,
+        fills: RecordLines,
         warehouse: Warehouse,
         marks: MigrationMarks,
         clock: Clock,
@@ -126,21 +126,30 @@ class MigrationService:
         session_id: str | None = None,
         on_done: Callable[[SessionMigration], None] | None = None,
     ) -> list[SessionMigration]:
-        """Migrate one session, or every session not yet complete, batch by batch."""
+        """Migrate one session, or every session not yet complete: discovered batch by batch,
+        CONCURRENT_SESSIONS in flight at any time (a session starts as soon as another ends,
+        not when a whole batch has). An OperationalError cancels the rest and is raised."""
         if session_id is not None:
             return [await self._reported(session_id, on_done)]
-        results: list[SessionMigration] = []
-        after: str | None = None
         gate = asyncio.Semaphore(CONCURRENT_SESSIONS)
+        tasks: list[asyncio.Task[SessionMigration]] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                async for sid in self._pending():
+                    await gate.acquire()
+                    task = group.create_task(self._reported(sid, on_done))
+                    task.add_done_callback(lambda _: gate.release())
+                    tasks.append(task)
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first failure; the rest were cancelled
+        return [task.result() for task in tasks]
 
-        async def one(sid: str) -> SessionMigration:
-            async with gate:
-                return await self._reported(sid, on_done)
-
+    async def _pending(self) -> AsyncIterator[str]:
+        after: str | None = None
         while batch := await self._warehouse.pending_sessions(self.batch_size, after):
-            results += await asyncio.gather(*(one(sid) for sid in batch))
+            for sid in batch:
+                yield sid
             after = batch[-1]
-        return results
 
     async def _reported(
         self, session_id: str, on_done: Callable[[SessionMigration], None] | None
@@ -175,51 +184,61 @@ class MigrationService:
         return session
 
     async def _copy(self, tx: SessionWriter, session: Session, result: SessionMigration) -> None:
-        """Stream every order and fill into the transaction, counting what Redis holds: orders
-        by id, fills as distinct executions (the identity PostgreSQL's unique key uses)."""
+        """Stream every order, then every fill, into the transaction and recompute the stats."""
         for pair in session.pairs:
-            counts = result.pairs.setdefault(pair, PairCounts())
-            async for chunk in self._orders.scan(session.id, pair):
-                counts.redis_orders += len(chunk.items) + len(chunk.bad)
-                good, rejects = [], _rejects(chunk.bad, pair)
-                for o, (key, raw) in zip(chunk.items, chunk.sources, strict=True):
-                    if o.symbol == pair and o.session_id == session.id:
-                        good.append(StagedOrder(o, key, raw))
-                    else:
-                        reason = f"order of {o.session_id}/{o.symbol} under {pair}"
-                        rejects.append(Reject(pair, key, raw, reason))
-                await tx.stage_orders(good)
-                await tx.reject(rejects)
-                result.rejects += len(rejects)
-        result.orders, duplicated = await tx.move_orders()
-        result.rejects += duplicated
-        for pair in session.pairs:
-            counts = result.pairs[pair]
-            moved = FillMove(0, 0, 0)
-            async for fills in self._fills.scan(session.id, pair):
-                staged, rejects = [], _rejects(fills.bad, pair)
-                for f, (key, raw) in zip(fills.items, fills.sources, strict=True):
-                    if f.symbol == pair and f.session_id == session.id:
-                        staged.append(StagedFill(f, key, raw))
-                    else:
-                        rejects.append(Reject(pair, key, raw, f"fill of {f.symbol} under {pair}"))
-                await tx.stage_fills(staged)
-                await tx.reject(rejects)
-                counts.redis_fills += len(rejects)  # each quarantined record counts once
-                result.rejects += len(rejects)
-                step = await tx.move_fills()
-                moved = FillMove(
-                    moved.inserted + step.inserted,
-                    moved.orphans + step.orphans,
-                    moved.staged + step.staged,
-                )
-            # Fills that belong count as distinct executions (replays collapse, as in the
-            # unique key); orphans were quarantined record by record.
-            counts.redis_fills += await tx.distinct_fills(pair) + moved.orphans
-            result.fills_inserted += moved.inserted
-            result.duplicates_skipped += moved.duplicates
-            result.rejects += moved.orphans
+            result.pairs[pair] = PairCounts()
+        await self._copy_orders(tx, session, result)
+        await self._copy_fills(tx, session, result)
         await tx.recompute_stats()
+
+    async def _copy_orders(
+        self, tx: SessionWriter, session: Session, result: SessionMigration
+    ) -> None:
+        """Orders, counting what Redis holds by order id."""
+        for pair in session.pairs:
+            async for chunk in self._orders.lines(session.id, pair):
+                result.pairs[pair].redis_orders += len(chunk.items) + len(chunk.bad)
+                await tx.stage_orders(chunk.items)
+                await tx.reject(_rejects(chunk, pair))
+                result.rejects += len(chunk.bad)
+        result.orders, duplicates = await tx.move_orders()
+        await self._quarantine(tx, self._orders, session.id, duplicates)
+        result.rejects += len(duplicates)
+
+    async def _copy_fills(
+        self, tx: SessionWriter, session: Session, result: SessionMigration
+    ) -> None:
+        """Fills, counting what Redis holds as distinct executions (the identity PostgreSQL's
+        unique key uses, so replays under other keys count once) plus each record
+        quarantined."""
+        for pair in session.pairs:
+            async for chunk in self._fills.lines(session.id, pair):
+                await tx.stage_fills(chunk.items)
+                await tx.reject(_rejects(chunk, pair))
+                result.pairs[pair].redis_fills += len(chunk.bad)
+                result.rejects += len(chunk.bad)
+        moved = await tx.move_fills()
+        orphans = await self._quarantine(tx, self._fills, session.id, moved.strays)
+        for pair in session.pairs:
+            result.pairs[pair].redis_fills += moved.distinct.get(pair, 0) + orphans.get(pair, 0)
+        result.fills_inserted = moved.inserted
+        result.duplicates_skipped = moved.duplicates
+        result.rejects += len(moved.strays)
+
+    @staticmethod
+    async def _quarantine(
+        tx: SessionWriter, source: RecordLines, session_id: str, strays: list[Stray]
+    ) -> dict[str, int]:
+        """Reject the records PostgreSQL could not take, with their stored text; return how many
+        per pair."""
+        by_pair: dict[str, list[Stray]] = {}
+        for stray in strays:
+            by_pair.setdefault(stray.symbol, []).append(stray)
+        for pair, group in by_pair.items():
+            raws = await source.raw(session_id, pair, [stray.key for stray in group])
+            await tx.reject([Reject(pair, stray.key, raw, stray.reason)
+                             for stray, raw in zip(group, raws, strict=True)])  # fmt: skip
+        return {pair: len(group) for pair, group in by_pair.items()}
 
     async def _verify(self, session: Session, result: SessionMigration) -> None:
         pg = await self._warehouse.counts(session.id)
@@ -248,6 +267,7 @@ class MigrationService:
         result.state = "verified"
 
 
-def _rejects(bad: list[BadRecordError], pair: str) -> list[Reject]:
+def _rejects(chunk: ReadResult[str], pair: str) -> list[Reject]:
+    """The records of a chunk that the domain refused or that belong elsewhere."""
     return [Reject(pair, b.key, b.raw if isinstance(b.raw, str) else repr(b.raw), b.reason)
-            for b in bad]  # fmt: skip
+            for b in chunk.bad]  # fmt: skip

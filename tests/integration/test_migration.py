@@ -124,16 +124,16 @@ async def test_an_error_mid_session_leaves_nothing_and_the_next_run_completes(w:
     await trade(w, sid, "AVAX/USD", 3)
     await w.rt.registry.end(sid, w.rt.clock.now())
     service = migration(w)
-    real_scan = service._fills.scan
+    real_rows = service._fills.lines
     calls = {"n": 0}
 
-    def failing_scan(session_id: str, symbol: str, chunk: int = 1000):  # type: ignore[no-untyped-def]
+    def failing_rows(session_id: str, symbol: str, chunk: int = 1000):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 2:  # after the first pair's fills were written into the transaction
             raise StoreUnavailable("Redis", "connection lost (injected)")
-        return real_scan(session_id, symbol, chunk)
+        return real_rows(session_id, symbol, chunk)
 
-    service._fills.scan = failing_scan  # type: ignore[method-assign]
+    service._fills.lines = failing_rows  # type: ignore[method-assign]
     with pytest.raises(StoreUnavailable, match="injected"):  # a store outage ends the run
         await service.run(sid)
     assert await pg_rows(w, "SELECT 1 FROM fills WHERE session_id = %s", sid) == []

@@ -277,7 +277,7 @@ async def test_killed_migrations_never_half_write_and_the_next_run_completes_eve
             await write_trades(w, active, written[active], ACTIVE_ORDERS_PER_RUN, start)
             proc = await spawn(env, "migrate", "--batch-size", "2", quiet=True)
             try:
-                ended, mid = await kill_mid_transaction(w, proc, rng.uniform(0.0, 0.8))
+                ended, mid = await kill_mid_transaction(w, proc, rng.uniform(0.0, 0.2))
             finally:
                 if proc.returncode is None:
                     kill(proc)

@@ -1,9 +1,12 @@
 """Writing one session's Redis data into PostgreSQL, in one transaction.
 
-Orders and fills are streamed in with COPY into temporary staging tables (dropped at commit),
-then moved with set-based statements: orders upserted, fills inserted de-duplicated by the
-unique constraints (``ON CONFLICT DO NOTHING``), fills whose order does not exist quarantined in
-``migration_rejects`` with their raw payload. Nothing is held in memory beyond one chunk.
+Orders and fills arrive as TSV lines of records the domain's rules already passed. They are
+streamed in with COPY into temporary staging tables (dropped at commit), then moved with
+set-based statements: orders upserted, fills inserted de-duplicated by the unique constraints
+(``ON CONFLICT DO NOTHING``). What PostgreSQL cannot take as it is (a fill whose order does not
+exist, an order id recorded under two pairs) is returned to the caller to quarantine, and
+``session_pair_stats`` is recomputed in SQL from the rows. Nothing is held in memory beyond one
+chunk.
 """
 
 from __future__ import annotations
@@ -17,24 +20,28 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from mmops.adapters.postgres.pool import pg_errors
-from mmops.domain.models import Fill, Session, Side
-from mmops.domain.pnl import PairPnL, fifo_pnl
-from mmops.domain.records import FillMove, Reject, StagedFill, StagedOrder
+from mmops.domain.models import Session
+from mmops.domain.records import (
+    FILL_LINE_COLUMNS,
+    ORDER_LINE_COLUMNS,
+    FillMove,
+    Reject,
+    Stray,
+)
 
 _STAGING = """
 CREATE TEMP TABLE orders_staging (
-    order_id TEXT, symbol TEXT, side TEXT, kind TEXT, price NUMERIC, amount NUMERIC,
-    filled NUMERIC, status TEXT, client_order_id TEXT, created_at TIMESTAMPTZ,
-    redis_key TEXT, raw TEXT
+    order_id TEXT, session_id TEXT, symbol TEXT, side TEXT, price NUMERIC, amount NUMERIC,
+    filled NUMERIC, status TEXT, kind TEXT, client_order_id TEXT, created_at TIMESTAMPTZ,
+    redis_key TEXT
 ) ON COMMIT DROP;
 CREATE TEMP TABLE fills_staging (
-    order_id TEXT, symbol TEXT, side TEXT, price NUMERIC, quantity NUMERIC, fee NUMERIC,
-    trade_id TEXT, timestamp TIMESTAMPTZ, redis_key TEXT, raw TEXT
-) ON COMMIT DROP;
-CREATE TEMP TABLE fills_seen (
-    order_id TEXT, symbol TEXT, timestamp TIMESTAMPTZ, price NUMERIC, quantity NUMERIC
+    session_id TEXT, order_id TEXT, symbol TEXT, side TEXT, price NUMERIC, quantity NUMERIC,
+    fee NUMERIC, timestamp TIMESTAMPTZ, trade_id TEXT, redis_key TEXT
 ) ON COMMIT DROP;
 """
+_COPY_ORDERS = f"COPY orders_staging ({', '.join(ORDER_LINE_COLUMNS)}) FROM STDIN"
+_COPY_FILLS = f"COPY fills_staging ({', '.join(FILL_LINE_COLUMNS)}) FROM STDIN"
 
 _UPSERT_SESSION = """
 INSERT INTO sessions (id, status, mode, exchange, capital, started_at, ended_at, pairs, pair_count)
@@ -45,48 +52,62 @@ ON CONFLICT (id) DO UPDATE SET
     pairs = EXCLUDED.pairs, pair_count = EXCLUDED.pair_count, updated_at = now()
 """
 
-# An order id recorded under two pairs is kept once (its first pair) and the other copies are
-# quarantined, so one bad record cannot fail the whole session.
-_REJECT_DUPLICATE_ORDERS = """
-INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)
-SELECT %(session)s, symbol, redis_key, raw, 'order id ' || order_id || ' also recorded under '
-       || first_symbol
-FROM (SELECT *, first_value(symbol) OVER w AS first_symbol, row_number() OVER w AS n
-      FROM orders_staging WINDOW w AS (PARTITION BY order_id ORDER BY symbol, redis_key)) ranked
-WHERE n > 1
-ON CONFLICT DO NOTHING
-"""
-
+# Orders upserted, an order id recorded under two pairs kept once (its first pair by name) and
+# the other copies returned to be quarantined, so one bad record cannot fail the whole session.
+# One row at least: the number written, with one duplicate per row (or NULLs).
 _MOVE_ORDERS = """
-INSERT INTO orders (session_id, order_id, symbol, pair_index, side, kind, price, amount, filled,
-                    status, client_order_id, created_at)
-SELECT DISTINCT ON (order_id) %(session)s, order_id, symbol,
-       array_position(%(pairs)s::text[], symbol) - 1, side, kind, price, amount, filled, status,
-       client_order_id, created_at
-FROM orders_staging
-ORDER BY order_id, symbol, redis_key
-ON CONFLICT (session_id, order_id) DO UPDATE SET
-    symbol = EXCLUDED.symbol, pair_index = EXCLUDED.pair_index, filled = EXCLUDED.filled,
-    status = EXCLUDED.status, client_order_id = EXCLUDED.client_order_id, updated_at = now()
+WITH ranked AS MATERIALIZED (
+    SELECT *, first_value(symbol) OVER w AS first_symbol, row_number() OVER w AS n
+    FROM orders_staging WINDOW w AS (PARTITION BY order_id ORDER BY symbol, redis_key)
+), written AS (
+    INSERT INTO orders (session_id, order_id, symbol, pair_index, side, kind, price, amount,
+                        filled, status, client_order_id, created_at)
+    SELECT %(session)s, order_id, symbol, array_position(%(pairs)s::text[], symbol) - 1, side,
+           kind, price, amount, filled, status, client_order_id, created_at
+    FROM ranked WHERE n = 1
+    ON CONFLICT (session_id, order_id) DO UPDATE SET
+        symbol = EXCLUDED.symbol, pair_index = EXCLUDED.pair_index, filled = EXCLUDED.filled,
+        status = EXCLUDED.status, client_order_id = EXCLUDED.client_order_id, updated_at = now()
+    RETURNING 1
+)
+SELECT w.n, d.symbol, d.redis_key, d.reason
+FROM (SELECT count(*) AS n FROM written) w
+LEFT JOIN (SELECT symbol, redis_key,
+                  'order id ' || order_id || ' also recorded under ' || first_symbol AS reason
+           FROM ranked WHERE n > 1) d ON true
 """
 
+# The staged fills whose order exists, one per execution (the natural unique key; a replay
+# under another Redis key collapses), inserted in the unique key's order so each index page is
+# in cache while its rows go in. ON CONFLICT skips what PostgreSQL already holds (a re-run) and
+# a second fill with the same exchange trade id. Per pair: distinct executions read, and rows
+# inserted, which completeness and the summary report.
 _MOVE_FILLS = """
-INSERT INTO fills (session_id, order_id, symbol, side, price, quantity, fee, trade_id, timestamp)
-SELECT %(session)s, s.order_id, s.symbol, s.side, s.price, s.quantity, s.fee, s.trade_id,
-       s.timestamp
-FROM fills_staging s
-WHERE EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s AND o.order_id = s.order_id)
-ON CONFLICT DO NOTHING
+WITH executions AS MATERIALIZED (
+    SELECT DISTINCT ON (order_id, symbol, timestamp, price, quantity)
+           order_id, symbol, side, price, quantity, fee, trade_id, timestamp
+    FROM fills_staging s
+    WHERE EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s
+                  AND o.order_id = s.order_id)
+    ORDER BY order_id, symbol, timestamp, price, quantity, redis_key
+), inserted AS (
+    INSERT INTO fills (session_id, order_id, symbol, side, price, quantity, fee, trade_id,
+                       timestamp)
+    SELECT %(session)s, order_id, symbol, side, price, quantity, fee, trade_id, timestamp
+    FROM executions
+    ON CONFLICT DO NOTHING
+    RETURNING symbol
+)
+SELECT e.symbol, e.n, coalesce(i.n, 0)
+FROM (SELECT symbol, count(*) AS n FROM executions GROUP BY symbol) e
+LEFT JOIN (SELECT symbol, count(*) AS n FROM inserted GROUP BY symbol) i USING (symbol)
 """
 
-_REJECT_ORPHANS = """
-INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)
-SELECT %(session)s, s.symbol, s.redis_key, s.raw, 'fill references order ' || s.order_id
-       || ', which does not exist'
+_ORPHANS = """
+SELECT symbol, redis_key, 'fill references order ' || order_id || ', which does not exist'
 FROM fills_staging s
 WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s
                   AND o.order_id = s.order_id)
-ON CONFLICT DO NOTHING
 """
 
 # A fill quarantined as an orphan in an earlier run whose order has since arrived is no longer
@@ -97,18 +118,50 @@ WHERE r.session_id = %(session)s AND r.redis_key = s.redis_key
   AND EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s AND o.order_id = s.order_id)
 """
 
-# The identities of the fills read from Redis that belong (their order exists), so completeness
-# can count distinct executions the way the unique key does.
-_SEEN = """
-INSERT INTO fills_seen
-SELECT order_id, symbol, timestamp, price, quantity FROM fills_staging s
-WHERE EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s AND o.order_id = s.order_id)
-"""
-
-_UPSERT_STATS = """
+# Aggregates per pair from the rows in fills. FIFO realized P&L without replaying the fills:
+# every quantity either matched a later opposite fill or is still open, so the gross P&L of the
+# matches is sell notional - buy notional + the signed cost of the open lots. Under FIFO the
+# open lots are all on the side of the net position and are that side's latest quantity (an
+# older unit would have been matched before a newer one), so their cost is the price of each
+# fill on that side times the part of it within the last |net| units, newest first by
+# (timestamp, id): the order the domain's fifo_pnl replays them in.
+_STATS = """
+WITH totals AS (
+    SELECT symbol, count(*) AS fills,
+           coalesce(sum(quantity) FILTER (WHERE side = 'buy'), 0) AS buy_volume,
+           coalesce(sum(quantity) FILTER (WHERE side = 'sell'), 0) AS sell_volume,
+           coalesce(sum(price * quantity) FILTER (WHERE side = 'buy'), 0) AS buy_notional,
+           coalesce(sum(price * quantity) FILTER (WHERE side = 'sell'), 0) AS sell_notional,
+           sum(fee) AS fees
+    FROM fills WHERE session_id = %(session)s GROUP BY symbol
+),
+open_side AS (
+    SELECT f.symbol, f.price, f.quantity, abs(t.buy_volume - t.sell_volume) AS open,
+           sum(f.quantity) OVER (PARTITION BY f.symbol ORDER BY f.timestamp DESC, f.id DESC
+                                 ROWS UNBOUNDED PRECEDING) - f.quantity AS newer
+    FROM fills f JOIN totals t USING (symbol)
+    WHERE f.session_id = %(session)s AND t.buy_volume <> t.sell_volume
+      AND f.side = CASE WHEN t.buy_volume > t.sell_volume THEN 'buy' ELSE 'sell' END
+),
+open_cost AS (
+    SELECT symbol, sum(price * least(quantity, open - newer)) AS cost
+    FROM open_side WHERE newer < open GROUP BY symbol
+),
+order_counts AS (
+    SELECT symbol, count(*) AS orders FROM orders WHERE session_id = %(session)s GROUP BY symbol
+)
 INSERT INTO session_pair_stats (session_id, symbol, orders, fills, buy_volume, sell_volume,
     buy_notional, sell_notional, fees, realized_pnl, open_quantity)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+SELECT %(session)s, p.symbol, coalesce(o.orders, 0), coalesce(t.fills, 0),
+       coalesce(t.buy_volume, 0), coalesce(t.sell_volume, 0), coalesce(t.buy_notional, 0),
+       coalesce(t.sell_notional, 0), coalesce(t.fees, 0),
+       coalesce(t.sell_notional - t.buy_notional - t.fees
+                + sign(t.buy_volume - t.sell_volume) * coalesce(c.cost, 0), 0),
+       coalesce(t.buy_volume - t.sell_volume, 0)
+FROM unnest(%(pairs)s::text[]) AS p(symbol)
+LEFT JOIN totals t USING (symbol)
+LEFT JOIN open_cost c USING (symbol)
+LEFT JOIN order_counts o USING (symbol)
 ON CONFLICT (session_id, symbol) DO UPDATE SET
     orders = EXCLUDED.orders, fills = EXCLUDED.fills, buy_volume = EXCLUDED.buy_volume,
     sell_volume = EXCLUDED.sell_volume, buy_notional = EXCLUDED.buy_notional,
@@ -124,30 +177,19 @@ class SessionWrite:
     def __init__(self, conn: AsyncConnection, session: Session) -> None:
         self._conn = conn
         self.session = session
+        self._params = {"session": session.id, "pairs": list(session.pairs)}
+        self._staged_fills = 0
 
-    async def stage_orders(self, orders: Sequence[StagedOrder]) -> None:
-        async with self._conn.cursor().copy(
-            "COPY orders_staging (order_id, symbol, side, kind, price, amount, filled, status,"
-            " client_order_id, created_at, redis_key, raw) FROM STDIN"
-        ) as copy:
-            for s in orders:
-                o = s.order
-                await copy.write_row((
-                    o.order_id, o.symbol, o.side.value, o.kind.value, o.price, o.amount,
-                    o.filled, o.status.value, o.client_order_id, o.created_at, s.key, s.raw,
-                ))  # fmt: skip
+    async def stage_orders(self, lines: Sequence[str]) -> None:
+        """COPY TSV lines (``ORDER_LINE_COLUMNS``) into the staging table."""
+        async with self._conn.cursor().copy(_COPY_ORDERS) as copy:
+            await copy.write("".join(lines))
 
-    async def stage_fills(self, fills: Sequence[StagedFill]) -> None:
-        async with self._conn.cursor().copy(
-            "COPY fills_staging (order_id, symbol, side, price, quantity, fee, trade_id,"
-            " timestamp, redis_key, raw) FROM STDIN"
-        ) as copy:
-            for s in fills:
-                f = s.fill
-                await copy.write_row((
-                    f.order_id, f.symbol, f.side.value, f.price, f.quantity, f.fee, f.trade_id,
-                    f.timestamp, s.key, s.raw,
-                ))  # fmt: skip
+    async def stage_fills(self, lines: Sequence[str]) -> None:
+        """COPY TSV lines (``FILL_LINE_COLUMNS``) into the staging table."""
+        async with self._conn.cursor().copy(_COPY_FILLS) as copy:
+            await copy.write("".join(lines))
+        self._staged_fills += len(lines)
 
     async def reject(self, rejects: Sequence[Reject]) -> None:
         if not rejects:
@@ -159,80 +201,33 @@ class SessionWrite:
                 [(self.session.id, r.symbol, r.key, r.raw, r.reason) for r in rejects],
             )
 
-    async def move_orders(self) -> tuple[int, int]:
-        """Upsert the staged orders; return (orders written, duplicates quarantined)."""
-        params = {"session": self.session.id, "pairs": list(self.session.pairs)}
-        rejected = (await self._conn.execute(_REJECT_DUPLICATE_ORDERS, params)).rowcount
-        cur = await self._conn.execute(_MOVE_ORDERS, params)
+    async def move_orders(self) -> tuple[int, list[Stray]]:
+        """Upsert the staged orders; return the orders written and the copies of an order id
+        already recorded under another pair (not written)."""
+        rows = await (await self._conn.execute(_MOVE_ORDERS, self._params)).fetchall()
         await self._conn.execute("TRUNCATE orders_staging")
-        return cur.rowcount, max(rejected, 0)
+        duplicates = [Stray(symbol, key, reason) for _, symbol, key, reason in rows if key]
+        return int(rows[0][0]), duplicates
 
     async def move_fills(self) -> FillMove:
-        params = {"session": self.session.id}
-        staged_cur = await self._conn.execute("SELECT count(*) FROM fills_staging")
-        staged_row = await staged_cur.fetchone()
-        inserted = (await self._conn.execute(_MOVE_FILLS, params)).rowcount
-        orphan_row = await (
-            await self._conn.execute(
-                "SELECT count(*) FROM fills_staging s WHERE NOT EXISTS (SELECT 1 FROM orders o"
-                " WHERE o.session_id = %(session)s AND o.order_id = s.order_id)",
-                params,
-            )
-        ).fetchone()
-        await self._conn.execute(_REJECT_ORPHANS, params)
-        await self._conn.execute(_CLEAR_RESOLVED, params)
-        await self._conn.execute(_SEEN, params)
+        """Insert the staged fills whose order exists, one per execution, skipping those
+        already in PostgreSQL; return what happened, with the fills whose order does not exist
+        (not inserted)."""
+        per_pair = await (await self._conn.execute(_MOVE_FILLS, self._params)).fetchall()
+        orphans = await (await self._conn.execute(_ORPHANS, self._params)).fetchall()
+        await self._conn.execute(_CLEAR_RESOLVED, self._params)
         await self._conn.execute("TRUNCATE fills_staging")
-        staged = int(staged_row[0]) if staged_row else 0
-        orphans = int(orphan_row[0]) if orphan_row else 0
-        return FillMove(inserted, orphans, staged)
-
-    async def distinct_fills(self, symbol: str) -> int:
-        """Distinct executions (order, pair, time, price, quantity) among the fills read from
-        Redis in this transaction whose order exists."""
-        cur = await self._conn.execute(
-            "SELECT count(DISTINCT (order_id, symbol, timestamp, price, quantity)) FROM fills_seen"
-            " WHERE symbol = %s",
-            (symbol,),
+        staged, self._staged_fills = self._staged_fills, 0
+        return FillMove(
+            staged,
+            inserted=sum(int(inserted) for _, _, inserted in per_pair),
+            distinct={symbol: int(n) for symbol, n, _ in per_pair},
+            strays=[Stray(symbol, key, reason) for symbol, key, reason in orphans],
         )
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
-    async def recompute_stats(self) -> dict[str, PairPnL]:
-        """session_pair_stats from the rows now in PostgreSQL (FIFO P&L from the domain)."""
-        result = {}
-        for symbol in self.session.pairs:
-            pnl = fifo_pnl(self.session.id, symbol, await self._fills(symbol))
-            row = await (
-                await self._conn.execute(
-                    "SELECT count(*) FROM orders WHERE session_id = %s AND symbol = %s",
-                    (self.session.id, symbol),
-                )
-            ).fetchone()
-            orders = int(row[0]) if row else 0
-            await self._conn.execute(
-                _UPSERT_STATS,
-                (
-                    self.session.id, symbol, orders, pnl.fills, pnl.buy_volume, pnl.sell_volume,
-                    pnl.buy_notional, pnl.sell_notional, pnl.fees, pnl.realized, pnl.open_quantity,
-                ),
-            )  # fmt: skip
-            result[symbol] = pnl
-        return result
-
-    async def _fills(self, symbol: str) -> list[Fill]:
-        cur = self._conn.cursor(name="stats_fills")  # server-side: streamed, not loaded at once
-        fills = []
-        await cur.execute(
-            "SELECT order_id, side, price, quantity, fee, timestamp, trade_id FROM fills"
-            " WHERE session_id = %s AND symbol = %s ORDER BY timestamp, id",
-            (self.session.id, symbol),
-        )
-        async for order_id, side, price, qty, fee, at, trade_id in cur:
-            fills.append(Fill(self.session.id, order_id, symbol, Side(side), price, qty, fee, at,
-                              trade_id))  # fmt: skip
-        await cur.close()
-        return fills
+    async def recompute_stats(self) -> None:
+        """session_pair_stats of every pair of the session from the rows now in PostgreSQL."""
+        await self._conn.execute(_STATS, self._params)
 
 
 class Warehouse:

@@ -9,12 +9,17 @@ malformed record is quarantined by the caller, never an unhandled exception.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from mmops.domain.models import (
+    ORDER_ID_PATTERN,
+    SESSION_ID_PATTERN,
+    SYMBOL_PATTERN,
     ZERO,
     Fill,
     Order,
@@ -26,6 +31,7 @@ from mmops.domain.models import (
     SessionStatus,
     Side,
 )
+from mmops.domain.records import ReadResult
 from mmops.errors import BadRecordError, InvalidIdentifier
 
 T = TypeVar("T")
@@ -175,6 +181,128 @@ def fill_from_json(raw: Any) -> Fill:
         timestamp=ts(d["timestamp"]),
         trade_id=d.get("trade_id"),
     )
+
+
+# Lines for migration. Migration reads every record once and hands it to PostgreSQL as text, so
+# it needs the domain's verdict on each record, not domain objects. Each record that passes
+# becomes one line of tab-separated values (``records.FILL_LINE_COLUMNS``). A record in exactly
+# the layout written above is checked by one regular expression assembled from the domain's own
+# rules (identifier patterns, positive or non-negative plain decimals, a UTC time, then
+# ``datetime`` for the calendar), and its matched groups are the line: every character those
+# rules admit is plain in TSV. That costs about 1.5 µs a record against 8 µs for the full parse
+# and a row writer. Any other record, valid or not, takes the full parse (``*_from_json``), so
+# both paths accept exactly what the domain accepts. Either way money leaves as a plain decimal
+# of at most 40 digits each side of the point: PostgreSQL's NUMERIC refuses some far larger
+# values, which would fail the whole session.
+
+_DIGITS = r"[0-9]{1,40}(?:\.[0-9]{1,40})?"
+_PLAIN = re.compile(_DIGITS)
+_NON_NEGATIVE = f'"({_DIGITS})"'
+_POSITIVE = f'"((?=[0-9.]*[1-9]){_DIGITS})"'  # at least one non-zero digit
+_UTC_TIME = r'"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?\+00:00)"'
+_ID = f'"({ORDER_ID_PATTERN})"'
+_OPTIONAL_ID = f'(?:null|"({ORDER_ID_PATTERN})")'
+_NULL = "\\N"
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _one_of(values: type[Side] | type[OrderStatus] | type[OrderKind]) -> str:
+    return '"(' + "|".join(re.escape(v.value) for v in values) + ')"'
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How one kind of record becomes a line: the layout its writer uses, the groups holding
+    its session, pair and time, and the full parse for records in any other layout."""
+
+    what: str
+    pattern: re.Pattern[str]
+    session_group: int
+    symbol_group: int
+    time_group: int
+    parse: Callable[[Any], tuple[str | None, ...]]  # the columns but the Redis key
+
+
+def _fill_columns(raw: Any) -> tuple[str | None, ...]:
+    f = fill_from_json(raw)
+    return (f.session_id, f.order_id, f.symbol, f.side.value, _plain(f.price),
+            _plain(f.quantity), _plain(f.fee), iso(f.timestamp), f.trade_id)  # fmt: skip
+
+
+def _order_columns(raw: Any) -> tuple[str | None, ...]:
+    o = order_from_json(raw)
+    if o.client_order_id is not None and not isinstance(o.client_order_id, str):
+        raise TypeError(f"client_order_id must be a string, got {o.client_order_id!r}")
+    return (o.order_id, o.session_id, o.symbol, o.side.value, _plain(o.price), _plain(o.amount),
+            _plain(o.filled), o.status.value, o.kind.value, o.client_order_id,
+            iso(o.created_at))  # fmt: skip
+
+
+FILLS = _Layout(
+    "fill",
+    re.compile(
+        f'{{"session_id":"({SESSION_ID_PATTERN})","order_id":{_ID},"symbol":"({SYMBOL_PATTERN})",'
+        f'"side":{_one_of(Side)},"price":{_POSITIVE},"quantity":{_POSITIVE},'
+        f'"fee":{_NON_NEGATIVE},"timestamp":{_UTC_TIME},"trade_id":{_OPTIONAL_ID}}}'
+    ),
+    session_group=1,
+    symbol_group=3,
+    time_group=8,
+    parse=_fill_columns,
+)
+ORDERS = _Layout(
+    "order",
+    re.compile(
+        f'{{"order_id":{_ID},"session_id":"({SESSION_ID_PATTERN})","symbol":"({SYMBOL_PATTERN})",'
+        f'"side":{_one_of(Side)},"price":{_POSITIVE},"amount":{_POSITIVE},'
+        f'"filled":{_NON_NEGATIVE},"status":{_one_of(OrderStatus)},"kind":{_one_of(OrderKind)},'
+        f'"client_order_id":{_OPTIONAL_ID},"created_at":{_UTC_TIME}}}'
+    ),
+    session_group=2,
+    symbol_group=3,
+    time_group=11,
+    parse=_order_columns,
+)
+
+
+def lines(
+    layout: _Layout, key: str, session_id: str, symbol: str, records: Mapping[str, Any]
+) -> ReadResult[str]:
+    """TSV lines of a chunk of ``records`` (field name → stored text) read from ``key``, the
+    hash of ``symbol`` in ``session_id``, each ending with the record's key. A record the domain
+    refuses, or one of another session or pair, is in ``bad`` with the reason."""
+    result: ReadResult[str] = ReadResult()
+    match, at = layout.pattern.fullmatch, layout.time_group
+    prefix = f"{key}#"
+    for name, raw in records.items():
+        try:
+            found = match(raw) if isinstance(raw, str) else None
+            if found is None:
+                columns = layout.parse(raw)
+                session, pair = columns[layout.session_group - 1], columns[layout.symbol_group - 1]
+                line = "\t".join(_NULL if c is None else c.translate(_TSV_ESCAPES) for c in columns)
+            else:
+                datetime.fromisoformat(found[at])  # a real date: no 30 February
+                session, pair = found[layout.session_group], found[layout.symbol_group]
+                line = "\t".join(found.groups(_NULL))
+        except _PARSE_ERRORS as e:
+            result.bad.append(BadRecordError(prefix + name, raw, f"{type(e).__name__}: {e}"))
+            continue
+        if session != session_id or pair != symbol:
+            reason = f"{layout.what} of {session}/{pair} under {symbol}"
+            result.bad.append(BadRecordError(prefix + name, raw, reason))
+            continue
+        result.items.append(f"{line}\t{prefix}{name.translate(_TSV_ESCAPES)}\n")
+    return result
+
+
+def _plain(value: Decimal) -> str:
+    """A non-negative amount as a plain decimal, or ValueError if it has over 40 digits on a
+    side of the point."""
+    text = format(value.copy_abs(), "f")  # -0 is 0; no rounding
+    if not _PLAIN.fullmatch(text):
+        raise ValueError(f"{value} has more than 40 digits before or after the point")
+    return text
 
 
 # A position hash holds one field per contribution, summed here with Decimal arithmetic so

@@ -117,13 +117,18 @@ class OrderStore:
             return None
         return codec.decode(f"{key}#{order_id}", raw, codec.order_from_json)
 
-    async def scan(
+    async def lines(
         self, session_id: str, symbol: str, chunk: int = SCAN_COUNT
-    ) -> AsyncIterator[ReadResult[Order]]:
-        """Stream a pair's orders in chunks (HSCAN), so memory stays flat."""
+    ) -> AsyncIterator[ReadResult[str]]:
+        """Stream a pair's orders as migration lines in chunks (HSCAN), so memory stays flat.
+        A record of another session or pair is bad data here."""
         key = keys.orders(session_id, symbol)
         async for raw_chunk in _hscan_chunks(self._r, key, chunk):
-            yield _decode_all(key, raw_chunk, codec.order_from_json)
+            yield codec.lines(codec.ORDERS, key, session_id, symbol, raw_chunk)
+
+    async def raw(self, session_id: str, symbol: str, record_keys: Sequence[str]) -> list[str]:
+        """The stored text of orders by the record keys their lines end with ('' if gone)."""
+        return await _raw(self._r, keys.orders(session_id, symbol), record_keys)
 
     @redis_errors
     async def count(self, session_id: str, symbol: str) -> int:
@@ -190,6 +195,19 @@ class FillStore:
         key = keys.fills(session_id, symbol)
         async for raw_chunk in _hscan_chunks(self._r, key, chunk):
             yield _decode_all(key, raw_chunk, codec.fill_from_json)
+
+    async def lines(
+        self, session_id: str, symbol: str, chunk: int = SCAN_COUNT
+    ) -> AsyncIterator[ReadResult[str]]:
+        """Stream a pair's fills as migration lines in chunks (HSCAN), so memory stays flat.
+        A record of another session or pair is bad data here."""
+        key = keys.fills(session_id, symbol)
+        async for raw_chunk in _hscan_chunks(self._r, key, chunk):
+            yield codec.lines(codec.FILLS, key, session_id, symbol, raw_chunk)
+
+    async def raw(self, session_id: str, symbol: str, record_keys: Sequence[str]) -> list[str]:
+        """The stored text of fills by the record keys their lines end with ('' if gone)."""
+        return await _raw(self._r, keys.fills(session_id, symbol), record_keys)
 
     @redis_errors
     async def count(self, session_id: str, symbol: str) -> int:
@@ -417,12 +435,20 @@ class PositionStore:
 def _decode_all(key: str, raw: dict[str, Any], parse: Any) -> ReadResult[Any]:
     result: ReadResult[Any] = ReadResult()
     for name, value in raw.items():
+        record_key = f"{key}#{name}"
         try:
-            result.items.append(codec.decode(f"{key}#{name}", value, parse))
-            result.sources.append((f"{key}#{name}", value))
+            result.items.append(codec.decode(record_key, value, parse))
+            result.sources.append((record_key, value))
         except BadRecordError as e:
             result.bad.append(e)
     return result
+
+
+@redis_errors
+async def _raw(redis: Redis, key: str, record_keys: Sequence[str]) -> list[str]:
+    names = [record_key.removeprefix(f"{key}#") for record_key in record_keys]
+    found = cast(list[str | None], await redis.hmget(key, names)) if names else []
+    return [value or "" for value in found]
 
 
 async def _hscan_chunks(redis: Redis, key: str, count: int) -> AsyncIterator[dict[str, Any]]:
