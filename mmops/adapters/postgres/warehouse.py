@@ -14,11 +14,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
+from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.errors import UniqueViolation
+from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from mmops import logs
 from mmops.adapters.postgres.pool import pg_errors
 from mmops.domain.models import Session
 from mmops.domain.records import (
@@ -28,6 +32,8 @@ from mmops.domain.records import (
     Reject,
     Stray,
 )
+
+log = logs.get_logger("mmops.migration")
 
 _STAGING = """
 CREATE TEMP TABLE orders_staging (
@@ -52,10 +58,14 @@ ON CONFLICT (id) DO UPDATE SET
     pairs = EXCLUDED.pairs, pair_count = EXCLUDED.pair_count, updated_at = now()
 """
 
+# Each statement that writes rows a session may already have ends its INSERT with {conflict}:
+# nothing when the session has none of them yet (a plain INSERT, about a third cheaper than the
+# speculative insertion of ON CONFLICT), else the clause after it (see SessionWrite._move).
+
 # Orders upserted, an order id recorded under two pairs kept once (its first pair by name) and
 # the other copies returned to be quarantined, so one bad record cannot fail the whole session.
 # One row at least: the number written, with one duplicate per row (or NULLs).
-_MOVE_ORDERS = """
+_MOVE_ORDERS = SQL("""
 WITH ranked AS MATERIALIZED (
     SELECT *, first_value(symbol) OVER w AS first_symbol, row_number() OVER w AS n
     FROM orders_staging WINDOW w AS (PARTITION BY order_id ORDER BY symbol, redis_key)
@@ -65,9 +75,7 @@ WITH ranked AS MATERIALIZED (
     SELECT %(session)s, order_id, symbol, array_position(%(pairs)s::text[], symbol) - 1, side,
            kind, price, amount, filled, status, client_order_id, created_at
     FROM ranked WHERE n = 1
-    ON CONFLICT (session_id, order_id) DO UPDATE SET
-        symbol = EXCLUDED.symbol, pair_index = EXCLUDED.pair_index, filled = EXCLUDED.filled,
-        status = EXCLUDED.status, client_order_id = EXCLUDED.client_order_id, updated_at = now()
+    {conflict}
     RETURNING 1
 )
 SELECT w.n, d.symbol, d.redis_key, d.reason
@@ -75,14 +83,19 @@ FROM (SELECT count(*) AS n FROM written) w
 LEFT JOIN (SELECT symbol, redis_key,
                   'order id ' || order_id || ' also recorded under ' || first_symbol AS reason
            FROM ranked WHERE n > 1) d ON true
-"""
+""")
+_UPDATE_ORDERS = SQL("""
+ON CONFLICT (session_id, order_id) DO UPDATE SET
+    symbol = EXCLUDED.symbol, pair_index = EXCLUDED.pair_index, filled = EXCLUDED.filled,
+    status = EXCLUDED.status, client_order_id = EXCLUDED.client_order_id, updated_at = now()
+""")
 
 # The staged fills whose order exists, one per execution (the natural unique key; a replay
 # under another Redis key collapses), inserted in the unique key's order so each index page is
 # in cache while its rows go in. ON CONFLICT skips what PostgreSQL already holds (a re-run) and
 # a second fill with the same exchange trade id. Per pair: distinct executions read, and rows
 # inserted, which completeness and the summary report.
-_MOVE_FILLS = """
+_MOVE_FILLS = SQL("""
 WITH executions AS MATERIALIZED (
     SELECT DISTINCT ON (order_id, symbol, timestamp, price, quantity)
            order_id, symbol, side, price, quantity, fee, trade_id, timestamp
@@ -95,13 +108,14 @@ WITH executions AS MATERIALIZED (
                        timestamp)
     SELECT %(session)s, order_id, symbol, side, price, quantity, fee, trade_id, timestamp
     FROM executions
-    ON CONFLICT DO NOTHING
+    {conflict}
     RETURNING symbol
 )
 SELECT e.symbol, e.n, coalesce(i.n, 0)
 FROM (SELECT symbol, count(*) AS n FROM executions GROUP BY symbol) e
 LEFT JOIN (SELECT symbol, count(*) AS n FROM inserted GROUP BY symbol) i USING (symbol)
-"""
+""")
+_SKIP_FILLS = SQL("ON CONFLICT DO NOTHING")
 
 _ORPHANS = """
 SELECT symbol, redis_key, 'fill references order ' || order_id || ', which does not exist'
@@ -204,7 +218,7 @@ class SessionWrite:
     async def move_orders(self) -> tuple[int, list[Stray]]:
         """Upsert the staged orders; return the orders written and the copies of an order id
         already recorded under another pair (not written)."""
-        rows = await (await self._conn.execute(_MOVE_ORDERS, self._params)).fetchall()
+        rows = await self._move("orders", _MOVE_ORDERS, _UPDATE_ORDERS)
         await self._conn.execute("TRUNCATE orders_staging")
         duplicates = [Stray(symbol, key, reason) for _, symbol, key, reason in rows if key]
         return int(rows[0][0]), duplicates
@@ -213,7 +227,7 @@ class SessionWrite:
         """Insert the staged fills whose order exists, one per execution, skipping those
         already in PostgreSQL; return what happened, with the fills whose order does not exist
         (not inserted)."""
-        per_pair = await (await self._conn.execute(_MOVE_FILLS, self._params)).fetchall()
+        per_pair = await self._move("fills", _MOVE_FILLS, _SKIP_FILLS)
         orphans = await (await self._conn.execute(_ORPHANS, self._params)).fetchall()
         await self._conn.execute(_CLEAR_RESOLVED, self._params)
         await self._conn.execute("TRUNCATE fills_staging")
@@ -224,6 +238,28 @@ class SessionWrite:
             distinct={symbol: int(n) for symbol, n, _ in per_pair},
             strays=[Stray(symbol, key, reason) for symbol, key, reason in orphans],
         )
+
+    async def _move(self, table: str, statement: SQL, conflict: SQL) -> list[tuple[Any, ...]]:
+        """Run ``statement`` as a plain INSERT if the session has no rows in ``table`` yet, else
+        with ``conflict``. A plain INSERT that meets a row anyway (another process migrating the
+        same session, a trade id recorded twice with different details) is rolled back to its
+        savepoint and the statement runs again with ``conflict``."""
+        if not await self._has_rows(table):
+            try:
+                async with self._conn.transaction():  # a savepoint
+                    cur = await self._conn.execute(statement.format(conflict=SQL("")), self._params)
+                    return await cur.fetchall()
+            except UniqueViolation:
+                log.info("migration.conflict_retried", session=self.session.id, table=table)
+        cur = await self._conn.execute(statement.format(conflict=conflict), self._params)
+        return await cur.fetchall()
+
+    async def _has_rows(self, table: str) -> bool:
+        query = SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE session_id = %s)").format(
+            Identifier(table)
+        )
+        row = await (await self._conn.execute(query, (self.session.id,))).fetchone()
+        return bool(row and row[0])
 
     async def recompute_stats(self) -> None:
         """session_pair_stats of every pair of the session from the rows now in PostgreSQL."""

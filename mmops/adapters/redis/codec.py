@@ -280,7 +280,7 @@ def lines(
             if found is None:
                 columns = layout.parse(raw)
                 session, pair = columns[layout.session_group - 1], columns[layout.symbol_group - 1]
-                line = "\t".join(_NULL if c is None else c.translate(_TSV_ESCAPES) for c in columns)
+                line = "\t".join(_NULL if c is None else _tsv(c) for c in columns)
             else:
                 datetime.fromisoformat(found[at])  # a real date: no 30 February
                 session, pair = found[layout.session_group], found[layout.symbol_group]
@@ -292,8 +292,15 @@ def lines(
             reason = f"{layout.what} of {session}/{pair} under {symbol}"
             result.bad.append(BadRecordError(prefix + name, raw, reason))
             continue
-        result.items.append(f"{line}\t{prefix}{name.translate(_TSV_ESCAPES)}\n")
+        result.items.append(f"{line}\t{prefix}{_tsv(name)}\n")
     return result
+
+
+def _tsv(text: str) -> str:
+    """``text`` escaped for a TSV column (a quick scan first: field names rarely need it)."""
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_TSV_ESCAPES)
+    return text
 
 
 def _plain(value: Decimal) -> str:
