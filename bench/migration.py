@@ -3,10 +3,13 @@
 Writes SESSIONS x PAIRS x FILLS fills (two per order) into Redis the way the store lays them
 out, registers and ends the sessions, then runs ``mmops migrate`` as a subprocess (its peak RSS
 is the child's ru_maxrss). For comparison it measures, in the same run, a plain COPY of the same
-rows into an empty table with no constraints. Prints one JSON object.
+rows into an empty table of the same shape as ``fills`` (the target: ``ratio_to_plain_copy``)
+and, for scale, into an empty table with no indexes or constraints. Prints one JSON object.
 
 Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
-Run: .venv/bin/python bench/migration.py [--sessions 100 --pairs 10 --fills 1000]
+Each round empties the warehouse and migrates again; times are the rounds' medians (a single
+run swings by a fifth on this machine). Run:
+.venv/bin/python bench/migration.py [--sessions 100 --pairs 10 --fills 1000 --rounds 3]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -84,9 +88,17 @@ async def generate(
     return ids
 
 
+def checkpoint(database_url: str) -> None:
+    """Start a timed phase from a checkpoint, so neither phase pays to flush the other's pages
+    or its WAL's full-page images (the figures otherwise swing by a third between runs)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def migrate(redis_url: str, database_url: str) -> tuple[float, int, dict[str, object]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMOPS_")}
     env.update(MMOPS_REDIS_URL=redis_url, MMOPS_DATABASE_URL=database_url, MMOPS_LOG_LEVEL="ERROR")
+    checkpoint(database_url)
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "mmops.entrypoints", "migrate", "--json"],
@@ -99,31 +111,33 @@ def migrate(redis_url: str, database_url: str) -> tuple[float, int, dict[str, ob
     return wall, peak_kb, json.loads(done.stdout)
 
 
-def plain_copy(database_url: str) -> tuple[int, float]:
+def plain_copy(database_url: str) -> dict[str, tuple[int, float]]:
     """COPY the migrated fills out, then time a plain COPY of them into an empty table of the
-    same shape as ``fills``."""
+    same shape as ``fills`` (the target's reference) and, for scale, into one with no indexes
+    or constraints at all."""
+    columns = "session_id, order_id, symbol, side, price, quantity, fee, trade_id, timestamp"
     with psycopg.connect(database_url, autocommit=True) as conn:
         buffer = io.BytesIO()
-        with conn.cursor().copy(
-            "COPY (SELECT session_id, order_id, symbol, side, price, quantity, fee, trade_id,"
-            " timestamp FROM fills) TO STDOUT"
-        ) as copy:
+        with conn.cursor().copy(f"COPY (SELECT {columns} FROM fills) TO STDOUT") as copy:
             for block in copy:
                 buffer.write(block)
-        conn.execute("DROP TABLE IF EXISTS fills_plain")
+        data = buffer.getvalue()
+        timed = {}
         # The same table shape as fills, indexes and unique constraints included: what any
         # write of these rows into the warehouse has to pay.
-        conn.execute("CREATE TABLE fills_plain (LIKE fills INCLUDING ALL)")
-        data = buffer.getvalue()
-        started = time.perf_counter()
-        columns = "session_id, order_id, symbol, side, price, quantity, fee, trade_id, timestamp"
-        with conn.cursor().copy(f"COPY fills_plain ({columns}) FROM STDIN") as copy:
-            for i in range(0, len(data), 1 << 20):
-                copy.write(data[i : i + (1 << 20)])
-        elapsed = time.perf_counter() - started
-        row = conn.execute("SELECT count(*) FROM fills_plain").fetchone()
+        for name, shape in (("same_shape", "INCLUDING ALL"), ("bare", "INCLUDING DEFAULTS")):
+            conn.execute("DROP TABLE IF EXISTS fills_plain")
+            conn.execute(f"CREATE TABLE fills_plain (LIKE fills {shape})")
+            checkpoint(database_url)
+            started = time.perf_counter()
+            with conn.cursor().copy(f"COPY fills_plain ({columns}) FROM STDIN") as copy:
+                for i in range(0, len(data), 1 << 20):
+                    copy.write(data[i : i + (1 << 20)])
+            elapsed = time.perf_counter() - started
+            row = conn.execute("SELECT count(*) FROM fills_plain").fetchone()
+            timed[name] = (int(row[0]) if row else 0, elapsed)
         conn.execute("DROP TABLE fills_plain")
-    return int(row[0]) if row else 0, elapsed
+    return timed
 
 
 async def cleanup(redis_url: str, ids: list[str]) -> None:
@@ -134,9 +148,17 @@ async def cleanup(redis_url: str, ids: list[str]) -> None:
     await redis.aclose()
 
 
-def main(sessions: int, pairs: int, fills: int) -> None:
+def reset(database_url: str) -> None:
+    """Empty the warehouse for another round (the sessions stay registered, as not migrated)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE fills, orders, session_pair_stats, migration_rejects")
+        conn.execute("UPDATE sessions SET migrated_at = NULL")
+
+
+def main(sessions: int, pairs: int, fills: int, rounds: int) -> None:
     logs.configure("ERROR", "console")
     servers = Servers()
+    measured: list[dict[str, float]] = []
     try:
         redis_url = servers.redis_url()
         with throwaway_database(servers.admin_database_url(), "mmops_bench") as database_url:
@@ -145,13 +167,24 @@ def main(sessions: int, pairs: int, fills: int) -> None:
             ids = asyncio.run(generate(redis_url, database_url, sessions, pairs, fills))
             generated = time.perf_counter() - started
             try:
-                wall, peak_kb, report = migrate(redis_url, database_url)
-                inserted = sum(int(s["fills_inserted"]) for s in report["sessions"])  # type: ignore[index, union-attr, call-overload]
-                verified = sum(bool(s["verified"]) for s in report["sessions"])  # type: ignore[index, union-attr]
-                copied, copy_s = plain_copy(database_url)
+                for n in range(rounds):
+                    if n:
+                        reset(database_url)
+                    wall, peak_kb, report = migrate(redis_url, database_url)
+                    inserted = sum(int(s["fills_inserted"]) for s in report["sessions"])  # type: ignore[index, union-attr, call-overload]
+                    verified = sum(bool(s["verified"]) for s in report["sessions"])  # type: ignore[index, union-attr]
+                    copies = plain_copy(database_url)
+                    measured.append({
+                        "migrate_s": wall,
+                        "copy_s": copies["same_shape"][1],
+                        "bare_s": copies["bare"][1],
+                        "ratio": copies["same_shape"][1] / wall,  # the same rows both ways
+                    })  # fmt: skip
             finally:
                 asyncio.run(cleanup(redis_url, ids))
-        rate = inserted / wall
+        wall = statistics.median(m["migrate_s"] for m in measured)
+        copy_s = statistics.median(m["copy_s"] for m in measured)
+        bare_s = statistics.median(m["bare_s"] for m in measured)
         print(json.dumps({
             "bench": "migration",
             "sessions": sessions,
@@ -159,13 +192,16 @@ def main(sessions: int, pairs: int, fills: int) -> None:
             "fills": inserted,
             "sessions_verified": verified,
             "generate_s": round(generated, 2),
+            "rounds": rounds,
             "migrate_wall_s": round(wall, 2),
-            "fills_per_second": round(rate),
+            "fills_per_second": round(inserted / wall),
             "peak_rss_mb": round(peak_kb / 1024, 1),
-            "plain_copy_rows": copied,
             "plain_copy_s": round(copy_s, 2),
-            "plain_copy_rows_per_second": round(copied / copy_s),
-            "ratio_to_plain_copy": round(rate / (copied / copy_s), 3),
+            "plain_copy_rows_per_second": round(inserted / copy_s),
+            "ratio_to_plain_copy": round(copy_s / wall, 3),
+            "bare_copy_s": round(bare_s, 2),
+            "ratio_to_bare_copy": round(bare_s / wall, 3),
+            "each_round": [{k: round(v, 3) for k, v in m.items()} for m in measured],
         }))  # fmt: skip
     finally:
         servers.close()
@@ -176,5 +212,6 @@ if __name__ == "__main__":
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--fills", type=int, default=1000, help="fills per (session, pair)")
+    parser.add_argument("--rounds", type=int, default=3, help="figures are the rounds' medians")
     a = parser.parse_args()
-    main(a.sessions, a.pairs, a.fills)
+    main(a.sessions, a.pairs, a.fills, a.rounds)

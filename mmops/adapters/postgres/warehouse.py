@@ -212,7 +212,16 @@ class SessionWrite:
             await cur.executemany(
                 "INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [(self.session.id, r.symbol, r.key, r.raw, r.reason) for r in rejects],
+                [
+                    (
+                        self.session.id,
+                        r.symbol,
+                        _storable(r.key),
+                        _storable(r.raw),
+                        _storable(r.reason),
+                    )
+                    for r in rejects
+                ],
             )
 
     async def move_orders(self) -> tuple[int, list[Stray]]:
@@ -264,6 +273,14 @@ class SessionWrite:
     async def recompute_stats(self) -> None:
         """session_pair_stats of every pair of the session from the rows now in PostgreSQL."""
         await self._conn.execute(_STATS, self._params)
+
+
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: a NUL and lone surrogates (which hostile records can
+    hold) written as escapes, so their reject is recorded instead of failing the session."""
+    if "\x00" in text or not text.isascii():
+        text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 class Warehouse:

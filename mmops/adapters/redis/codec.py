@@ -36,7 +36,12 @@ from mmops.errors import BadRecordError, InvalidIdentifier
 
 T = TypeVar("T")
 
-_PARSE_ERRORS = (ValueError, TypeError, KeyError, InvalidOperation, InvalidIdentifier)
+# What parsing hostile input can raise: OverflowError from a time at the calendar's edge moved
+# to UTC, RecursionError from JSON nested beyond the parser's depth.
+_PARSE_ERRORS = (
+    ValueError, TypeError, KeyError, InvalidOperation, InvalidIdentifier, OverflowError,
+    RecursionError,
+)  # fmt: skip
 
 
 def dec(value: Any) -> Decimal:
@@ -196,13 +201,13 @@ def fill_from_json(raw: Any) -> Fill:
 # values, which would fail the whole session.
 
 _DIGITS = r"[0-9]{1,40}(?:\.[0-9]{1,40})?"
-_PLAIN = re.compile(_DIGITS)
 _NON_NEGATIVE = f'"({_DIGITS})"'
 _POSITIVE = f'"((?=[0-9.]*[1-9]){_DIGITS})"'  # at least one non-zero digit
 _UTC_TIME = r'"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?\+00:00)"'
 _ID = f'"({ORDER_ID_PATTERN})"'
 _OPTIONAL_ID = f'(?:null|"({ORDER_ID_PATTERN})")'
 _NULL = "\\N"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -276,6 +281,7 @@ def lines(
     prefix = f"{key}#"
     for name, raw in records.items():
         try:
+            field = _tsv(name)
             found = match(raw) if isinstance(raw, str) else None
             if found is None:
                 columns = layout.parse(raw)
@@ -292,12 +298,15 @@ def lines(
             reason = f"{layout.what} of {session}/{pair} under {symbol}"
             result.bad.append(BadRecordError(prefix + name, raw, reason))
             continue
-        result.items.append(f"{line}\t{prefix}{_tsv(name)}\n")
+        result.items.append(f"{line}\t{prefix}{field}\n")
     return result
 
 
 def _tsv(text: str) -> str:
-    """``text`` escaped for a TSV column (a quick scan first: field names rarely need it)."""
+    """``text`` escaped for a TSV column (a quick scan first: field names rarely need it).
+    Raises ValueError for text PostgreSQL cannot store: a NUL, or a lone surrogate."""
+    if "\x00" in text or not (text.isascii() or _SURROGATE.search(text) is None):
+        raise ValueError(f"text PostgreSQL cannot store (a NUL or a lone surrogate): {text!r}")
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
         return text.translate(_TSV_ESCAPES)
     return text
@@ -305,11 +314,11 @@ def _tsv(text: str) -> str:
 
 def _plain(value: Decimal) -> str:
     """A non-negative amount as a plain decimal, or ValueError if it has over 40 digits on a
-    side of the point."""
-    text = format(value.copy_abs(), "f")  # -0 is 0; no rounding
-    if not _PLAIN.fullmatch(text):
+    side of the point (checked on the exponent first: ``1e999999999`` is never written out)."""
+    exponent = value.as_tuple().exponent
+    if value.adjusted() >= 40 or not isinstance(exponent, int) or exponent < -40:
         raise ValueError(f"{value} has more than 40 digits before or after the point")
-    return text
+    return format(value.copy_abs(), "f")  # -0 is 0; no rounding
 
 
 # A position hash holds one field per contribution, summed here with Decimal arithmetic so

@@ -1,0 +1,196 @@
+"""Migration's set-based writes on real Redis and PostgreSQL: the FIFO statistics computed in SQL,
+the first-migration plain INSERT and its fallback, and two processes migrating one session."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mmops.adapters.redis import keys
+from mmops.bootstrap import build_migration
+from mmops.domain.models import Fill, Order, OrderStatus, Side
+from mmops.domain.pnl import fifo_pnl
+from tests.integration.world import World, world
+
+pytestmark = pytest.mark.integration
+
+PAIR = "ETH/USD"
+
+
+@st.composite
+def trades(draw: st.DrawFn) -> list[tuple[Side, Decimal, Decimal, Decimal, int]]:
+    """Fills as (side, price, quantity, fee, second): sells can outrun buys (shorts), and
+    several fills often share a second (ties the replay order must settle)."""
+    return draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(Side),
+                st.integers(1, 10**6).map(lambda n: Decimal(n) / 100),
+                st.integers(1, 10**5).map(lambda n: Decimal(n) / 1000),
+                st.integers(0, 10**4).map(lambda n: Decimal(n) / 10**5),
+                st.integers(0, 6),
+            ),
+            min_size=1,
+            max_size=30,
+        )
+    )
+
+
+async def record(
+    w: World, sid: str, fills: list[tuple[Side, Decimal, Decimal, Decimal, int]]
+) -> None:
+    start = w.rt.clock.now() - timedelta(hours=1)
+    for i, (side, price, quantity, fee, second) in enumerate(fills):
+        at = start + timedelta(seconds=second)
+        order = Order(sid, f"o{i}", PAIR, side, price, quantity, at, OrderStatus.FILLED, quantity)
+        await w.rt.orders.save(order)
+        await w.rt.fills.record(Fill(sid, order.order_id, PAIR, side, price, quantity, fee, at))
+
+
+async def rows(w: World, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    async with w.rt.pool.connection() as conn:
+        return list(await (await conn.execute(sql, args)).fetchall())
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(fills=trades())
+def test_pair_stats_equal_the_domain_fifo_replay_of_the_stored_rows(
+    redis_url: str, database_url: str, fills: list[tuple[Side, Decimal, Decimal, Decimal, int]]
+) -> None:
+    async def run() -> None:
+        async with world(redis_url, database_url) as w:
+            sid = await w.start_session([PAIR])
+            await record(w, sid, fills)
+            await w.rt.registry.end(sid, w.rt.clock.now())
+            [result] = await build_migration(w.rt).run(sid)
+            assert result.state == "verified", result.to_dict()
+            stored = await rows(
+                w,
+                "SELECT order_id, side, price, quantity, fee, timestamp FROM fills"
+                " WHERE session_id = %s ORDER BY timestamp, id",
+                sid,
+            )
+            replayed = fifo_pnl(sid, PAIR, [
+                Fill(sid, oid, PAIR, Side(side), price, qty, fee, at)
+                for oid, side, price, qty, fee, at in stored
+            ])  # fmt: skip
+            [stats] = await rows(
+                w,
+                "SELECT fills, buy_volume, sell_volume, buy_notional, sell_notional, fees,"
+                " realized_pnl, open_quantity FROM session_pair_stats WHERE session_id = %s",
+                sid,
+            )
+            assert stats == (
+                replayed.fills, replayed.buy_volume, replayed.sell_volume,
+                replayed.buy_notional, replayed.sell_notional, replayed.fees,
+                replayed.realized, replayed.open_quantity,
+            )  # fmt: skip
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+async def w(redis_url: str, database_url: str) -> Any:
+    async with world(redis_url, database_url) as w:
+        yield w
+
+
+async def test_a_trade_id_recorded_for_two_executions_falls_back_and_is_reported_not_crashed(
+    w: World,
+) -> None:
+    """The first migration's plain INSERT meets the conflict, rolls back to its savepoint and
+    inserts with ON CONFLICT: one row for the trade id, and a mismatch that names the pair."""
+    sid = await w.start_session([PAIR, "BTC/USD"])
+    now = w.rt.clock.now()
+    for pair, price in ((PAIR, Decimal(2000)), ("BTC/USD", Decimal(50000))):
+        order = Order(sid, f"{pair[:3]}-1", pair, Side.BUY, price, Decimal(1), now,
+                      OrderStatus.FILLED, Decimal(1))  # fmt: skip
+        await w.rt.orders.save(order)
+        await w.rt.fills.record(Fill(sid, order.order_id, pair, Side.BUY, price, Decimal(1),
+                                     Decimal(0), now, trade_id="T-SAME"))  # fmt: skip
+    await w.rt.registry.end(sid, now)
+
+    [result] = await build_migration(w.rt).run(sid)
+    assert result.state == "mismatch" and result.fills_inserted == 1
+    assert len(result.mismatches()) == 1
+    assert await rows(w, "SELECT count(*) FROM fills WHERE session_id = %s", sid) == [(1,)]
+    assert await rows(w, "SELECT count(*) FROM orders WHERE session_id = %s", sid) == [(2,)]
+    assert await w.rt.redis.get(keys.migration_completed(sid)) is None
+
+
+async def test_two_migrations_of_one_session_at_once_write_each_row_once(w: World) -> None:
+    sid = await w.start_session([PAIR])
+    await record(w, sid, [(Side.BUY if i % 3 else Side.SELL, Decimal(100 + i), Decimal(1),
+                           Decimal("0.01"), i) for i in range(300)])  # fmt: skip
+    # One execution stored again under a field name of another writer: counted once.
+    stored = await w.rt.redis.hgetall(keys.fills(sid, PAIR))
+    replay = next(iter(stored.values()))
+    await w.rt.redis.hset(keys.fills(sid, PAIR), "replayed-elsewhere", replay)
+    await w.rt.registry.end(sid, w.rt.clock.now())
+
+    first, second = await asyncio.gather(
+        build_migration(w.rt).migrate(sid), build_migration(w.rt).migrate(sid)
+    )
+    assert {first.state, second.state} == {"verified"}, (first.to_dict(), second.to_dict())
+    assert first.fills_inserted + second.fills_inserted == 300
+    assert await rows(w, "SELECT count(*) FROM fills WHERE session_id = %s", sid) == [(300,)]
+    assert await rows(w, "SELECT count(*) FROM orders WHERE session_id = %s", sid) == [(300,)]
+
+
+async def test_a_row_another_writer_commits_during_the_plain_insert_is_upserted_not_fatal(
+    w: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another writer holds an uncommitted order of the session when migration checks that it
+    has none: the plain INSERT waits for it, meets the committed row, and the savepoint's
+    fallback upserts instead."""
+    sid = await w.start_session([PAIR])
+    await record(w, sid, [(Side.BUY, Decimal(100 + i), Decimal(1), Decimal(0), i)
+                          for i in range(20)])  # fmt: skip
+    await w.rt.registry.end(sid, w.rt.clock.now())
+    async with w.rt.pool.connection() as other:
+        await other.execute(
+            "INSERT INTO orders (session_id, order_id, symbol, side, price, amount, status,"
+            " created_at) VALUES (%s, 'o5', %s, 'buy', 1, 1, 'open', now())",
+            (sid, PAIR),
+        )
+        migrating = asyncio.create_task(build_migration(w.rt).migrate(sid))
+        await asyncio.sleep(0.5)  # the migration is waiting on the uncommitted row
+        assert not migrating.done()
+        await other.commit()
+    result = await migrating
+    assert result.state == "verified", result.to_dict()
+    assert "migration.conflict_retried" in capsys.readouterr().out
+    assert await rows(w, "SELECT count(*) FROM orders WHERE session_id = %s", sid) == [(20,)]
+    [(status, filled)] = await rows(
+        w, "SELECT status, filled FROM orders WHERE session_id = %s AND order_id = 'o5'", sid
+    )
+    assert (status, filled) == ("filled", Decimal(1))  # upserted from the migrated record
+
+
+async def test_a_record_with_text_postgresql_cannot_store_is_quarantined_not_fatal(
+    w: World,
+) -> None:
+    """A NUL in a field name or in a stored value, or a lone surrogate, is refused with a
+    reason and recorded with escapes; the session migrates and is verified."""
+    sid = await w.start_session([PAIR])
+    await record(w, sid, [(Side.BUY, Decimal(100), Decimal(1), Decimal(0), 0)])
+    fills = keys.fills(sid, PAIR)
+    await w.rt.redis.hset(fills, mapping={"nul\x00name": "{}", "nul-value": "{\x00}",
+                                          "surrogate": '{"x": "\\ud800"}'})  # fmt: skip
+    await w.rt.registry.end(sid, w.rt.clock.now())
+    [result] = await build_migration(w.rt).run(sid)
+    assert result.state == "verified" and result.rejects == 3, result.to_dict()
+    stored = dict(await rows(w, "SELECT redis_key, raw_payload FROM migration_rejects"
+                                " WHERE session_id = %s", sid))  # fmt: skip
+    assert stored == {f"{fills}#nul\\x00name": "{}", f"{fills}#nul-value": "{\\x00}",
+                      f"{fills}#surrogate": '{"x": "\\ud800"}'}  # fmt: skip
