@@ -2,9 +2,10 @@
 
 Writes SESSIONS x PAIRS x FILLS fills (two per order) into Redis the way the store lays them
 out, registers and ends the sessions, then runs ``mmops migrate`` as a subprocess (its peak RSS
-is the child's ru_maxrss). For comparison it measures, in the same run, a plain COPY of the same
-rows into an empty table of the same shape as ``fills`` (the target: ``ratio_to_plain_copy``)
-and, for scale, into an empty table with no indexes or constraints. Prints one JSON object.
+is that child's own ru_maxrss, from wait4). For comparison it measures, in the same run, a
+plain COPY of the same rows into an empty table of the same shape as ``fills`` (the target:
+``ratio_to_plain_copy``) and, for scale, into an empty table with no indexes or constraints.
+Prints one JSON object.
 
 Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
 Each round empties the warehouse and migrates again; times are the rounds' medians (a single
@@ -19,10 +20,10 @@ import asyncio
 import io
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -100,15 +101,18 @@ def migrate(redis_url: str, database_url: str) -> tuple[float, int, dict[str, ob
     env.update(MMOPS_REDIS_URL=redis_url, MMOPS_DATABASE_URL=database_url, MMOPS_LOG_LEVEL="ERROR")
     checkpoint(database_url)
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "mmops.entrypoints", "migrate", "--json"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"migrate failed ({done.returncode}): {done.stderr[-2000:]}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, peak_kb, json.loads(done.stdout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mmops.entrypoints", "migrate", "--json"],
+            env=env, stdout=out, stderr=err, text=True,
+        )  # fmt: skip
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
+        wall = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if child.returncode != 0:
+            raise RuntimeError(f"migrate failed ({child.returncode}): {err.read()[-2000:]}")
+        return wall, usage.ru_maxrss, json.loads(out.read())
 
 
 def plain_copy(database_url: str) -> dict[str, tuple[int, float]]:

@@ -216,7 +216,7 @@ def _one_of(values: type[Side] | type[OrderStatus] | type[OrderKind]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Layout:
+class RecordLayout:
     """How one kind of record becomes a line: the layout its writer uses, the groups holding
     its session, pair and time, and the full parse for records in any other layout."""
 
@@ -243,7 +243,7 @@ def _order_columns(raw: Any) -> tuple[str | None, ...]:
             iso(o.created_at))  # fmt: skip
 
 
-FILLS = _Layout(
+FILLS = RecordLayout(
     "fill",
     re.compile(
         f'{{"session_id":"({SESSION_ID_PATTERN})","order_id":{_ID},"symbol":"({SYMBOL_PATTERN})",'
@@ -255,7 +255,7 @@ FILLS = _Layout(
     time_group=8,
     parse=_fill_columns,
 )
-ORDERS = _Layout(
+ORDERS = RecordLayout(
     "order",
     re.compile(
         f'{{"order_id":{_ID},"session_id":"({SESSION_ID_PATTERN})","symbol":"({SYMBOL_PATTERN})",'
@@ -271,7 +271,7 @@ ORDERS = _Layout(
 
 
 def lines(
-    layout: _Layout, key: str, session_id: str, symbol: str, records: Mapping[str, Any]
+    layout: RecordLayout, key: str, session_id: str, symbol: str, records: Mapping[str, Any]
 ) -> ReadResult[str]:
     """TSV lines of a chunk of ``records`` (field name → stored text) read from ``key``, the
     hash of ``symbol`` in ``session_id``, each ending with the record's key. A record the domain

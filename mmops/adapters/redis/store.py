@@ -89,8 +89,37 @@ class SessionStore:
         return cast(list[str], await self._r.zrange(keys.SESSIONS_INDEX, 0, -1))
 
 
-class OrderStore:
+class _MigrationReads:
+    """How migration reads one kind of record (a subclass names its per-pair hash and layout):
+    TSV lines in chunks, and the stored text of some by their record keys."""
+
+    _r: Redis
+    _hash: Callable[[str, str], str]
+    _layout: codec.RecordLayout
+
+    async def lines(
+        self, session_id: str, symbol: str, chunk: int = SCAN_COUNT
+    ) -> AsyncIterator[ReadResult[str]]:
+        """Stream a pair's records as migration lines in chunks (HSCAN), so memory stays flat.
+        A record of another session or pair is bad data here."""
+        key = self._hash(session_id, symbol)
+        async for raw_chunk in _hscan_chunks(self._r, key, chunk):
+            yield codec.lines(self._layout, key, session_id, symbol, raw_chunk)
+
+    @redis_errors
+    async def raw(self, session_id: str, symbol: str, record_keys: Sequence[str]) -> list[str]:
+        """The stored text of records by the record keys their lines end with ('' if gone)."""
+        key = self._hash(session_id, symbol)
+        names = [record_key.removeprefix(f"{key}#") for record_key in record_keys]
+        found = cast(list[str | None], await self._r.hmget(key, names)) if names else []
+        return [value or "" for value in found]
+
+
+class OrderStore(_MigrationReads):
     """Orders per (session, pair): ``orders:{S}:<pair>``, one JSON value per order id."""
+
+    _hash = staticmethod(keys.orders)
+    _layout = codec.ORDERS
 
     def __init__(self, redis: Redis) -> None:
         self._r = redis
@@ -117,19 +146,6 @@ class OrderStore:
             return None
         return codec.decode(f"{key}#{order_id}", raw, codec.order_from_json)
 
-    async def lines(
-        self, session_id: str, symbol: str, chunk: int = SCAN_COUNT
-    ) -> AsyncIterator[ReadResult[str]]:
-        """Stream a pair's orders as migration lines in chunks (HSCAN), so memory stays flat.
-        A record of another session or pair is bad data here."""
-        key = keys.orders(session_id, symbol)
-        async for raw_chunk in _hscan_chunks(self._r, key, chunk):
-            yield codec.lines(codec.ORDERS, key, session_id, symbol, raw_chunk)
-
-    async def raw(self, session_id: str, symbol: str, record_keys: Sequence[str]) -> list[str]:
-        """The stored text of orders by the record keys their lines end with ('' if gone)."""
-        return await _raw(self._r, keys.orders(session_id, symbol), record_keys)
-
     @redis_errors
     async def count(self, session_id: str, symbol: str) -> int:
         return int(await self._r.hlen(keys.orders(session_id, symbol)))
@@ -152,8 +168,11 @@ return 1
 """
 
 
-class FillStore:
+class FillStore(_MigrationReads):
     """Fills per (session, pair): ``fills:{S}:<pair>``, keyed by the fill's identity."""
+
+    _hash = staticmethod(keys.fills)
+    _layout = codec.FILLS
 
     def __init__(self, redis: Redis) -> None:
         self._r = redis
@@ -195,19 +214,6 @@ class FillStore:
         key = keys.fills(session_id, symbol)
         async for raw_chunk in _hscan_chunks(self._r, key, chunk):
             yield _decode_all(key, raw_chunk, codec.fill_from_json)
-
-    async def lines(
-        self, session_id: str, symbol: str, chunk: int = SCAN_COUNT
-    ) -> AsyncIterator[ReadResult[str]]:
-        """Stream a pair's fills as migration lines in chunks (HSCAN), so memory stays flat.
-        A record of another session or pair is bad data here."""
-        key = keys.fills(session_id, symbol)
-        async for raw_chunk in _hscan_chunks(self._r, key, chunk):
-            yield codec.lines(codec.FILLS, key, session_id, symbol, raw_chunk)
-
-    async def raw(self, session_id: str, symbol: str, record_keys: Sequence[str]) -> list[str]:
-        """The stored text of fills by the record keys their lines end with ('' if gone)."""
-        return await _raw(self._r, keys.fills(session_id, symbol), record_keys)
 
     @redis_errors
     async def count(self, session_id: str, symbol: str) -> int:
@@ -442,13 +448,6 @@ def _decode_all(key: str, raw: dict[str, Any], parse: Any) -> ReadResult[Any]:
         except BadRecordError as e:
             result.bad.append(e)
     return result
-
-
-@redis_errors
-async def _raw(redis: Redis, key: str, record_keys: Sequence[str]) -> list[str]:
-    names = [record_key.removeprefix(f"{key}#") for record_key in record_keys]
-    found = cast(list[str | None], await redis.hmget(key, names)) if names else []
-    return [value or "" for value in found]
 
 
 async def _hscan_chunks(redis: Redis, key: str, count: int) -> AsyncIterator[dict[str, Any]]:
