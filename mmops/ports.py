@@ -24,10 +24,10 @@ from mmops.domain.models import (
 from mmops.domain.records import (
     Coverage,
     FillMove,
+    OrderMove,
     ReadResult,
     Reject,
     SettlementRun,
-    Stray,
 )
 
 
@@ -141,7 +141,8 @@ class Fills(Protocol):
 
 class RecordLines(Protocol):
     """Recorded orders or fills (Redis) as migration reads them: TSV lines streamed per pair
-    (``records.FILL_LINE_COLUMNS``), and the stored text of some by their record keys."""
+    (columns ``records.ORDER_LINE_COLUMNS`` or ``FILL_LINE_COLUMNS``), and the stored text of
+    some by their record keys."""
 
     def lines(
         self, session_id: str, symbol: str, chunk: int = ...
@@ -197,7 +198,7 @@ class SessionWriter(Protocol):
     async def stage_orders(self, lines: Sequence[str]) -> None: ...
     async def stage_fills(self, lines: Sequence[str]) -> None: ...
     async def reject(self, rejects: Sequence[Reject]) -> None: ...
-    async def move_orders(self) -> tuple[int, list[Stray]]: ...
+    async def move_orders(self) -> OrderMove: ...
     async def move_fills(self) -> FillMove: ...
     async def recompute_stats(self) -> None: ...
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -60,7 +61,8 @@ class _Lot:
 
 
 def fifo_pnl(session_id: str, symbol: str, fills: Iterable[Fill]) -> PairPnL:
-    """FIFO P&L of ``fills`` of one session and pair, in time order (stable for equal times).
+    """FIFO P&L of ``fills`` of one session and pair, replayed in time order (equal times by
+    order id, price and quantity).
 
     A fill recorded twice (same :attr:`Fill.key`) counts once. Raises ValueError if a fill
     belongs to another session or pair.
@@ -72,7 +74,7 @@ def fifo_pnl(session_id: str, symbol: str, fills: Iterable[Fill]) -> PairPnL:
             raise ValueError(f"fill {fill.key} is for {fill.session_id}/{fill.symbol}")
         unique.setdefault(fill.key, fill)
         seen += 1
-    ordered = sorted(unique.values(), key=lambda f: f.timestamp)
+    ordered = sorted(unique.values(), key=_replay_order)
     lots: deque[_Lot] = deque()
     gross = sum((_match(lots, fill) for fill in ordered), ZERO)
     fees = sum((f.fee for f in ordered), ZERO)
@@ -93,6 +95,12 @@ def fifo_pnl(session_id: str, symbol: str, fills: Iterable[Fill]) -> PairPnL:
         fills=len(ordered),
         duplicates=seen - len(ordered),
     )
+
+
+def _replay_order(fill: Fill) -> tuple[datetime, str, Decimal, Decimal]:
+    """Time first; fills at the same instant by order id, price and quantity, so the result
+    never depends on the order fills were read in (the warehouse's SQL replays the same way)."""
+    return (fill.timestamp, fill.order_id, fill.price, fill.quantity)
 
 
 def _match(lots: deque[_Lot], fill: Fill) -> Decimal:

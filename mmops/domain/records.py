@@ -20,7 +20,6 @@ class ReadResult(Generic[T]):
 
     items: list[T] = field(default_factory=list)
     bad: list[BadRecordError] = field(default_factory=list)
-    sources: list[tuple[str, str]] = field(default_factory=list)  # (key, raw) of each item
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +79,15 @@ class Stray:
     symbol: str
     key: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMove:
+    """What moving a session's staged orders into ``orders`` did."""
+
+    written: int
+    records: dict[str, int]  # per pair: the distinct Redis records staged
+    strays: list[Stray]  # not written: copies of an order id recorded under another pair
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,16 +195,19 @@ class MigrationService:
     async def _copy_orders(
         self, tx: SessionWriter, session: Session, result: SessionMigration
     ) -> None:
-        """Orders, counting what Redis holds by order id."""
+        """Orders, counting the Redis records: those staged (by key, in SQL) and those refused."""
+        refused = _Refused()
         for pair in session.pairs:
             async for chunk in self._orders.lines(session.id, pair):
-                result.pairs[pair].redis_orders += len(chunk.items) + len(chunk.bad)
                 await tx.stage_orders(chunk.items)
                 await tx.reject(_rejects(chunk, pair))
-                result.rejects += len(chunk.bad)
-        result.orders, duplicates = await tx.move_orders()
-        await self._quarantine(tx, self._orders, session.id, duplicates)
-        result.rejects += len(duplicates)
+                result.pairs[pair].redis_orders += refused.count(chunk)
+        moved = await tx.move_orders()
+        await self._quarantine(tx, self._orders, session.id, moved.strays)
+        for pair, records in moved.records.items():
+            result.pairs[pair].redis_orders += records
+        result.orders = moved.written
+        result.rejects += refused.total + len(moved.strays)
 
     async def _copy_fills(
         self, tx: SessionWriter, session: Session, result: SessionMigration
@@ -212,19 +215,19 @@ class MigrationService:
         """Fills, counting what Redis holds as distinct executions (the identity PostgreSQL's
         unique key uses, so replays under other keys count once) plus each record
         quarantined."""
+        refused = _Refused()
         for pair in session.pairs:
             async for chunk in self._fills.lines(session.id, pair):
                 await tx.stage_fills(chunk.items)
                 await tx.reject(_rejects(chunk, pair))
-                result.pairs[pair].redis_fills += len(chunk.bad)
-                result.rejects += len(chunk.bad)
+                result.pairs[pair].redis_fills += refused.count(chunk)
         moved = await tx.move_fills()
         orphans = await self._quarantine(tx, self._fills, session.id, moved.strays)
         for pair in session.pairs:
             result.pairs[pair].redis_fills += moved.distinct.get(pair, 0) + orphans.get(pair, 0)
         result.fills_inserted = moved.inserted
         result.duplicates_skipped = moved.duplicates
-        result.rejects += len(moved.strays)
+        result.rejects += refused.total + len(moved.strays)
 
     @staticmethod
     async def _quarantine(
@@ -266,6 +269,24 @@ class MigrationService:
                      seconds=self._retention)  # fmt: skip
         await self._warehouse.mark_migrated(session.id, now)
         result.state = "verified"
+
+
+@dataclass(slots=True)
+class _Refused:
+    """The keys of records refused so far in a session: HSCAN may return a field twice, and a
+    record must count once (only refused records are held: they are few)."""
+
+    keys: set[str] = field(default_factory=set)
+
+    def count(self, chunk: ReadResult[str]) -> int:
+        """How many of the chunk's refused records are new."""
+        before = len(self.keys)
+        self.keys.update(bad.key for bad in chunk.bad)
+        return len(self.keys) - before
+
+    @property
+    def total(self) -> int:
+        return len(self.keys)
 
 
 def _rejects(chunk: ReadResult[str], pair: str) -> list[Reject]:

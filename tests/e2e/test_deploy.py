@@ -281,7 +281,7 @@ def test_a_deploy_installs_backs_up_upgrades_switches_and_waits_until_ready(
     assert re.fullmatch(rf"mmops-{dbname}-\d{{8}}T\d{{6}}Z\.dump", backup.name)
     assert backup.read_bytes()[:5] == b"PGDMP"  # taken by the real `mmops db backup`
     assert schema.is_current(deployer.database_url)
-    assert "applied: 000-base, 001-add-multi-pair-support, 002-add-symbol-indexes" in result.stdout
+    assert f"applied: {', '.join(schema.migration_ids())}" in result.stdout
     assert f"backup: {backup}" in result.stdout
     assert f"OK: release {release} is live and ready" in result.stdout
     assert deployer.restarts() == 1
@@ -306,7 +306,7 @@ def test_a_release_that_is_not_ready_is_rolled_back_to_the_previous_one_exit_3(
     assert f"ROLLED BACK: release {bad} never became ready; releases/{good} is live" in (
         result.stderr
     )
-    assert "the schema stays at 002-add-symbol-indexes" in result.stderr
+    assert f"the schema stays at {schema.latest_id()}" in result.stderr
     assert len(deployer.backup_files()) == 2
     assert str(deployer.backup_files()[-1]) in result.stderr
     assert deployer.restarts() == 3  # first deploy, the bad release, the rollback

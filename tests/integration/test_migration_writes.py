@@ -4,6 +4,7 @@ the first-migration plain INSERT and its fallback, and two processes migrating o
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmops.adapters.redis import keys
+from mmops.adapters.redis import codec, keys
 from mmops.bootstrap import build_migration
 from mmops.domain.models import Fill, Order, OrderStatus, Side
 from mmops.domain.pnl import fifo_pnl
@@ -48,7 +49,8 @@ async def record(
     start = w.rt.clock.now() - timedelta(hours=1)
     for i, (side, price, quantity, fee, second) in enumerate(fills):
         at = start + timedelta(seconds=second)
-        order = Order(sid, f"o{i}", PAIR, side, price, quantity, at, OrderStatus.FILLED, quantity)
+        oid = ("o", "O", "o-", "o_")[i % 4] + str(i)  # ids whose order differs by collation
+        order = Order(sid, oid, PAIR, side, price, quantity, at, OrderStatus.FILLED, quantity)
         await w.rt.orders.save(order)
         await w.rt.fills.record(Fill(sid, order.order_id, PAIR, side, price, quantity, fee, at))
 
@@ -77,7 +79,7 @@ def test_pair_stats_equal_the_domain_fifo_replay_of_the_stored_rows(
             stored = await rows(
                 w,
                 "SELECT order_id, side, price, quantity, fee, timestamp FROM fills"
-                " WHERE session_id = %s ORDER BY timestamp, id",
+                " WHERE session_id = %s ORDER BY random()",  # the replay sets its own order
                 sid,
             )
             replayed = fifo_pnl(sid, PAIR, [
@@ -99,6 +101,19 @@ def test_pair_stats_equal_the_domain_fifo_replay_of_the_stored_rows(
     asyncio.run(run())
 
 
+async def waiting_on_a_lock(w: World, seconds: float = 30) -> None:
+    """Until another connection to this database waits on a row lock (or fail after
+    ``seconds``)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await rows(
+        w,
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "nothing waits on a lock"
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def w(redis_url: str, database_url: str) -> Any:
     async with world(redis_url, database_url) as w:
@@ -108,8 +123,30 @@ async def w(redis_url: str, database_url: str) -> Any:
 async def test_a_trade_id_recorded_for_two_executions_falls_back_and_is_reported_not_crashed(
     w: World,
 ) -> None:
-    """The first migration's plain INSERT meets the conflict, rolls back to its savepoint and
-    inserts with ON CONFLICT: one row for the trade id, and a mismatch that names the pair."""
+    """Another writer stored a second execution under the same trade id of the same pair: the
+    first migration's plain INSERT meets the conflict, rolls back to its savepoint and inserts
+    with ON CONFLICT: one row for the trade id, and a mismatch that names the pair."""
+    sid = await w.start_session([PAIR])
+    now = w.rt.clock.now()
+    order = Order(sid, "b-1", PAIR, Side.BUY, Decimal(2000), Decimal(2), now,
+                  OrderStatus.FILLED, Decimal(2))  # fmt: skip
+    await w.rt.orders.save(order)
+    first = Fill(sid, "b-1", PAIR, Side.BUY, Decimal(2000), Decimal(1), Decimal(0), now, "T-SAME")
+    await w.rt.fills.record(first)
+    later = Fill(sid, "b-1", PAIR, Side.BUY, Decimal(2000), Decimal(1), Decimal(0),
+                 now + timedelta(seconds=1), "T-SAME")  # fmt: skip
+    await w.rt.redis.hset(keys.fills(sid, PAIR), "foreign-writer", codec.fill_to_json(later))
+    await w.rt.registry.end(sid, now)
+
+    [result] = await build_migration(w.rt).run(sid)
+    assert result.state == "mismatch" and result.fills_inserted == 1
+    assert [m.split(":")[0] for m in result.mismatches()] == [PAIR]
+    assert await rows(w, "SELECT count(*) FROM fills WHERE session_id = %s", sid) == [(1,)]
+    assert await w.rt.redis.get(keys.migration_completed(sid)) is None
+
+
+async def test_one_trade_id_on_two_pairs_is_two_executions(w: World) -> None:
+    """Exchanges that number trades per market repeat ids across pairs."""
     sid = await w.start_session([PAIR, "BTC/USD"])
     now = w.rt.clock.now()
     for pair, price in ((PAIR, Decimal(2000)), ("BTC/USD", Decimal(50000))):
@@ -117,15 +154,10 @@ async def test_a_trade_id_recorded_for_two_executions_falls_back_and_is_reported
                       OrderStatus.FILLED, Decimal(1))  # fmt: skip
         await w.rt.orders.save(order)
         await w.rt.fills.record(Fill(sid, order.order_id, pair, Side.BUY, price, Decimal(1),
-                                     Decimal(0), now, trade_id="T-SAME"))  # fmt: skip
+                                     Decimal(0), now, trade_id="T-7"))  # fmt: skip
     await w.rt.registry.end(sid, now)
-
     [result] = await build_migration(w.rt).run(sid)
-    assert result.state == "mismatch" and result.fills_inserted == 1
-    assert len(result.mismatches()) == 1
-    assert await rows(w, "SELECT count(*) FROM fills WHERE session_id = %s", sid) == [(1,)]
-    assert await rows(w, "SELECT count(*) FROM orders WHERE session_id = %s", sid) == [(2,)]
-    assert await w.rt.redis.get(keys.migration_completed(sid)) is None
+    assert result.state == "verified" and result.fills_inserted == 2, result.to_dict()
 
 
 async def test_two_migrations_of_one_session_at_once_write_each_row_once(w: World) -> None:
@@ -160,11 +192,11 @@ async def test_a_row_another_writer_commits_during_the_plain_insert_is_upserted_
     async with w.rt.pool.connection() as other:
         await other.execute(
             "INSERT INTO orders (session_id, order_id, symbol, side, price, amount, status,"
-            " created_at) VALUES (%s, 'o5', %s, 'buy', 1, 1, 'open', now())",
+            " created_at) VALUES (%s, 'o4', %s, 'buy', 1, 1, 'open', now())",
             (sid, PAIR),
         )
         migrating = asyncio.create_task(build_migration(w.rt).migrate(sid))
-        await asyncio.sleep(0.5)  # the migration is waiting on the uncommitted row
+        await waiting_on_a_lock(w)  # the plain INSERT has met the uncommitted row
         assert not migrating.done()
         await other.commit()
     result = await migrating
@@ -172,7 +204,7 @@ async def test_a_row_another_writer_commits_during_the_plain_insert_is_upserted_
     assert "migration.conflict_retried" in capsys.readouterr().out
     assert await rows(w, "SELECT count(*) FROM orders WHERE session_id = %s", sid) == [(20,)]
     [(status, filled)] = await rows(
-        w, "SELECT status, filled FROM orders WHERE session_id = %s AND order_id = 'o5'", sid
+        w, "SELECT status, filled FROM orders WHERE session_id = %s AND order_id = 'o4'", sid
     )
     assert (status, filled) == ("filled", Decimal(1))  # upserted from the migrated record
 
@@ -180,17 +212,35 @@ async def test_a_row_another_writer_commits_during_the_plain_insert_is_upserted_
 async def test_a_record_with_text_postgresql_cannot_store_is_quarantined_not_fatal(
     w: World,
 ) -> None:
-    """A NUL in a field name or in a stored value, or a lone surrogate, is refused with a
-    reason and recorded with escapes; the session migrates and is verified."""
+    """A NUL in a field name or a stored value, or bytes that are not UTF-8, are refused with
+    a reason and recorded with escapes; the session migrates and is verified."""
     sid = await w.start_session([PAIR])
     await record(w, sid, [(Side.BUY, Decimal(100), Decimal(1), Decimal(0), 0)])
     fills = keys.fills(sid, PAIR)
     await w.rt.redis.hset(fills, mapping={"nul\x00name": "{}", "nul-value": "{\x00}",
-                                          "surrogate": '{"x": "\\ud800"}'})  # fmt: skip
+                                          b"not-utf8-\xff": b"{\xfe}"})  # fmt: skip
     await w.rt.registry.end(sid, w.rt.clock.now())
     [result] = await build_migration(w.rt).run(sid)
     assert result.state == "verified" and result.rejects == 3, result.to_dict()
     stored = dict(await rows(w, "SELECT redis_key, raw_payload FROM migration_rejects"
                                 " WHERE session_id = %s", sid))  # fmt: skip
     assert stored == {f"{fills}#nul\\x00name": "{}", f"{fills}#nul-value": "{\\x00}",
-                      f"{fills}#surrogate": '{"x": "\\ud800"}'}  # fmt: skip
+                      f"{fills}#not-utf8-\\udcff": "{\\udcfe}"}  # fmt: skip
+
+
+async def test_a_huge_hostile_record_is_quarantined_once_however_often_it_changes(
+    w: World,
+) -> None:
+    """A field name and payload far beyond a b-tree entry's size are recorded, one row per
+    record; re-saved with other text, the record still has one reject row, with that text."""
+    sid = await w.start_session([PAIR])
+    await record(w, sid, [(Side.BUY, Decimal(100), Decimal(1), Decimal(0), 0)])
+    name, noise = os.urandom(4000).hex(), os.urandom(8000).hex()
+    await w.rt.redis.hset(keys.fills(sid, PAIR), name, noise)
+    await w.rt.registry.end(sid, w.rt.clock.now())
+    [first] = await build_migration(w.rt).run(sid)
+    await w.rt.redis.hset(keys.fills(sid, PAIR), name, noise[::-1])
+    [again] = await build_migration(w.rt).run(sid)
+    assert (first.state, again.state) == ("verified", "verified"), again.to_dict()
+    assert await rows(w, "SELECT raw_payload FROM migration_rejects WHERE session_id = %s",
+                      sid) == [(noise[::-1],)]  # fmt: skip

@@ -29,6 +29,7 @@ from mmops.domain.records import (
     FILL_LINE_COLUMNS,
     ORDER_LINE_COLUMNS,
     FillMove,
+    OrderMove,
     Reject,
     Stray,
 )
@@ -62,27 +63,33 @@ ON CONFLICT (id) DO UPDATE SET
 # nothing when the session has none of them yet (a plain INSERT, about a third cheaper than the
 # speculative insertion of ON CONFLICT), else the clause after it (see SessionWrite._move).
 
-# Orders upserted, an order id recorded under two pairs kept once (its first pair by name) and
-# the other copies returned to be quarantined, so one bad record cannot fail the whole session.
-# One row at least: the number written, with one duplicate per row (or NULLs).
+# Per pair, the Redis records staged: what completeness compares with the rows. HSCAN may return
+# a field twice, so records are counted (and below, ranked) by key.
+_ORDER_RECORDS = "SELECT symbol, count(DISTINCT redis_key) FROM orders_staging GROUP BY symbol"
+
+# An order id recorded under two pairs is kept once (its first pair by name); the other copies
+# are quarantined, so one bad record cannot fail the whole session.
+_DUPLICATE_ORDERS = """
+SELECT symbol, redis_key, 'order id ' || order_id || ' also recorded under ' || first_symbol
+FROM (SELECT *, first_value(symbol) OVER w AS first_symbol, row_number() OVER w AS n
+      FROM (SELECT DISTINCT ON (redis_key) * FROM orders_staging ORDER BY redis_key) records
+      WINDOW w AS (PARTITION BY order_id ORDER BY symbol, redis_key)) ranked
+WHERE n > 1
+"""
+
 _MOVE_ORDERS = SQL("""
-WITH ranked AS MATERIALIZED (
-    SELECT *, first_value(symbol) OVER w AS first_symbol, row_number() OVER w AS n
-    FROM orders_staging WINDOW w AS (PARTITION BY order_id ORDER BY symbol, redis_key)
-), written AS (
+WITH written AS (
     INSERT INTO orders (session_id, order_id, symbol, pair_index, side, kind, price, amount,
                         filled, status, client_order_id, created_at)
-    SELECT %(session)s, order_id, symbol, array_position(%(pairs)s::text[], symbol) - 1, side,
-           kind, price, amount, filled, status, client_order_id, created_at
-    FROM ranked WHERE n = 1
+    SELECT DISTINCT ON (order_id) %(session)s, order_id, symbol,
+           array_position(%(pairs)s::text[], symbol) - 1, side, kind, price, amount, filled,
+           status, client_order_id, created_at
+    FROM orders_staging
+    ORDER BY order_id, symbol, redis_key
     {conflict}
     RETURNING 1
 )
-SELECT w.n, d.symbol, d.redis_key, d.reason
-FROM (SELECT count(*) AS n FROM written) w
-LEFT JOIN (SELECT symbol, redis_key,
-                  'order id ' || order_id || ' also recorded under ' || first_symbol AS reason
-           FROM ranked WHERE n > 1) d ON true
+SELECT count(*) FROM written
 """)
 _UPDATE_ORDERS = SQL("""
 ON CONFLICT (session_id, order_id) DO UPDATE SET
@@ -102,7 +109,7 @@ WITH executions AS MATERIALIZED (
     FROM fills_staging s
     WHERE EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s
                   AND o.order_id = s.order_id)
-    ORDER BY order_id, symbol, timestamp, price, quantity, redis_key
+    ORDER BY order_id, symbol, timestamp, price, quantity, trade_id NULLS LAST, redis_key
 ), inserted AS (
     INSERT INTO fills (session_id, order_id, symbol, side, price, quantity, fee, trade_id,
                        timestamp)
@@ -118,10 +125,20 @@ LEFT JOIN (SELECT symbol, count(*) AS n FROM inserted GROUP BY symbol) i USING (
 _SKIP_FILLS = SQL("ON CONFLICT DO NOTHING")
 
 _ORPHANS = """
-SELECT symbol, redis_key, 'fill references order ' || order_id || ', which does not exist'
+SELECT DISTINCT symbol, redis_key, 'fill references order ' || order_id || ', which does not exist'
 FROM fills_staging s
 WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s
                   AND o.order_id = s.order_id)
+"""
+
+# One row per Redis record (a hash of its key: keys can be long), holding its latest text.
+_REJECT = """
+INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (session_id, md5(redis_key)) DO UPDATE SET
+    symbol = EXCLUDED.symbol, raw_payload = EXCLUDED.raw_payload, reason = EXCLUDED.reason
+WHERE (migration_rejects.raw_payload, migration_rejects.reason)
+      IS DISTINCT FROM (EXCLUDED.raw_payload, EXCLUDED.reason)
 """
 
 # A fill quarantined as an orphan in an earlier run whose order has since arrived is no longer
@@ -137,8 +154,9 @@ WHERE r.session_id = %(session)s AND r.redis_key = s.redis_key
 # matches is sell notional - buy notional + the signed cost of the open lots. Under FIFO the
 # open lots are all on the side of the net position and are that side's latest quantity (an
 # older unit would have been matched before a newer one), so their cost is the price of each
-# fill on that side times the part of it within the last |net| units, newest first by
-# (timestamp, id): the order the domain's fifo_pnl replays them in.
+# fill on that side times the part of it within the last |net| units, newest first in the
+# order the domain's fifo_pnl replays them: time, then order id (by code point, as Python
+# compares), price, quantity (unique per pair by the natural key).
 _STATS = """
 WITH totals AS (
     SELECT symbol, count(*) AS fills,
@@ -151,7 +169,9 @@ WITH totals AS (
 ),
 open_side AS (
     SELECT f.symbol, f.price, f.quantity, abs(t.buy_volume - t.sell_volume) AS open,
-           sum(f.quantity) OVER (PARTITION BY f.symbol ORDER BY f.timestamp DESC, f.id DESC
+           sum(f.quantity) OVER (PARTITION BY f.symbol
+                                 ORDER BY f.timestamp DESC, f.order_id COLLATE "C" DESC,
+                                          f.price DESC, f.quantity DESC
                                  ROWS UNBOUNDED PRECEDING) - f.quantity AS newer
     FROM fills f JOIN totals t USING (symbol)
     WHERE f.session_id = %(session)s AND t.buy_volume <> t.sell_volume
@@ -210,8 +230,7 @@ class SessionWrite:
             return
         async with self._conn.cursor() as cur:
             await cur.executemany(
-                "INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                _REJECT,
                 [
                     (
                         self.session.id,
@@ -224,13 +243,18 @@ class SessionWrite:
                 ],
             )
 
-    async def move_orders(self) -> tuple[int, list[Stray]]:
-        """Upsert the staged orders; return the orders written and the copies of an order id
-        already recorded under another pair (not written)."""
-        rows = await self._move("orders", _MOVE_ORDERS, _UPDATE_ORDERS)
+    async def move_orders(self) -> OrderMove:
+        """Upsert the staged orders; return what was written, the records read per pair, and
+        the copies of an order id already recorded under another pair (not written)."""
+        records = await (await self._conn.execute(_ORDER_RECORDS)).fetchall()
+        duplicates = await (await self._conn.execute(_DUPLICATE_ORDERS)).fetchall()
+        [(written,)] = await self._move("orders", _MOVE_ORDERS, _UPDATE_ORDERS)
         await self._conn.execute("TRUNCATE orders_staging")
-        duplicates = [Stray(symbol, key, reason) for _, symbol, key, reason in rows if key]
-        return int(rows[0][0]), duplicates
+        return OrderMove(
+            written=int(written),
+            records={symbol: int(n) for symbol, n in records},
+            strays=[Stray(symbol, key, reason) for symbol, key, reason in duplicates],
+        )
 
     async def move_fills(self) -> FillMove:
         """Insert the staged fills whose order exists, one per execution, skipping those

@@ -28,6 +28,9 @@ def create_client(url: str, **kwargs: object) -> Redis:
     """
     options: dict[str, object] = {
         "decode_responses": True,
+        # Bytes that are not UTF-8 (a corrupt or foreign record) decode to lone surrogates
+        # instead of failing the whole reply: the record is then refused with a reason.
+        "encoding_errors": "surrogateescape",
         "socket_connect_timeout": 3,
         "socket_timeout": 10,
         "health_check_interval": 30,

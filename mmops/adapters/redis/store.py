@@ -441,10 +441,8 @@ class PositionStore:
 def _decode_all(key: str, raw: dict[str, Any], parse: Any) -> ReadResult[Any]:
     result: ReadResult[Any] = ReadResult()
     for name, value in raw.items():
-        record_key = f"{key}#{name}"
         try:
-            result.items.append(codec.decode(record_key, value, parse))
-            result.sources.append((record_key, value))
+            result.items.append(codec.decode(f"{key}#{name}", value, parse))
         except BadRecordError as e:
             result.bad.append(e)
     return result
