@@ -97,9 +97,3 @@ class FillMove:
     staged: int
     inserted: int
     distinct: dict[str, int]  # per pair: distinct executions among the fills whose order exists
-    strays: list[Stray]  # not inserted: their order does not exist
-
-    @property
-    def duplicates(self) -> int:
-        """Staged fills already in PostgreSQL (a re-run, or a replay under another key)."""
-        return self.staged - self.inserted - len(self.strays)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,12 +223,14 @@ class MigrationService:
                 await tx.reject(_rejects(chunk, pair))
                 result.pairs[pair].redis_fills += refused.count(chunk)
         moved = await tx.move_fills()
-        orphans = await self._quarantine(tx, self._fills, session.id, moved.strays)
+        orphans: Counter[str] = Counter()
+        async for strays in tx.orphans():
+            orphans.update(await self._quarantine(tx, self._fills, session.id, strays))
         for pair in session.pairs:
-            result.pairs[pair].redis_fills += moved.distinct.get(pair, 0) + orphans.get(pair, 0)
+            result.pairs[pair].redis_fills += moved.distinct.get(pair, 0) + orphans[pair]
         result.fills_inserted = moved.inserted
-        result.duplicates_skipped = moved.duplicates
-        result.rejects += refused.total + len(moved.strays)
+        result.duplicates_skipped = moved.staged - moved.inserted - orphans.total()
+        result.rejects += refused.total + orphans.total()
 
     @staticmethod
     async def _quarantine(

@@ -244,3 +244,20 @@ async def test_a_huge_hostile_record_is_quarantined_once_however_often_it_change
     assert (first.state, again.state) == ("verified", "verified"), again.to_dict()
     assert await rows(w, "SELECT raw_payload FROM migration_rejects WHERE session_id = %s",
                       sid) == [(noise[::-1],)]  # fmt: skip
+
+
+async def test_a_session_whose_orders_are_lost_quarantines_every_fill_chunk_by_chunk(
+    w: World,
+) -> None:
+    sid = await w.start_session([PAIR])
+    await record(w, sid, [(Side.BUY, Decimal(100 + i), Decimal(1), Decimal(0), i % 7)
+                          for i in range(2500)])  # fmt: skip
+    await w.rt.redis.delete(keys.orders(sid, PAIR))
+    await w.rt.registry.end(sid, w.rt.clock.now())
+    [result] = await build_migration(w.rt).run(sid)
+    assert result.state == "verified", result.to_dict()
+    assert (result.fills_inserted, result.rejects, result.duplicates_skipped) == (0, 2500, 0)
+    [(n, with_text)] = await rows(
+        w, "SELECT count(*), count(*) FILTER (WHERE raw_payload LIKE '{%%') FROM migration_rejects"
+           " WHERE session_id = %s AND reason LIKE 'fill references order %%'", sid)  # fmt: skip
+    assert (n, with_text) == (2500, 2500)

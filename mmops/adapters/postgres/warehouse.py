@@ -249,7 +249,6 @@ class SessionWrite:
         records = await (await self._conn.execute(_ORDER_RECORDS)).fetchall()
         duplicates = await (await self._conn.execute(_DUPLICATE_ORDERS)).fetchall()
         [(written,)] = await self._move("orders", _MOVE_ORDERS, _UPDATE_ORDERS)
-        await self._conn.execute("TRUNCATE orders_staging")
         return OrderMove(
             written=int(written),
             records={symbol: int(n) for symbol, n in records},
@@ -258,19 +257,23 @@ class SessionWrite:
 
     async def move_fills(self) -> FillMove:
         """Insert the staged fills whose order exists, one per execution, skipping those
-        already in PostgreSQL; return what happened, with the fills whose order does not exist
-        (not inserted)."""
+        already in PostgreSQL; the others are left for :meth:`orphans`."""
         per_pair = await self._move("fills", _MOVE_FILLS, _SKIP_FILLS)
-        orphans = await (await self._conn.execute(_ORPHANS, self._params)).fetchall()
         await self._conn.execute(_CLEAR_RESOLVED, self._params)
-        await self._conn.execute("TRUNCATE fills_staging")
-        staged, self._staged_fills = self._staged_fills, 0
         return FillMove(
-            staged,
+            self._staged_fills,
             inserted=sum(int(inserted) for _, _, inserted in per_pair),
             distinct={symbol: int(n) for symbol, n, _ in per_pair},
-            strays=[Stray(symbol, key, reason) for symbol, key, reason in orphans],
         )
+
+    async def orphans(self, chunk: int = 1000) -> AsyncIterator[list[Stray]]:
+        """The staged fills whose order does not exist (not inserted), each record once, in
+        chunks from a server-side cursor: a session that lost its orders does not load all its
+        fills at once."""
+        async with self._conn.cursor(name="orphans") as cur:
+            await cur.execute(_ORPHANS, self._params)
+            while rows := await cur.fetchmany(chunk):
+                yield [Stray(symbol, key, reason) for symbol, key, reason in rows]
 
     async def _move(self, table: str, statement: SQL, conflict: SQL) -> list[tuple[Any, ...]]:
         """Run ``statement`` as a plain INSERT if the session has no rows in ``table`` yet, else
