@@ -63,29 +63,32 @@ ON CONFLICT (id) DO UPDATE SET
 # nothing when the session has none of them yet (a plain INSERT, about a third cheaper than the
 # speculative insertion of ON CONFLICT), else the clause after it (see SessionWrite._move).
 
-# Per pair, the Redis records staged: what completeness compares with the rows. HSCAN may return
-# a field twice, so records are counted (and below, ranked) by key.
-_ORDER_RECORDS = "SELECT symbol, count(DISTINCT redis_key) FROM orders_staging GROUP BY symbol"
-
-# An order id recorded under two pairs is kept once (its first pair by name); the other copies
-# are quarantined, so one bad record cannot fail the whole session.
+# The staged orders, each Redis record once (HSCAN may return a field twice), ranked among the
+# records of their order id: an order id recorded under two pairs is kept once (its first pair
+# by name) and the other copies are quarantined, so one bad record cannot fail the session.
+# Built once, then read by the three statements after it. Sorts name COLLATE "C" where the
+# order only has to be fixed: byte order is several times cheaper than a locale's.
+_RANK_ORDERS = """
+CREATE TEMP TABLE orders_ranked ON COMMIT DROP AS
+SELECT *, first_value(symbol) OVER w AS first_symbol, row_number() OVER w AS n
+FROM (SELECT DISTINCT ON (redis_key COLLATE "C") * FROM orders_staging
+      ORDER BY redis_key COLLATE "C") records
+WINDOW w AS (PARTITION BY order_id COLLATE "C" ORDER BY symbol COLLATE "C", redis_key COLLATE "C")
+"""
+# Per pair, the Redis records read: what completeness compares with the rows.
+_ORDER_RECORDS = "SELECT symbol, count(*) FROM orders_ranked GROUP BY symbol"
 _DUPLICATE_ORDERS = """
 SELECT symbol, redis_key, 'order id ' || order_id || ' also recorded under ' || first_symbol
-FROM (SELECT *, first_value(symbol) OVER w AS first_symbol, row_number() OVER w AS n
-      FROM (SELECT DISTINCT ON (redis_key) * FROM orders_staging ORDER BY redis_key) records
-      WINDOW w AS (PARTITION BY order_id ORDER BY symbol, redis_key)) ranked
-WHERE n > 1
+FROM orders_ranked WHERE n > 1
 """
-
 _MOVE_ORDERS = SQL("""
 WITH written AS (
     INSERT INTO orders (session_id, order_id, symbol, pair_index, side, kind, price, amount,
                         filled, status, client_order_id, created_at)
-    SELECT DISTINCT ON (order_id) %(session)s, order_id, symbol,
-           array_position(%(pairs)s::text[], symbol) - 1, side, kind, price, amount, filled,
-           status, client_order_id, created_at
-    FROM orders_staging
-    ORDER BY order_id, symbol, redis_key
+    SELECT %(session)s, order_id, symbol, array_position(%(pairs)s::text[], symbol) - 1, side,
+           kind, price, amount, filled, status, client_order_id, created_at
+    FROM orders_ranked WHERE n = 1
+    ORDER BY order_id COLLATE "C"  -- the primary key's order (under a C collation)
     {conflict}
     RETURNING 1
 )
@@ -104,12 +107,13 @@ ON CONFLICT (session_id, order_id) DO UPDATE SET
 # inserted, which completeness and the summary report.
 _MOVE_FILLS = SQL("""
 WITH executions AS MATERIALIZED (
-    SELECT DISTINCT ON (order_id, symbol, timestamp, price, quantity)
+    SELECT DISTINCT ON (order_id COLLATE "C", symbol COLLATE "C", timestamp, price, quantity)
            order_id, symbol, side, price, quantity, fee, trade_id, timestamp
     FROM fills_staging s
     WHERE EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s
                   AND o.order_id = s.order_id)
-    ORDER BY order_id, symbol, timestamp, price, quantity, trade_id NULLS LAST, redis_key
+    ORDER BY order_id COLLATE "C", symbol COLLATE "C", timestamp, price, quantity,
+             trade_id NULLS LAST, redis_key COLLATE "C"
 ), inserted AS (
     INSERT INTO fills (session_id, order_id, symbol, side, price, quantity, fee, trade_id,
                        timestamp)
@@ -246,6 +250,7 @@ class SessionWrite:
     async def move_orders(self) -> OrderMove:
         """Upsert the staged orders; return what was written, the records read per pair, and
         the copies of an order id already recorded under another pair (not written)."""
+        await self._conn.execute(_RANK_ORDERS)
         records = await (await self._conn.execute(_ORDER_RECORDS)).fetchall()
         duplicates = await (await self._conn.execute(_DUPLICATE_ORDERS)).fetchall()
         [(written,)] = await self._move("orders", _MOVE_ORDERS, _UPDATE_ORDERS)
