@@ -315,10 +315,12 @@ def _tsv(text: str) -> str:
 def _plain(value: Decimal) -> str:
     """A non-negative amount as a plain decimal, or ValueError if it has over 40 digits on a
     side of the point (checked on the exponent first: ``1e999999999`` is never written out)."""
+    if not value:
+        return "0"  # whatever its exponent: 0E+50 and -0 are 0
     exponent = value.as_tuple().exponent
     if value.adjusted() >= 40 or not isinstance(exponent, int) or exponent < -40:
         raise ValueError(f"{value} has more than 40 digits before or after the point")
-    return format(value.copy_abs(), "f")  # -0 is 0; no rounding
+    return format(value, "f")  # exact: no rounding
 
 
 # A position hash holds one field per contribution, summed here with Decimal arithmetic so
