@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,18 +197,13 @@ class MigrationService:
         self, tx: SessionWriter, session: Session, result: SessionMigration
     ) -> None:
         """Orders, counting the Redis records: those staged (by key, in SQL) and those refused."""
-        refused = _Refused()
-        for pair in session.pairs:
-            async for chunk in self._orders.lines(session.id, pair):
-                await tx.stage_orders(chunk.items)
-                await tx.reject(_rejects(chunk, pair))
-                result.pairs[pair].redis_orders += refused.count(chunk)
+        refused = await self._stage(self._orders, tx.stage_orders, tx, session)
         moved = await tx.move_orders()
         await self._quarantine(tx, self._orders, session.id, moved.strays)
-        for pair, records in moved.records.items():
-            result.pairs[pair].redis_orders += records
+        for pair in session.pairs:
+            result.pairs[pair].redis_orders += moved.records.get(pair, 0) + refused[pair]
         result.orders = moved.written
-        result.rejects += refused.total + len(moved.strays)
+        result.rejects += refused.total() + len(moved.strays)
 
     async def _copy_fills(
         self, tx: SessionWriter, session: Session, result: SessionMigration
@@ -216,21 +211,36 @@ class MigrationService:
         """Fills, counting what Redis holds as distinct executions (the identity PostgreSQL's
         unique key uses, so replays under other keys count once) plus each record
         quarantined."""
-        refused = _Refused()
-        for pair in session.pairs:
-            async for chunk in self._fills.lines(session.id, pair):
-                await tx.stage_fills(chunk.items)
-                await tx.reject(_rejects(chunk, pair))
-                result.pairs[pair].redis_fills += refused.count(chunk)
+        refused = await self._stage(self._fills, tx.stage_fills, tx, session)
         moved = await tx.move_fills()
         orphans: Counter[str] = Counter()
         async for strays in tx.orphans():
             orphans.update(await self._quarantine(tx, self._fills, session.id, strays))
         for pair in session.pairs:
-            result.pairs[pair].redis_fills += moved.distinct.get(pair, 0) + orphans[pair]
+            result.pairs[pair].redis_fills += (
+                moved.distinct.get(pair, 0) + orphans[pair] + refused[pair]
+            )
         result.fills_inserted = moved.inserted
         result.duplicates_skipped = moved.staged - moved.inserted - orphans.total()
-        result.rejects += refused.total + orphans.total()
+        result.rejects += refused.total() + orphans.total()
+
+    @staticmethod
+    async def _stage(
+        source: RecordLines,
+        stage: Callable[[Sequence[str]], Awaitable[None]],
+        tx: SessionWriter,
+        session: Session,
+    ) -> Counter[str]:
+        """Stream every pair's records into staging and quarantine those refused; return how
+        many were refused per pair, each record once (HSCAN may return a field twice; only
+        refused keys are held, and they are few)."""
+        refused: dict[str, set[str]] = {}
+        for pair in session.pairs:
+            async for chunk in source.lines(session.id, pair):
+                await stage(chunk.items)
+                await tx.reject(_rejects(chunk, pair))
+                refused.setdefault(pair, set()).update(bad.key for bad in chunk.bad)
+        return Counter({pair: len(keys) for pair, keys in refused.items()})
 
     @staticmethod
     async def _quarantine(
@@ -272,24 +282,6 @@ class MigrationService:
                      seconds=self._retention)  # fmt: skip
         await self._warehouse.mark_migrated(session.id, now)
         result.state = "verified"
-
-
-@dataclass(slots=True)
-class _Refused:
-    """The keys of records refused so far in a session: HSCAN may return a field twice, and a
-    record must count once (only refused records are held: they are few)."""
-
-    keys: set[str] = field(default_factory=set)
-
-    def count(self, chunk: ReadResult[str]) -> int:
-        """How many of the chunk's refused records are new."""
-        before = len(self.keys)
-        self.keys.update(bad.key for bad in chunk.bad)
-        return len(self.keys) - before
-
-    @property
-    def total(self) -> int:
-        return len(self.keys)
 
 
 def _rejects(chunk: ReadResult[str], pair: str) -> list[Reject]:
