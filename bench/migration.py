@@ -34,7 +34,6 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmops import logs
-from mmops.adapters.postgres import schema
 from mmops.adapters.redis import codec, keys
 from mmops.adapters.redis.client import create_client
 from mmops.bootstrap import Urls, open_runtime
@@ -42,7 +41,7 @@ from mmops.config import Settings
 from mmops.domain.models import Fill, Order, OrderStatus, Session, Side
 from tests.conftest import SessionIds
 from tests.integration.world import PAIRS
-from tests.servers import Servers, throwaway_database
+from tests.servers import bench_servers
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -168,54 +167,48 @@ def reset(database_url: str) -> None:
 
 def main(sessions: int, pairs: int, fills: int, rounds: int) -> None:
     logs.configure("ERROR", "console")
-    servers = Servers()
     measured: list[dict[str, float]] = []
-    try:
-        redis_url = servers.redis_url()
-        with throwaway_database(servers.admin_database_url(), "mmops_bench") as database_url:
-            schema.upgrade(database_url)
-            started = time.perf_counter()
-            ids = asyncio.run(generate(redis_url, database_url, sessions, pairs, fills))
-            generated = time.perf_counter() - started
-            try:
-                for n in range(rounds):
-                    if n:
-                        reset(database_url)
-                    wall, peak_kb, report = migrate(redis_url, database_url)
-                    inserted = sum(int(s["fills_inserted"]) for s in report["sessions"])  # type: ignore[index, union-attr, call-overload]
-                    verified = sum(bool(s["verified"]) for s in report["sessions"])  # type: ignore[index, union-attr]
-                    copies = plain_copy(database_url)
-                    measured.append({
-                        "migrate_s": wall,
-                        "copy_s": copies["same_shape"][1],
-                        "bare_s": copies["bare"][1],
-                        "ratio": copies["same_shape"][1] / wall,  # the same rows both ways
-                    })  # fmt: skip
-            finally:
-                asyncio.run(cleanup(redis_url, ids))
+    with bench_servers() as (redis_url, database_url):
+        started = time.perf_counter()
+        ids = asyncio.run(generate(redis_url, database_url, sessions, pairs, fills))
+        generated = time.perf_counter() - started
+        try:
+            for n in range(rounds):
+                if n:
+                    reset(database_url)
+                wall, peak_kb, report = migrate(redis_url, database_url)
+                inserted = sum(int(s["fills_inserted"]) for s in report["sessions"])  # type: ignore[index, union-attr, call-overload]
+                verified = sum(bool(s["verified"]) for s in report["sessions"])  # type: ignore[index, union-attr]
+                copies = plain_copy(database_url)
+                measured.append({
+                    "migrate_s": wall,
+                    "copy_s": copies["same_shape"][1],
+                    "bare_s": copies["bare"][1],
+                    "ratio": copies["same_shape"][1] / wall,  # the same rows both ways
+                })  # fmt: skip
+        finally:
+            asyncio.run(cleanup(redis_url, ids))
         wall = statistics.median(m["migrate_s"] for m in measured)
         copy_s = statistics.median(m["copy_s"] for m in measured)
         bare_s = statistics.median(m["bare_s"] for m in measured)
         print(json.dumps({
-            "bench": "migration",
-            "sessions": sessions,
-            "pairs": pairs,
-            "fills": inserted,
-            "sessions_verified": verified,
-            "generate_s": round(generated, 2),
-            "rounds": rounds,
-            "migrate_wall_s": round(wall, 2),
-            "fills_per_second": round(inserted / wall),
-            "peak_rss_mb": round(peak_kb / 1024, 1),
-            "plain_copy_s": round(copy_s, 2),
-            "plain_copy_rows_per_second": round(inserted / copy_s),
-            "ratio_to_plain_copy": round(copy_s / wall, 3),
-            "bare_copy_s": round(bare_s, 2),
-            "ratio_to_bare_copy": round(bare_s / wall, 3),
-            "each_round": [{k: round(v, 3) for k, v in m.items()} for m in measured],
+        "bench": "migration",
+        "sessions": sessions,
+        "pairs": pairs,
+        "fills": inserted,
+        "sessions_verified": verified,
+        "generate_s": round(generated, 2),
+        "rounds": rounds,
+        "migrate_wall_s": round(wall, 2),
+        "fills_per_second": round(inserted / wall),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "plain_copy_s": round(copy_s, 2),
+        "plain_copy_rows_per_second": round(inserted / copy_s),
+        "ratio_to_plain_copy": round(copy_s / wall, 3),
+        "bare_copy_s": round(bare_s, 2),
+        "ratio_to_bare_copy": round(bare_s / wall, 3),
+        "each_round": [{k: round(v, 3) for k, v in m.items()} for m in measured],
         }))  # fmt: skip
-    finally:
-        servers.close()
 
 
 if __name__ == "__main__":

@@ -24,10 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmops import logs
-from mmops.adapters.postgres import schema
 from mmops.domain.ratelimit import TradingCounter
 from tests.integration.world import PAIRS, world
-from tests.servers import Servers, throwaway_database
+from tests.servers import bench_servers
 
 NO_LIMIT = TradingCounter(threshold=1e12, decay=1e12)
 CASES = [(10, 10, 0), (10, 100, 0), (10, 10, 50), (10, 100, 50)]
@@ -55,40 +54,34 @@ async def one_run(
 
 async def main(repeat: int) -> None:
     logs.configure("ERROR", "console")
-    servers = Servers()
-    try:
-        redis_url = servers.redis_url()
-        with throwaway_database(servers.admin_database_url(), "mmops_bench") as database_url:
-            schema.upgrade(database_url)
-            for pairs, per_pair, latency_ms in CASES:
-                runs = [
-                    await one_run(redis_url, database_url, pairs, per_pair, latency_ms)
-                    for _ in range(repeat)
-                ]
-                wall = statistics.median(r["wall_s"] for r in runs)
-                positions = pairs * per_pair
-                bound = (1 + math.ceil(per_pair / 15)) * latency_ms / 1000
-                print(
-                    json.dumps(
-                        {
-                            "bench": "settlement",
-                            "pairs": pairs,
-                            "positions_per_pair": per_pair,
-                            "positions": positions,
-                            "latency_ms": latency_ms,
-                            "runs": repeat,
-                            "wall_s_median": round(wall, 4),
-                            "wall_s_min": round(min(r["wall_s"] for r in runs), 4),
-                            "exchange_calls": runs[0]["exchange_calls"],
-                            "ms_per_position": round(wall * 1000 / positions, 4),
-                            "lower_bound_s": bound,
-                            "ratio_to_lower_bound": round(wall / bound, 3) if bound else None,
-                        }
-                    ),
-                    flush=True,
-                )
-    finally:
-        servers.close()
+    with bench_servers() as (redis_url, database_url):
+        for pairs, per_pair, latency_ms in CASES:
+            runs = [
+                await one_run(redis_url, database_url, pairs, per_pair, latency_ms)
+                for _ in range(repeat)
+            ]
+            wall = statistics.median(r["wall_s"] for r in runs)
+            positions = pairs * per_pair
+            bound = (1 + math.ceil(per_pair / 15)) * latency_ms / 1000
+            print(
+                json.dumps(
+                    {
+                        "bench": "settlement",
+                        "pairs": pairs,
+                        "positions_per_pair": per_pair,
+                        "positions": positions,
+                        "latency_ms": latency_ms,
+                        "runs": repeat,
+                        "wall_s_median": round(wall, 4),
+                        "wall_s_min": round(min(r["wall_s"] for r in runs), 4),
+                        "exchange_calls": runs[0]["exchange_calls"],
+                        "ms_per_position": round(wall * 1000 / positions, 4),
+                        "lower_bound_s": bound,
+                        "ratio_to_lower_bound": round(wall / bound, 3) if bound else None,
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

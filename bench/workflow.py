@@ -22,12 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmops import logs
 from mmops.adapters.paper.catalog import SYMBOLS
-from mmops.adapters.postgres import schema
 from mmops.bootstrap import Urls, open_runtime
 from mmops.config import Settings
 from mmops.entrypoints.workflow import WorkflowPlan, percentile, run_workflow
 from tests.conftest import SessionIds
-from tests.servers import Servers, throwaway_database
+from tests.servers import bench_servers
 
 
 async def run(
@@ -70,18 +69,12 @@ async def run(
 
 def main(pairs: int, hours: float, seed: int) -> None:
     logs.configure("ERROR", "console")
-    servers = Servers()
-    try:
-        redis_url = servers.redis_url()
-        with throwaway_database(servers.admin_database_url(), "mmops_bench") as database_url:
-            schema.upgrade(database_url)
-            # Every 3 simulated minutes, as in production; then every 30 minutes, so that each
-            # settlement run meets 100+ new positions (the load case).
-            for settle_every in (180, 1800):
-                print(json.dumps(asyncio.run(run(redis_url, database_url, pairs, hours, seed,
-                                                 settle_every))), flush=True)  # fmt: skip
-    finally:
-        servers.close()
+    with bench_servers() as (redis_url, database_url):
+        # Every 3 simulated minutes, as in production; then every 30 minutes, so that each
+        # settlement run meets 100+ new positions (the load case).
+        for settle_every in (180, 1800):
+            print(json.dumps(asyncio.run(run(redis_url, database_url, pairs, hours, seed,
+                                             settle_every))), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

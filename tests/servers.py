@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from mmops.adapters.embedded import EmbeddedServers
+from mmops.adapters.postgres import schema
 
 TEST_REDIS_DB = int(os.environ.get("MMOPS_TEST_REDIS_DB", "15"))
 
@@ -81,3 +82,16 @@ def throwaway_database(admin_url: str, prefix: str = "mmops_test") -> Iterator[s
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@contextmanager
+def bench_servers() -> Iterator[tuple[str, str]]:
+    """(Redis URL, URL of a throwaway database at the latest schema) for a benchmark: the test
+    servers when configured, else embedded ones, all gone afterwards."""
+    servers = Servers()
+    try:
+        with throwaway_database(servers.admin_database_url(), "mmops_bench") as database_url:
+            schema.upgrade(database_url)
+            yield servers.redis_url(), database_url
+    finally:
+        servers.close()
