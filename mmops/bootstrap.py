@@ -167,6 +167,19 @@ def build_exchange(settings: Settings, redis: Redis, clock: Clock, dry_run: bool
     )
 
 
+async def check_tier_pairs(settings: Settings, exchange: Exchange) -> None:
+    """Refuse per-pair tiers for a pair the exchange does not list (a typo would silently
+    leave that pair on the default tiers). The paper venue's pairs are checked with the
+    settings; a live venue's only here, once its markets are known."""
+    if not settings.tp_tiers_by_pair:
+        return
+    markets = await exchange.markets()
+    if unknown := sorted(set(settings.tp_tiers_by_pair) - set(markets)):
+        raise ConfigurationError(
+            f"MMOPS_TP_TIERS_BY_PAIR: {settings.exchange} lists no pair {', '.join(unknown)}"
+        )
+
+
 async def exchange_markets(rt: Runtime) -> dict[str, Market]:
     """The configured exchange's markets (for coverage views); places nothing."""
     exchange = build_exchange(rt.settings, rt.redis, rt.clock, dry_run=True)

@@ -9,6 +9,8 @@ carry passwords or webhook tokens) are ``SecretStr`` so they never show in a rep
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +28,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -132,6 +135,46 @@ class Settings(BaseSettings):
         FaultPlan.from_dict(faults)
         return faults
 
+    @field_validator("tp_reserve")
+    @classmethod
+    def _valid_reserve(cls, reserve: dict[str, Decimal]) -> dict[str, Decimal]:
+        for asset, amount in reserve.items():
+            if not amount.is_finite() or amount < 0:
+                raise ValueError(f"the reserve of {asset} must be a number >= 0, got {amount}")
+        return reserve
+
+    @field_validator("redis_url")
+    @classmethod
+    def _valid_redis_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            _check_url(url.get_secret_value(), REDIS_SCHEMES)
+        return url
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            _check_url(url.get_secret_value(), POSTGRES_SCHEMES)
+        return url
+
+    @field_validator("exchange")
+    @classmethod
+    def _known_exchange(cls, exchange: str) -> str:
+        if exchange != "paper" and exchange not in _ccxt_exchanges():
+            raise ValueError("unknown exchange: use paper or a ccxt exchange id such as kraken")
+        return exchange
+
+    @field_validator("alert_urls")
+    @classmethod
+    def _valid_alert_urls(cls, urls: SecretStr) -> SecretStr:
+        raw = urls.get_secret_value().replace(",", " ").split()
+        if raw:
+            from mmops.adapters.notify import unparsable  # apprise loads only when alerts are set
+
+            for n in unparsable(raw):
+                raise ValueError(f"alert URL number {n + 1} is not one apprise can use")
+        return urls
+
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Settings:
         if not self.stoploss_warn <= self.stoploss_halt <= self.stoploss_flatten:
@@ -141,6 +184,14 @@ class Settings(BaseSettings):
             )
         if (self.api_key is None) != (self.api_secret is None):
             raise ValueError("MMOPS_API_KEY and MMOPS_API_SECRET must be set together")
+        if self.exchange == "paper":
+            from mmops.adapters.paper.catalog import BY_SYMBOL
+
+            if unknown := sorted(set(self.tp_tiers_by_pair) - set(BY_SYMBOL)):
+                raise ValueError(
+                    f"MMOPS_TP_TIERS_BY_PAIR: unknown pairs {unknown} on the paper exchange "
+                    f"(it lists {', '.join(BY_SYMBOL)})"
+                )
         return self
 
     @classmethod
@@ -195,6 +246,27 @@ class Settings(BaseSettings):
         return values
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _check_url(url: str, schemes: tuple[str, ...]) -> None:
+    """Refuse a URL of another scheme, or none; the message never shows the URL itself."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in schemes or not rest:
+        raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing the port validates it
+    except ValueError as e:
+        raise ValueError(f"not a valid URL ({e})") from None
+
+
+def _ccxt_exchanges() -> frozenset[str]:
+    import ccxt  # live venues only: importing ccxt takes a moment
+
+    return frozenset(ccxt.exchanges)
+
+
 def _parse_tiers(table: dict[int, Decimal], info: ValidationInfo) -> TierTable:
     allow_loss = bool(info.data.get("tp_allow_loss_tiers"))
     try:
@@ -219,6 +291,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return cls(**overrides)
     except ValidationError as e:
         raise ConfigurationError(_describe(e)) from None
+    except SettingsError as e:  # a value the source could not decode (JSON of a dict field)
+        raise ConfigurationError(_describe_source_error(e, config_file)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigurationError(f"{config_file}: not valid TOML ({e})") from None
 
 
 def _reading(toml_file: Path) -> type[Settings]:
@@ -228,14 +304,32 @@ def _reading(toml_file: Path) -> type[Settings]:
 
 
 def _describe(error: ValidationError) -> str:
-    lines = ["invalid settings:"]
+    """One line per bad variable (one line in all for one mistake), never the secret values."""
+    lines = []
     for item in error.errors(include_url=False):
         loc = item.get("loc", ())
-        name = f"{ENV_PREFIX}{str(loc[0]).upper()}" if loc else "settings"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if not loc:  # a rule across several settings: its message names them
+            lines.append(message)
+            continue
+        name = f"{ENV_PREFIX}{str(loc[0]).upper()}"
         value = item.get("input")
         shown = "" if _looks_secret(name) or isinstance(value, dict) else f", got {value!r}"
-        lines.append(f"  {name}: {item['msg']}{shown}")
-    return "\n".join(lines)
+        lines.append(f"{name}: {message}{shown}")
+    if len(lines) == 1:
+        return lines[0]
+    return "\n".join(["invalid settings:", *(f"  {line}" for line in lines)])
+
+
+def _describe_source_error(error: SettingsError, config_file: Path | None) -> str:
+    """pydantic-settings names the field and the source; say it as the user wrote it."""
+    text = str(error)
+    field = re.search(r'field "(\w+)"', text)
+    if field is None:
+        return f"invalid settings: {text}"
+    name = f"{ENV_PREFIX}{field.group(1).upper()}"
+    where = f" in {config_file}" if "Toml" in text and config_file else ""
+    return f"{name}{where}: not valid JSON (expected an object, e.g. {{...}})"
 
 
 def _looks_secret(variable: str) -> bool:

@@ -4,13 +4,15 @@
 
     MmopsError
     ├── ConfigurationError        fix the settings; exit code 2, never retried
-    ├── TemporaryError            retry with backoff (the retry policy in mmops.retry keys on this)
+    │   └── UnknownSession            a --session that no store knows
+    ├── TemporaryError            retry later: a run reports it, the next scheduled run tries again
     │   ├── ExchangeUnavailable       5xx, maintenance, connection reset
     │   ├── ExchangeTimeout           no answer; the request MAY have been accepted (look it up)
     │   ├── RateLimited               the venue's limiter said no; wait, then retry
     │   └── LockNotAcquired           another worker holds the lock; try again next run
     ├── OperationalError          stop this run and alert a person
     │   ├── StoreUnavailable          Redis or PostgreSQL does not answer (names which)
+    │   │   └── StoreAuthenticationFailed   it answers, but refuses the URL's user or password
     │   ├── AuthenticationFailed      the exchange refused the API key
     │   └── IntegrityError            an invariant of mmops itself does not hold
     ├── ExchangeRejected          the exchange refused the order: record, don't retry blindly
@@ -39,6 +41,16 @@ class MmopsError(Exception):
 
 class ConfigurationError(MmopsError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+class UnknownSession(ConfigurationError):
+    """A session named by the caller (``--session``) that neither Redis nor PostgreSQL knows.
+
+    Every command says it in the same words, with exit code 2."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session {session_id!r} in Redis or PostgreSQL")
+        self.session_id = session_id
 
 
 class TemporaryError(MmopsError):
@@ -72,6 +84,16 @@ class StoreUnavailable(OperationalError):
         self.store = store
         self.detail = detail
         super().__init__(f"{store} is unavailable: {detail}")
+
+
+class StoreAuthenticationFailed(StoreUnavailable):
+    """The store answers but refuses the credentials of its URL (a wrong user or password, or
+    no ``pg_hba.conf`` entry that admits them): retrying will not help until the URL or the
+    server's access rules change. Not an :class:`AuthenticationFailed`, which is the exchange's.
+    """
+
+    def __init__(self, store: str, detail: str) -> None:
+        super().__init__(store, f"authentication failed: {detail}")
 
 
 class AuthenticationFailed(OperationalError):

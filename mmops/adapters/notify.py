@@ -6,7 +6,9 @@ URLs may carry tokens, so they are registered as secrets and never logged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 
 import apprise
 
@@ -17,12 +19,27 @@ log = logs.get_logger("mmops.notify")
 _TYPES = {"info": "info", "success": "success", "warning": "warning", "failure": "failure"}
 
 
+@contextlib.contextmanager
+def _plugins_loading() -> Iterator[None]:
+    """Apprise loads its plugins on the first URL; one imports imghdr, deprecated in 3.11."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def unparsable(urls: Sequence[str]) -> list[int]:
+    """Positions of the URLs apprise cannot use (an unknown scheme, a malformed token)."""
+    with _plugins_loading():
+        return [n for n, url in enumerate(urls) if not apprise.Apprise().add(url)]
+
+
 class AppriseNotifier:
     def __init__(self, urls: Sequence[str]) -> None:
         self._apprise = apprise.Apprise()
-        for url in urls:
-            if not self._apprise.add(url):
-                log.error("alert.bad_url", index=urls.index(url))
+        with _plugins_loading():
+            for n, url in enumerate(urls):
+                if not self._apprise.add(url):
+                    log.error("alert.bad_url", index=n)
         self.enabled = len(self._apprise) > 0
 
     async def notify(self, title: str, body: str, level: str = "warning") -> None:

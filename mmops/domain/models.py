@@ -173,8 +173,9 @@ class Fill:
     def key(self) -> str:
         """The identity used to recognise a replayed execution.
 
-        The venue's trade id when known; otherwise the natural key of DESIGN.md's unique
-        constraint (order, time, price, quantity), normalised so ``1.0`` and ``1.00`` match.
+        The venue's trade id when known; otherwise the natural key of the ``fills`` table's
+        unique constraint (order, time, price, quantity; see docs/ARCHITECTURE.md), normalised
+        so ``1.0`` and ``1.00`` match.
         """
         if self.trade_id is not None:
             return f"t:{self.trade_id}"

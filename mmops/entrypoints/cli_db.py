@@ -1,4 +1,4 @@
-"""``mmops db …``: schema migrations, integrity checks and backups."""
+"""``mmops db …``: schema migrations, integrity checks, backups and restores."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ from mmops.entrypoints.cli import (
 )
 from mmops.errors import ConfigurationError
 
-db = typer.Typer(help="PostgreSQL schema: migrations, verification, backup.", no_args_is_help=True)
+db = typer.Typer(
+    help="PostgreSQL schema: migrations, verification, backup, restore.", no_args_is_help=True
+)
 app.add_typer(db, name="db")
 
 
@@ -109,11 +111,16 @@ def verify(json_out: JsonOption = False) -> None:
 
 
 def embedded_bin_dir() -> Path:
-    """Where pgserver keeps its PostgreSQL binaries (pg_dump among them)."""
+    """Where pgserver keeps its PostgreSQL binaries (pg_dump and pg_restore among them)."""
     spec = importlib.util.find_spec("pgserver")  # located, not imported
     if spec is None or spec.origin is None:
         return Path("/nonexistent")
     return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def find_tool(name: str) -> pg_backup.Tool:
+    """The newest ``name`` of PATH's and the embedded server's (see pg_backup.find_tool)."""
+    return pg_backup.find_tool(name, [embedded_bin_dir() / name])
 
 
 @db.command("backup")
@@ -124,9 +131,55 @@ def backup(
     """Write a pg_dump -Fc file named with the UTC time."""
     with handled():
         context = ctx()
-        pg_dump = pg_backup.find_pg_dump([embedded_bin_dir() / "pg_dump"])
+        pg_dump = find_tool("pg_dump")
         path = pg_backup.backup(context.database_url, out, SystemClock().now(), pg_dump)
         if json_out:
             emit_json({"backup": str(path), "bytes": path.stat().st_size})
         else:
             console.print(f"backup written: {path} ({path.stat().st_size} bytes)")
+
+
+@db.command("restore")
+def restore(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="A file written by `mmops db backup`.", show_default=False
+        ),
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: the backup replaces the tables and their data.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Replace the database's tables, data and migration state with a backup's, in one
+    transaction. Stop `mmops serve` first."""
+    with handled():
+        dump = pg_backup.read_dump_info(file)
+        if not yes:
+            raise ConfigurationError(
+                "a restore replaces the tables and their data with the backup's; back up "
+                "with `mmops db backup`, stop `mmops serve`, then repeat with --yes"
+            )
+        pg_restore = find_tool("pg_restore")
+        url = ctx().database_url
+        pg_backup.restore(url, file, dump, pg_restore)
+        current = schema.is_current(url)
+        database = pg_backup.database_name(url)
+        if json_out:
+            emit_json(
+                {
+                    "restored": str(file),
+                    "database": database,
+                    "dumped_by": dump.pg_dump_version,
+                    "pg_restore": pg_restore.path,
+                    "schema_current": current,
+                }
+            )
+            return
+        console.print(
+            f"restored {file} (pg_dump {dump.pg_dump_version}, database {dump.dbname}) "
+            f"into database {database}"
+        )
+        if not current:
+            console.print("the backup's schema is older than this release: run `mmops db upgrade`")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mmops import logs
@@ -17,6 +21,7 @@ from mmops.adapters.paper.catalog import SYMBOLS
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.postgres import schema
 from mmops.bootstrap import Runtime, build_settlement, exchange_markets, open_runtime
+from mmops.domain.models import Market
 from mmops.entrypoints.cli import (
     JsonOption,
     app,
@@ -28,11 +33,9 @@ from mmops.entrypoints.cli import (
     run_async,
 )
 from mmops.entrypoints.workflow import WorkflowPlan, report, run_workflow
-from mmops.errors import ConfigurationError
+from mmops.errors import ConfigurationError, UnknownSession
 from mmops.services.coverage import CoverageService
 from mmops.sim.loop import LoopConfig, TradingLoop
-
-DEMO_START = datetime(2026, 1, 5, tzinfo=UTC)  # fixed: the same seed gives the same figures
 
 PairsOption = Annotated[
     int, typer.Option("--pairs", min=1, max=len(SYMBOLS), help="Pairs to quote.")
@@ -70,7 +73,10 @@ def demo(
             logs.configure("WARNING", context.settings.log_format)
         urls = context.urls
         _require_schema(urls.database)
-        plan = WorkflowPlan(_pairs(pairs), hours, seed, DEMO_START)
+        # The session ends now, so `status`, `verify-coverage` and the dashboard show it; on a
+        # whole second, so every simulated step lands on the same offsets from the start.
+        start = (datetime.now(UTC) - timedelta(hours=hours)).replace(microsecond=0)
+        plan = WorkflowPlan(_pairs(pairs), hours, seed, start)
         session_id = f"demo-{seed}"
 
         async def go() -> dict[str, Any]:
@@ -151,10 +157,13 @@ def sim(
         start = now - timedelta(hours=hours) if simulated else now
         sid = session or f"sim-{start:%Y%m%d%H%M%S}"
 
+        shown = SimProgress(sid, int(hours * 3600), quiet=json_out or simulated)
+
         async def go() -> dict[str, Any]:
             async with open_runtime(context.settings, urls) as rt:
-                return await _run_sim(rt, _pairs(pairs), hours, seed, sid, start, simulated,
-                                      settle, step)  # fmt: skip
+                with shown:
+                    return await _run_sim(rt, _pairs(pairs), hours, seed, sid, start, simulated,
+                                          settle, step, shown.update)  # fmt: skip
 
         data = run_async(go())
         if json_out:
@@ -174,6 +183,7 @@ async def _run_sim(
     simulated: bool,
     settle: bool,
     step: int,
+    on_progress: Callable[[SimFigures], None] = lambda _: None,
 ) -> dict[str, Any]:
     s = rt.settings
     clock: SimulatedClock | SystemClock = SimulatedClock(start) if simulated else SystemClock()
@@ -182,12 +192,15 @@ async def _run_sim(
         balance = (await venue.balances()).get(quote)
         if balance is None or balance.free < Decimal(10_000):
             await venue.fund(quote, Decimal(50_000))
+    venue_markets = await venue.markets()
     config = LoopConfig(pairs, seed=seed)
     loop = TradingLoop(venue, rt.registry, rt.sessions, rt.orders, rt.orders, rt.fills, clock,
                        config, session_id)  # fmt: skip
     settlement = build_settlement(rt, venue, dry_run=False, clock=clock)
     await loop.start()
     settlements = 0
+    figures = SimFigures()
+    coverage = CoverageService(rt.positions)
     steps = int(hours * 3600 // step)
     for n in range(1, steps + 1):
         if isinstance(clock, SimulatedClock):
@@ -196,14 +209,80 @@ async def _run_sim(
             await asyncio.sleep(step)
         await loop.step()
         if settle and (n * step) % s.settlement_interval == 0:
-            await settlement.run(session_id)
+            [run] = await settlement.run(session_id)
             settlements += 1
+            figures.take_profits += run.totals().get("placed", 0)
+            figures.coverage = await _lowest_coverage(rt, coverage, session_id, venue_markets)
+        figures.elapsed, figures.fills = n * step, loop.stats.fills
+        figures.settlements = settlements
+        on_progress(figures)
     await loop.end()
     if settle:
         await settlement.run(session_id)
         settlements += 1
     return {"session": session_id, "fills": loop.stats.fills, "settlements": settlements,
             "duplicates_recorded": loop.stats.duplicates_recorded}  # fmt: skip
+
+
+async def _lowest_coverage(
+    rt: Runtime, coverage: CoverageService, session_id: str, markets: dict[str, Market]
+) -> Decimal | None:
+    session = await rt.registry.get(session_id)
+    if session is None:
+        return None
+    pairs = await coverage.session(session, markets, rt.clock.now())
+    return min((c.percent for c in pairs), default=None)
+
+
+@dataclass(slots=True)
+class SimFigures:
+    elapsed: int = 0  # seconds of trading so far
+    fills: int = 0
+    take_profits: int = 0
+    settlements: int = 0
+    coverage: Decimal | None = None  # the lowest pair's, after the last settlement
+
+
+class SimProgress:
+    """What a trading loop on the real clock is doing: a live line on a terminal, a line a
+    minute otherwise (logs, pipes); nothing for --json or --simulated runs."""
+
+    LINE_EVERY = 60.0  # seconds between lines when stdout is not a terminal
+
+    def __init__(self, session_id: str, total_seconds: int, *, quiet: bool) -> None:
+        self._session = session_id
+        self._total = total_seconds
+        self._quiet = quiet
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        self._last_line = 0.0
+
+    def __enter__(self) -> SimProgress:
+        if not self._quiet and console.is_terminal:
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                console=console,
+            )  # fmt: skip
+            self._task = self._bar.add_task(self._session, total=self._total)
+            self._bar.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, f: SimFigures) -> None:
+        if self._quiet:
+            return
+        coverage = "-" if f.coverage is None else f"{f.coverage}%"
+        text = (f"{self._session}: {f.fills} fills, {f.take_profits} take-profits, "
+                f"{f.settlements} settlements, lowest coverage {coverage}")  # fmt: skip
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=f.elapsed, description=text)
+        elif time.monotonic() - self._last_line >= self.LINE_EVERY or f.elapsed >= self._total:
+            self._last_line = time.monotonic()
+            done, total = timedelta(seconds=f.elapsed), timedelta(seconds=self._total)
+            console.print(f"{done} of {total}: {text}")
 
 
 @app.command("verify-coverage")
@@ -248,7 +327,7 @@ async def _coverage(rt: Runtime, session_id: str | None) -> list[dict[str, Any]]
     if session_id is not None:
         found = await rt.registry.get(session_id)
         if found is None:
-            raise ConfigurationError(f"no session {session_id!r} in the registry")
+            raise UnknownSession(session_id)
         sessions = [found]
     else:
         sessions = await rt.registry.recent_sessions(

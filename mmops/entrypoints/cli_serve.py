@@ -9,9 +9,13 @@ from mmops.entrypoints.cli import app, ctx, handled, run_async
 def serve() -> None:
     """Run settlement and migration on their schedules, with /healthz, /readyz, /metrics,
     /status and a dashboard on MMOPS_HTTP_HOST:MMOPS_HTTP_PORT. SIGTERM or SIGINT stops it
-    gracefully (exit 0)."""
+    gracefully (exit 0); an address that cannot be bound (in use) is exit 2, before anything
+    starts."""
+    from mmops.entrypoints.serve import listen
     from mmops.entrypoints.serve import serve as run_daemon  # FastAPI: only this command's cost
 
     with handled():
         context = ctx()
-        run_async(run_daemon(context.settings, context.urls))
+        settings = context.settings
+        with listen(settings.http_host, settings.http_port) as listener:  # before any server
+            run_async(run_daemon(settings, context.urls, listener))

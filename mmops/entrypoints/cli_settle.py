@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mmops.bootstrap import build_exchange, build_settlement, open_runtime
+from mmops.bootstrap import build_exchange, build_settlement, check_tier_pairs, open_runtime
 from mmops.entrypoints.cli import (
     JsonOption,
     app,
@@ -17,7 +17,6 @@ from mmops.entrypoints.cli import (
     require_current_schema,
     run_async,
 )
-from mmops.errors import ConfigurationError
 from mmops.services.settlement import SessionResult
 
 
@@ -44,15 +43,13 @@ def settle(
             async with open_runtime(context.settings, urls) as rt:
                 exchange = build_exchange(rt.settings, rt.redis, rt.clock, live_dry_run)
                 try:
+                    await check_tier_pairs(rt.settings, exchange)
                     service = build_settlement(rt, exchange, dry_run=live_dry_run)
                     return await service.run(session)
                 finally:
                     await exchange.close()
 
-        try:
-            results = run_async(go())
-        except LookupError as e:
-            raise ConfigurationError(str(e)) from None
+        results = run_async(go())
         if json_out:
             emit_json({"sessions": [r.to_dict() for r in results], "dry_run": live_dry_run})
         else:

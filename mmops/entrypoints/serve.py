@@ -3,9 +3,11 @@
 Settlement every ``MMOPS_SETTLEMENT_INTERVAL`` and migration every ``MMOPS_MIGRATION_INTERVAL``
 seconds on APScheduler (with a little jitter; ``max_instances=1``, so a job never runs twice at
 once in this process; across processes the settlement locks share the sessions out), the HTTP
-endpoints on uvicorn, and alerts. On SIGTERM or SIGINT uvicorn stops serving, the scheduler stops
-starting runs, a running job gets ``MMOPS_SHUTDOWN_GRACE`` seconds to finish (a job stopped after
-that releases its locks on the way out), and the process exits 0.
+endpoints on uvicorn, and alerts. The HTTP address is bound first (:func:`listen`), before any
+server or job starts, so an address in use is one ConfigurationError (exit 2). On SIGTERM or
+SIGINT uvicorn stops serving, the scheduler stops starting runs, a running job gets
+``MMOPS_SHUTDOWN_GRACE`` seconds to finish (a job stopped after that releases its locks on the
+way out), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from mmops import logs
 from mmops.adapters.notify import AppriseNotifier
 from mmops.adapters.postgres import schema
+from mmops.adapters.postgres.pool import ping
 from mmops.adapters.postgres.warehouse import Warehouse
 from mmops.adapters.redis.client import redis_errors
 from mmops.bootstrap import Runtime, Urls, build_exchange, build_migration, build_settlement
@@ -32,7 +36,13 @@ from mmops.config import Settings
 from mmops.entrypoints.http import Probes, create_app
 from mmops.entrypoints.metrics import Metrics
 from mmops.entrypoints.status_view import collect_status
-from mmops.errors import RECOVERABLE, MmopsError, StoreUnavailable
+from mmops.errors import (
+    RECOVERABLE,
+    AuthenticationFailed,
+    ConfigurationError,
+    MmopsError,
+    StoreUnavailable,
+)
 from mmops.ports import Exchange
 from mmops.services.alerts import Alerts
 from mmops.services.coverage import CoverageService
@@ -94,6 +104,11 @@ class Daemon:
                 self.running.add(task)
             try:
                 await job()
+            except asyncio.CancelledError:
+                if not self.stopping:
+                    raise
+                # Stopped by `stop` after the grace period: said once, not as a traceback.
+                log.warning("job.stopped", job=name, grace=self.settings.shutdown_grace)
             except Exception as e:  # a job never takes the daemon down; it is logged and alerted
                 error = logs.scrub(f"{type(e).__name__}: {e}")
                 log.error("job.crashed", job=name, error=error)
@@ -111,20 +126,24 @@ class Daemon:
     async def settle(self) -> None:
         started = time.perf_counter()
         results: list[SessionResult] = []
-        error = None
+        error: MmopsError | None = None
         try:
             results = await self.settlement.run()
         except MmopsError as e:
-            error = f"{type(e).__name__}: {e}"
+            error = e
         failed = [r for r in results if not r.ok]
         ok = error is None and not failed
         self.metrics.job("settlement", time.perf_counter() - started, ok, time.time())
         self.metrics.settlement(results)
         if ok:
             self.last_settlement_ok = time.time()
-        detail = error or "; ".join(f"{r.session_id}: {r.state} {r.errors()[:3]}" for r in failed)
+        if error is not None:
+            detail = f"{type(error).__name__}: {error}"
+        else:
+            detail = "; ".join(f"{r.session_id}: {r.state} {r.errors()[:3]}" for r in failed)
         await self.alerts.update("settlement_failed", not ok, detail)
-        await self.alerts.update("exchange_auth", "AuthenticationFailed" in detail, detail)
+        # The exchange refused the key (a store refusing its password is settlement_failed only).
+        await self.alerts.update("exchange_auth", isinstance(error, AuthenticationFailed), detail)
         await self._coverage_metrics(results)
 
     async def check_stale(self) -> None:
@@ -180,9 +199,10 @@ class Daemon:
         except MmopsError as e:
             reasons.append(logs.scrub(str(e)))
         try:
-            async with self.rt.pool.connection(timeout=3) as conn:
-                await conn.execute("SELECT 1")
-        except Exception as e:  # any failure to reach PostgreSQL makes the daemon not ready
+            await ping(self.rt.pool, timeout=3)
+        except MmopsError as e:  # StoreUnavailable; "authentication failed: …" if refused
+            reasons.append(logs.scrub(str(e)))
+        except Exception as e:  # any other failure to reach PostgreSQL: not ready either
             reasons.append(logs.scrub(f"PostgreSQL is unavailable: {type(e).__name__}: {e}"))
         else:
             if not await self._schema_current():
@@ -214,7 +234,9 @@ class Daemon:
     async def stop(self) -> None:
         """Start nothing new; give running jobs the grace period; then stop them."""
         self.stopping = True
-        self.scheduler.shutdown(wait=False)
+        # Pause, not shut down, first: APScheduler's asyncio executor cancels the jobs still
+        # running when it shuts down, which would cut the grace period to nothing.
+        self.scheduler.pause()
         running = set(self.running)
         if running:
             log.info("serve.draining", jobs=len(running), grace=self.settings.shutdown_grace)
@@ -223,6 +245,7 @@ class Daemon:
                 task.cancel()  # its `async with` blocks release the locks it holds
             if late:
                 await asyncio.wait(late, timeout=10)
+        self.scheduler.shutdown(wait=False)
 
 
 @redis_errors
@@ -230,8 +253,33 @@ async def _ping(rt: Runtime) -> None:
     await rt.redis.ping()
 
 
-async def serve(settings: Settings, urls: Urls) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+def listen(host: str, port: int) -> socket.socket:
+    """The daemon's listening socket, bound before anything else starts and handed to uvicorn
+    (so nothing can take the address in between).
+
+    Raises ConfigurationError naming the address and its settings when it cannot be bound:
+    in use, not an address of this host, or a privileged port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as e:
+        sock.close()
+        shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        why = (e.strerror or str(e)).lower()  # "address already in use", "permission denied"
+        raise ConfigurationError(
+            f"cannot listen on {shown}: {why}; set MMOPS_HTTP_HOST / MMOPS_HTTP_PORT to a free "
+            "address of this host, or stop what holds it"
+        ) from None
+    return sock
+
+
+async def serve(settings: Settings, urls: Urls, listener: socket.socket) -> None:
+    """Serve HTTP on ``listener`` (see :func:`listen`) and run the jobs until SIGTERM or
+    SIGINT, then stop gracefully."""
     from mmops.bootstrap import open_runtime
 
     async with open_runtime(settings, urls, require=False) as rt:
@@ -240,9 +288,7 @@ async def serve(settings: Settings, urls: Urls) -> None:
         probes = Probes(daemon.alive, daemon.readiness, daemon.metrics.render, daemon.status)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(probes),
-                host=settings.http_host,
-                port=settings.http_port,
+                create_app(probes),  # host and port: the listener's
                 log_config=None,
                 access_log=False,
                 lifespan="off",
@@ -262,7 +308,7 @@ async def serve(settings: Settings, urls: Urls) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)
         try:
-            await server.serve()
+            await server.serve(sockets=[listener])
         finally:
             await daemon.stop()
             with contextlib.suppress(MmopsError):

@@ -40,9 +40,9 @@ async def collect_status(rt: Runtime) -> list[dict[str, Any]]:
                     "state": settlement.get("state"),
                     "finished_at": last_run,
                     "age_s": _age(last_run, now),
-                    "placed": settlement.get("placed"),
-                    "skipped": settlement.get("skipped"),
-                    "failed": settlement.get("failed"),
+                    "placed": _count(settlement.get("placed")),
+                    "skipped": _count(settlement.get("skipped")),
+                    "failed": _count(settlement.get("failed")),
                     "stoploss_level": settlement.get("stoploss_level"),
                 },
                 "coverage": [c.to_dict() for c in covered],
@@ -50,6 +50,11 @@ async def collect_status(rt: Runtime) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _count(stored: str | None) -> int | None:
+    """Counts are numbers in JSON; quantities and prices stay decimal strings."""
+    return None if stored is None else int(stored)
 
 
 def _age(at: str | None, now: datetime) -> float | None:

@@ -56,7 +56,11 @@ async def run_workflow(
 ) -> WorkflowResult:
     """Trade for ``plan.hours`` simulated hours, settling and migrating on schedule."""
     clock = SimulatedClock(plan.start)
-    exchange = PaperExchange(rt.redis, clock, venue=venue, seed=plan.seed)
+    # The price path starts with the run, so the same seed trades the same market whatever the
+    # time of day the run starts (the demo ends now).
+    exchange = PaperExchange(
+        rt.redis, clock, venue=venue, seed=plan.seed, price_origin=plan.start.timestamp()
+    )
     await exchange.reset()
     for quote in sorted({p.split("/")[1] for p in plan.pairs}):
         await exchange.fund(quote, plan.capital)

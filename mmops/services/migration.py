@@ -21,7 +21,7 @@ from typing import Any
 from mmops import logs
 from mmops.domain.models import Session, SessionStatus
 from mmops.domain.records import ReadResult, Reject, Stray
-from mmops.errors import RECOVERABLE_INPUT
+from mmops.errors import RECOVERABLE_INPUT, UnknownSession
 from mmops.ports import (
     Clock,
     LiveSessions,
@@ -132,6 +132,7 @@ class MigrationService:
         CONCURRENT_SESSIONS in flight at any time (a session starts as soon as another ends,
         not when a whole batch has). An OperationalError cancels the rest and is raised."""
         if session_id is not None:
+            await self._session(session_id)  # an unknown id is the caller's mistake: raised
             return [await self._reported(session_id, on_done)]
         gate = asyncio.Semaphore(CONCURRENT_SESSIONS)
         tasks: list[asyncio.Task[SessionMigration]] = []
@@ -182,7 +183,7 @@ class MigrationService:
         """The live state in Redis (status, end time) when present, else the registry row."""
         session = await self._live.get(session_id) or await self._records.get(session_id)
         if session is None:
-            raise LookupError(f"no session {session_id!r} in Redis or PostgreSQL")
+            raise UnknownSession(session_id)
         return session
 
     async def _copy(self, tx: SessionWriter, session: Session, result: SessionMigration) -> None:

@@ -20,7 +20,13 @@ from typing import Any
 from mmops import logs
 from mmops.domain.models import ZERO, Balance, Position, Session
 from mmops.domain.records import SettlementRun
-from mmops.errors import RECOVERABLE, RECOVERABLE_INPUT, LockNotAcquired, MmopsError
+from mmops.errors import (
+    RECOVERABLE,
+    RECOVERABLE_INPUT,
+    LockNotAcquired,
+    MmopsError,
+    UnknownSession,
+)
 from mmops.ports import Clock, Exchange, Positions, SessionLocks, SettlementRecords, SettlementRuns
 from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry
@@ -138,7 +144,7 @@ class SettlementService:
             )
         session = await self._registry.get(session_id)
         if session is None:
-            raise LookupError(f"no session {session_id!r} in the registry")
+            raise UnknownSession(session_id)
         return [session]
 
     async def _market_data(self, sessions: list[Session]) -> MarketData:

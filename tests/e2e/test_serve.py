@@ -1,9 +1,11 @@
 """``mmops serve`` as a process: schedules run, endpoints answer, alerts reach a real receiver,
-SIGTERM ends it cleanly, and no secret leaks anywhere."""
+SIGTERM ends it cleanly, a bad address or database password is said plainly, and no secret leaks
+anywhere."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -21,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mmops.adapters.postgres import schema
 from tests.integration.world import World, world
+from tests.kraken_server import KrakenServer
 
 pytestmark = pytest.mark.e2e
 
@@ -63,6 +68,15 @@ def serve(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[byt
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def events(lines: list[str]) -> list[dict[str, Any]]:
+    """The structlog events among log lines (MMOPS_LOG_FORMAT=json); other lines are skipped."""
+    parsed = []
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            parsed.append(json.loads(line))
+    return parsed
 
 
 def wait_for(check: Any, timeout: float = 30) -> Any:
@@ -216,3 +230,144 @@ async def test_one_alert_when_settlement_starts_failing_and_one_when_it_recovers
     }
     assert "down" in receiver.bodies[0]["message"]
     assert all(SECRET not in json.dumps(b) for b in receiver.bodies)
+
+
+def test_serve_on_an_address_in_use_exits_2_with_one_line_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MMOPS_")}
+        env.update(MMOPS_HTTP_HOST="127.0.0.1", MMOPS_HTTP_PORT=str(port),
+                   MMOPS_DATA_DIR=str(tmp_path / "data"), MMOPS_LOG_FORMAT="json")  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "mmops.entrypoints", "serve"], env=env, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
+    assert "MMOPS_HTTP_PORT" in lines[0] and "MMOPS_HTTP_HOST" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # no embedded server started, so no job either
+
+
+class PasswordPostgres:
+    """A PostgreSQL of the test's own that checks passwords (scram-sha-256) for role ``mmops``.
+
+    pgserver's bundled binaries (so it runs where no machine server does, and as root too), its
+    cluster made with trust; pg_hba.conf is then rewritten so only ``postgres`` is trusted."""
+
+    PASSWORD = "right-PG-pass-4242"
+
+    def __init__(self, directory: Path) -> None:
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pgserver
+
+        get_server = pgserver.get_server  # type: ignore[attr-defined]
+        self.server = get_server(directory, cleanup_mode="delete")
+        self.log = Path(self.server.pgdata) / "log"
+        admin = self.server.get_uri()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE mmops LOGIN PASSWORD '{self.PASSWORD}'")
+            hba = Path(str(conn.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+            hba.write_text("local all postgres trust\nlocal all all scram-sha-256\n")
+            conn.execute("SELECT pg_reload_conf()")
+        self.socket_dir = admin.rsplit("host=", 1)[1]
+
+    def url(self, password: str) -> str:
+        return f"postgresql://mmops:{password}@/postgres?host={self.socket_dir}"
+
+    def refused(self) -> int:
+        """Connection attempts the server refused for a wrong password so far."""
+        return self.log.read_text().count('FATAL:  password authentication failed for user "mmops"')
+
+    def close(self) -> None:
+        self.server.cleanup()
+
+
+@pytest.fixture
+def password_postgres(tmp_path: Path) -> Iterator[PasswordPostgres]:
+    server = PasswordPostgres(tmp_path / "pg")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def test_a_wrong_database_password_is_said_once_per_attempt_and_by_readyz(
+    redis_url: str, password_postgres: PasswordPostgres, tmp_path: Path
+) -> None:
+    wrong = "wrong-PG-pass-7777"
+    with psycopg.connect(password_postgres.url(password_postgres.PASSWORD)):
+        pass  # the right password is let in: the refusal below is the password's
+    env = {"MMOPS_REDIS_URL": redis_url, "MMOPS_DATABASE_URL": password_postgres.url(wrong),
+           "MMOPS_DATA_DIR": str(tmp_path), "MMOPS_LOG_FORMAT": "json",
+           "MMOPS_SETTLEMENT_INTERVAL": "60", "MMOPS_MIGRATION_INTERVAL": "60"}  # fmt: skip
+    log = tmp_path / "serve.log"
+    with serve(env, log) as (proc, url):
+        wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200)
+        response = httpx.get(f"{url}/readyz", timeout=20)
+        assert response.status_code == 503
+        assert any(
+            r.startswith("PostgreSQL is unavailable: authentication failed")
+            for r in response.json()["reasons"]
+        ), response.json()
+
+        before = len(log.read_text().splitlines())
+        time.sleep(2)
+        window = log.read_text().splitlines()[before:]
+        assert len(events(window)) == len(window), window  # events only: no stdlib lines
+        attempts = [e for e in events(window) if e["event"] == "postgres.unavailable"]
+        assert len(attempts) <= 4, window  # two connection tasks backing off from 1 s, no flood
+
+        # The jobs' first runs fail on the refused password: settlement_failed, not exchange_auth.
+        def raised() -> set[str]:
+            return {e["condition"] for e in events(log.read_text().splitlines())
+                    if e["event"] == "alert.raised"}  # fmt: skip
+
+        wait_for(lambda: "settlement_failed" in raised())
+        assert "exchange_auth" not in raised()
+        lines = log.read_text().splitlines()
+        refused = password_postgres.refused()  # read second: it may count one more in flight
+        assert len(events(lines)) == len(lines), lines
+        texts = [response.text, httpx.get(f"{url}/metrics").text, httpx.get(f"{url}/status").text]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+    reported = [e for e in events(lines) if e["event"] == "postgres.unavailable"]
+    assert reported and all(e["reason"] == "authentication_failed" for e in reported)
+    assert all("password authentication failed" in e["error"] for e in reported)
+    # One event per connection attempt the server refused (each task may have one under way).
+    assert 0 <= refused - len(reported) <= 2, (refused, len(reported))
+    for text in [*texts, log.read_text()]:
+        assert wrong not in text and password_postgres.PASSWORD not in text
+
+
+async def test_a_refused_api_key_raises_exchange_auth(w: World, tmp_path: Path) -> None:
+    sid = await w.start_session(["BTC/USD"])
+    await w.seed_positions(sid, "BTC/USD", [5])
+    log = tmp_path / "serve.log"
+    with KrakenServer() as kraken:  # which knows neither SECRET_KEY nor SECRET
+        env = base_env(w, tmp_path, MMOPS_EXCHANGE="kraken", MMOPS_EXCHANGE_URL=kraken.url,
+                       MMOPS_MIGRATION_INTERVAL="3600")  # fmt: skip
+        with serve(env, log) as (proc, _):
+
+            def raised() -> dict[str, str]:
+                lines = log.read_text().splitlines()
+                return {e["condition"]: e["detail"] for e in events(lines)
+                        if e["event"] == "alert.raised"}  # fmt: skip
+
+            wait_for(lambda: "exchange_auth" in raised())
+            alerts = raised()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+    assert alerts["exchange_auth"].startswith("AuthenticationFailed: ")
+    assert "Invalid key" in alerts["exchange_auth"]
+    assert "settlement_failed" in alerts
+    assert SECRET_KEY not in log.read_text() and SECRET not in log.read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -69,10 +70,16 @@ class OwnRedis:
 
 
 class OwnPostgres:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    """Its data lives in a directory of its own under the system's temp dir, not under
+    pytest's ``tmp_path``: pgserver runs PostgreSQL as the user ``pgserver`` when started as
+    root and opens the path up for it, while every pytest start closes ``/tmp/pytest-of-*``
+    again (mode 700), which would lock a running server out of its data mid-test."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="mmops-own-pg-")
+        self.directory = Path(self._tmp.name) / "pg"
         get_server = pgserver.get_server  # type: ignore[attr-defined]
-        self.server = get_server(directory, cleanup_mode="stop")
+        self.server = get_server(self.directory, cleanup_mode="stop")
         admin = self.server.get_uri()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("CREATE DATABASE mmops")
@@ -93,3 +100,4 @@ class OwnPostgres:
 
     def close(self) -> None:
         self.server.cleanup()
+        self._tmp.cleanup()

@@ -53,8 +53,8 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path / "pg")
+def own_postgres() -> Iterator[OwnPostgres]:
+    server = OwnPostgres()
     yield server
     server.close()
 

@@ -52,6 +52,13 @@ def test_bad_integer_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
         ("MMOPS_TP_TIERS", "{}", "is empty"),
         ("MMOPS_TP_TIERS", '{"0": "0.01", "60": "0.02"}', "must not rise"),
         ("MMOPS_TP_TIERS_BY_PAIR", '{"btc/usd": {"0": "0.01"}}', "invalid pair"),
+        ("MMOPS_TP_TIERS_BY_PAIR", '{"FOO/BAR": {"0": "0.01"}}', "unknown pairs ['FOO/BAR']"),
+        ("MMOPS_TP_TIERS", "garbage", "not valid JSON"),
+        ("MMOPS_TP_RESERVE", '{"BTC": "-0.5"}', "must be a number >= 0"),
+        ("MMOPS_EXCHANGE", "nosuchexchange", "unknown exchange"),
+        ("MMOPS_REDIS_URL", "localhost:6379", "expected a URL starting with redis://"),
+        ("MMOPS_DATABASE_URL", "mysql://db/x", "expected a URL starting with postgresql://"),
+        ("MMOPS_ALERT_URLS", "json://ok.example/x nonsense", "alert URL number 2"),
     ],
 )
 def test_bad_values_are_named(

@@ -65,12 +65,13 @@ class PaperExchange:
         faults: FaultPlan | None = None,
         listings: Sequence[Listing] = CATALOG,
         volatility: float = 0.012,
+        price_origin: float = 0.0,
     ) -> None:
         self._r = redis
         self._clock = clock
         self.venue = venue
         self.keys = VenueKeys(venue)
-        self.prices = PricePath(seed, volatility)
+        self.prices = PricePath(seed, volatility, price_origin)
         self.counter = counter or TradingCounter()
         self.faults = faults or FaultPlan()
         self._listings = {listing.market.symbol: listing for listing in listings}
@@ -306,6 +307,7 @@ class PaperExchange:
                 start,
                 end,
                 step_seconds,
+                self.prices.origin,
             )
             trade_ids = await self._next_ids("T", len(outcome.trades)) if outcome.trades else []
             trades = [replace(t, id=trade_ids[i]) for i, t in enumerate(outcome.trades)]

@@ -44,8 +44,10 @@ def match_orders(
     start: float,
     end: float,
     step: float,
+    origin: float = 0.0,
 ) -> MatchOutcome:
-    """Walk the path from ``start`` (exclusive) to ``end`` in ``step`` seconds."""
+    """Walk the path from ``start`` (exclusive) to ``end`` in ``step`` seconds. The partial-fill
+    coin reads the time as an offset from ``origin``, the price path's time zero."""
     times = _sample_times(start, end, step)
     balances = dict(holdings)
     changed: dict[str, PaperOrder] = {}
@@ -61,7 +63,7 @@ def match_orders(
                 q = quotes[(market.symbol, t)] = quote(market.symbol, t)
             if not _crossed(paper, q):
                 continue
-            qty = _fill_quantity(paper, market, t)
+            qty = _fill_quantity(paper, market, t - origin)
             paper, trade = _execute(paper, market, qty, t, balances)
             changed[paper.order.id] = paper
             trades.append(trade)
@@ -86,10 +88,10 @@ def _crossed(paper: PaperOrder, q: Quote) -> bool:
     return q.ask <= o.price if o.side is Side.BUY else q.bid >= o.price
 
 
-def _fill_quantity(paper: PaperOrder, market: Market, t: float) -> Decimal:
+def _fill_quantity(paper: PaperOrder, market: Market, offset: float) -> Decimal:
     remaining = paper.order.remaining
     # Keyed on the client order id: the venue's own ids depend on how concurrent callers interleave.
-    if stable_fraction(paper.order.client_order_id or paper.order.id, t) < PARTIAL_CHANCE:
+    if stable_fraction(paper.order.client_order_id or paper.order.id, offset) < PARTIAL_CHANCE:
         half = round_amount_down(remaining / 2, market.lot)
         if half > 0:
             return half

@@ -30,11 +30,17 @@ class Quote:
 
 
 class PricePath:
-    """Mid prices of every catalog pair for one seed."""
+    """Mid prices of every catalog pair for one seed.
 
-    def __init__(self, seed: int, volatility: float = 0.012) -> None:
+    ``origin`` (epoch seconds) is the path's time zero: two venues with the same seed and
+    origin quote the same prices at the same offset from it, so a run that starts at another
+    time of day (the demo, which ends now) still sees the same market.
+    """
+
+    def __init__(self, seed: int, volatility: float = 0.012, origin: float = 0.0) -> None:
         self.seed = seed
         self.volatility = volatility
+        self.origin = origin
         self._waves: dict[str, tuple[tuple[float, float, float], ...]] = {}
 
     def _waves_of(self, symbol: str) -> tuple[tuple[float, float, float], ...]:
@@ -51,6 +57,7 @@ class PricePath:
     def mid(self, symbol: str, t: float, adjust: Decimal = Decimal(1)) -> Decimal:
         """The mid price at epoch second ``t``, times ``adjust`` (a test's price shock)."""
         listing = BY_SYMBOL[symbol]
+        t -= self.origin
         f = sum(w * math.sin(2 * math.pi * t / p + phase) for p, phase, w in self._waves_of(symbol))
         factor = Decimal(repr(math.exp(self.volatility * f / 2.0)))
         return listing.start * factor * adjust

@@ -336,7 +336,7 @@ class Warehouse:
             yield SessionWrite(conn, session)
 
     async def pending_sessions(self, limit: int, after: str | None = None) -> list[str]:
-        """Ids of sessions whose migration is not complete, oldest first, after ``after``."""
+        """Ids of sessions whose migration is not complete, in id order, after ``after``."""
         async with pg_errors(), self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT id FROM sessions WHERE migrated_at IS NULL"

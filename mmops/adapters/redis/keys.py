@@ -1,4 +1,5 @@
-"""Every Redis key name mmops uses, and nothing else. See docs/REDIS_SCHEMA.md.
+"""Every Redis key name of the mmops store, and nothing else (the paper venue's own keys are in
+``mmops.adapters.paper.state``). See docs/REDIS_SCHEMA.md.
 
 Each key of a session carries the session id as a ``{S}`` hash tag, so all of one session's
 keys live in one Redis Cluster slot and a Lua script or MULTI may touch several of them.
@@ -41,7 +42,7 @@ def uncovered(session_id: str, symbol: str) -> str:
     return f"uncovered:{_tag(session_id)}:{check_symbol(symbol)}"
 
 
-# The six service keys, named exactly as DESIGN.md has them.
+# The six service keys, named as docs/ARCHITECTURE.md (Redis contract) lists them.
 
 
 def tp_attempt(session_id: str, position_id: str) -> str:
