@@ -19,6 +19,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check mmops tests bench
+	$(BIN)/ruff format --check mmops tests bench
 	$(BIN)/mypy
 
 test: lint

@@ -1,9 +1,10 @@
 """The one composition root: settings → servers → adapters → services.
 
-Nothing else in mmops opens a connection or reads the environment. :func:`resolve_urls` decides
-between the configured servers and the embedded ones (and says so in one log line);
-:func:`open_runtime` opens the Redis client and the PostgreSQL pool in one place and closes them
-in one place.
+Nothing else in mmops opens a connection, reads the environment or builds an adapter.
+:func:`resolve_urls` decides between the configured servers and the embedded ones (and says so
+in one log line); :func:`open_runtime` opens the Redis client and the PostgreSQL pool in one
+place and closes them in one place; :func:`open_exchange` and :func:`open_paper_venue` hand out
+an exchange for the length of an ``async with`` and close it at its end.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -41,6 +43,9 @@ from mmops.services.sessions import SessionRegistry
 from mmops.services.settlement import SettlementService
 from mmops.services.stoploss import StopLossService
 from mmops.services.take_profit import TakeProfitService
+
+if TYPE_CHECKING:
+    from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange
 
 log = logs.get_logger("mmops.bootstrap")
 
@@ -87,10 +92,14 @@ class Runtime:
     session_records: SessionRepository
     registry: SessionRegistry
     clock: SystemClock
+    ops: OpsStore
+    warehouse: Warehouse
+    notifier: AppriseNotifier
 
 
 @redis_errors
-async def _ping(redis: Redis) -> None:
+async def ping_redis(redis: Redis) -> None:
+    """Raise StoreUnavailable (naming Redis) unless the server answers."""
     await redis.ping()
 
 
@@ -108,7 +117,7 @@ async def open_runtime(
     pool = create_pool(urls.database, settings.db_pool_max_size)
     try:
         if require:
-            await _ping(redis)
+            await ping_redis(redis)
             await open_pool(pool)
         else:
             await pool.open(wait=False)
@@ -127,6 +136,9 @@ async def open_runtime(
             session_records=records,
             registry=SessionRegistry(sessions, records),
             clock=SystemClock(),
+            ops=OpsStore(redis),
+            warehouse=Warehouse(pool),
+            notifier=AppriseNotifier(settings.alert_url_list()),
         )
     finally:
         await pool.close()
@@ -142,8 +154,42 @@ def worker_name(settings: Settings) -> str:
     return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def build_exchange(settings: Settings, redis: Redis, clock: Clock, dry_run: bool) -> Exchange:
-    """The paper venue, or a live ccxt exchange (dry-run places nothing on a live venue)."""
+@contextlib.asynccontextmanager
+async def open_exchange(rt: Runtime, *, dry_run: bool) -> AsyncIterator[Exchange]:
+    """The configured exchange, closed when the block ends: the paper venue
+    (``MMOPS_PAPER_VENUE``, with ``MMOPS_PAPER_FAULTS``) or a live ccxt exchange (dry-run
+    places nothing on a live venue). Raises ConfigurationError for a live exchange without
+    API credentials."""
+    async with _build_exchange(rt.settings, rt.redis, rt.clock, dry_run) as exchange:
+        yield exchange
+
+
+@contextlib.asynccontextmanager
+async def open_paper_venue(
+    rt: Runtime,
+    clock: Clock,
+    *,
+    venue: str | None = None,
+    seed: int | None = None,
+    price_origin: float = 0.0,
+) -> AsyncIterator[PaperExchange]:
+    """A paper venue for the trading loop on ``clock``, closed when the block ends: the
+    configured one (``MMOPS_PAPER_VENUE``, ``MMOPS_PAPER_SEED``) unless ``venue`` / ``seed``
+    name another. It injects no ``MMOPS_PAPER_FAULTS``: they are for settlement's benchmarks
+    and reliability tests, and the trading loop would stop on them."""
+    async with PaperExchange(
+        rt.redis,
+        clock,
+        venue=rt.settings.paper_venue if venue is None else venue,
+        seed=rt.settings.paper_seed if seed is None else seed,
+        price_origin=price_origin,
+    ) as exchange:
+        yield exchange
+
+
+def _build_exchange(
+    settings: Settings, redis: Redis, clock: Clock, dry_run: bool
+) -> PaperExchange | CcxtExchange:
     if settings.exchange == "paper":
         return PaperExchange(
             redis,
@@ -182,11 +228,8 @@ async def check_tier_pairs(settings: Settings, exchange: Exchange) -> None:
 
 async def exchange_markets(rt: Runtime) -> dict[str, Market]:
     """The configured exchange's markets (for coverage views); places nothing."""
-    exchange = build_exchange(rt.settings, rt.redis, rt.clock, dry_run=True)
-    try:
+    async with open_exchange(rt, dry_run=True) as exchange:
         return await exchange.markets()
-    finally:
-        await exchange.close()
 
 
 def build_settlement(
@@ -196,37 +239,41 @@ def build_settlement(
     s = rt.settings
     clock = clock or rt.clock
     tiers = s.tier_policy()
-    notifier = AppriseNotifier(s.alert_url_list())
     take_profits = TakeProfitService(
-        rt.positions,
-        Attempts(rt.redis, s.tp_attempt_ttl),
-        exchange,
-        tiers,
-        clock,
+        positions=rt.positions,
+        attempts=Attempts(rt.redis, s.tp_attempt_ttl),
+        exchange=exchange,
+        tiers=tiers,
+        clock=clock,
         reserve=s.tp_reserve,
         dry_run=dry_run,
     )
     stoploss = StopLossService(
-        rt.fills,
-        rt.positions,
-        OpsStore(rt.redis),
-        rt.registry,
-        exchange,
-        notifier,
-        StopLossThresholds(s.stoploss_warn, s.stoploss_halt, s.stoploss_flatten),
+        fills=rt.fills,
+        positions=rt.positions,
+        records=rt.ops,
+        registry=rt.registry,
+        exchange=exchange,
+        notifier=rt.notifier,
+        thresholds=StopLossThresholds(s.stoploss_warn, s.stoploss_halt, s.stoploss_flatten),
         dry_run=dry_run,
     )
+    repricer = (
+        Repricer(positions=rt.positions, exchange=exchange, tiers=tiers, clock=clock)
+        if s.tp_reprice
+        else None
+    )
     return SettlementService(
-        rt.registry,
-        rt.positions,
-        OpsStore(rt.redis),
-        SettlementRunRepository(rt.pool),
-        SettlementLocks(rt.redis, s.settlement_lock_ttl),
-        exchange,
-        take_profits,
-        stoploss,
-        Repricer(rt.positions, exchange, tiers, clock) if s.tp_reprice else None,
-        clock,
+        registry=rt.registry,
+        positions=rt.positions,
+        records=rt.ops,
+        runs=SettlementRunRepository(rt.pool),
+        locks=SettlementLocks(rt.redis, s.settlement_lock_ttl),
+        exchange=exchange,
+        take_profits=take_profits,
+        stoploss=stoploss,
+        repricer=repricer,
+        clock=clock,
         hours_back=s.settlement_hours_back,
         session_limit=s.settlement_session_limit,
         worker=worker_name(s),
@@ -236,13 +283,13 @@ def build_settlement(
 def build_migration(rt: Runtime, batch_size: int | None = None) -> MigrationService:
     s = rt.settings
     return MigrationService(
-        rt.sessions,
-        rt.session_records,
-        rt.orders,
-        rt.fills,
-        Warehouse(rt.pool),
-        OpsStore(rt.redis),
-        rt.clock,
+        live=rt.sessions,
+        records=rt.session_records,
+        orders=rt.orders,
+        fills=rt.fills,
+        warehouse=rt.warehouse,
+        marks=rt.ops,
+        clock=rt.clock,
         batch_size=batch_size or s.migration_batch_size,
         retention_seconds=s.migration_retention_grace if s.migration_retention else None,
     )

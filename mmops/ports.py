@@ -24,12 +24,17 @@ from mmops.domain.models import (
 from mmops.domain.records import (
     Coverage,
     FillMove,
+    MigrationCounts,
     OrderMove,
     ReadResult,
     Reject,
     SettlementRun,
+    SettlementStatus,
     Stray,
+    TakeProfitRecord,
+    TpStatus,
 )
+from mmops.errors import OrderNotFound
 
 
 class Clock(Protocol):
@@ -103,6 +108,18 @@ class Exchange(Protocol):
     async def close(self) -> None: ...
 
 
+async def cancel_or_fetch(exchange: Exchange, symbol: str, order_id: str) -> ExchangeOrder:
+    """Cancel an order and return it as the venue left it; if the venue no longer has it open
+    (``OrderNotFound``: it filled, or was cancelled or expired meanwhile), fetch it instead.
+
+    Raises what ``cancel`` raises (but ``OrderNotFound``) and what ``fetch_order`` raises.
+    """
+    try:
+        return await exchange.cancel(symbol, order_id)
+    except OrderNotFound:
+        return await exchange.fetch_order(symbol, order_id)
+
+
 class Positions(Protocol):
     """Positions and their take-profit coverage (Redis)."""
 
@@ -115,17 +132,17 @@ class Positions(Protocol):
     async def clear_pending(self, marks: Sequence[tuple[Position, int]]) -> None: ...
     async def record_coverage(self, coverages: Sequence[Coverage]) -> None: ...
     async def release_coverage(
-        self, position: Position, order_id: str, status: str, kept: Decimal = ...
+        self, position: Position, order_id: str, status: TpStatus, kept: Decimal = ...
     ) -> None: ...
-    async def tp_order(self, session_id: str, order_id: str) -> dict[str, str]: ...
+    async def tp_order(self, session_id: str, order_id: str) -> TakeProfitRecord | None: ...
     async def tp_orders(
         self, session_id: str, order_ids: Sequence[str]
-    ) -> list[dict[str, str]]: ...
+    ) -> ReadResult[tuple[str, TakeProfitRecord]]: ...
     async def record_exit(self, position: Position, order_id: str, amount: Decimal) -> None: ...
-    async def set_tp_status(self, session_id: str, order_id: str, status: str) -> None: ...
+    async def set_tp_status(self, session_id: str, order_id: str, status: TpStatus) -> None: ...
 
 
-class Attempts(Protocol):
+class TakeProfitClaims(Protocol):
     """Short-lived per-position claims: "I am placing this position's take-profit"."""
 
     async def acquire(self, session_id: str, position_ids: Sequence[str]) -> dict[str, str]: ...
@@ -173,10 +190,10 @@ class Notifier(Protocol):
 class SettlementRecords(Protocol):
     """Service keys of settlement: the status hash and the last-run time (Redis)."""
 
-    async def settlement_status(self, session_id: str) -> dict[str, str]: ...
-    async def write_settlement_status(
-        self, session_id: str, status: dict[str, str], finished_at: str
-    ) -> None: ...
+    async def settlement_status(self, session_id: str) -> SettlementStatus | None: ...
+    async def write_settlement_status(self, session_id: str, status: SettlementStatus) -> None:
+        """Replace the status; its ``finished_at`` becomes the session's last-run time."""
+        ...
 
 
 class SettlementRuns(Protocol):
@@ -191,7 +208,7 @@ class SessionLocks(Protocol):
     def hold(self, session_id: str) -> AbstractAsyncContextManager[None]: ...
 
 
-class SessionWriter(Protocol):
+class MigrationTransaction(Protocol):
     """One session's migration transaction in the warehouse."""
 
     session: Session
@@ -205,12 +222,12 @@ class SessionWriter(Protocol):
     async def recompute_stats(self) -> None: ...
 
 
-class Warehouse(Protocol):
+class MigrationTarget(Protocol):
     """PostgreSQL as migration writes it."""
 
-    def session(self, session: Session) -> AbstractAsyncContextManager[SessionWriter]: ...
+    def session(self, session: Session) -> AbstractAsyncContextManager[MigrationTransaction]: ...
     async def pending_sessions(self, limit: int, after: str | None = None) -> list[str]: ...
-    async def counts(self, session_id: str) -> dict[str, dict[str, int]]: ...
+    async def counts(self, session_id: str) -> MigrationCounts: ...
     async def mark_migrated(self, session_id: str, at: datetime) -> None: ...
 
 

@@ -49,7 +49,7 @@ from aiohttp import web
 from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange
 from mmops.adapters.paper.catalog import CATALOG, Listing
 from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
-from mmops.domain.rounding import round_amount_down, round_price_up
+from mmops.domain.rounding import round_price_down, round_price_up
 
 LOT_DECIMALS = 8
 MAX_BATCH = 15
@@ -676,7 +676,7 @@ class KrakenServer:
     def _add_pair(self, listing: Listing) -> None:
         m = listing.market
         altname = _ALTNAMES.get(m.base, m.base) + _ALTNAMES.get(m.quote, m.quote)
-        bid = round_amount_down(listing.start * (1 - _HALF_SPREAD), m.tick)
+        bid = round_price_down(listing.start * (1 - _HALF_SPREAD), m.tick)
         ask = round_price_up(listing.start * (1 + _HALF_SPREAD), m.tick)
         self._pairs[listing.kraken_pair] = Pair(listing, altname, bid, ask)
         self._assets[listing.kraken_base] = m.base

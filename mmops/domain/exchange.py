@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 
 from mmops.domain.models import (
     ZERO,
+    Market,
     OrderStatus,
     Side,
     check_amount,
     check_symbol,
     check_time,
 )
+from mmops.domain.rounding import is_multiple
 from mmops.errors import MmopsError
 
 MAX_BATCH = 15  # Kraken's AddOrderBatch limit: orders of one pair per call
@@ -36,6 +40,36 @@ class OrderRequest:
         check_amount("price", self.price, positive=True)
         if not self.client_order_id:
             raise ValueError("an order request needs a client order id")
+
+
+class MarketRule(StrEnum):
+    """A rule of a market that an order must keep, or the venue refuses it."""
+
+    TICK_AND_LOT = "tick_and_lot"  # price on the tick's grid, amount on the lot's
+    MINIMUM = "minimum"  # amount ≥ the minimum amount, price * amount ≥ the minimum cost
+
+
+def check_batch(orders: Sequence[OrderRequest]) -> None:
+    """Refuse a batch no venue call can carry: more than MAX_BATCH orders, or several pairs.
+
+    Raises ValueError: such a batch is the caller's mistake, not an exchange's refusal.
+    """
+    if len(orders) > MAX_BATCH:
+        raise ValueError(f"a batch holds at most {MAX_BATCH} orders, got {len(orders)}")
+    if len({o.symbol for o in orders}) > 1:
+        raise ValueError("a batch holds orders of one pair only")
+
+
+def broken_rule(order: OrderRequest, market: Market) -> MarketRule | None:
+    """The rule of ``market`` that ``order`` breaks (the grid is checked first), or None.
+
+    Each venue words its own refusal; the rules are the same everywhere.
+    """
+    if not (is_multiple(order.price, market.tick) and is_multiple(order.amount, market.lot)):
+        return MarketRule.TICK_AND_LOT
+    if order.amount < market.min_amount or order.amount * order.price < market.min_cost:
+        return MarketRule.MINIMUM
+    return None
 
 
 @dataclass(frozen=True, slots=True)

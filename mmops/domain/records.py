@@ -1,14 +1,21 @@
-"""Records that cross the store ports: bulk reads, take-profit coverage, settlement runs,
-migration rows."""
+"""Records that cross the store ports: bulk reads, take-profit coverage and metadata, the
+settlement status and runs, migration rows and counts.
+
+Each is a frozen value with enums for its states. The Redis codec
+(``mmops.adapters.redis.codec``) is the one place they become strings and back.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from mmops.domain.models import Order, Position
+from mmops.domain.pnl import StopLossLevel
 from mmops.errors import BadRecordError
 
 T = TypeVar("T")
@@ -22,6 +29,32 @@ class ReadResult(Generic[T]):
     bad: list[BadRecordError] = field(default_factory=list)
 
 
+class TpStatus(StrEnum):
+    """A take-profit's state as mmops last recorded it (``tp_order:{S}:{O}`` ``status``)."""
+
+    OPEN = "open"  # placed (or recovered) and covering its position
+    FILLED = "filled"  # seen filled on the exchange: it keeps covering what it sold
+    REPLACED = "replaced"  # cancelled by repricing; its coverage released
+    CANCELED = "canceled"  # cancelled by the stop-loss; its coverage released
+
+
+@dataclass(frozen=True, slots=True)
+class TakeProfitRecord:
+    """What mmops keeps about a placed take-profit (``tp_order:{S}:{O}``): where it came from,
+    how it was priced, and its state."""
+
+    position: str  # the position id (its buy order's id)
+    pair: str
+    price: Decimal
+    amount: Decimal
+    tier: int | None  # minutes of the tier it was priced at; None when recovered unpriced
+    markup: Decimal | None  # the tier's markup; None when recovered unpriced
+    client_order_id: str
+    generation: int
+    created_at: datetime
+    status: TpStatus = TpStatus.OPEN
+
+
 @dataclass(frozen=True, slots=True)
 class Coverage:
     """A placed take-profit to record against the position it was priced from."""
@@ -30,16 +63,59 @@ class Coverage:
     generation: int
     order_id: str
     amount: Decimal
-    metadata: dict[str, str]
+    take_profit: TakeProfitRecord
     fully_covered: bool
     order: Order | None = None  # the take-profit as an order of its session, recorded with it
+
+
+class RunState(StrEnum):
+    """How a session's settlement run ended."""
+
+    OK = "ok"
+    PARTIAL = "partial"  # something was left undone (see docs/ARCHITECTURE.md)
+    FAILED = "failed"  # every pair failed, or the session could not be settled
+    LOCKED = "locked"  # another worker held the session; nothing recorded
+
+    @property
+    def ok(self) -> bool:
+        return self in (RunState.OK, RunState.LOCKED)
+
+
+@dataclass(frozen=True, slots=True)
+class StopLossFigures:
+    """What the stop-loss keeps between runs: the last measure and the level acted on."""
+
+    equity: Decimal
+    peak_equity: Decimal
+    drawdown: Decimal
+    level: StopLossLevel
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementStatus:
+    """A session's last settlement run as ``settlement:status:{S}`` holds it."""
+
+    state: RunState
+    placed: int
+    skipped: int
+    failed: int
+    errors: tuple[str, ...]
+    duration_ms: int
+    finished_at: datetime
+    worker: str
+    dry_run: bool
+    stoploss: StopLossFigures | None = None  # None until the stop-loss has measured once
+
+    @property
+    def stoploss_level(self) -> StopLossLevel | None:
+        return None if self.stoploss is None else self.stoploss.level
 
 
 @dataclass(frozen=True, slots=True)
 class SettlementRun:
     session_id: str
     worker: str
-    state: str
+    state: RunState
     started_at: datetime
     finished_at: datetime
     placed: int
@@ -53,12 +129,44 @@ class SettlementRun:
         return int((self.finished_at - self.started_at).total_seconds() * 1000)
 
 
+class RejectKind(StrEnum):
+    """The kind of record migration quarantined (``migration_rejects.kind``)."""
+
+    ORDER = "order"
+    FILL = "fill"
+
+
 @dataclass(frozen=True, slots=True)
 class Reject:
+    kind: RejectKind
     symbol: str | None
     key: str
     raw: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairRows:
+    """What PostgreSQL holds of one pair of a session: its rows, and the records of each kind
+    quarantined in ``migration_rejects``."""
+
+    orders: int = 0
+    fills: int = 0
+    rejected: Mapping[RejectKind, int] = field(default_factory=dict)
+
+    def rejects(self, kind: RejectKind) -> int:
+        return self.rejected.get(kind, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationCounts:
+    """What PostgreSQL holds of a session, per pair (``?`` for rejects without a pair): what
+    migration compares with the records it read from Redis."""
+
+    pairs: Mapping[str, PairRows] = field(default_factory=dict)
+
+    def pair(self, symbol: str) -> PairRows:
+        return self.pairs.get(symbol, PairRows())
 
 
 # Migration moves orders and fills as lines of tab-separated values (PostgreSQL COPY's text

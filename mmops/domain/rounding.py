@@ -1,7 +1,8 @@
 """Exact rounding of prices and amounts to a market's tick and lot.
 
-A sell limit price rounds **up** (never below break-even) and an amount rounds **down** (never
-more than the position holds). The arithmetic uses the Decimal remainder, which is exact for
+A sell limit price rounds **up** (never below break-even), a buy limit price rounds **down**
+(never more than the buyer meant to pay) and an amount rounds **down** (never more than the
+position holds). The arithmetic uses the Decimal remainder, which is exact for
 any step — 0.1, 0.00001, 0.25 or 5 — unlike ``quantize``, which only knows powers of ten.
 """
 
@@ -20,6 +21,15 @@ def round_price_up(price: Decimal, tick: Decimal) -> Decimal:
     the result cannot be represented exactly in 60 digits.
     """
     return _snap("price", price, tick, up=True)
+
+
+def round_price_down(price: Decimal, tick: Decimal) -> Decimal:
+    """The largest multiple of ``tick`` that is ≤ ``price`` (a buy's limit price).
+
+    Raises ValueError if ``price`` is negative or not finite, if ``tick`` is not positive, or if
+    the result cannot be represented exactly in 60 digits.
+    """
+    return _snap("price", price, tick, up=False)
 
 
 def round_amount_down(amount: Decimal, lot: Decimal) -> Decimal:

@@ -12,29 +12,27 @@ from mmops.adapters.clock import SystemClock
 from mmops.adapters.postgres import backup as pg_backup
 from mmops.adapters.postgres import schema
 from mmops.adapters.postgres.verify import verify as run_verify
-from mmops.entrypoints.cli import (
+from mmops.entrypoints.cli_common import (
     JsonOption,
-    app,
     console,
-    ctx,
+    context_of,
     emit_json,
     err_console,
     handled,
-    require_current_schema,
+    refuse_outdated_schema,
 )
 from mmops.errors import ConfigurationError
 
 db = typer.Typer(
     help="PostgreSQL schema: migrations, verification, backup, restore.", no_args_is_help=True
 )
-app.add_typer(db, name="db")
 
 
 @db.command("upgrade")
-def upgrade(json_out: JsonOption = False) -> None:
+def upgrade(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """Apply every pending migration."""
     with handled():
-        applied = schema.upgrade(ctx().database_url)
+        applied = schema.upgrade(context_of(ctx).database_url)
         if json_out:
             emit_json({"applied": applied, "latest": schema.latest_id()})
         elif applied:
@@ -45,6 +43,7 @@ def upgrade(json_out: JsonOption = False) -> None:
 
 @db.command("downgrade")
 def downgrade(
+    ctx: typer.Context,
     to: Annotated[
         str | None,
         typer.Option(help="Roll back until this migration is the newest; 'zero' for all."),
@@ -59,7 +58,7 @@ def downgrade(
                 "a downgrade may drop columns and tables with their data; back up with "
                 "`mmops db backup`, then repeat with --yes"
             )
-        rolled_back = schema.downgrade(ctx().database_url, to)
+        rolled_back = schema.downgrade(context_of(ctx).database_url, to)
         if json_out:
             emit_json({"rolled_back": rolled_back})
         else:
@@ -67,10 +66,10 @@ def downgrade(
 
 
 @db.command("status")
-def status(json_out: JsonOption = False) -> None:
+def status(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """List migrations and whether each is applied."""
     with handled():
-        states = schema.status(ctx().database_url)
+        states = schema.status(context_of(ctx).database_url)
         if json_out:
             emit_json([{"id": s.id, "applied": s.applied} for s in states])
             return
@@ -79,11 +78,11 @@ def status(json_out: JsonOption = False) -> None:
 
 
 @db.command("verify")
-def verify(json_out: JsonOption = False) -> None:
+def verify(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """Run integrity checks; exit 1 naming each problem found."""
     with handled():
-        url = ctx().database_url
-        require_current_schema(url)
+        url = context_of(ctx).database_url
+        refuse_outdated_schema(url)
         problems = run_verify(url)
         if json_out:
             emit_json(
@@ -125,14 +124,14 @@ def find_tool(name: str) -> pg_backup.Tool:
 
 @db.command("backup")
 def backup(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Directory for the dump file.")] = Path("backups"),
     json_out: JsonOption = False,
 ) -> None:
     """Write a pg_dump -Fc file named with the UTC time."""
     with handled():
-        context = ctx()
         pg_dump = find_tool("pg_dump")
-        path = pg_backup.backup(context.database_url, out, SystemClock().now(), pg_dump)
+        path = pg_backup.backup(context_of(ctx).database_url, out, SystemClock().now(), pg_dump)
         if json_out:
             emit_json({"backup": str(path), "bytes": path.stat().st_size})
         else:
@@ -141,6 +140,7 @@ def backup(
 
 @db.command("restore")
 def restore(
+    ctx: typer.Context,
     file: Annotated[
         Path,
         typer.Argument(
@@ -162,7 +162,7 @@ def restore(
                 "with `mmops db backup`, stop `mmops serve`, then repeat with --yes"
             )
         pg_restore = find_tool("pg_restore")
-        url = ctx().database_url
+        url = context_of(ctx).database_url
         pg_backup.restore(url, file, dump, pg_restore)
         current = schema.is_current(url)
         database = pg_backup.database_name(url)

@@ -9,21 +9,20 @@ import typer
 from rich.progress import Progress
 
 from mmops.bootstrap import build_migration, open_runtime
-from mmops.entrypoints.cli import (
+from mmops.entrypoints.cli_common import (
     JsonOption,
-    app,
     console,
-    ctx,
+    context_of,
     emit_json,
     handled,
-    require_current_schema,
+    refuse_outdated_schema,
     run_async,
 )
 from mmops.services.migration import SessionMigration
 
 
-@app.command("migrate")
 def migrate(
+    ctx: typer.Context,
     session: Annotated[str | None, typer.Option(help="Migrate only this session.")] = None,
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Sessions per batch (MMOPS_MIGRATION_BATCH_SIZE).")
@@ -32,9 +31,9 @@ def migrate(
 ) -> None:
     """Migrate every session not yet complete (or one); exit 1 on any failure or mismatch."""
     with handled():
-        context = ctx()
+        context = context_of(ctx)
         urls = context.urls
-        require_current_schema(urls.database)
+        refuse_outdated_schema(urls.database)
         interactive = sys.stdout.isatty() and not json_out
 
         async def go() -> list[SessionMigration]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -16,26 +13,21 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from mmops import logs
-from mmops.adapters.clock import SimulatedClock, SystemClock
 from mmops.adapters.paper.catalog import SYMBOLS
-from mmops.adapters.paper.exchange import PaperExchange
-from mmops.adapters.postgres import schema
-from mmops.bootstrap import Runtime, build_settlement, exchange_markets, open_runtime
-from mmops.domain.models import Market
-from mmops.entrypoints.cli import (
+from mmops.bootstrap import Runtime, exchange_markets, open_runtime
+from mmops.entrypoints.cli_common import (
     JsonOption,
-    app,
     console,
-    ctx,
+    context_of,
     emit_json,
     handled,
-    require_current_schema,
+    refuse_outdated_schema,
     run_async,
+    upgrade_outdated_schema,
 )
-from mmops.entrypoints.workflow import WorkflowPlan, report, run_workflow
+from mmops.entrypoints.workflow import SimFigures, WorkflowPlan, report, run_workflow
 from mmops.errors import ConfigurationError, UnknownSession
 from mmops.services.coverage import CoverageService
-from mmops.sim.loop import LoopConfig, TradingLoop
 
 PairsOption = Annotated[
     int, typer.Option("--pairs", min=1, max=len(SYMBOLS), help="Pairs to quote.")
@@ -47,13 +39,8 @@ def _pairs(n: int) -> tuple[str, ...]:
     return SYMBOLS[:n]
 
 
-def _require_schema(database_url: str) -> None:
-    if not schema.is_current(database_url):
-        schema.upgrade(database_url)  # the demo and sim set their own database up
-
-
-@app.command("demo")
 def demo(
+    ctx: typer.Context,
     pairs: PairsOption = 10,
     hours: Annotated[float, typer.Option(min=0.1, max=72, help="Simulated hours.")] = 6,
     seed: SeedOption = 7,
@@ -68,15 +55,15 @@ def demo(
     demo-SEED: a new run with the same seed replaces the previous one.
     """
     with handled():
-        context = ctx()
+        context = context_of(ctx)
         if not verbose:
             logs.configure("WARNING", context.settings.log_format)
         urls = context.urls
-        _require_schema(urls.database)
+        upgrade_outdated_schema(urls.database)
         # The session ends now, so `status`, `verify-coverage` and the dashboard show it; on a
         # whole second, so every simulated step lands on the same offsets from the start.
         start = (datetime.now(UTC) - timedelta(hours=hours)).replace(microsecond=0)
-        plan = WorkflowPlan(_pairs(pairs), hours, seed, start)
+        plan = WorkflowPlan(pairs=_pairs(pairs), hours=hours, seed=seed, start=start)
         session_id = f"demo-{seed}"
 
         async def go() -> dict[str, Any]:
@@ -124,8 +111,8 @@ def _print_demo(data: dict[str, Any]) -> None:
     console.print(f"{data['simulated_hours']} simulated hours in {t['wall_seconds']} s")
 
 
-@app.command("sim")
 def sim(
+    ctx: typer.Context,
     pairs: PairsOption = 10,
     hours: Annotated[float, typer.Option(min=0.01, max=72, help="How long to trade.")] = 1,
     seed: SeedOption = 7,
@@ -146,24 +133,40 @@ def sim(
     simulated trading, with settlement every MMOPS_SETTLEMENT_INTERVAL simulated seconds.
     """
     with handled():
-        context = ctx()
+        context = context_of(ctx)
         if context.settings.exchange != "paper":
             raise ConfigurationError(
                 "MMOPS_EXCHANGE: the trading loop runs on the paper venue only"
             )
         urls = context.urls
-        _require_schema(urls.database)
+        upgrade_outdated_schema(urls.database)
         now = datetime.now(UTC)
         start = now - timedelta(hours=hours) if simulated else now
         sid = session or f"sim-{start:%Y%m%d%H%M%S}"
+        plan = WorkflowPlan(
+            pairs=_pairs(pairs),
+            hours=hours,
+            seed=seed,
+            start=start,
+            step_seconds=step,
+            settle_every=context.settings.settlement_interval,
+            settle=settle,
+            migrate=False,
+            real_clock=not simulated,
+        )
 
         shown = SimProgress(sid, int(hours * 3600), quiet=json_out or simulated)
 
         async def go() -> dict[str, Any]:
             async with open_runtime(context.settings, urls) as rt:
                 with shown:
-                    return await _run_sim(rt, _pairs(pairs), hours, seed, sid, start, simulated,
-                                          settle, step, shown.update)  # fmt: skip
+                    result = await run_workflow(rt, plan, sid, on_progress=shown.update)
+            return {
+                "session": sid,
+                "fills": result.loop.fills,
+                "settlements": len(result.settle_ms),
+                "duplicates_recorded": result.loop.duplicates_recorded,
+            }
 
         data = run_async(go())
         if json_out:
@@ -171,76 +174,6 @@ def sim(
         else:
             console.print(f"session {data['session']}: {data['fills']} fills, "
                           f"{data['settlements']} settlement runs")  # fmt: skip
-
-
-async def _run_sim(
-    rt: Runtime,
-    pairs: tuple[str, ...],
-    hours: float,
-    seed: int,
-    session_id: str,
-    start: datetime,
-    simulated: bool,
-    settle: bool,
-    step: int,
-    on_progress: Callable[[SimFigures], None] = lambda _: None,
-) -> dict[str, Any]:
-    s = rt.settings
-    clock: SimulatedClock | SystemClock = SimulatedClock(start) if simulated else SystemClock()
-    venue = PaperExchange(rt.redis, clock, venue=s.paper_venue, seed=s.paper_seed)
-    for quote in sorted({p.split("/")[1] for p in pairs}):
-        balance = (await venue.balances()).get(quote)
-        if balance is None or balance.free < Decimal(10_000):
-            await venue.fund(quote, Decimal(50_000))
-    venue_markets = await venue.markets()
-    config = LoopConfig(pairs, seed=seed)
-    loop = TradingLoop(venue, rt.registry, rt.sessions, rt.orders, rt.orders, rt.fills, clock,
-                       config, session_id)  # fmt: skip
-    settlement = build_settlement(rt, venue, dry_run=False, clock=clock)
-    await loop.start()
-    settlements = 0
-    figures = SimFigures()
-    coverage = CoverageService(rt.positions)
-    steps = int(hours * 3600 // step)
-    for n in range(1, steps + 1):
-        if isinstance(clock, SimulatedClock):
-            clock.advance(timedelta(seconds=step))
-        else:
-            await asyncio.sleep(step)
-        await loop.step()
-        if settle and (n * step) % s.settlement_interval == 0:
-            [run] = await settlement.run(session_id)
-            settlements += 1
-            figures.take_profits += run.totals().get("placed", 0)
-            figures.coverage = await _lowest_coverage(rt, coverage, session_id, venue_markets)
-        figures.elapsed, figures.fills = n * step, loop.stats.fills
-        figures.settlements = settlements
-        on_progress(figures)
-    await loop.end()
-    if settle:
-        await settlement.run(session_id)
-        settlements += 1
-    return {"session": session_id, "fills": loop.stats.fills, "settlements": settlements,
-            "duplicates_recorded": loop.stats.duplicates_recorded}  # fmt: skip
-
-
-async def _lowest_coverage(
-    rt: Runtime, coverage: CoverageService, session_id: str, markets: dict[str, Market]
-) -> Decimal | None:
-    session = await rt.registry.get(session_id)
-    if session is None:
-        return None
-    pairs = await coverage.session(session, markets, rt.clock.now())
-    return min((c.percent for c in pairs), default=None)
-
-
-@dataclass(slots=True)
-class SimFigures:
-    elapsed: int = 0  # seconds of trading so far
-    fills: int = 0
-    take_profits: int = 0
-    settlements: int = 0
-    coverage: Decimal | None = None  # the lowest pair's, after the last settlement
 
 
 class SimProgress:
@@ -285,8 +218,8 @@ class SimProgress:
             console.print(f"{done} of {total}: {text}")
 
 
-@app.command("verify-coverage")
 def verify_coverage(
+    ctx: typer.Context,
     session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
     minimum: Annotated[
         float, typer.Option("--min", min=0, max=100, help="Lowest acceptable coverage %.")
@@ -296,9 +229,9 @@ def verify_coverage(
     """Per session and pair: the share of coverable quantity covered and the age of the oldest
     uncovered position. Exit 1 if any pair is below --min."""
     with handled():
-        context = ctx()
+        context = context_of(ctx)
         urls = context.urls
-        require_current_schema(urls.database)
+        refuse_outdated_schema(urls.database)
 
         async def go() -> list[dict[str, Any]]:
             async with open_runtime(context.settings, urls) as rt:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from mmops.entrypoints.cli import app, ctx, handled, run_async
+import typer
+
+from mmops.entrypoints.cli_common import context_of, handled, run_async
 
 
-@app.command("serve")
-def serve() -> None:
+def serve(ctx: typer.Context) -> None:
     """Run settlement and migration on their schedules, with /healthz, /readyz, /metrics,
     /status and a dashboard on MMOPS_HTTP_HOST:MMOPS_HTTP_PORT. SIGTERM or SIGINT stops it
     gracefully (exit 0); an address that cannot be bound (in use) is exit 2, before anything
@@ -15,7 +16,7 @@ def serve() -> None:
     from mmops.entrypoints.serve import serve as run_daemon  # FastAPI: only this command's cost
 
     with handled():
-        context = ctx()
+        context = context_of(ctx)
         settings = context.settings
         with listen(settings.http_host, settings.http_port) as listener:  # before any server
             run_async(run_daemon(settings, context.urls, listener))

@@ -6,22 +6,21 @@ from typing import Annotated
 
 import typer
 
-from mmops.bootstrap import build_exchange, build_settlement, check_tier_pairs, open_runtime
-from mmops.entrypoints.cli import (
+from mmops.bootstrap import build_settlement, check_tier_pairs, open_exchange, open_runtime
+from mmops.entrypoints.cli_common import (
     JsonOption,
-    app,
     console,
-    ctx,
+    context_of,
     emit_json,
     handled,
-    require_current_schema,
+    refuse_outdated_schema,
     run_async,
 )
 from mmops.services.settlement import SessionResult
 
 
-@app.command("settle")
 def settle(
+    ctx: typer.Context,
     session: Annotated[str | None, typer.Option(help="Settle only this session.")] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Compute everything, place nothing.")
@@ -34,20 +33,19 @@ def settle(
     other than dust, 2 on bad configuration.
     """
     with handled():
-        context = ctx()
+        context = context_of(ctx)
         urls = context.urls
-        require_current_schema(urls.database)
+        refuse_outdated_schema(urls.database)
         live_dry_run = dry_run or context.settings.dry_run
 
         async def go() -> list[SessionResult]:
-            async with open_runtime(context.settings, urls) as rt:
-                exchange = build_exchange(rt.settings, rt.redis, rt.clock, live_dry_run)
-                try:
-                    await check_tier_pairs(rt.settings, exchange)
-                    service = build_settlement(rt, exchange, dry_run=live_dry_run)
-                    return await service.run(session)
-                finally:
-                    await exchange.close()
+            async with (
+                open_runtime(context.settings, urls) as rt,
+                open_exchange(rt, dry_run=live_dry_run) as exchange,
+            ):
+                await check_tier_pairs(rt.settings, exchange)
+                service = build_settlement(rt, exchange, dry_run=live_dry_run)
+                return await service.run(session)
 
         results = run_async(go())
         if json_out:

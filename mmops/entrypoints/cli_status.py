@@ -5,29 +5,28 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import typer
 from rich.table import Table
 
 from mmops.bootstrap import open_runtime
-from mmops.entrypoints.cli import (
+from mmops.entrypoints.cli_common import (
     JsonOption,
-    app,
     console,
-    ctx,
+    context_of,
     emit_json,
     handled,
-    require_current_schema,
+    refuse_outdated_schema,
     run_async,
 )
 from mmops.entrypoints.status_view import collect_status
 
 
-@app.command("status")
-def status(json_out: JsonOption = False) -> None:
+def status(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """Recent sessions: last settlement (state, age, counts), coverage per pair, migration."""
     with handled():
-        context = ctx()
+        context = context_of(ctx)
         urls = context.urls
-        require_current_schema(urls.database)
+        refuse_outdated_schema(urls.database)
 
         async def go() -> list[dict[str, Any]]:
             async with open_runtime(context.settings, urls) as rt:

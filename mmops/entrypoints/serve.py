@@ -13,7 +13,6 @@ way out), and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
 import time
@@ -26,12 +25,17 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from mmops import logs
-from mmops.adapters.notify import AppriseNotifier
 from mmops.adapters.postgres import schema
 from mmops.adapters.postgres.pool import ping
-from mmops.adapters.postgres.warehouse import Warehouse
-from mmops.adapters.redis.client import redis_errors
-from mmops.bootstrap import Runtime, Urls, build_exchange, build_migration, build_settlement
+from mmops.bootstrap import (
+    Runtime,
+    Urls,
+    build_migration,
+    build_settlement,
+    open_exchange,
+    open_runtime,
+    ping_redis,
+)
 from mmops.config import Settings
 from mmops.entrypoints.http import Probes, create_app
 from mmops.entrypoints.metrics import Metrics
@@ -61,7 +65,7 @@ class Daemon:
         self.settings: Settings = rt.settings
         self.exchange = exchange
         self.metrics = Metrics()
-        self.alerts = Alerts(AppriseNotifier(self.settings.alert_url_list()))
+        self.alerts = Alerts(rt.notifier)
         self.settlement: SettlementService = build_settlement(
             rt, exchange, dry_run=self.settings.dry_run
         )
@@ -159,7 +163,7 @@ class Daemon:
         results = []
         try:
             results = await self.migration.run()
-            lag = await Warehouse(self.rt.pool).migration_lag_seconds()
+            lag = await self.rt.warehouse.migration_lag_seconds()
         except MmopsError as e:
             error, lag = f"{type(e).__name__}: {e}", None
         bad = [r for r in results if not r.ok]
@@ -195,7 +199,7 @@ class Daemon:
     async def readiness(self) -> list[str]:
         reasons = []
         try:
-            await _ping(self.rt)
+            await ping_redis(self.rt.redis)
         except MmopsError as e:
             reasons.append(logs.scrub(str(e)))
         try:
@@ -248,11 +252,6 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
 
 
-@redis_errors
-async def _ping(rt: Runtime) -> None:
-    await rt.redis.ping()
-
-
 def listen(host: str, port: int) -> socket.socket:
     """The daemon's listening socket, bound before anything else starts and handed to uvicorn
     (so nothing can take the address in between).
@@ -280,10 +279,10 @@ def listen(host: str, port: int) -> socket.socket:
 async def serve(settings: Settings, urls: Urls, listener: socket.socket) -> None:
     """Serve HTTP on ``listener`` (see :func:`listen`) and run the jobs until SIGTERM or
     SIGINT, then stop gracefully."""
-    from mmops.bootstrap import open_runtime
-
-    async with open_runtime(settings, urls, require=False) as rt:
-        exchange = build_exchange(settings, rt.redis, rt.clock, settings.dry_run)
+    async with (
+        open_runtime(settings, urls, require=False) as rt,
+        open_exchange(rt, dry_run=settings.dry_run) as exchange,
+    ):
         daemon = Daemon(rt, exchange)
         probes = Probes(daemon.alive, daemon.readiness, daemon.metrics.render, daemon.status)
         server = uvicorn.Server(
@@ -311,6 +310,4 @@ async def serve(settings: Settings, urls: Urls, listener: socket.socket) -> None
             await server.serve(sockets=[listener])
         finally:
             await daemon.stop()
-            with contextlib.suppress(MmopsError):
-                await exchange.close()
             log.info("serve.stopped")

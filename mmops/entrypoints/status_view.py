@@ -7,13 +7,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from mmops.adapters.redis.ops import OpsStore
 from mmops.bootstrap import Runtime, exchange_markets
+from mmops.domain.records import SettlementStatus
+from mmops.errors import BadRecordError
 from mmops.services.coverage import CoverageService
 
 
 async def collect_status(rt: Runtime) -> list[dict[str, Any]]:
-    ops = OpsStore(rt.redis)
+    ops = rt.ops
     s = rt.settings
     now = rt.clock.now()
     sessions = await rt.registry.recent_sessions(
@@ -23,7 +24,10 @@ async def collect_status(rt: Runtime) -> list[dict[str, Any]]:
     markets = await exchange_markets(rt)
     rows = []
     for session in sessions:
-        settlement = await ops.settlement_status(session.id)
+        try:
+            settlement, unreadable = await ops.settlement_status(session.id), None
+        except BadRecordError as e:  # one corrupt hash never hides the other sessions
+            settlement, unreadable = None, str(e)
         last_run = await ops.settlement_last_run(session.id)
         pairs = [p for p in session.pairs if p in markets]
         covered = [await coverage.pair(session.id, p, markets[p], now) for p in pairs]
@@ -37,13 +41,8 @@ async def collect_status(rt: Runtime) -> list[dict[str, Any]]:
                 "started_at": session.started_at.isoformat(),
                 "ended_at": session.ended_at.isoformat() if session.ended_at else None,
                 "last_settlement": {
-                    "state": settlement.get("state"),
-                    "finished_at": last_run,
-                    "age_s": _age(last_run, now),
-                    "placed": _count(settlement.get("placed")),
-                    "skipped": _count(settlement.get("skipped")),
-                    "failed": _count(settlement.get("failed")),
-                    "stoploss_level": settlement.get("stoploss_level"),
+                    **_last_settlement(settlement, last_run, now),
+                    "unreadable": unreadable,
                 },
                 "coverage": [c.to_dict() for c in covered],
                 "migration_completed_at": await ops.migration_completed(session.id),
@@ -52,9 +51,20 @@ async def collect_status(rt: Runtime) -> list[dict[str, Any]]:
     return rows
 
 
-def _count(stored: str | None) -> int | None:
-    """Counts are numbers in JSON; quantities and prices stay decimal strings."""
-    return None if stored is None else int(stored)
+def _last_settlement(
+    status: SettlementStatus | None, last_run: str | None, now: datetime
+) -> dict[str, Any]:
+    """Counts are numbers in JSON; everything is None before the session's first run."""
+    level = status.stoploss_level if status is not None else None
+    return {
+        "state": status.state.value if status is not None else None,
+        "finished_at": last_run,
+        "age_s": _age(last_run, now),
+        "placed": status.placed if status is not None else None,
+        "skipped": status.skipped if status is not None else None,
+        "failed": status.failed if status is not None else None,
+        "stoploss_level": level.value if level is not None else None,
+    }
 
 
 def _age(at: str | None, now: datetime) -> float | None:

@@ -1,28 +1,39 @@
-"""The whole paper workflow: trading → settlement → migration → analysis, on one clock.
+"""The paper workflow: trading → settlement → migration → analysis, on one clock.
 
-``run_workflow`` drives the paper trading loop step by step on a simulated clock (fast) and runs
-settlement every ``settle_every`` and migration every ``migrate_every`` simulated seconds, in
-this process, through the same services the CLI and the daemon use. ``report`` gathers the
-figures ``mmops demo`` prints.
+``run_workflow`` is the one driver of the paper trading loop. It steps the loop every
+``step_seconds`` and runs settlement every ``settle_every`` and migration every
+``migrate_every`` seconds of trading, in this process, through the same services the CLI and
+the daemon use. ``mmops demo`` (and the workflow benchmark) run it on a simulated clock on a
+venue of their own, reset and funded, its prices starting with the run; ``mmops sim`` runs it
+on the configured paper venue, topped up when short, on a simulated clock or on the real one
+(sleeping between steps), with a progress callback. ``report`` gathers the figures
+``mmops demo`` prints.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from mmops.adapters.clock import SimulatedClock
+from mmops.adapters.clock import SimulatedClock, SystemClock
 from mmops.adapters.paper.catalog import CATALOG
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.postgres.analysis import pair_pnl
-from mmops.bootstrap import Runtime, build_migration, build_settlement
+from mmops.bootstrap import Runtime, build_migration, build_settlement, open_paper_venue
+from mmops.domain.models import Market
 from mmops.services.coverage import CoverageService
-from mmops.services.migration import SessionMigration
+from mmops.services.migration import MigrationService, SessionMigration
+from mmops.services.settlement import SettlementService
 from mmops.sim.loop import LoopConfig, LoopStats, TradingLoop
+
+TOP_UP_BELOW = Decimal(10_000)  # a shared venue's free quote balance that gets topped up
 
 
 @dataclass(slots=True)
@@ -49,53 +60,174 @@ class WorkflowPlan:
     settle: bool = True
     migrate: bool = True
     capital: Decimal = Decimal("50000")
+    real_clock: bool = False  # trade on the system clock, sleeping step_seconds between steps
+
+
+@dataclass(slots=True)
+class SimFigures:
+    elapsed: int = 0  # seconds of trading so far
+    fills: int = 0
+    take_profits: int = 0
+    settlements: int = 0
+    coverage: Decimal | None = None  # the lowest pair's, after the last settlement
+
+
+Progress = Callable[[SimFigures], None]
 
 
 async def run_workflow(
-    rt: Runtime, plan: WorkflowPlan, session_id: str, venue: str
+    rt: Runtime,
+    plan: WorkflowPlan,
+    session_id: str,
+    venue: str | None = None,
+    on_progress: Progress | None = None,
 ) -> WorkflowResult:
-    """Trade for ``plan.hours`` simulated hours, settling and migrating on schedule."""
-    clock = SimulatedClock(plan.start)
+    """Trade for ``plan.hours`` hours, settling and migrating on schedule.
+
+    With ``venue``, on a venue of that name, reset and funded with ``plan.capital`` per quote
+    currency, prices seeded by ``plan.seed`` and starting at ``plan.start``; without, on the
+    configured paper venue, topped up when short. ``on_progress`` is called after every step.
+    """
+    clock: SimulatedClock | SystemClock = (
+        rt.clock if plan.real_clock else SimulatedClock(plan.start)
+    )
+    async with _open_venue(rt, plan, clock, venue) as exchange:
+        quotes = sorted({p.split("/")[1] for p in plan.pairs})
+        if venue is None:
+            await _top_up(exchange, quotes, plan.capital)
+        else:
+            await exchange.reset()
+            for quote in quotes:
+                await exchange.fund(quote, plan.capital)
+        return await _trade(rt, plan, session_id, exchange, clock, on_progress)
+
+
+def _open_venue(
+    rt: Runtime, plan: WorkflowPlan, clock: SimulatedClock | SystemClock, venue: str | None
+) -> AbstractAsyncContextManager[PaperExchange]:
+    if venue is None:
+        return open_paper_venue(rt, clock)
     # The price path starts with the run, so the same seed trades the same market whatever the
     # time of day the run starts (the demo ends now).
-    exchange = PaperExchange(
-        rt.redis, clock, venue=venue, seed=plan.seed, price_origin=plan.start.timestamp()
+    return open_paper_venue(
+        rt, clock, venue=venue, seed=plan.seed, price_origin=plan.start.timestamp()
     )
-    await exchange.reset()
-    for quote in sorted({p.split("/")[1] for p in plan.pairs}):
-        await exchange.fund(quote, plan.capital)
-    config = LoopConfig(plan.pairs, capital=plan.capital, seed=plan.seed)
-    loop = TradingLoop(exchange, rt.registry, rt.sessions, rt.orders, rt.orders, rt.fills, clock,
-                       config, session_id)  # fmt: skip
+
+
+async def _top_up(exchange: PaperExchange, quotes: list[str], amount: Decimal) -> None:
+    """Fund a shared venue's quote currencies that run short (other runs trade on it too)."""
+    for quote in quotes:
+        balance = (await exchange.balances()).get(quote)
+        if balance is None or balance.free < TOP_UP_BELOW:
+            await exchange.fund(quote, amount)
+
+
+async def _trade(
+    rt: Runtime,
+    plan: WorkflowPlan,
+    session_id: str,
+    exchange: PaperExchange,
+    clock: SimulatedClock | SystemClock,
+    on_progress: Progress | None,
+) -> WorkflowResult:
+    progress = None if on_progress is None else _Progress(rt, session_id, clock, on_progress)
+    if progress is not None:
+        await progress.read_markets(exchange)
+    loop = TradingLoop(
+        venue=exchange,
+        registry=rt.registry,
+        live=rt.sessions,
+        orders=rt.orders,
+        order_reader=rt.orders,
+        fills=rt.fills,
+        clock=clock,
+        config=LoopConfig(plan.pairs, capital=plan.capital, seed=plan.seed),
+        session_id=session_id,
+    )
     settlement = build_settlement(rt, exchange, dry_run=False, clock=clock)
-    migration = build_migration(rt)
-    result = WorkflowResult(session_id, venue, plan.hours * 3600)
+    migration = build_migration(rt) if plan.migrate else None
+    result = WorkflowResult(session_id, exchange.venue, plan.hours * 3600)
     started = time.perf_counter()
     await loop.start()
     steps = int(plan.hours * 3600 // plan.step_seconds)
     for n in range(1, steps + 1):
-        clock.advance(timedelta(seconds=plan.step_seconds))
+        if isinstance(clock, SimulatedClock):
+            clock.advance(timedelta(seconds=plan.step_seconds))
+        else:
+            await asyncio.sleep(plan.step_seconds)
         await loop.step()
         elapsed = n * plan.step_seconds
         if plan.settle and elapsed % plan.settle_every == 0:
             await _settle(settlement, session_id, result)
-        if plan.migrate and elapsed % plan.migrate_every == 0:
+            if progress is not None:
+                await progress.settled(result.settle_positions[-1])
+        if migration is not None and elapsed % plan.migrate_every == 0:
             result.migrations += await migration.run(session_id)
-    await loop.end()
-    if plan.settle:
-        await _settle(settlement, session_id, result)
-    if plan.migrate:
-        result.migrations += await migration.run(session_id)
+        if progress is not None:
+            progress.stepped(elapsed, loop.stats.fills, len(result.settle_ms))
+    await _finish(loop, settlement if plan.settle else None, migration, result)
     result.wall_seconds = time.perf_counter() - started
     result.loop = loop.stats
     return result
 
 
-async def _settle(settlement: Any, session_id: str, result: WorkflowResult) -> None:
+async def _finish(
+    loop: TradingLoop,
+    settlement: SettlementService | None,
+    migration: MigrationService | None,
+    result: WorkflowResult,
+) -> None:
+    """End the session, then settle and migrate once more."""
+    await loop.end()
+    if settlement is not None:
+        await _settle(settlement, result.session_id, result)
+    if migration is not None:
+        result.migrations += await migration.run(result.session_id)
+
+
+async def _settle(settlement: SettlementService, session_id: str, result: WorkflowResult) -> None:
     t0 = time.perf_counter()
     [run] = await settlement.run(session_id)
     result.settle_ms.append((time.perf_counter() - t0) * 1000)
     result.settle_positions.append(run.totals().get("placed", 0))
+
+
+class _Progress:
+    """The figures an ``on_progress`` callback sees; coverage is read only for a listener."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        session_id: str,
+        clock: SimulatedClock | SystemClock,
+        report: Progress,
+    ) -> None:
+        self._rt = rt
+        self._session_id = session_id
+        self._clock = clock
+        self._report = report
+        self._coverage = CoverageService(rt.positions)
+        self._markets: dict[str, Market] = {}
+        self.figures = SimFigures()
+
+    async def read_markets(self, exchange: PaperExchange) -> None:
+        self._markets = await exchange.markets()
+
+    async def settled(self, placed: int) -> None:
+        self.figures.take_profits += placed
+        self.figures.coverage = await self._lowest_coverage()
+
+    def stepped(self, elapsed: int, fills: int, settlements: int) -> None:
+        self.figures.elapsed, self.figures.fills = elapsed, fills
+        self.figures.settlements = settlements
+        self._report(self.figures)
+
+    async def _lowest_coverage(self) -> Decimal | None:
+        session = await self._rt.registry.get(self._session_id)
+        if session is None:
+            return None
+        pairs = await self._coverage.session(session, self._markets, self._clock.now())
+        return min((c.percent for c in pairs), default=None)
 
 
 def percentile(values: list[float], q: float) -> float:

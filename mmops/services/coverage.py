@@ -86,13 +86,13 @@ class CoverageService:
                 delay = max(0.0, (p.first_covered_at - p.opened_at).total_seconds())
                 max_delay = delay if max_delay is None else max(max_delay, delay)
         return PairCoverage(
-            symbol,
-            len(read.items),
-            count,
-            coverable,
-            covered,
-            None if oldest is None else (now - oldest).total_seconds(),
-            max_delay,
-            len(read.bad),
-            uncovered,
+            symbol=symbol,
+            positions=len(read.items),
+            coverable_positions=count,
+            coverable=coverable,
+            covered=covered,
+            oldest_uncovered_s=None if oldest is None else (now - oldest).total_seconds(),
+            max_cover_delay_s=max_delay,
+            bad_records=len(read.bad),
+            uncovered_positions=uncovered,
         )

@@ -20,16 +20,16 @@ from typing import Any
 
 from mmops import logs
 from mmops.domain.models import Session, SessionStatus
-from mmops.domain.records import ReadResult, Reject, Stray
+from mmops.domain.records import ReadResult, Reject, RejectKind, Stray
 from mmops.errors import RECOVERABLE_INPUT, UnknownSession
 from mmops.ports import (
     Clock,
     LiveSessions,
     MigrationMarks,
+    MigrationTarget,
+    MigrationTransaction,
     RecordLines,
     SessionRecords,
-    SessionWriter,
-    Warehouse,
 )
 
 log = logs.get_logger("mmops.migration")
@@ -106,7 +106,7 @@ class MigrationService:
         records: SessionRecords,
         orders: RecordLines,
         fills: RecordLines,
-        warehouse: Warehouse,
+        warehouse: MigrationTarget,
         marks: MigrationMarks,
         clock: Clock,
         *,
@@ -186,7 +186,9 @@ class MigrationService:
             raise UnknownSession(session_id)
         return session
 
-    async def _copy(self, tx: SessionWriter, session: Session, result: SessionMigration) -> None:
+    async def _copy(
+        self, tx: MigrationTransaction, session: Session, result: SessionMigration
+    ) -> None:
         """Stream every order, then every fill, into the transaction and recompute the stats."""
         for pair in session.pairs:
             result.pairs[pair] = PairCounts()
@@ -195,28 +197,31 @@ class MigrationService:
         await tx.recompute_stats()
 
     async def _copy_orders(
-        self, tx: SessionWriter, session: Session, result: SessionMigration
+        self, tx: MigrationTransaction, session: Session, result: SessionMigration
     ) -> None:
         """Orders, counting the Redis records: those staged (by key, in SQL) and those refused."""
-        refused = await self._stage(self._orders, tx.stage_orders, tx, session)
+        refused = await self._stage(self._orders, RejectKind.ORDER, tx.stage_orders, tx, session)
         moved = await tx.move_orders()
-        await self._quarantine(tx, self._orders, session.id, moved.strays)
+        await self._quarantine(tx, self._orders, RejectKind.ORDER, session.id, moved.strays)
         for pair in session.pairs:
             result.pairs[pair].redis_orders += moved.records.get(pair, 0) + refused[pair]
         result.orders = moved.written
         result.rejects += refused.total() + len(moved.strays)
 
     async def _copy_fills(
-        self, tx: SessionWriter, session: Session, result: SessionMigration
+        self, tx: MigrationTransaction, session: Session, result: SessionMigration
     ) -> None:
         """Fills, counting what Redis holds as distinct executions (the identity PostgreSQL's
         unique key uses, so replays under other keys count once) plus each record
         quarantined."""
-        refused = await self._stage(self._fills, tx.stage_fills, tx, session)
+        refused = await self._stage(self._fills, RejectKind.FILL, tx.stage_fills, tx, session)
         moved = await tx.move_fills()
         orphans: Counter[str] = Counter()
         async for strays in tx.orphans():
-            orphans.update(await self._quarantine(tx, self._fills, session.id, strays))
+            quarantined = await self._quarantine(
+                tx, self._fills, RejectKind.FILL, session.id, strays
+            )
+            orphans.update(quarantined)
         for pair in session.pairs:
             result.pairs[pair].redis_fills += (
                 moved.distinct.get(pair, 0) + orphans[pair] + refused[pair]
@@ -228,8 +233,9 @@ class MigrationService:
     @staticmethod
     async def _stage(
         source: RecordLines,
+        kind: RejectKind,
         stage: Callable[[Sequence[str]], Awaitable[None]],
-        tx: SessionWriter,
+        tx: MigrationTransaction,
         session: Session,
     ) -> Counter[str]:
         """Stream every pair's records into staging and quarantine those refused; return how
@@ -239,13 +245,17 @@ class MigrationService:
         for pair in session.pairs:
             async for chunk in source.lines(session.id, pair):
                 await stage(chunk.items)
-                await tx.reject(_rejects(chunk, pair))
+                await tx.reject(_rejects(chunk, kind, pair))
                 refused.setdefault(pair, set()).update(bad.key for bad in chunk.bad)
         return Counter({pair: len(keys) for pair, keys in refused.items()})
 
     @staticmethod
     async def _quarantine(
-        tx: SessionWriter, source: RecordLines, session_id: str, strays: list[Stray]
+        tx: MigrationTransaction,
+        source: RecordLines,
+        kind: RejectKind,
+        session_id: str,
+        strays: list[Stray],
     ) -> dict[str, int]:
         """Reject the records PostgreSQL could not take, with their stored text; return how many
         per pair."""
@@ -254,18 +264,18 @@ class MigrationService:
             by_pair.setdefault(stray.symbol, []).append(stray)
         for pair, group in by_pair.items():
             raws = await source.raw(session_id, pair, [stray.key for stray in group])
-            await tx.reject([Reject(pair, stray.key, raw, stray.reason)
+            await tx.reject([Reject(kind, pair, stray.key, raw, stray.reason)
                              for stray, raw in zip(group, raws, strict=True)])  # fmt: skip
         return {pair: len(group) for pair, group in by_pair.items()}
 
     async def _verify(self, session: Session, result: SessionMigration) -> None:
         pg = await self._warehouse.counts(session.id)
         for pair in session.pairs:
-            row, counts = pg.get(pair, {}), result.pairs[pair]
-            counts.pg_orders = row.get("orders", 0)
-            counts.pg_fills = row.get("fills", 0)
-            counts.rejected_orders = row.get("rejected_orders", 0)
-            counts.rejected_fills = row.get("rejected_fills", 0)
+            stored, counts = pg.pair(pair), result.pairs[pair]
+            counts.pg_orders = stored.orders
+            counts.pg_fills = stored.fills
+            counts.rejected_orders = stored.rejects(RejectKind.ORDER)
+            counts.rejected_fills = stored.rejects(RejectKind.FILL)
         if result.mismatches():
             result.state = "mismatch"
             log.error("migration.mismatch", session=session.id, details=result.mismatches())
@@ -285,7 +295,7 @@ class MigrationService:
         result.state = "verified"
 
 
-def _rejects(chunk: ReadResult[str], pair: str) -> list[Reject]:
+def _rejects(chunk: ReadResult[str], kind: RejectKind, pair: str) -> list[Reject]:
     """The records of a chunk that the domain refused or that belong elsewhere."""
-    return [Reject(pair, b.key, b.raw if isinstance(b.raw, str) else repr(b.raw), b.reason)
+    return [Reject(kind, pair, b.key, b.raw if isinstance(b.raw, str) else repr(b.raw), b.reason)
             for b in chunk.bad]  # fmt: skip

@@ -13,9 +13,10 @@ from decimal import Decimal
 from mmops import logs
 from mmops.domain.models import OrderStatus, Position
 from mmops.domain.pricing import age_in_minutes
+from mmops.domain.records import TpStatus
 from mmops.domain.tiers import TierPolicy
-from mmops.errors import RECOVERABLE, OrderNotFound
-from mmops.ports import Clock, Exchange, Positions
+from mmops.errors import RECOVERABLE
+from mmops.ports import Clock, Exchange, Positions, cancel_or_fetch
 from mmops.services.tp_results import PairReport
 
 log = logs.get_logger("mmops.reprice")
@@ -38,17 +39,22 @@ class Repricer:
         ]
         if not candidates:
             return set()
-        metas = await self._positions.tp_orders(
+        read = await self._positions.tp_orders(
             candidates[0][0].session_id, [order_id for _, order_id in candidates]
         )
+        report.bad_records += len(read.bad)
+        for bad in read.bad:
+            log.error("tp.bad_record", key=bad.key, reason=bad.reason)
+        records = dict(read.items)
         now = self._clock.now()
         released: set[str] = set()
-        for (position, order_id), meta in zip(candidates, metas, strict=True):
-            if meta.get("status") != "open" or not meta.get("tier"):
-                continue
+        for position, order_id in candidates:
+            record = records.get(order_id)
+            if record is None or record.status is not TpStatus.OPEN or record.tier is None:
+                continue  # not recorded, no longer open, or recovered without its tier
             table = self._tiers.for_pair(position.symbol)
             tier_now, _ = table.markup_at(age_in_minutes(position.opened_at, now))
-            if int(meta["tier"]) >= tier_now:
+            if record.tier >= tier_now:
                 continue
             freed = await self._cancel(position, order_id)
             if freed is not None:
@@ -61,20 +67,14 @@ class Repricer:
         """Cancel a stale take-profit and release its coverage; return the base quantity the
         cancel freed on the exchange, or None if it was not cancelled (filled, or an error)."""
         try:
-            order = await self._exchange.cancel(position.symbol, order_id)
-        except OrderNotFound:
-            try:
-                order = await self._exchange.fetch_order(position.symbol, order_id)
-            except RECOVERABLE as e:
-                log.warning("tp.reprice_failed", position=position.position_id, error=str(e))
-                return None
+            order = await cancel_or_fetch(self._exchange, position.symbol, order_id)
         except RECOVERABLE as e:
             log.warning("tp.reprice_failed", position=position.position_id, error=str(e))
             return None
         if order.status is OrderStatus.FILLED:
-            await self._positions.set_tp_status(position.session_id, order_id, "filled")
+            await self._positions.set_tp_status(position.session_id, order_id, TpStatus.FILLED)
             return None
-        await self._positions.release_coverage(position, order_id, "replaced", order.filled)
+        await self._positions.release_coverage(position, order_id, TpStatus.REPLACED, order.filled)
         log.info("tp.repriced", session=position.session_id, pair=position.symbol,
                  position=position.position_id, order=order_id)  # fmt: skip
         return order.remaining

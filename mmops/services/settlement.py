@@ -11,7 +11,6 @@ workers may run at once: the locks share the sessions out.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -19,7 +18,8 @@ from typing import Any
 
 from mmops import logs
 from mmops.domain.models import ZERO, Balance, Position, Session
-from mmops.domain.records import SettlementRun
+from mmops.domain.pnl import StopLossLevel
+from mmops.domain.records import RunState, SettlementRun, SettlementStatus, StopLossFigures
 from mmops.errors import (
     RECOVERABLE,
     RECOVERABLE_INPUT,
@@ -40,7 +40,7 @@ log = logs.get_logger("mmops.settlement")
 @dataclass(slots=True)
 class SessionResult:
     session_id: str
-    state: str  # ok | partial | failed | locked
+    state: RunState
     started_at: datetime
     finished_at: datetime
     pairs: dict[str, PairReport] = field(default_factory=dict)
@@ -49,7 +49,7 @@ class SessionResult:
 
     @property
     def ok(self) -> bool:
-        return self.state in ("ok", "locked")
+        return self.state.ok
 
     @property
     def duration_ms(self) -> int:
@@ -162,7 +162,7 @@ class SettlementService:
                 result = await self._settle_locked(session, data, started)
         except LockNotAcquired:
             log.info("settlement.skipped_locked", session=session.id)
-            return SessionResult(session.id, "locked", started, self._clock.now())
+            return SessionResult(session.id, RunState.LOCKED, started, self._clock.now())
         except RECOVERABLE as e:  # anything else (a store down, the key refused) ends the run
             log.error("settlement.failed", session=session.id, error=str(e))
             result = self._failed(session, started, f"{type(e).__name__}: {e}")
@@ -190,7 +190,7 @@ class SettlementService:
             else:
                 by_pair[pair] = read
         data = _with_released(data, reports)
-        await self._tp.create_batch(session.id, by_pair, data, reports)
+        reports = await self._tp.create_batch(session.id, by_pair, data, reports)
         stop, stop_error = None, None
         try:
             stop = await self._stoploss.check(session, data)
@@ -198,23 +198,38 @@ class SettlementService:
             stop_error = f"stop-loss: {type(e).__name__}: {e}"
             log.error("stoploss.failed", session=session.id, error=stop_error)
         errors = sum(r.error is not None for r in reports.values())
-        state = "ok" if all(r.ok for r in reports.values()) and not stop_error else "partial"
+        ok = all(r.ok for r in reports.values()) and not stop_error
+        state = RunState.OK if ok else RunState.PARTIAL
         if reports and errors == len(reports):
-            state = "failed"
+            state = RunState.FAILED
         return SessionResult(
-            session.id, state, started, self._clock.now(), reports, stop, stop_error
+            session_id=session.id,
+            state=state,
+            started_at=started,
+            finished_at=self._clock.now(),
+            pairs=reports,
+            stoploss=stop,
+            error=stop_error,
         )
 
     async def _flattened(self, session_id: str) -> bool:
         """A flattened session gets no new take-profits: its positions are being exited."""
         status = await self._records.settlement_status(session_id)
-        return status.get("stoploss_level") == "flatten" and not self._tp.dry_run
+        level = status.stoploss_level if status is not None else None
+        return level is StopLossLevel.FLATTEN and not self._tp.dry_run
 
     async def _only_stoploss(
         self, session: Session, data: MarketData, started: datetime, reports: dict[str, PairReport]
     ) -> SessionResult:
         stop = await self._stoploss.check(session, data)
-        return SessionResult(session.id, "ok", started, self._clock.now(), reports, stop)
+        return SessionResult(
+            session_id=session.id,
+            state=RunState.OK,
+            started_at=started,
+            finished_at=self._clock.now(),
+            pairs=reports,
+            stoploss=stop,
+        )
 
     async def _coverable(self, session_id: str, pair: str, report: PairReport) -> list[Position]:
         """The pair's positions that need a take-profit, after repricing stale ones.
@@ -237,34 +252,42 @@ class SettlementService:
         return [p for p in positions if p.uncovered > 0 or p.pending]
 
     def _failed(self, session: Session, started: datetime, error: str) -> SessionResult:
-        return SessionResult(session.id, "failed", started, self._clock.now(), error=error)
+        return SessionResult(session.id, RunState.FAILED, started, self._clock.now(), error=error)
 
     async def _record(self, result: SessionResult, dry_run: bool) -> None:
         """Status in Redis and a row in PostgreSQL; a failure to record is logged, not raised."""
         totals = result.totals()
-        status = {
-            "state": result.state,
-            "placed": str(totals.get("placed", 0)),
-            "skipped": str(totals.get("skipped", 0)),
-            "failed": str(totals.get("failed", 0)),
-            "errors": json.dumps(result.errors()[:50]),
-            "duration_ms": str(result.duration_ms),
-            "finished_at": result.finished_at.isoformat(),
-            "worker": self.worker,
-            "dry_run": str(dry_run).lower(),
-        }
+        stoploss: StopLossFigures | None
         if result.stoploss is not None:
-            status.update(result.stoploss.fields())
-        else:
-            previous = await self._keep_stoploss(result.session_id)
-            status.update(previous)
+            stoploss = result.stoploss.figures()
+        else:  # this run measured nothing: keep what the last one did
+            stoploss = await self._keep_stoploss(result.session_id)
+        status = SettlementStatus(
+            state=result.state,
+            placed=totals.get("placed", 0),
+            skipped=totals.get("skipped", 0),
+            failed=totals.get("failed", 0),
+            errors=tuple(result.errors()[:50]),
+            duration_ms=result.duration_ms,
+            finished_at=result.finished_at,
+            worker=self.worker,
+            dry_run=dry_run,
+            stoploss=stoploss,
+        )
         row = SettlementRun(
-            result.session_id, self.worker, result.state, result.started_at, result.finished_at,
-            totals.get("placed", 0), totals.get("skipped", 0), totals.get("failed", 0), dry_run,
-            result.to_dict(),
-        )  # fmt: skip
+            session_id=result.session_id,
+            worker=self.worker,
+            state=result.state,
+            started_at=result.started_at,
+            finished_at=result.finished_at,
+            placed=totals.get("placed", 0),
+            skipped=totals.get("skipped", 0),
+            failed=totals.get("failed", 0),
+            dry_run=dry_run,
+            details=result.to_dict(),
+        )
         for write in (
-            self._records.write_settlement_status(result.session_id, status, status["finished_at"]),
+            self._records.write_settlement_status(result.session_id, status),
             self._runs.record(row),
         ):
             try:
@@ -272,14 +295,13 @@ class SettlementService:
             except MmopsError as e:
                 log.error("settlement.record_failed", session=result.session_id, error=str(e))
 
-    async def _keep_stoploss(self, session_id: str) -> dict[str, str]:
-        """The stop-loss fields of the previous status, kept when this run measured nothing."""
+    async def _keep_stoploss(self, session_id: str) -> StopLossFigures | None:
+        """The stop-loss figures of the previous status, kept when this run measured nothing."""
         try:
             previous = await self._records.settlement_status(session_id)
         except MmopsError:
-            return {}
-        names = ("equity", "peak_equity", "drawdown", "stoploss_level")
-        return {k: previous[k] for k in names if k in previous}
+            return None
+        return previous.stoploss if previous is not None else None
 
 
 def _with_released(data: MarketData, reports: dict[str, PairReport]) -> MarketData:

@@ -24,8 +24,9 @@ from mmops.domain.pnl import (
     fifo_pnl,
     stop_loss_level,
 )
-from mmops.errors import RECOVERABLE, OrderNotFound
-from mmops.ports import Exchange, Fills, Notifier, Positions, SettlementRecords
+from mmops.domain.records import StopLossFigures, TpStatus
+from mmops.errors import RECOVERABLE
+from mmops.ports import Exchange, Fills, Notifier, Positions, SettlementRecords, cancel_or_fetch
 from mmops.services.sessions import SessionRegistry
 from mmops.services.tp_results import MarketData
 
@@ -41,8 +42,14 @@ class StopLossReport:
     action: str | None  # the level acted on this run, if any
     bad_fills: int = 0
 
-    def fields(self) -> dict[str, str]:
+    def figures(self) -> StopLossFigures:
         """What the settlement status keeps between runs."""
+        return StopLossFigures(
+            equity=self.equity, peak_equity=self.peak, drawdown=self.drawdown, level=self.level
+        )
+
+    def fields(self) -> dict[str, str]:
+        """The figures as the run's report shows them (named as in the settlement status)."""
         return {
             "equity": str(self.equity),
             "peak_equity": str(self.peak),
@@ -84,10 +91,11 @@ class StopLossService:
         marks = {pair: t.bid for pair, t in data.tickers.items()}
         now_equity = equity(session.capital, pnls, marks)
         status = await self._records.settlement_status(session.id)
-        peak = max(Decimal(status.get("peak_equity", session.capital)), now_equity)
+        previous = status.stoploss if status is not None else None  # None: never measured
+        peak = max(previous.peak_equity if previous is not None else session.capital, now_equity)
         fraction = drawdown(peak, now_equity)
         level = stop_loss_level(fraction, self._thresholds)
-        acted = StopLossLevel(status.get("stoploss_level", StopLossLevel.NONE.value))
+        acted = previous.level if previous is not None else StopLossLevel.NONE
         action = None
         if level.severity > acted.severity:
             action = level.value
@@ -95,7 +103,14 @@ class StopLossService:
         elif acted is StopLossLevel.FLATTEN and not self.dry_run:
             await self._flatten(session)  # finish what an earlier run could not (no new alert)
         kept = level if level.severity > acted.severity else acted
-        return StopLossReport(now_equity, peak, fraction, kept, action, bad)
+        return StopLossReport(
+            equity=now_equity,
+            peak=peak,
+            drawdown=fraction,
+            level=kept,
+            action=action,
+            bad_fills=bad,
+        )
 
     async def _pnls(self, session: Session) -> tuple[list[PairPnL], int]:
         pnls, bad = [], 0
@@ -157,13 +172,12 @@ class StopLossService:
         """Cancel the position's take-profits; return what they had already sold."""
         sold = Decimal(0)
         for order_id, _amount in position.take_profits:
-            try:
-                order = await self._exchange.cancel(position.symbol, order_id)
-            except OrderNotFound:
-                order = await self._exchange.fetch_order(position.symbol, order_id)
+            order = await cancel_or_fetch(self._exchange, position.symbol, order_id)
             sold += order.filled
             if order.status is not OrderStatus.FILLED:
-                await self._positions.release_coverage(position, order_id, "canceled", order.filled)
+                await self._positions.release_coverage(
+                    position, order_id, TpStatus.CANCELED, order.filled
+                )
         return sold
 
     async def _exit(self, exits: list[tuple[Position, Decimal]], bid: Decimal) -> None:

@@ -32,7 +32,7 @@ from mmops.domain.exchange import MAX_BATCH, ExchangeOrder, OrderRequest, Placem
 from mmops.domain.ids import client_order_id
 from mmops.domain.models import Order, OrderKind, PendingTakeProfit, Position, Side
 from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_take_profit
-from mmops.domain.records import Coverage
+from mmops.domain.records import Coverage, TakeProfitRecord, TpStatus
 from mmops.domain.tiers import TierPolicy
 from mmops.errors import (
     RECOVERABLE,
@@ -42,7 +42,7 @@ from mmops.errors import (
     OperationalError,
     RateLimited,
 )
-from mmops.ports import Attempts, Clock, Exchange, Positions
+from mmops.ports import Clock, Exchange, Positions, TakeProfitClaims
 from mmops.services.tp_results import (
     Failed,
     MarketData,
@@ -74,7 +74,7 @@ class TakeProfitService:
     def __init__(
         self,
         positions: Positions,
-        attempts: Attempts,
+        attempts: TakeProfitClaims,
         exchange: Exchange,
         tiers: TierPolicy,
         clock: Clock,
@@ -95,10 +95,12 @@ class TakeProfitService:
         session_id: str,
         positions_by_pair: Mapping[str, Sequence[Position]],
         data: MarketData,
-        reports: dict[str, PairReport] | None = None,
+        earlier: Mapping[str, PairReport] | None = None,
     ) -> dict[str, PairReport]:
-        """Cover the given uncovered positions; return what happened, per pair."""
-        reports = reports if reports is not None else {}
+        """Cover the given uncovered positions; return what happened, per pair: a copy of
+        ``earlier`` (what the run found before, such as repricing) with this step's outcomes
+        added. ``earlier`` itself is left as it was."""
+        reports = {pair: report.copy() for pair, report in (earlier or {}).items()}
         for pair in positions_by_pair:
             reports.setdefault(pair, PairReport(pair))
         ready = await self._per_pair(
@@ -188,16 +190,21 @@ class TakeProfitService:
             if order is not None and order.live:
                 meta = _metadata(
                     position,
-                    pending.client_order_id,
-                    pending.generation,
-                    order.price,
-                    order.amount,
-                    None,
-                    self._clock.now(),
+                    cid=pending.client_order_id,
+                    generation=pending.generation,
+                    price=order.price,
+                    amount=order.amount,
+                    quote=None,
+                    now=self._clock.now(),
                 )
                 fully = order.amount >= position.uncovered + pending.amount
                 coverage = Coverage(
-                    position, pending.generation, order.id, order.amount, meta, fully
+                    position=position,
+                    generation=pending.generation,
+                    order_id=order.id,
+                    amount=order.amount,
+                    take_profit=meta,
+                    fully_covered=fully,
                 )
                 await self._positions.record_coverage([_with_order(coverage, order.created_at)])
                 report.recovered += 1
@@ -260,12 +267,12 @@ class TakeProfitService:
                 cid = client_order_id(session_id, g.quote.position_id, 0)
                 report.placed.append(
                     Placed(
-                        g.quote.position_id,
-                        "dry-run",
-                        cid,
-                        g.quote.price,
-                        g.amount,
-                        g.quote.tier_minutes,
+                        position_id=g.quote.position_id,
+                        order_id="dry-run",
+                        client_order_id=cid,
+                        price=g.quote.price,
+                        amount=g.amount,
+                        tier_minutes=g.quote.tier_minutes,
                         dry_run=True,
                     )
                 )
@@ -349,25 +356,32 @@ class TakeProfitService:
             if order is not None:
                 meta = _metadata(
                     o.position,
-                    o.client_order_id,
-                    o.generation,
-                    order.price,
-                    order.amount,
-                    o.quote,
-                    now,
+                    cid=o.client_order_id,
+                    generation=o.generation,
+                    price=order.price,
+                    amount=order.amount,
+                    quote=o.quote,
+                    now=now,
                 )
                 fully = order.amount >= o.position.uncovered
                 coverages.append(
-                    Coverage(o.position, o.generation, order.id, order.amount, meta, fully)
+                    Coverage(
+                        position=o.position,
+                        generation=o.generation,
+                        order_id=order.id,
+                        amount=order.amount,
+                        take_profit=meta,
+                        fully_covered=fully,
+                    )
                 )
                 report.placed.append(
                     Placed(
-                        o.position.position_id,
-                        order.id,
-                        o.client_order_id,
-                        order.price,
-                        order.amount,
-                        o.quote.tier_minutes,
+                        position_id=o.position.position_id,
+                        order_id=order.id,
+                        client_order_id=o.client_order_id,
+                        price=order.price,
+                        amount=order.amount,
+                        tier_minutes=o.quote.tier_minutes,
                     )
                 )
                 log.info(
@@ -412,11 +426,11 @@ def _with_order(c: Coverage, now: datetime) -> Coverage:
         order_id=c.order_id,
         symbol=p.symbol,
         side=Side.SELL,
-        price=Decimal(c.metadata["price"]),
+        price=c.take_profit.price,
         amount=c.amount,
         created_at=now,
         kind=OrderKind.TAKE_PROFIT,
-        client_order_id=c.metadata["client_order_id"],
+        client_order_id=c.take_profit.client_order_id,
     )
     return replace(c, order=order)
 
@@ -428,22 +442,24 @@ def _refused(error: MmopsError | None) -> bool:
 
 def _metadata(
     p: Position,
+    *,
     cid: str,
     generation: int,
     price: Decimal,
     amount: Decimal,
     quote: TakeProfitQuote | None,
     now: datetime,
-) -> dict[str, str]:
-    return {
-        "position": p.position_id,
-        "pair": p.symbol,
-        "price": str(price),
-        "amount": str(amount),
-        "tier": str(quote.tier_minutes) if quote else "",
-        "markup": str(quote.markup) if quote else "",
-        "client_order_id": cid,
-        "generation": str(generation),
-        "created_at": now.isoformat(),
-        "status": "open",
-    }
+) -> TakeProfitRecord:
+    """What is kept about a take-profit placed (or, without its ``quote``, recovered) now."""
+    return TakeProfitRecord(
+        position=p.position_id,
+        pair=p.symbol,
+        price=price,
+        amount=amount,
+        tier=quote.tier_minutes if quote else None,
+        markup=quote.markup if quote else None,
+        client_order_id=cid,
+        generation=generation,
+        created_at=now,
+        status=TpStatus.OPEN,
+    )

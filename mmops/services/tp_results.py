@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -69,6 +69,12 @@ class PairReport:
     released: Decimal = Decimal(0)  # base quantity those cancels freed on the exchange
     bad_records: int = 0  # positions that did not parse (quarantined, reported)
     error: str | None = None  # the whole pair failed
+
+    def copy(self) -> PairReport:
+        """A report of its own: adding to the copy's lists leaves this one as it is."""
+        return replace(
+            self, placed=list(self.placed), skipped=list(self.skipped), failed=list(self.failed)
+        )
 
     @property
     def left_uncovered(self) -> int:

@@ -25,8 +25,8 @@ from mmops.domain.models import (
     SessionStatus,
     Side,
 )
-from mmops.domain.rounding import round_amount_down
-from mmops.errors import MmopsError, OrderNotFound
+from mmops.domain.rounding import round_amount_down, round_price_down
+from mmops.errors import MmopsError
 from mmops.ports import (
     Clock,
     FillWriter,
@@ -35,6 +35,7 @@ from mmops.ports import (
     OrderWriter,
     SessionLifecycle,
     Venue,
+    cancel_or_fetch,
 )
 
 log = logs.get_logger("mmops.sim")
@@ -183,9 +184,7 @@ class TradingLoop:
         taken = {o.price for o in ladder.bids.values()}
         requests: list[OrderRequest] = []
         for level in range(1, self.config.levels + 1):
-            price = round_amount_down(
-                ladder.anchor * (1 - self.config.spacing * level), market.tick
-            )
+            price = round_price_down(ladder.anchor * (1 - self.config.spacing * level), market.tick)
             amount = round_amount_down(self.config.notional / price, market.lot)
             if price in taken or amount < market.min_amount or len(requests) >= wanted:
                 continue
@@ -217,9 +216,7 @@ class TradingLoop:
         ladder = self._ladders[pair]
         for order_id, order in list(ladder.bids.items()):
             try:
-                canceled = await self._venue.cancel(pair, order_id)
-            except OrderNotFound:
-                canceled = await self._venue.fetch_order(pair, order_id)
+                canceled = await cancel_or_fetch(self._venue, pair, order_id)
             except MmopsError as e:
                 log.warning("sim.cancel_failed", pair=pair, order=order_id, error=str(e))
                 continue

@@ -10,10 +10,12 @@ from decimal import Decimal
 
 import pytest
 
+from mmops.adapters.postgres.warehouse import Warehouse
 from mmops.adapters.redis import keys
 from mmops.bootstrap import build_migration
 from mmops.domain.models import Fill, Order, OrderStatus, Side
 from mmops.domain.pnl import fifo_pnl
+from mmops.domain.records import Reject, RejectKind
 from mmops.errors import StoreUnavailable
 from mmops.services.migration import MigrationService
 from tests.integration.world import World, world
@@ -223,3 +225,25 @@ async def test_an_order_id_recorded_under_two_pairs_is_kept_once_and_the_copy_qu
         w, "SELECT reason FROM migration_rejects WHERE session_id = %s", sid
     )
     assert symbol == "BTC/EUR" and "also recorded under BTC/EUR" in reason
+
+
+async def test_rejects_are_counted_by_their_kind_whatever_their_key_says(w: World) -> None:
+    """Completeness counts each reject as the kind of record migration recorded, so a key
+    renamed (or of another layout) can never make a pair's rejects count as none."""
+    sid = await w.start_session(["BTC/USD"])
+    session = await w.rt.registry.get(sid)
+    assert session is not None
+    warehouse = Warehouse(w.rt.pool)
+    key = f"renamed:{{{sid}}}:BTC/USD#"
+    async with warehouse.session(session) as tx:
+        await tx.reject([
+            Reject(RejectKind.ORDER, "BTC/USD", key + "o1", "{", "bad"),
+            Reject(RejectKind.FILL, "BTC/USD", key + "f1", "{", "bad"),
+            Reject(RejectKind.FILL, "BTC/USD", key + "f2", "{", "bad"),
+        ])  # fmt: skip
+    counts = (await warehouse.counts(sid)).pair("BTC/USD")
+    assert (counts.rejects(RejectKind.ORDER), counts.rejects(RejectKind.FILL)) == (1, 2)
+    assert await pg_rows(
+        w, "SELECT kind, count(*) FROM migration_rejects WHERE session_id = %s GROUP BY 1"
+           " ORDER BY 1", sid
+    ) == [("fill", 2), ("order", 1)]  # fmt: skip

@@ -43,13 +43,14 @@ def test_upgrade_downgrade_to_zero_and_upgrade_again(empty_database_url: str) ->
     assert schema.upgrade(url) == []
 
     assert schema.downgrade(url, "001-add-multi-pair-support") == [
+        "004-reject-kind",
         "003-migration-keys",
         "002-add-symbol-indexes",
     ]
     assert not schema.is_current(url)
     assert schema.downgrade(url, schema.ZERO) == ["001-add-multi-pair-support", "000-base"]
     assert tables(url) == set()
-    assert [s.applied for s in schema.status(url)] == [False] * 4
+    assert [s.applied for s in schema.status(url)] == [False] * 5
 
     assert schema.upgrade(url) == schema.migration_ids()
     assert tables(url) == BASE_TABLES
@@ -64,6 +65,43 @@ def test_multi_pair_columns_exist_after_001(empty_database_url: str) -> None:
         )
         row = conn.execute("SELECT pairs, pair_count FROM sessions WHERE id = 's1'").fetchone()
     assert row == ([], 0)
+
+
+def test_004_backfills_each_reject_kind_from_its_key_once_and_rolls_back(
+    empty_database_url: str,
+) -> None:
+    url = empty_database_url
+    schema.upgrade(url)
+    assert schema.downgrade(url, "003-migration-keys") == ["004-reject-kind"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)"
+            " VALUES ('s1', 'BTC/USD', 'orders:{s1}:BTC/USD#o1', '{', 'bad'),"
+            "        ('s1', 'BTC/USD', 'fills:{s1}:BTC/USD#t:1', '{', 'bad'),"
+            "        ('s1', NULL, 'other:{s1}:BTC/USD#x', '{', 'bad')"
+        )
+    assert schema.upgrade(url) == ["004-reject-kind"]
+    with psycopg.connect(url) as conn:
+        kinds = conn.execute("SELECT redis_key, kind FROM migration_rejects ORDER BY id").fetchall()
+    assert kinds == [
+        ("orders:{s1}:BTC/USD#o1", "order"),
+        ("fills:{s1}:BTC/USD#t:1", "fill"),
+        ("other:{s1}:BTC/USD#x", "other"),  # neither kind, counted as neither (as before)
+    ]
+    unnamed = pytest.raises(psycopg.errors.NotNullViolation)  # every writer names the kind
+    with psycopg.connect(url, autocommit=True) as conn, unnamed:
+        conn.execute(
+            "INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)"
+            " VALUES ('s1', 'BTC/USD', 'orders:{s1}:BTC/USD#o2', '{', 'bad')"
+        )
+    assert schema.downgrade(url, "003-migration-keys") == ["004-reject-kind"]
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'migration_rejects' AND column_name = 'kind'"
+        ).fetchall()
+        assert columns == []
+        assert conn.execute("SELECT count(*) FROM migration_rejects").fetchone() == (3,)
 
 
 def test_unknown_downgrade_target_is_a_configuration_error(empty_database_url: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from mmops.adapters.redis import keys
 from mmops.adapters.redis.client import Redis, create_client
+from mmops.adapters.redis.ops import OpsStore
 from mmops.adapters.redis.store import (
     FillStore,
     OrderStore,
@@ -26,13 +27,37 @@ from mmops.domain.models import (
     SessionStatus,
     Side,
 )
-from mmops.domain.records import Coverage
+from mmops.domain.pnl import StopLossLevel
+from mmops.domain.records import (
+    Coverage,
+    RunState,
+    SettlementStatus,
+    StopLossFigures,
+    TakeProfitRecord,
+    TpStatus,
+)
 from mmops.errors import BadRecordError, InvalidIdentifier
 from tests.conftest import SessionIds
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def take_profit(position: str, amount: str = "1") -> TakeProfitRecord:
+    """A take-profit's metadata as settlement records it (tests name only what they check)."""
+    return TakeProfitRecord(
+        position=position,
+        pair="BTC/USD",
+        price=Decimal("11"),
+        amount=Decimal(amount),
+        tier=0,
+        markup=Decimal("0.01"),
+        client_order_id="cid-0",
+        generation=0,
+        created_at=T0,
+        status=TpStatus.OPEN,
+    )
 
 
 def buy_fill(sid: str, order_id: str, qty: str, price: str, at: datetime, **kw: Any) -> Fill:
@@ -158,16 +183,27 @@ async def test_coverage_removes_from_index_and_release_restores(
     await fills.record(buy_fill(sid, "b1", "1", "10", T0))
     position = await positions.get(sid, "b1")
     assert position is not None
-    meta = {"position": "b1", "pair": "BTC/USD", "amount": "1", "status": "open"}
-    await positions.record_coverage([Coverage(position, 0, "tp-1", Decimal("1"), meta, True)])
+    meta = take_profit("b1", amount="1")
+    await positions.record_coverage(
+        [
+            Coverage(
+                position=position,
+                generation=0,
+                order_id="tp-1",
+                amount=Decimal("1"),
+                take_profit=meta,
+                fully_covered=True,
+            )
+        ]
+    )
     assert await positions.uncovered_ids(sid, "BTC/USD") == []
     covered = await positions.get(sid, "b1")
     assert covered is not None and covered.covered == Decimal("1") and covered.uncovered == 0
-    assert (await positions.tp_order(sid, "tp-1"))["position"] == "b1"
+    assert (await positions.tp_order(sid, "tp-1")).position == "b1"
 
-    await positions.release_coverage(covered, "tp-1", "canceled")
+    await positions.release_coverage(covered, "tp-1", TpStatus.CANCELED)
     assert await positions.uncovered_ids(sid, "BTC/USD") == ["b1"]
-    assert (await positions.tp_order(sid, "tp-1"))["status"] == "canceled"
+    assert (await positions.tp_order(sid, "tp-1")).status == "canceled"
 
 
 async def test_fill_arriving_after_pricing_keeps_position_uncovered(
@@ -181,7 +217,16 @@ async def test_fill_arriving_after_pricing_keeps_position_uncovered(
     assert priced_from is not None
     await fills.record(buy_fill(sid, "b1", "1", "10", T0 + timedelta(seconds=5)))
     await positions.record_coverage(
-        [Coverage(priced_from, 0, "tp-1", Decimal("1"), {"position": "b1"}, True)]
+        [
+            Coverage(
+                position=priced_from,
+                generation=0,
+                order_id="tp-1",
+                amount=Decimal("1"),
+                take_profit=take_profit("b1"),
+                fully_covered=True,
+            )
+        ]
     )
     assert await positions.uncovered_ids(sid, "BTC/USD") == ["b1"]
     now = await positions.get(sid, "b1")
@@ -324,7 +369,16 @@ async def test_pending_marker_counts_as_covering_until_recorded_or_cleared(
 
     await positions.mark_pending([(p, PendingTakeProfit(0, "cid-0", Decimal("2")))])
     await positions.record_coverage(
-        [Coverage(p, 0, "tp-9", Decimal("2"), {"position": "b1"}, True)]
+        [
+            Coverage(
+                position=p,
+                generation=0,
+                order_id="tp-9",
+                amount=Decimal("2"),
+                take_profit=take_profit("b1"),
+                fully_covered=True,
+            )
+        ]
     )
     p = await positions.get(sid, "b1")
     assert p is not None
@@ -340,9 +394,97 @@ async def test_release_keeps_what_a_cancelled_take_profit_already_sold(
     p = await positions.get(sid, "b1")
     assert p is not None
     await positions.record_coverage(
-        [Coverage(p, 0, "tp-1", Decimal("1"), {"position": "b1"}, True)]
+        [
+            Coverage(
+                position=p,
+                generation=0,
+                order_id="tp-1",
+                amount=Decimal("1"),
+                take_profit=take_profit("b1"),
+                fully_covered=True,
+            )
+        ]
     )
-    await positions.release_coverage(p, "tp-1", "canceled", kept=Decimal("0.4"))
+    await positions.release_coverage(p, "tp-1", TpStatus.CANCELED, kept=Decimal("0.4"))
     p = await positions.get(sid, "b1")
     assert p is not None and p.covered == Decimal("0.4") and p.uncovered == Decimal("0.6")
     assert await positions.uncovered_ids(sid, "BTC/USD") == ["b1"]
+
+
+async def test_take_profit_metadata_is_stored_as_the_hash_it_always_was(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    """The record goes through the Lua script as plain fields: what is in Redis is what was
+    written before records existed, and it reads back as the same record."""
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    await fills.record(buy_fill(sid, "b1", "1", "10", T0))
+    p = await positions.get(sid, "b1")
+    assert p is not None
+    record = take_profit("b1")
+    coverage = Coverage(position=p, generation=0, order_id="tp-1", amount=Decimal("1"),
+                        take_profit=record, fully_covered=True)  # fmt: skip
+    await positions.record_coverage([coverage])
+    assert await redis.hgetall(keys.tp_order(sid, "tp-1")) == {
+        "position": "b1", "pair": "BTC/USD", "price": "11", "amount": "1", "tier": "0",
+        "markup": "0.01", "client_order_id": "cid-0", "generation": "0",
+        "created_at": "2026-11-01T12:00:00+00:00", "status": "open",
+    }  # fmt: skip
+    assert await positions.tp_order(sid, "tp-1") == record
+    assert await positions.tp_order(sid, "tp-2") is None
+    await positions.set_tp_status(sid, "tp-1", TpStatus.FILLED)
+    assert await redis.hget(keys.tp_order(sid, "tp-1"), "status") == "filled"
+
+
+async def test_take_profit_metadata_that_does_not_parse_is_reported_not_raised(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    await fills.record(buy_fill(sid, "b1", "1", "10", T0))
+    p = await positions.get(sid, "b1")
+    assert p is not None
+    coverages = [
+        Coverage(position=p, generation=n, order_id=f"tp-{n}", amount=Decimal("0.5"),
+                 take_profit=take_profit("b1", amount="0.5"), fully_covered=False)
+        for n in (1, 2)
+    ]  # fmt: skip
+    await positions.record_coverage(coverages)
+    await redis.hset(keys.tp_order(sid, "tp-2"), "tier", "a day")
+    read = await positions.tp_orders(sid, ["tp-1", "tp-2", "tp-3"])
+    assert read.items == [("tp-1", take_profit("b1", amount="0.5"))]
+    [bad] = read.bad
+    assert bad.key == keys.tp_order(sid, "tp-2") and "a day" in bad.reason
+    with pytest.raises(BadRecordError):
+        await positions.tp_order(sid, "tp-2")
+
+
+async def test_settlement_status_replaces_the_hash_and_sets_the_last_run(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    ops = OpsStore(redis)
+    assert await ops.settlement_status(sid) is None
+    figures = StopLossFigures(Decimal("950.5"), Decimal("1000"), Decimal("0.0495"),
+                              StopLossLevel.WARN)  # fmt: skip
+    first = SettlementStatus(state=RunState.OK, placed=3, skipped=0, failed=0, errors=(),
+                             duration_ms=12, finished_at=T0, worker="w1", dry_run=False,
+                             stoploss=figures)  # fmt: skip
+    await ops.write_settlement_status(sid, first)
+    assert await ops.settlement_status(sid) == first
+    assert await redis.hgetall(keys.settlement_status(sid)) == {
+        "state": "ok", "placed": "3", "skipped": "0", "failed": "0", "errors": "[]",
+        "duration_ms": "12", "finished_at": "2026-11-01T12:00:00+00:00", "worker": "w1",
+        "dry_run": "false", "equity": "950.5", "peak_equity": "1000", "drawdown": "0.0495",
+        "stoploss_level": "warn",
+    }  # fmt: skip
+    later = T0 + timedelta(minutes=3)
+    second = SettlementStatus(state=RunState.FAILED, placed=0, skipped=0, failed=0,
+                              errors=("market data: down",), duration_ms=5, finished_at=later,
+                              worker="w2", dry_run=True)  # fmt: skip
+    await ops.write_settlement_status(sid, second)
+    assert await ops.settlement_status(sid) == second  # the stop-loss figures went with it
+    assert await ops.settlement_last_run(sid) == later.isoformat()
+    await redis.hset(keys.settlement_status(sid), "state", "sideways")
+    with pytest.raises(BadRecordError):
+        await ops.settlement_status(sid)

@@ -105,8 +105,8 @@ class World:
             if order.symbol != pair or order.side is not Side.SELL:
                 continue
             meta = await self.rt.positions.tp_order(sid, order.id)
-            if meta:
-                found.append((meta["position"], order.client_order_id or "", order.status.value))
+            if meta is not None:
+                found.append((meta.position, order.client_order_id or "", order.status.value))
         return found
 
 

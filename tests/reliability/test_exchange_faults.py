@@ -28,8 +28,7 @@ from mmops.ports import Exchange
 from mmops.services.settlement import SessionResult
 from tests.integration.world import World, world
 from tests.kraken_server import KrakenServer, make_ccxt_exchange
-from tests.reliability.ledger import Scenario
-from tests.reliability.test_concurrent_workers import (
+from tests.reliability.harness import (
     Audit,
     MakeScenario,
     VenueOrder,
@@ -37,6 +36,7 @@ from tests.reliability.test_concurrent_workers import (
     check,
     paper_sells,
 )
+from tests.reliability.ledger import Scenario
 
 PAIR = "ETH/USD"
 AGES = list(range(70, 230, 4))  # 40 positions, all at the 60-minute tier for the whole test

@@ -27,8 +27,7 @@ from mmops.bootstrap import build_migration
 from mmops.domain.models import Fill, Order, OrderStatus, Side
 from mmops.domain.pnl import fifo_pnl
 from tests.integration.world import PAIRS, World
-from tests.reliability.ledger import Scenario
-from tests.reliability.test_concurrent_workers import (
+from tests.reliability.harness import (
     MakeScenario,
     check,
     cli_env,
@@ -37,6 +36,7 @@ from tests.reliability.test_concurrent_workers import (
     private_world,
     spawn,
 )
+from tests.reliability.ledger import Scenario
 
 KILLS = 12
 SEED = 20261124

@@ -23,8 +23,7 @@ import pytest
 
 from mmops.adapters.redis import keys
 from tests.integration.world import PAIRS, World, world
-from tests.reliability.ledger import Scenario
-from tests.reliability.test_concurrent_workers import (
+from tests.reliability.harness import (
     MakeScenario,
     audit,
     buy,
@@ -37,6 +36,7 @@ from tests.reliability.test_concurrent_workers import (
     private_world,
     spawn,
 )
+from tests.reliability.ledger import Scenario
 
 KILLS = 21
 SEED = 20261123  # the kill points are drawn from this; the timings around them are real

@@ -1,4 +1,5 @@
-"""Prices round up to the tick, amounts down to the lot, exactly, on any grid."""
+"""Sell prices round up to the tick, buy prices down to it, amounts down to the lot, exactly,
+on any grid."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmops.domain.rounding import is_multiple, round_amount_down, round_price_up
+from mmops.domain.rounding import (
+    is_multiple,
+    round_amount_down,
+    round_price_down,
+    round_price_up,
+)
 
 D = Decimal
 
@@ -44,6 +50,24 @@ def test_price_rounds_up_to_the_next_multiple_of_the_tick(
 
 
 @pytest.mark.parametrize(
+    ("price", "tick", "expected"),
+    [
+        ("60517.84060150375939849624061", "0.1", "60517.8"),  # BTC/USD
+        ("60517.9", "0.1", "60517.9"),  # already on the tick: unchanged
+        ("60517.89999999999", "0.1", "60517.8"),  # a hair below: the tick under it
+        ("0.5329180403007518796992481204", "0.00001", "0.53291"),  # XRP/USD
+        ("100.24", "0.25", "100.00"),
+        ("104.9", "5", "100"),
+        ("0.04", "0.1", "0.0"),
+    ],
+)
+def test_buy_price_rounds_down_to_the_previous_multiple_of_the_tick(
+    price: str, tick: str, expected: str
+) -> None:
+    assert round_price_down(D(price), D(tick)) == D(expected)
+
+
+@pytest.mark.parametrize(
     ("amount", "lot", "expected"),
     [
         ("0.0099999999", "0.00000001", "0.00999999"),
@@ -72,6 +96,8 @@ def test_a_negative_or_non_finite_value_is_refused(bad: Decimal) -> None:
         round_price_up(bad, D("0.1"))
     with pytest.raises(ValueError, match="finite, non-negative"):
         round_amount_down(bad, D("0.1"))
+    with pytest.raises(ValueError, match="finite, non-negative"):
+        round_price_down(bad, D("0.1"))
 
 
 @pytest.mark.parametrize("bad", [D(0), D("-0.1"), D("NaN")])
@@ -93,6 +119,17 @@ def test_price_up_is_the_smallest_multiple_of_the_tick_not_below_the_price(
     assert is_multiple(rounded, tick)
     assert price <= rounded < price + tick
     assert round_price_up(rounded, tick) == rounded
+
+
+@given(values, steps)
+def test_price_down_is_the_largest_multiple_of_the_tick_not_above_the_price(
+    price: Decimal, tick: Decimal
+) -> None:
+    rounded = round_price_down(price, tick)
+    assert is_multiple(rounded, tick)
+    assert price - tick < rounded <= price
+    assert round_price_down(rounded, tick) == rounded
+    assert str(rounded) == str(round_amount_down(price, tick))  # the same grid, the same digits
 
 
 @given(values, steps)

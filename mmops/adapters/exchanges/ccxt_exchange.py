@@ -50,10 +50,16 @@ from mmops.adapters.exchanges.ccxt_errors import (
     order_error,
     safe_text,
 )
-from mmops.domain.exchange import MAX_BATCH, ExchangeOrder, OrderRequest, PlacementResult
+from mmops.domain.exchange import (
+    ExchangeOrder,
+    MarketRule,
+    OrderRequest,
+    PlacementResult,
+    broken_rule,
+    check_batch,
+)
 from mmops.domain.models import ZERO, Balance, Market, OrderStatus, Ticker
 from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
-from mmops.domain.rounding import is_multiple
 from mmops.errors import (
     AuthenticationFailed,
     BadRecordError,
@@ -210,7 +216,7 @@ class CcxtExchange:
         in the results: a refusal of one order in its own result, a failure of the whole call
         (timeout, 5xx, rate limit) in all of them.
         """
-        _check_batch(orders)
+        check_batch(orders)
         if not orders:
             return []
         market = (await self.markets()).get(orders[0].symbol)
@@ -519,13 +525,6 @@ def _install_wire_filter() -> None:
 # -- checks and conversions ---------------------------------------------------------------
 
 
-def _check_batch(orders: Sequence[OrderRequest]) -> None:
-    if len(orders) > MAX_BATCH:
-        raise ValueError(f"a batch holds at most {MAX_BATCH} orders, got {len(orders)}")
-    if len({o.symbol for o in orders}) > 1:
-        raise ValueError("a batch holds orders of one pair only")
-
-
 def _local_refusal(o: OrderRequest, market: Market | None) -> MmopsError | None:
     """What the exchange would refuse anyway, checked before sending.
 
@@ -534,12 +533,13 @@ def _local_refusal(o: OrderRequest, market: Market | None) -> MmopsError | None:
     """
     if market is None:
         return ExchangeRejected(f"unknown pair {o.symbol}")
-    if not (is_multiple(o.price, market.tick) and is_multiple(o.amount, market.lot)):
+    rule = broken_rule(o, market)
+    if rule is MarketRule.TICK_AND_LOT:
         return ExchangeRejected(
             f"{o.symbol}: price {o.price} or amount {o.amount} is off the tick {market.tick} "
             f"or lot {market.lot}"
         )
-    if o.amount < market.min_amount or o.amount * o.price < market.min_cost:
+    if rule is MarketRule.MINIMUM:
         return MinimumNotMet(
             f"{o.symbol}: {o.amount} @ {o.price} is below the minimum "
             f"({market.min_amount} or cost {market.min_cost})"

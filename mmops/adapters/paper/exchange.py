@@ -28,10 +28,17 @@ from mmops.adapters.paper.matching import match_orders
 from mmops.adapters.paper.prices import PricePath, Quote
 from mmops.adapters.paper.state import Holding, PaperOrder, VenueKeys, decode_trade, encode_trade
 from mmops.adapters.redis.client import Redis, redis_errors
-from mmops.domain.exchange import MAX_BATCH, ExchangeOrder, OrderRequest, PlacementResult, Trade
+from mmops.domain.exchange import (
+    ExchangeOrder,
+    MarketRule,
+    OrderRequest,
+    PlacementResult,
+    Trade,
+    broken_rule,
+    check_batch,
+)
 from mmops.domain.models import Balance, Market, OrderStatus, Side, Ticker
 from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
-from mmops.domain.rounding import is_multiple
 from mmops.errors import (
     ExchangeRejected,
     ExchangeTimeout,
@@ -116,7 +123,7 @@ class PaperExchange:
 
     @redis_errors
     async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
-        _check_batch(orders)
+        check_batch(orders)
         await self._call()
         if not orders:
             return []
@@ -239,6 +246,12 @@ class PaperExchange:
 
     async def close(self) -> None:
         """Nothing to release: the Redis client belongs to whoever built this venue."""
+
+    async def __aenter__(self) -> PaperExchange:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
 
     # -- venue controls (paper only) ------------------------------------------------------
 
@@ -405,9 +418,10 @@ class PaperExchange:
         """Why the venue refuses this order now, or None if it accepts it."""
         if known_client_id is not None:
             return ExchangeRejected(f"EOrder:Duplicate client order id {o.client_order_id}")
-        if not (is_multiple(o.price, market.tick) and is_multiple(o.amount, market.lot)):
+        rule = broken_rule(o, market)
+        if rule is MarketRule.TICK_AND_LOT:
             return ExchangeRejected("EGeneral:Invalid arguments:price or volume precision")
-        if o.amount < market.min_amount or o.amount * o.price < market.min_cost:
+        if rule is MarketRule.MINIMUM:
             return MinimumNotMet("EOrder:Order minimum not met")
         if o.post_only and (
             (o.side is Side.SELL and o.price <= quote.bid)
@@ -418,13 +432,6 @@ class PaperExchange:
         if holdings[asset].free < need:
             return InsufficientFunds("EOrder:Insufficient funds")
         return None
-
-
-def _check_batch(orders: Sequence[OrderRequest]) -> None:
-    if len(orders) > MAX_BATCH:
-        raise ValueError(f"a batch holds at most {MAX_BATCH} orders, got {len(orders)}")
-    if len({o.symbol for o in orders}) > 1:
-        raise ValueError("a batch holds orders of one pair only")
 
 
 def _held_asset(side: Side, market: Market) -> str:

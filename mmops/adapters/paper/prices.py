@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from mmops.adapters.paper.catalog import BY_SYMBOL
 from mmops.domain.models import Market
-from mmops.domain.rounding import round_amount_down, round_price_up
+from mmops.domain.rounding import round_price_down, round_price_up
 
 _PERIODS_SECONDS = (7 * 3600.0, 2 * 3600.0, 47 * 60.0, 13 * 60.0, 4 * 60.0, 70.0)
 _WEIGHTS = (1.0, 0.8, 0.6, 0.45, 0.3, 0.15)
@@ -65,6 +65,6 @@ class PricePath:
     def quote(self, market: Market, t: float, adjust: Decimal = Decimal(1)) -> Quote:
         """Best bid and ask around the mid, on the tick, at least one tick apart."""
         mid = self.mid(market.symbol, t, adjust)
-        bid = max(market.tick, round_amount_down(mid * (1 - HALF_SPREAD), market.tick))
+        bid = max(market.tick, round_price_down(mid * (1 - HALF_SPREAD), market.tick))
         ask = max(bid + market.tick, round_price_up(mid * (1 + HALF_SPREAD), market.tick))
         return Quote(bid=bid, ask=ask, mid=mid)

@@ -20,7 +20,7 @@ class SettlementRunRepository:
                 " duration_ms, placed, skipped, failed, dry_run, details)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
-                    run.session_id, run.worker, run.state, run.started_at, run.finished_at,
+                    run.session_id, run.worker, run.state.value, run.started_at, run.finished_at,
                     run.duration_ms, run.placed, run.skipped, run.failed, run.dry_run,
                     Jsonb(run.details),
                 ),

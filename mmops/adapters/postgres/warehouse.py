@@ -29,12 +29,17 @@ from mmops.domain.records import (
     FILL_LINE_COLUMNS,
     ORDER_LINE_COLUMNS,
     FillMove,
+    MigrationCounts,
     OrderMove,
+    PairRows,
     Reject,
+    RejectKind,
     Stray,
 )
 
 log = logs.get_logger("mmops.migration")
+
+_REJECT_KINDS = frozenset(kind.value for kind in RejectKind)
 
 _STAGING = """
 CREATE TEMP TABLE orders_staging (
@@ -61,7 +66,7 @@ ON CONFLICT (id) DO UPDATE SET
 
 # Each statement that writes rows a session may already have ends its INSERT with {conflict}:
 # nothing when the session has none of them yet (a plain INSERT, about a third cheaper than the
-# speculative insertion of ON CONFLICT), else the clause after it (see SessionWrite._move).
+# speculative insertion of ON CONFLICT), else the clause after it (see WarehouseTransaction._move).
 
 # The staged orders, each Redis record once (HSCAN may return a field twice), ranked among the
 # records of their order id: an order id recorded under two pairs is kept once (its first pair
@@ -135,10 +140,11 @@ WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s
                   AND o.order_id = s.order_id)
 """
 
-# One row per Redis record (a hash of its key: keys can be long), holding its latest text.
+# One row per Redis record (a hash of its key: keys can be long), holding its latest text and
+# the kind of record it is (what completeness counts it as).
 _REJECT = """
-INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)
-VALUES (%s, %s, %s, %s, %s)
+INSERT INTO migration_rejects (session_id, kind, symbol, redis_key, raw_payload, reason)
+VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (session_id, md5(redis_key)) DO UPDATE SET
     symbol = EXCLUDED.symbol, raw_payload = EXCLUDED.raw_payload, reason = EXCLUDED.reason
 WHERE (migration_rejects.raw_payload, migration_rejects.reason)
@@ -209,8 +215,9 @@ ON CONFLICT (session_id, symbol) DO UPDATE SET
 """
 
 
-class SessionWrite:
-    """One session's migration transaction (see :meth:`Warehouse.session`)."""
+class WarehouseTransaction:
+    """One session's migration transaction (``MigrationTransaction``; see
+    :meth:`Warehouse.session`)."""
 
     def __init__(self, conn: AsyncConnection, session: Session) -> None:
         self._conn = conn
@@ -238,6 +245,7 @@ class SessionWrite:
                 [
                     (
                         self.session.id,
+                        r.kind.value,
                         r.symbol,
                         _storable(r.key),
                         _storable(r.raw),
@@ -316,11 +324,13 @@ def _storable(text: str) -> str:
 
 
 class Warehouse:
+    """PostgreSQL as migration writes it (``MigrationTarget``)."""
+
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
     @contextlib.asynccontextmanager
-    async def session(self, session: Session) -> AsyncIterator[SessionWrite]:
+    async def session(self, session: Session) -> AsyncIterator[WarehouseTransaction]:
         """One transaction for the whole session: committed on a clean exit, rolled back on
         any error, so an interrupted migration leaves no half-written session."""
         async with pg_errors(), self._pool.connection() as conn, conn.transaction():
@@ -333,7 +343,7 @@ class Warehouse:
                     Jsonb(list(session.pairs)), session.pair_count,
                 ),
             )  # fmt: skip
-            yield SessionWrite(conn, session)
+            yield WarehouseTransaction(conn, session)
 
     async def pending_sessions(self, limit: int, after: str | None = None) -> list[str]:
         """Ids of sessions whose migration is not complete, in id order, after ``after``."""
@@ -345,25 +355,36 @@ class Warehouse:
             )
             return [row[0] for row in await cur.fetchall()]
 
-    async def counts(self, session_id: str) -> dict[str, dict[str, int]]:
-        """Per pair: orders, fills, and rejected order and fill records."""
+    async def counts(self, session_id: str) -> MigrationCounts:
+        """Per pair: orders, fills, and the records of each kind quarantined."""
         async with pg_errors(), self._pool.connection() as conn:
-            result: dict[str, dict[str, int]] = {}
-            for table, name in (("orders", "orders"), ("fills", "fills")):
+            rows: dict[str, dict[str, int]] = {"orders": {}, "fills": {}}
+            for table, found in rows.items():
                 cur = await conn.execute(
                     f"SELECT symbol, count(*) FROM {table} WHERE session_id = %s GROUP BY symbol",  # noqa: S608 - fixed names
                     (session_id,),
                 )
-                for symbol, n in await cur.fetchall():
-                    result.setdefault(symbol, {})[name] = int(n)
+                found.update((symbol, int(n)) for symbol, n in await cur.fetchall())
             cur = await conn.execute(
-                "SELECT symbol, split_part(redis_key, ':', 1), count(*) FROM migration_rejects"
+                "SELECT symbol, kind, count(*) FROM migration_rejects"
                 " WHERE session_id = %s GROUP BY 1, 2",
                 (session_id,),
             )
+            rejected: dict[str, dict[RejectKind, int]] = {}
             for symbol, kind, n in await cur.fetchall():
-                result.setdefault(symbol or "?", {})[f"rejected_{kind}"] = int(n)
-            return result
+                if kind in _REJECT_KINDS:  # a row 004 backfilled from an unknown key counts nowhere
+                    rejected.setdefault(symbol or "?", {})[RejectKind(kind)] = int(n)
+        symbols = rows["orders"].keys() | rows["fills"].keys() | rejected.keys()
+        return MigrationCounts(
+            {
+                symbol: PairRows(
+                    orders=rows["orders"].get(symbol, 0),
+                    fills=rows["fills"].get(symbol, 0),
+                    rejected=rejected.get(symbol, {}),
+                )
+                for symbol in symbols
+            }
+        )
 
     async def migration_lag_seconds(self) -> float | None:
         """Seconds since the oldest ended, not yet migrated session ended (None: none waits)."""

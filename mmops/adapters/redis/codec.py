@@ -1,7 +1,8 @@
-"""Record ⇄ string conversion for the Redis store.
+"""Record ⇄ string conversion for the Redis store: the one place records become strings.
 
-Values are JSON objects with money as decimal strings and times as ISO 8601 with an offset.
-Every ``*_from_*`` function either returns a valid domain object or raises
+Values are JSON objects or hashes of plain fields, with money as decimal strings and times as
+ISO 8601 with an offset. Every ``*_from_*`` function either returns a valid domain object or
+raises one of the parse errors :func:`decode` turns into a
 :class:`~mmops.errors.BadRecordError` carrying the key, the raw value and the reason: a
 malformed record is quarantined by the caller, never an unhandled exception.
 """
@@ -31,7 +32,15 @@ from mmops.domain.models import (
     SessionStatus,
     Side,
 )
-from mmops.domain.records import ReadResult
+from mmops.domain.pnl import StopLossLevel
+from mmops.domain.records import (
+    ReadResult,
+    RunState,
+    SettlementStatus,
+    StopLossFigures,
+    TakeProfitRecord,
+    TpStatus,
+)
 from mmops.errors import BadRecordError, InvalidIdentifier
 
 T = TypeVar("T")
@@ -65,6 +74,27 @@ def ts(value: Any) -> datetime:
 
 def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
+
+
+def aware(value: Any) -> datetime:
+    """Parse an ISO 8601 time with its offset kept as written (so it is written back the same)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 time, got {type(value).__name__}")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"time without a timezone: {value!r}")
+    return parsed
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+
+
+def integer(value: Any) -> int:
+    """Parse an integer as ``str(int)`` writes it: digits after an optional minus (none of the
+    spaces, plus signs or underscores ``int()`` would also take)."""
+    if not isinstance(value, str) or _INTEGER.fullmatch(value) is None:
+        raise ValueError(f"not an integer: {value!r}")
+    return int(value)
 
 
 def millis(value: datetime) -> int:
@@ -118,6 +148,106 @@ def session_from_fields(fields: Mapping[str, str]) -> Session:
         capital=dec(fields["capital"]),
         ended_at=ts(fields["ended_at"]) if fields.get("ended_at") else None,
     )
+
+
+# A take-profit's metadata (``tp_order:{S}:{O}``) is a hash of plain fields. ``tier`` and
+# ``markup`` are "" for a take-profit recovered without its quote.
+
+
+def take_profit_to_fields(r: TakeProfitRecord) -> dict[str, str]:
+    return {
+        "position": r.position,
+        "pair": r.pair,
+        "price": str(r.price),
+        "amount": str(r.amount),
+        "tier": "" if r.tier is None else str(r.tier),
+        "markup": "" if r.markup is None else str(r.markup),
+        "client_order_id": r.client_order_id,
+        "generation": str(r.generation),
+        "created_at": r.created_at.isoformat(),
+        "status": r.status.value,
+    }
+
+
+def take_profit_from_fields(fields: Mapping[str, str]) -> TakeProfitRecord:
+    tier, markup = fields["tier"], fields["markup"]
+    return TakeProfitRecord(
+        position=_text(fields["position"]),
+        pair=_text(fields["pair"]),
+        price=dec(fields["price"]),
+        amount=dec(fields["amount"]),
+        tier=integer(tier) if tier else None,
+        markup=dec(markup) if markup else None,
+        client_order_id=_text(fields["client_order_id"]),
+        generation=integer(fields["generation"]),
+        created_at=aware(fields["created_at"]),
+        status=TpStatus(fields["status"]),
+    )
+
+
+# A session's settlement status (``settlement:status:{S}``) is a hash of plain fields: the
+# counts as integers, ``errors`` as a JSON list, ``dry_run`` as true/false, and the stop-loss's
+# four figures once it has measured.
+
+_STOPLOSS_FIELDS = ("equity", "peak_equity", "drawdown", "stoploss_level")
+
+
+def settlement_status_to_fields(s: SettlementStatus) -> dict[str, str]:
+    fields = {
+        "state": s.state.value,
+        "placed": str(s.placed),
+        "skipped": str(s.skipped),
+        "failed": str(s.failed),
+        "errors": json.dumps(list(s.errors)),
+        "duration_ms": str(s.duration_ms),
+        "finished_at": s.finished_at.isoformat(),
+        "worker": s.worker,
+        "dry_run": "true" if s.dry_run else "false",
+    }
+    if s.stoploss is not None:
+        fields["equity"] = str(s.stoploss.equity)
+        fields["peak_equity"] = str(s.stoploss.peak_equity)
+        fields["drawdown"] = str(s.stoploss.drawdown)
+        fields["stoploss_level"] = s.stoploss.level.value
+    return fields
+
+
+def settlement_status_from_fields(fields: Mapping[str, str]) -> SettlementStatus:
+    errors = json.loads(fields["errors"])
+    if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+        raise TypeError("errors must be a JSON list of strings")
+    stoploss = None
+    if any(name in fields for name in _STOPLOSS_FIELDS):
+        stoploss = StopLossFigures(
+            equity=dec(fields["equity"]),
+            peak_equity=dec(fields["peak_equity"]),
+            drawdown=dec(fields["drawdown"]),
+            level=StopLossLevel(fields["stoploss_level"]),
+        )
+    return SettlementStatus(
+        state=RunState(fields["state"]),
+        placed=integer(fields["placed"]),
+        skipped=integer(fields["skipped"]),
+        failed=integer(fields["failed"]),
+        errors=tuple(errors),
+        duration_ms=integer(fields["duration_ms"]),
+        finished_at=aware(fields["finished_at"]),
+        worker=_text(fields["worker"]),
+        dry_run=_flag(fields["dry_run"]),
+        stoploss=stoploss,
+    )
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if value not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return bool(value == "true")
 
 
 def order_to_json(o: Order) -> str:

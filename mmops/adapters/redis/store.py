@@ -24,7 +24,7 @@ from mmops.domain.models import (
     Session,
     SessionStatus,
 )
-from mmops.domain.records import Coverage, ReadResult
+from mmops.domain.records import Coverage, ReadResult, TakeProfitRecord, TpStatus
 from mmops.errors import BadRecordError
 
 T = TypeVar("T")
@@ -230,7 +230,7 @@ class FillStore(_MigrationReads):
 # KEYS: per take-profit: tp_order key, position hash, uncovered zset, orders hash
 # ARGV: per take-profit: order id, amount, expected version, fully covered (1/0), position id,
 #       generation, covered-at time, order JSON ('' for none), number of metadata fields n,
-#       then n field/value pairs
+#       then n field/value pairs (``codec.take_profit_to_fields``)
 _RECORD_COVERAGE = """
 local a = 1
 for k = 1, #KEYS, 4 do
@@ -340,6 +340,7 @@ class PositionStore:
             args: list[str] = []
             for c in group:
                 p = c.position
+                metadata = codec.take_profit_to_fields(c.take_profit)
                 script_keys += [
                     keys.tp_order(session_id, c.order_id),
                     keys.position(session_id, p.position_id),
@@ -348,11 +349,11 @@ class PositionStore:
                 ]
                 args += [
                     c.order_id, str(c.amount), str(p.version), "1" if c.fully_covered else "0",
-                    p.position_id, str(c.generation), c.metadata.get("created_at", ""),
+                    p.position_id, str(c.generation), metadata["created_at"],
                     codec.order_to_json(c.order) if c.order is not None else "",
-                    str(len(c.metadata)),
+                    str(len(metadata)),
                 ]  # fmt: skip
-                for name, value in c.metadata.items():
+                for name, value in metadata.items():
                     args += [name, value]
             await self._cover(keys=script_keys, args=args)
 
@@ -382,7 +383,7 @@ class PositionStore:
 
     @redis_errors
     async def release_coverage(
-        self, position: Position, order_id: str, status: str, kept: Decimal = ZERO
+        self, position: Position, order_id: str, status: TpStatus, kept: Decimal = ZERO
     ) -> None:
         """Forget a take-profit that is no longer live; what it sold (``kept``) stays covered."""
         s = position.session_id
@@ -396,7 +397,7 @@ class PositionStore:
                 order_id,
                 position.position_id,
                 codec.millis(position.opened_at),
-                status,
+                status.value,
                 "0" if kept == 0 else str(kept),
             ],
         )
@@ -411,11 +412,11 @@ class PositionStore:
             await pipe.execute()
 
     @redis_errors
-    async def set_tp_status(self, session_id: str, order_id: str, status: str) -> None:
+    async def set_tp_status(self, session_id: str, order_id: str, status: TpStatus) -> None:
         """Note a take-profit's state as last seen on the exchange (e.g. ``filled``)."""
         key = keys.tp_order(session_id, order_id)
         if await self._r.exists(key):
-            await self._r.hset(key, "status", status)
+            await self._r.hset(key, "status", status.value)
 
     @redis_errors
     async def read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]:
@@ -423,19 +424,40 @@ class PositionStore:
         return await self._read_many(session_id, ids)
 
     @redis_errors
-    async def tp_order(self, session_id: str, order_id: str) -> dict[str, str]:
-        return cast(dict[str, str], await self._r.hgetall(keys.tp_order(session_id, order_id)))
+    async def tp_order(self, session_id: str, order_id: str) -> TakeProfitRecord | None:
+        """A take-profit's metadata, or None if none is recorded. Raises BadRecordError if it
+        does not parse."""
+        key = keys.tp_order(session_id, order_id)
+        fields = cast(dict[str, str], await self._r.hgetall(key))
+        if not fields:
+            return None
+        return codec.decode(key, fields, codec.take_profit_from_fields)
 
     @redis_errors
-    async def tp_orders(self, session_id: str, order_ids: Sequence[str]) -> list[dict[str, str]]:
-        """The metadata of many take-profits, one round trip per PIPELINE_CHUNK."""
-        found: list[dict[str, str]] = []
+    async def tp_orders(
+        self, session_id: str, order_ids: Sequence[str]
+    ) -> ReadResult[tuple[str, TakeProfitRecord]]:
+        """The metadata of many take-profits as (order id, record), one round trip per
+        PIPELINE_CHUNK; ids without a record are left out, records that do not parse are in
+        ``bad``."""
+        result: ReadResult[tuple[str, TakeProfitRecord]] = ReadResult()
         for start in range(0, len(order_ids), PIPELINE_CHUNK):
+            chunk = order_ids[start : start + PIPELINE_CHUNK]
             async with self._r.pipeline(transaction=False) as pipe:
-                for order_id in order_ids[start : start + PIPELINE_CHUNK]:
+                for order_id in chunk:
                     pipe.hgetall(keys.tp_order(session_id, order_id))
-                found += cast(list[dict[str, str]], await pipe.execute())
-        return found
+                rows = cast(list[dict[str, str]], await pipe.execute())
+            for order_id, fields in zip(chunk, rows, strict=True):
+                if not fields:
+                    continue
+                key = keys.tp_order(session_id, order_id)
+                try:
+                    record = codec.decode(key, fields, codec.take_profit_from_fields)
+                except BadRecordError as e:
+                    result.bad.append(e)
+                    continue
+                result.items.append((order_id, record))
+        return result
 
 
 def _decode_all(key: str, raw: dict[str, Any], parse: Any) -> ReadResult[Any]:

@@ -1,0 +1,2 @@
+-- Rollback of 004-reject-kind.
+ALTER TABLE migration_rejects DROP COLUMN IF EXISTS kind;
