@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -292,12 +293,15 @@ class PasswordPostgres:
 
 
 @pytest.fixture
-def password_postgres(tmp_path: Path) -> Iterator[PasswordPostgres]:
-    server = PasswordPostgres(tmp_path / "pg")
-    try:
-        yield server
-    finally:
-        server.close()
+def password_postgres() -> Iterator[PasswordPostgres]:
+    # Not under pytest's tmp_path: as root, pgserver runs PostgreSQL as the user `pgserver` and
+    # opens the path up for it, and any pytest start closes /tmp/pytest-of-* again (mode 700).
+    with tempfile.TemporaryDirectory(prefix="mmops-password-pg-") as directory:
+        server = PasswordPostgres(Path(directory) / "pg")
+        try:
+            yield server
+        finally:
+            server.close()
 
 
 async def test_a_wrong_database_password_is_said_once_per_attempt_and_by_readyz(

@@ -193,7 +193,9 @@ def domain_verdict(kind: Kind, raw: Any) -> Fill | Order | None:
     except Exception:
         return None
     for name in MONEY & set(kind.columns):
-        if not PLAIN.fullmatch(format(getattr(obj, name).copy_abs(), "f")):
+        value = getattr(obj, name)
+        # Zero is zero whatever its exponent (0E-50 is written "0"), so it always fits.
+        if not value.is_zero() and not PLAIN.fullmatch(format(value.copy_abs(), "f")):
             return None
     # Order does not check client_order_id, so order_from_json takes any JSON value there;
     # a line column can only hold text, and lines refuses anything but a string or null.

@@ -1,0 +1,502 @@
+"""One contract per store port, run against the in-memory fake and the real store.
+
+The service unit tests trust ``tests/fakes.py``; these tests are why they may: each states a
+rule of a port that the services rely on, and holds for Redis (or PostgreSQL) and the fake
+alike. A rule the fake gets wrong fails here, under ``[fake]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from mmops.adapters.clock import SimulatedClock
+from mmops.adapters.postgres.sessions import SessionRepository
+from mmops.adapters.redis.locks import Attempts, SettlementLocks
+from mmops.adapters.redis.ops import OpsStore
+from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
+from mmops.domain.models import (
+    Fill,
+    Order,
+    OrderKind,
+    PendingTakeProfit,
+    Position,
+    Session,
+    SessionStatus,
+    Side,
+)
+from mmops.domain.pnl import StopLossLevel
+from mmops.domain.records import (
+    Coverage,
+    RunState,
+    SettlementStatus,
+    StopLossFigures,
+    TakeProfitRecord,
+    TpStatus,
+)
+from mmops.errors import LockNotAcquired
+from mmops.ports import (
+    Fills,
+    FillWriter,
+    LiveSessions,
+    Orders,
+    Positions,
+    SessionLocks,
+    SessionRecords,
+    SettlementRecords,
+    TakeProfitClaims,
+)
+from tests import fakes
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+PAIR = "BTC/USD"
+CLAIM_TTL = 0.2  # seconds: short enough for the real claim to lapse within a test
+
+
+@dataclass
+class Stores:
+    """One implementation of each Redis store port, and one session id to use them with."""
+
+    session_id: str
+    fills: FillWriter
+    scan: Fills
+    positions: Positions
+    orders: Orders
+    claims: TakeProfitClaims
+    locks: SessionLocks
+    ops: SettlementRecords
+    live: LiveSessions
+    pass_time: Callable[[float], Awaitable[object]]  # let this many seconds go by
+
+
+@pytest.fixture(params=["fake", pytest.param("redis", marks=pytest.mark.integration)])
+def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
+    """A plain fixture: it builds the real stores from the async ``redis`` fixture through
+    ``getfixturevalue``, which an async fixture cannot call inside the running loop."""
+    if request.param == "fake":
+        clock = SimulatedClock(T0)
+        memory = fakes.MemoryStore()
+
+        async def advance(seconds: float) -> object:
+            return clock.advance(timedelta(seconds=seconds))
+
+        yield Stores(
+            session_id=f"c-{uuid.uuid4().hex[:12]}",
+            fills=memory,
+            scan=memory,
+            positions=memory,
+            orders=memory,
+            claims=fakes.FakeClaims(clock, CLAIM_TTL),
+            locks=fakes.FakeLocks(),
+            ops=fakes.FakeOps(),
+            live=fakes.FakeLiveSessions(),
+            pass_time=advance,
+        )
+        return
+    redis = request.getfixturevalue("redis")
+    session_ids = request.getfixturevalue("session_ids")
+    fill_store = FillStore(redis)
+    yield Stores(
+        session_id=session_ids.new("contract"),
+        fills=fill_store,
+        scan=fill_store,
+        positions=PositionStore(redis),
+        orders=OrderStore(redis),
+        claims=Attempts(redis, CLAIM_TTL),
+        locks=SettlementLocks(redis, ttl_seconds=5),
+        ops=OpsStore(redis),
+        live=SessionStore(redis),
+        pass_time=asyncio.sleep,
+    )
+
+
+def buy(sid: str, order_id: str, qty: str, at: datetime, price: str = "100", **kw: str) -> Fill:
+    return Fill(
+        session_id=sid,
+        order_id=order_id,
+        symbol=kw.get("symbol", PAIR),
+        side=Side(kw.get("side", "buy")),
+        price=Decimal(price),
+        quantity=Decimal(qty),
+        fee=Decimal("0.1"),
+        timestamp=at,
+        trade_id=kw.get("trade_id"),
+    )
+
+
+def coverage(
+    p: Position, order_id: str, amount: str, *, fully: bool = True, generation: int = 0
+) -> Coverage:
+    record = TakeProfitRecord(
+        position=p.position_id,
+        pair=p.symbol,
+        price=Decimal("101.5"),
+        amount=Decimal(amount),
+        tier=60,
+        markup=Decimal("0.006"),
+        client_order_id=f"cid-{order_id}",
+        generation=generation,
+        created_at=T0 + timedelta(hours=1),
+    )
+    order = Order(
+        session_id=p.session_id,
+        order_id=order_id,
+        symbol=p.symbol,
+        side=Side.SELL,
+        price=record.price,
+        amount=record.amount,
+        created_at=record.created_at,
+        kind=OrderKind.TAKE_PROFIT,
+        client_order_id=record.client_order_id,
+    )
+    return Coverage(
+        position=p,
+        generation=generation,
+        order_id=order_id,
+        amount=Decimal(amount),
+        take_profit=record,
+        fully_covered=fully,
+        order=order,
+    )
+
+
+async def one(stores: Stores, position_id: str) -> Position:
+    [position] = (await stores.positions.read_many(stores.session_id, [position_id])).items
+    return position
+
+
+async def uncovered_ids(stores: Stores) -> list[str]:
+    read = await stores.positions.uncovered(stores.session_id, PAIR)
+    return [p.position_id for p in read.items]
+
+
+# -- Fills and Positions ---------------------------------------------------------------------
+
+
+async def test_a_replayed_fill_is_recorded_once_and_grows_its_position_once(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    assert await stores.fills.record(buy(sid, "b1", "0.5", T0)) is True
+    assert await stores.fills.record(buy(sid, "b1", "0.5", T0)) is False
+    assert await stores.fills.record(buy(sid, "b1", "0.25", T0 + timedelta(seconds=1))) is True
+    p = await one(stores, "b1")
+    assert (p.filled, p.cost, p.fees, p.version) == (
+        Decimal("0.75"),
+        Decimal("75.00"),
+        Decimal("0.2"),
+        2,
+    )
+    assert p.opened_at == T0
+    recorded = [f async for chunk in stores.scan.scan(sid, PAIR) for f in chunk.items]
+    assert len(recorded) == 2
+
+
+async def test_a_sell_fill_is_recorded_but_opens_no_position(stores: Stores) -> None:
+    sid = stores.session_id
+    assert await stores.fills.record(buy(sid, "s1", "0.5", T0, side="sell")) is True
+    assert (await stores.positions.all(sid, PAIR)).items == []
+    assert await uncovered_ids(stores) == []
+    recorded = [f async for chunk in stores.scan.scan(sid, PAIR) for f in chunk.items]
+    assert [f.side for f in recorded] == [Side.SELL]
+
+
+async def test_uncovered_positions_come_oldest_first_and_a_limit_keeps_the_oldest(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    for order_id, minutes in (("b-new", 30), ("b-old", 0), ("b-mid", 10)):
+        await stores.fills.record(buy(sid, order_id, "1", T0 + timedelta(minutes=minutes)))
+    await stores.fills.record(buy(sid, "e1", "1", T0, symbol="ETH/USD"))
+    assert await uncovered_ids(stores) == ["b-old", "b-mid", "b-new"]
+    limited = await stores.positions.uncovered(sid, PAIR, limit=2)
+    assert [p.position_id for p in limited.items] == ["b-old", "b-mid"]
+
+
+async def test_read_many_leaves_out_unknown_ids_and_keeps_the_order_asked(stores: Stores) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    await stores.fills.record(buy(sid, "b2", "1", T0 + timedelta(minutes=1)))
+    read = await stores.positions.read_many(sid, ["b2", "nope", "b1"])
+    assert [p.position_id for p in read.items] == ["b2", "b1"]
+    assert read.bad == []
+
+
+async def test_full_coverage_leaves_the_uncovered_index_and_records_the_take_profit(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    await stores.fills.record(buy(sid, "b2", "1", T0 + timedelta(minutes=1)))
+    c = coverage(await one(stores, "b1"), "tp1", "1")
+    await stores.positions.record_coverage([c])
+    assert await uncovered_ids(stores) == ["b2"]
+    p = await one(stores, "b1")
+    assert (p.covered, p.uncovered, p.generation) == (Decimal("1"), Decimal("0"), 1)
+    assert p.take_profits == (("tp1", Decimal("1")),)
+    assert p.first_covered_at == c.take_profit.created_at
+    assert await stores.positions.tp_order(sid, "tp1") == c.take_profit
+    assert await stores.orders.get(sid, PAIR, "tp1") == c.order
+    everything = await stores.positions.all(sid, PAIR)
+    assert [q.position_id for q in everything.items] == ["b1", "b2"]
+
+
+async def test_a_partial_take_profit_keeps_the_position_uncovered(stores: Stores) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    await stores.positions.record_coverage(
+        [coverage(await one(stores, "b1"), "tp1", "0.4", fully=False)]
+    )
+    assert await uncovered_ids(stores) == ["b1"]
+    assert (await one(stores, "b1")).uncovered == Decimal("0.6")
+
+
+async def test_a_fill_since_pricing_keeps_the_position_uncovered(stores: Stores) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    priced = await one(stores, "b1")
+    await stores.fills.record(buy(sid, "b1", "0.5", T0 + timedelta(seconds=5)))
+    await stores.positions.record_coverage([coverage(priced, "tp1", "1")])
+    assert await uncovered_ids(stores) == ["b1"]
+    assert (await one(stores, "b1")).uncovered == Decimal("0.5")
+
+
+async def test_a_new_buy_fill_puts_a_covered_position_back_among_the_uncovered(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    await stores.positions.record_coverage([coverage(await one(stores, "b1"), "tp1", "1")])
+    assert await uncovered_ids(stores) == []
+    await stores.fills.record(buy(sid, "b1", "0.5", T0 + timedelta(seconds=5)))
+    assert await uncovered_ids(stores) == ["b1"]
+
+
+async def test_a_pending_marker_covers_until_cleared(stores: Stores) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    pending = PendingTakeProfit(0, "cid-0", Decimal("1"))
+    await stores.positions.mark_pending([(await one(stores, "b1"), pending)])
+    p = await one(stores, "b1")
+    assert p.pending == (pending,)
+    assert p.uncovered == 0
+    await stores.positions.clear_pending([(p, 0)])
+    p = await one(stores, "b1")
+    assert (p.pending, p.uncovered) == ((), Decimal("1"))
+
+
+async def test_recording_coverage_clears_the_pending_marker_of_its_generation_only(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    p = await one(stores, "b1")
+    marks = [
+        PendingTakeProfit(0, "cid-0", Decimal("0.5")),
+        PendingTakeProfit(1, "c1", Decimal("0.5")),
+    ]
+    await stores.positions.mark_pending([(p, m) for m in marks])
+    await stores.positions.record_coverage([coverage(p, "tp1", "0.5", fully=False)])
+    p = await one(stores, "b1")
+    assert [m.generation for m in p.pending] == [1]
+    assert p.generation == 1
+
+
+async def test_release_keeps_what_the_take_profit_sold_and_the_position_is_uncovered_again(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    await stores.positions.record_coverage([coverage(await one(stores, "b1"), "tp1", "1")])
+    covered = await one(stores, "b1")
+    await stores.positions.release_coverage(covered, "tp1", TpStatus.REPLACED, Decimal("0.3"))
+    p = await one(stores, "b1")
+    assert p.take_profits == (("tp1", Decimal("0.3")),)
+    assert p.uncovered == Decimal("0.7")
+    assert await uncovered_ids(stores) == ["b1"]
+    record = await stores.positions.tp_order(sid, "tp1")
+    assert record is not None and record.status is TpStatus.REPLACED
+    await stores.positions.release_coverage(p, "tp1", TpStatus.REPLACED)
+    assert (await one(stores, "b1")).take_profits == ()
+
+
+async def test_an_exit_closes_quantity_and_leaves_the_uncovered_index(stores: Stores) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    await stores.positions.record_exit(await one(stores, "b1"), "x1", Decimal("1"))
+    p = await one(stores, "b1")
+    assert (p.closed, p.uncovered) == (Decimal("1"), Decimal("0"))
+    assert await uncovered_ids(stores) == []
+
+
+async def test_a_take_profit_status_is_set_only_on_a_recorded_take_profit(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    await stores.positions.record_coverage([coverage(await one(stores, "b1"), "tp1", "1")])
+    await stores.positions.set_tp_status(sid, "tp1", TpStatus.FILLED)
+    await stores.positions.set_tp_status(sid, "tp-unknown", TpStatus.FILLED)
+    record = await stores.positions.tp_order(sid, "tp1")
+    assert record is not None and record.status is TpStatus.FILLED
+    assert await stores.positions.tp_order(sid, "tp-unknown") is None
+    read = await stores.positions.tp_orders(sid, ["tp-unknown", "tp1"])
+    assert [(oid, r.status) for oid, r in read.items] == [("tp1", TpStatus.FILLED)]
+
+
+# -- TakeProfitClaims ------------------------------------------------------------------------
+
+
+async def test_a_claimed_position_cannot_be_claimed_again_until_released(stores: Stores) -> None:
+    sid = stores.session_id
+    first = await stores.claims.acquire(sid, ["p1", "p2"])
+    assert set(first) == {"p1", "p2"}
+    second = await stores.claims.acquire(sid, ["p2", "p3"])
+    assert set(second) == {"p3"}
+    await stores.claims.release(sid, {"p2": first["p2"]})
+    assert set(await stores.claims.acquire(sid, ["p1", "p2"])) == {"p2"}
+
+
+async def test_only_the_token_that_claimed_a_position_releases_it(stores: Stores) -> None:
+    sid = stores.session_id
+    mine = await stores.claims.acquire(sid, ["p1"])
+    await stores.claims.release(sid, {"p1": "not-" + mine["p1"]})
+    assert await stores.claims.acquire(sid, ["p1"]) == {}
+
+
+async def test_a_claim_lapses_after_its_ttl(stores: Stores) -> None:
+    sid = stores.session_id
+    stale = await stores.claims.acquire(sid, ["p1"])
+    await stores.pass_time(CLAIM_TTL * 2)
+    fresh = await stores.claims.acquire(sid, ["p1"])
+    assert set(fresh) == {"p1"}
+    await stores.claims.release(sid, stale)  # the lapsed holder cannot free the new claim
+    assert await stores.claims.acquire(sid, ["p1"]) == {}
+
+
+# -- SessionLocks ----------------------------------------------------------------------------
+
+
+async def test_a_held_session_refuses_a_second_holder_and_is_free_after(stores: Stores) -> None:
+    sid = stores.session_id
+    async with stores.locks.hold(sid):
+        with pytest.raises(LockNotAcquired):
+            async with stores.locks.hold(sid):
+                pass
+    async with stores.locks.hold(sid):
+        pass
+
+
+async def test_a_session_lock_is_released_when_its_block_raises(stores: Stores) -> None:
+    sid = stores.session_id
+    with pytest.raises(RuntimeError):
+        async with stores.locks.hold(sid):
+            raise RuntimeError("the run failed")
+    async with stores.locks.hold(sid):
+        pass
+
+
+# -- SettlementRecords -----------------------------------------------------------------------
+
+
+def status(state: RunState, stoploss: StopLossFigures | None) -> SettlementStatus:
+    return SettlementStatus(
+        state=state,
+        placed=3,
+        skipped=1,
+        failed=0,
+        errors=("BTC/USD b1: InsufficientFunds",),
+        duration_ms=42,
+        finished_at=T0 + timedelta(minutes=3, microseconds=5),
+        worker="w1",
+        dry_run=False,
+        stoploss=stoploss,
+    )
+
+
+async def test_a_settlement_status_reads_back_as_written_and_the_next_replaces_it_whole(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    assert await stores.ops.settlement_status(sid) is None
+    figures = StopLossFigures(Decimal("900"), Decimal("1000"), Decimal("0.1"), StopLossLevel.HALT)
+    await stores.ops.write_settlement_status(sid, status(RunState.PARTIAL, figures))
+    assert await stores.ops.settlement_status(sid) == status(RunState.PARTIAL, figures)
+    await stores.ops.write_settlement_status(sid, status(RunState.OK, None))
+    assert await stores.ops.settlement_status(sid) == status(RunState.OK, None)
+
+
+# -- LiveSessions ----------------------------------------------------------------------------
+
+
+async def test_a_live_session_reads_back_as_saved_then_halted_then_ended(stores: Stores) -> None:
+    sid = stores.session_id
+    session = Session(sid, (PAIR, "ETH/USD"), T0, capital=Decimal("10000.5"))
+    assert await stores.live.get(sid) is None
+    await stores.live.save(session)
+    assert await stores.live.get(sid) == session
+    await stores.live.set_status(sid, SessionStatus.HALTED)
+    halted = await stores.live.get(sid)
+    assert halted is not None and halted.status is SessionStatus.HALTED
+    await stores.live.end(sid, T0 + timedelta(hours=1))
+    ended = await stores.live.get(sid)
+    assert ended is not None
+    assert (ended.status, ended.ended_at) == (SessionStatus.ENDED, T0 + timedelta(hours=1))
+
+
+# -- SessionRecords (PostgreSQL) -------------------------------------------------------------
+
+
+@pytest.fixture(params=["fake", pytest.param("postgres", marks=pytest.mark.integration)])
+def records(request: pytest.FixtureRequest) -> tuple[SessionRecords, str]:
+    """The registry and a prefix for session ids of this test's own (the run's database is
+    dropped at its end, so rows are not deleted one by one)."""
+    prefix = f"c-{uuid.uuid4().hex[:10]}"
+    if request.param == "fake":
+        return fakes.FakeSessionRecords(), prefix
+    return SessionRepository(request.getfixturevalue("pool")), prefix
+
+
+async def test_a_session_record_reads_back_and_ending_keeps_its_other_fields(
+    records: tuple[SessionRecords, str],
+) -> None:
+    repo, prefix = records
+    session = Session(f"{prefix}-0", (PAIR,), T0, capital=Decimal("5000"))
+    await repo.upsert(session)
+    assert await repo.get(session.id) == session
+    await repo.set_status(session.id, SessionStatus.ENDED, T0 + timedelta(hours=2))
+    ended = await repo.get(session.id)
+    assert ended is not None
+    assert (ended.status, ended.ended_at, ended.pairs) == (
+        SessionStatus.ENDED,
+        T0 + timedelta(hours=2),
+        (PAIR,),
+    )
+    await repo.set_status(session.id, SessionStatus.HALTED)
+    halted = await repo.get(session.id)
+    assert halted is not None and halted.ended_at == T0 + timedelta(hours=2)
+
+
+async def test_recent_sessions_are_newest_first_and_old_ended_ones_are_left_out(
+    records: tuple[SessionRecords, str],
+) -> None:
+    repo, prefix = records
+    now = datetime(2999, 1, 10, tzinfo=UTC)  # later than any other test's sessions
+    old_end = now - timedelta(days=2)
+    rows = [
+        Session(f"{prefix}-0", (PAIR,), now - timedelta(hours=1)),
+        Session(f"{prefix}-1", (PAIR,), now - timedelta(hours=2)),
+        Session(f"{prefix}-2", (PAIR,), now - timedelta(days=3), ended_at=old_end),
+        Session(f"{prefix}-3", (PAIR,), now - timedelta(hours=3)),
+    ]
+    for row in rows:
+        await repo.upsert(row)
+    recent = await repo.recent(hours_back=24, limit=3, now=now)
+    assert [s.id for s in recent] == [f"{prefix}-0", f"{prefix}-1", f"{prefix}-3"]
+    assert [s.id for s in await repo.recent(hours_back=24, limit=1, now=now)] == [f"{prefix}-0"]

@@ -1,0 +1,112 @@
+"""The settlement run's rules, on in-memory fakes: locks, run states, what is recorded, and
+the stop-loss acted on once across runs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from mmops.domain.pnl import StopLossLevel
+from mmops.domain.records import RunState
+from mmops.errors import UnknownSession
+from tests.unit.desk import BTC_EUR, BTC_USD, Desk
+
+
+async def test_a_run_covers_the_session_and_records_its_status_and_a_run_row() -> None:
+    desk = Desk()
+    await desk.start("s1", BTC_USD, BTC_EUR)
+    await desk.buy("b1", "0.5")
+    await desk.buy("e1", "0.5", pair=BTC_EUR, price="90")
+
+    [result] = await desk.settlement.run("s1")
+
+    assert result.state is RunState.OK
+    status = desk.ops.statuses["s1"]
+    assert (status.state, status.placed, status.worker) == (RunState.OK, 2, "w-test")
+    assert desk.ops.last_runs["s1"] == status.finished_at
+    [row] = desk.runs.rows
+    assert (row.session_id, row.state, row.placed) == ("s1", RunState.OK, 2)
+
+
+async def test_a_session_held_by_another_worker_is_locked_and_nothing_is_recorded() -> None:
+    desk = Desk()
+    await desk.start("s1", BTC_USD)
+    await desk.buy("b1", "0.5")
+
+    async with desk.locks.hold("s1"):
+        [result] = await desk.settlement.run("s1")
+
+    assert result.state is RunState.LOCKED and result.ok
+    assert desk.exchange.batches == []
+    assert (desk.ops.statuses, desk.runs.rows) == ({}, [])
+
+
+async def test_a_position_short_of_balance_makes_the_run_partial() -> None:
+    desk = Desk(balances={"BTC": "0.5"})
+    await desk.start("s1", BTC_USD)
+    await desk.buy("b1", "0.5")
+    await desk.buy("b2", "0.5", minutes=1)
+
+    [result] = await desk.settlement.run("s1")
+
+    assert result.state is RunState.PARTIAL
+    assert desk.ops.statuses["s1"].skipped == 1
+
+
+async def test_a_pair_that_fails_whole_fails_the_session_when_it_is_the_only_one() -> None:
+    desk = Desk()
+    await desk.start("s1", "XRP/USD")
+    [result] = await desk.settlement.run("s1")
+
+    assert result.state is RunState.FAILED
+
+
+async def test_sessions_in_one_run_do_not_spend_the_same_balance() -> None:
+    desk = Desk(balances={"BTC": "0.5"})
+    await desk.start("s1", BTC_USD)
+    await desk.start("s2", BTC_EUR)
+    await desk.buy("b1", "0.5", sid="s1")
+    await desk.buy("e1", "0.5", pair=BTC_EUR, price="90", sid="s2")
+
+    results = {r.session_id: r for r in await desk.settlement.run()}
+
+    assert results["s1"].totals()["placed"] + results["s2"].totals()["placed"] == 1
+    assert len(desk.exchange.orders) == 1
+
+
+async def test_the_stop_loss_level_is_recorded_and_alerted_once_across_runs() -> None:
+    desk = Desk()
+    await desk.start("s1", BTC_USD, capital="1000")
+    await desk.buy("b1", "10", price="100")
+    desk.set_bid(BTC_USD, "94")  # 6% down: warn
+
+    await desk.settlement.run("s1")
+    await desk.settlement.run("s1")
+
+    stoploss = desk.ops.statuses["s1"].stoploss
+    assert stoploss is not None and stoploss.level is StopLossLevel.WARN
+    assert len(desk.notifier.sent) == 1
+    assert [r.details["stoploss"]["action"] for r in desk.runs.rows] == ["warn", None]
+
+
+async def test_a_flattened_session_gets_no_new_take_profits_and_new_positions_are_exited() -> None:
+    desk = Desk(balances={"BTC": "20"})
+    await desk.start("s1", BTC_USD, capital="1000")
+    await desk.buy("b1", "10", price="100")
+    desk.set_bid(BTC_USD, "84")
+    await desk.settlement.run("s1")  # flattens: b1 is exited
+    await desk.buy("b2", "1", price="84", minutes=1)
+
+    [result] = await desk.settlement.run("s1")
+
+    assert result.totals().get("placed", 0) == 0
+    b2 = await desk.position("b2")
+    assert (b2.take_profits, b2.closed) == ((), Decimal("1"))
+
+
+async def test_an_unknown_session_is_refused() -> None:
+    desk = Desk()
+
+    with pytest.raises(UnknownSession):
+        await desk.settlement.run("nope")

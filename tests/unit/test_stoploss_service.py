@@ -1,0 +1,166 @@
+"""Stop-loss levels, on in-memory fakes: warn, halt and flatten at drawdown thresholds (5%,
+10%, 15% from the peak), each acted on and alerted once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from mmops.domain.models import OrderStatus, Session, SessionStatus
+from mmops.domain.pnl import StopLossLevel
+from mmops.domain.records import RunState, SettlementStatus, StopLossFigures, TpStatus
+from mmops.services.stoploss import StopLossReport
+from tests.unit.desk import BTC_USD, T0, Desk
+
+
+async def long_ten_btc(*, dry_run: bool = False) -> tuple[Desk, Session]:
+    """Capital 1000, all of it in 10 BTC bought at 100 (no fees): equity = 10 * bid."""
+    desk = Desk(dry_run=dry_run)
+    session = await desk.start("s1", BTC_USD, capital="1000")
+    await desk.buy("b1", "10", price="100")
+    return desk, session
+
+
+async def check(desk: Desk, session: Session, bid: str) -> StopLossReport:
+    desk.set_bid(BTC_USD, bid)
+    report = await desk.stoploss.check(session, await desk.data())
+    assert report is not None
+    return report
+
+
+async def remember(desk: Desk, figures: StopLossFigures) -> None:
+    """What settlement does after each run: the stop-loss figures kept in the status."""
+    status = SettlementStatus(
+        state=RunState.OK,
+        placed=0,
+        skipped=0,
+        failed=0,
+        errors=(),
+        duration_ms=1,
+        finished_at=T0,
+        worker="w",
+        dry_run=False,
+        stoploss=figures,
+    )
+    await desk.ops.write_settlement_status("s1", status)
+
+
+@pytest.mark.parametrize(
+    ("bid", "level"),
+    [
+        ("95.1", StopLossLevel.NONE),  # 4.9% down
+        ("95", StopLossLevel.WARN),  # 5% down: thresholds are inclusive
+        ("90", StopLossLevel.HALT),
+        ("85", StopLossLevel.FLATTEN),
+    ],
+)
+async def test_each_drawdown_threshold_reaches_its_level(bid: str, level: StopLossLevel) -> None:
+    desk, session = await long_ten_btc(dry_run=True)
+
+    report = await check(desk, session, bid)
+
+    assert report.level is level
+    assert report.action == (None if level is StopLossLevel.NONE else level.value)
+    assert report.equity == Decimal(bid) * 10
+
+
+async def test_a_warning_alerts_but_leaves_the_session_trading() -> None:
+    desk, session = await long_ten_btc()
+
+    await check(desk, session, "94")
+
+    assert [level for _, _, level in desk.notifier.sent] == ["warning"]
+    live = await desk.live.get("s1")
+    assert live is not None and live.status is SessionStatus.ACTIVE
+
+
+async def test_halt_tells_the_trading_loop_to_stop_buying_in_redis_and_postgres() -> None:
+    desk, session = await long_ten_btc()
+
+    await check(desk, session, "89")
+
+    live, row = await desk.live.get("s1"), await desk.records.get("s1")
+    assert live is not None and live.status is SessionStatus.HALTED
+    assert row is not None and row.status is SessionStatus.HALTED
+    assert desk.exchange.batches == []  # halting sells nothing
+
+
+async def test_a_level_acted_on_is_not_acted_on_again_but_a_higher_one_is() -> None:
+    desk, session = await long_ten_btc()
+    await remember(desk, (await check(desk, session, "94")).figures())
+
+    again = await check(desk, session, "94")
+    await remember(desk, again.figures())
+    worse = await check(desk, session, "89")
+
+    assert (again.action, again.level) == (None, StopLossLevel.WARN)
+    assert worse.action == "halt"
+    assert len(desk.notifier.sent) == 2
+
+
+async def test_a_recovered_drawdown_keeps_the_level_already_acted_on() -> None:
+    desk, session = await long_ten_btc()
+    await remember(desk, (await check(desk, session, "89")).figures())
+
+    report = await check(desk, session, "99")
+
+    assert (report.level, report.action) == (StopLossLevel.HALT, None)
+
+
+async def test_drawdown_is_measured_from_the_peak_kept_between_runs() -> None:
+    desk, session = await long_ten_btc()
+    peak = StopLossFigures(
+        equity=Decimal("1200"),
+        peak_equity=Decimal("1200"),
+        drawdown=Decimal(0),
+        level=StopLossLevel.NONE,
+    )
+    await remember(desk, peak)
+
+    report = await check(desk, session, "100")  # equity 1000: 1/6 below the 1200 peak
+
+    assert report.peak == Decimal("1200")
+    assert report.level is StopLossLevel.FLATTEN
+
+
+async def test_flatten_cancels_take_profits_and_exits_what_the_positions_hold() -> None:
+    desk, session = await long_ten_btc()
+    [tp] = (await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data()))[
+        BTC_USD
+    ].placed
+    desk.clock.advance(timedelta(minutes=5))
+
+    report = await check(desk, session, "84")
+
+    assert report.action == "flatten"
+    assert desk.exchange.orders[tp.order_id].status is OrderStatus.CANCELED
+    record = await desk.store.tp_order("s1", tp.order_id)
+    assert record is not None and record.status is TpStatus.CANCELED
+    [exit_batch] = desk.exchange.batches[1:]
+    assert [(r.amount, r.price, r.post_only) for r in exit_batch] == [
+        (Decimal("10"), Decimal("84"), False)
+    ]
+    p = await desk.position("b1")
+    assert (p.closed, p.uncovered) == (Decimal("10"), Decimal(0))
+    assert [level for _, _, level in desk.notifier.sent] == ["failure"]
+
+
+async def test_dry_run_reports_the_level_and_does_nothing() -> None:
+    desk, session = await long_ten_btc(dry_run=True)
+
+    report = await check(desk, session, "80")
+
+    assert report.action == "flatten"
+    live = await desk.live.get("s1")
+    assert live is not None and live.status is SessionStatus.ACTIVE
+    assert desk.exchange.batches == []
+    assert "dry-run, nothing done" in desk.notifier.sent[0][1]
+
+
+async def test_a_session_without_capital_has_no_stop_loss() -> None:
+    desk = Desk()
+    session = await desk.start("s1", BTC_USD, capital="0")
+
+    assert await desk.stoploss.check(session, await desk.data()) is None

@@ -1,0 +1,209 @@
+"""The take-profit service's rules, on in-memory fakes: allocation across pairs, skip reasons,
+recovery of placements whose outcome was lost."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from mmops.domain.exchange import OrderRequest
+from mmops.domain.models import OrderStatus, PendingTakeProfit, Side
+from mmops.domain.records import TpStatus
+from mmops.errors import PostOnlyWouldTake
+from mmops.services.tp_results import PairReport, SkipReason
+from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, Desk, cid
+
+
+def skips(report: PairReport) -> dict[str, SkipReason]:
+    return {s.position_id: s.reason for s in report.skipped}
+
+
+def placed(report: PairReport) -> dict[str, Decimal]:
+    return {p.position_id: p.amount for p in report.placed}
+
+
+async def test_pairs_sharing_a_base_asset_are_funded_oldest_first_and_the_rest_is_short() -> None:
+    desk = Desk(balances={"BTC": "1.0", "ETH": "10"})
+    await desk.buy("eur-old", "0.5", pair=BTC_EUR, price="90", minutes=0)
+    await desk.buy("usd-mid", "0.5", pair=BTC_USD, minutes=5)
+    await desk.buy("usd-new", "0.5", pair=BTC_USD, minutes=10)
+    await desk.buy("eth", "3", pair=ETH_USD, price="10", minutes=20)
+    desk.at(30)
+    positions = {**await desk.uncovered(BTC_USD), **await desk.uncovered(BTC_EUR)}
+    positions |= await desk.uncovered(ETH_USD)
+
+    reports = await desk.take_profits.create_batch("s1", positions, await desk.data())
+
+    assert placed(reports[BTC_EUR]) == {"eur-old": Decimal("0.5")}
+    assert placed(reports[BTC_USD]) == {"usd-mid": Decimal("0.5")}
+    assert skips(reports[BTC_USD]) == {"usd-new": SkipReason.INSUFFICIENT_BALANCE}
+    assert placed(reports[ETH_USD]) == {"eth": Decimal("3")}  # another base: its own balance
+    assert [p.position_id for p in (await desk.uncovered(BTC_USD))[BTC_USD]] == ["usd-new"]
+
+
+async def test_a_partial_grant_places_what_the_balance_holds_and_reports_the_rest() -> None:
+    desk = Desk(balances={"BTC": "0.7"})
+    await desk.buy("old", "0.5", minutes=0)
+    await desk.buy("new", "0.5", minutes=1)
+    desk.at(5)
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert placed(report) == {"old": Decimal("0.5"), "new": Decimal("0.2")}
+    assert skips(report) == {"new": SkipReason.INSUFFICIENT_BALANCE}
+    assert (await desk.position("new")).uncovered == Decimal("0.3")
+
+
+async def test_a_remainder_below_the_market_minimum_is_dust_and_never_sent() -> None:
+    desk = Desk()
+    await desk.buy("tiny", "0.0005")  # min_amount is 0.001
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert skips(report) == {"tiny": SkipReason.DUST}
+    assert report.skipped[0].detail == "min_amount"
+    assert desk.exchange.batches == []
+    assert report.ok  # dust is not a failure of the run
+
+
+async def test_a_pair_without_market_data_fails_alone_and_the_others_are_covered() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    await desk.buy("x1", "1", pair="XRP/USD", price="1")
+    positions = await desk.uncovered(BTC_USD) | await desk.uncovered("XRP/USD")
+
+    reports = await desk.take_profits.create_batch("s1", positions, await desk.data())
+
+    assert reports["XRP/USD"].error == "no market or ticker for XRP/USD"
+    assert reports["XRP/USD"].placed == []
+    assert placed(reports[BTC_USD]) == {"b1": Decimal("0.5")}
+
+
+async def test_a_position_claimed_by_another_worker_is_skipped_and_not_placed() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    await desk.buy("b2", "0.5", minutes=1)
+    await desk.claims.acquire("s1", ["b1"])  # another worker is placing it
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert skips(report) == {"b1": SkipReason.ATTEMPT_IN_PROGRESS}
+    assert placed(report) == {"b2": Decimal("0.5")}
+    assert report.ok  # another worker's hold is not this run's failure
+
+
+async def test_a_position_covered_since_it_was_read_is_not_covered_twice() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    stale = await desk.uncovered()
+    await desk.take_profits.create_batch("s1", stale, await desk.data())
+
+    [report] = (await desk.take_profits.create_batch("s1", stale, await desk.data())).values()
+
+    assert skips(report) == {"b1": SkipReason.ALREADY_COVERED}
+    assert len(desk.exchange.orders) == 1
+
+
+async def test_the_take_profit_is_recorded_with_its_tier_and_the_position_leaves_the_index() -> (
+    None
+):
+    desk = Desk()
+    await desk.buy("b1", "0.5", minutes=0)
+    desk.at(61)
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    [p] = report.placed
+    record = await desk.store.tp_order("s1", p.order_id)
+    assert record is not None
+    assert (record.tier, record.status, record.client_order_id) == (60, TpStatus.OPEN, cid("b1"))
+    assert (await desk.uncovered())[BTC_USD] == []
+
+
+async def test_a_refused_take_profit_is_failed_and_its_pending_marker_cleared() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    desk.exchange.refuse[cid("b1")] = PostOnlyWouldTake("EOrder:Post only order")
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert [(f.position_id, f.kind) for f in report.failed] == [("b1", "PostOnlyWouldTake")]
+    p = await desk.position("b1")
+    assert (p.pending, p.uncovered) == ((), Decimal("0.5"))
+    assert not report.ok
+
+
+async def test_a_placement_whose_answer_was_lost_is_found_by_lookup_and_recorded_once() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    desk.exchange.lose_answer.add(cid("b1"))
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert placed(report) == {"b1": Decimal("0.5")}
+    assert len(desk.exchange.orders) == 1
+    p = await desk.position("b1")
+    assert (p.pending, p.uncovered) == ((), Decimal(0))
+
+
+async def test_a_pending_marker_whose_order_is_live_is_recorded_not_placed_again() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    [order] = [r.order for r in await desk.exchange.place_batch([_sell(cid("b1"))]) if r.order]
+    await desk.store.mark_pending(
+        [(await desk.position("b1"), PendingTakeProfit(0, cid("b1"), Decimal("0.5")))]
+    )
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert report.recovered == 1
+    assert report.placed == []
+    assert (await desk.position("b1")).take_profits == ((order.id, Decimal("0.5")),)
+    record = await desk.store.tp_order("s1", order.id)
+    assert record is not None and record.tier is None  # recovered: its tier is unknown
+
+
+async def test_a_pending_marker_whose_order_never_landed_is_cleared_and_placed_anew() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    await desk.store.mark_pending(
+        [(await desk.position("b1"), PendingTakeProfit(0, cid("b1"), Decimal("0.5")))]
+    )
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert placed(report) == {"b1": Decimal("0.5")}
+    [order] = desk.exchange.orders.values()
+    assert (order.client_order_id, order.status) == (cid("b1"), OrderStatus.OPEN)
+
+
+async def test_dry_run_prices_and_allocates_but_sends_and_records_nothing() -> None:
+    desk = Desk(dry_run=True)
+    await desk.buy("b1", "0.5")
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert [(p.position_id, p.dry_run) for p in report.placed] == [("b1", True)]
+    assert desk.exchange.batches == []
+    assert (await desk.position("b1")).uncovered == Decimal("0.5")
+
+
+def _sell(client_id: str) -> OrderRequest:
+    return OrderRequest(BTC_USD, Side.SELL, Decimal("0.5"), Decimal("101.5"), client_id)
