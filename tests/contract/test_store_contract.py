@@ -455,12 +455,19 @@ async def test_a_live_session_reads_back_as_saved_then_halted_then_ended(stores:
 
 @pytest.fixture(params=["fake", pytest.param("postgres", marks=pytest.mark.integration)])
 def records(request: pytest.FixtureRequest) -> tuple[SessionRecords, str]:
-    """The registry and a prefix for session ids of this test's own (the run's database is
-    dropped at its end, so rows are not deleted one by one)."""
+    """The registry and a prefix for session ids of this test's own. The tests delete their
+    rows again (:func:`forget`): the run's database is shared, and a session left running
+    would show in other tests' "recent sessions"."""
     prefix = f"c-{uuid.uuid4().hex[:10]}"
     if request.param == "fake":
         return fakes.FakeSessionRecords(), prefix
     return SessionRepository(request.getfixturevalue("pool")), prefix
+
+
+async def forget(repo: SessionRecords, ids: list[str]) -> None:
+    if isinstance(repo, SessionRepository):
+        for session_id in ids:
+            await repo.delete(session_id)
 
 
 async def test_a_session_record_reads_back_and_ending_keeps_its_other_fields(
@@ -469,6 +476,13 @@ async def test_a_session_record_reads_back_and_ending_keeps_its_other_fields(
     repo, prefix = records
     session = Session(f"{prefix}-0", (PAIR,), T0, capital=Decimal("5000"))
     await repo.upsert(session)
+    try:
+        await _reads_back_and_ends(repo, session)
+    finally:
+        await forget(repo, [session.id])
+
+
+async def _reads_back_and_ends(repo: SessionRecords, session: Session) -> None:
     assert await repo.get(session.id) == session
     await repo.set_status(session.id, SessionStatus.ENDED, T0 + timedelta(hours=2))
     ended = await repo.get(session.id)
@@ -495,8 +509,12 @@ async def test_recent_sessions_are_newest_first_and_old_ended_ones_are_left_out(
         Session(f"{prefix}-2", (PAIR,), now - timedelta(days=3), ended_at=old_end),
         Session(f"{prefix}-3", (PAIR,), now - timedelta(hours=3)),
     ]
-    for row in rows:
-        await repo.upsert(row)
-    recent = await repo.recent(hours_back=24, limit=3, now=now)
-    assert [s.id for s in recent] == [f"{prefix}-0", f"{prefix}-1", f"{prefix}-3"]
-    assert [s.id for s in await repo.recent(hours_back=24, limit=1, now=now)] == [f"{prefix}-0"]
+    try:
+        for row in rows:
+            await repo.upsert(row)
+        recent = await repo.recent(hours_back=24, limit=3, now=now)
+        assert [s.id for s in recent] == [f"{prefix}-0", f"{prefix}-1", f"{prefix}-3"]
+        latest = await repo.recent(hours_back=24, limit=1, now=now)
+        assert [s.id for s in latest] == [f"{prefix}-0"]
+    finally:
+        await forget(repo, [row.id for row in rows])
