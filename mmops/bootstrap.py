@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
@@ -247,6 +248,8 @@ def build_settlement(
         clock=clock,
         reserve=s.tp_reserve,
         dry_run=dry_run,
+        deadline=timedelta(seconds=s.tp_deadline),
+        clock_skew=timedelta(seconds=s.tp_clock_skew),
     )
     stoploss = StopLossService(
         fills=rt.fills,
@@ -257,6 +260,8 @@ def build_settlement(
         notifier=rt.notifier,
         thresholds=StopLossThresholds(s.stoploss_warn, s.stoploss_halt, s.stoploss_flatten),
         dry_run=dry_run,
+        clock=clock,
+        deadline=timedelta(seconds=s.tp_deadline),
     )
     repricer = (
         Repricer(positions=rt.positions, exchange=exchange, tiers=tiers, clock=clock)

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     tp_reprice: bool = True
     tp_reserve: dict[str, Decimal] = Field(default_factory=dict)  # asset → amount kept back
     tp_attempt_ttl: int = Field(default=120, gt=0)  # seconds
+    # The exchange-side fence: an order must reach the exchange within this many seconds of
+    # being fenced, or the exchange refuses it. Kraken takes a `deadline` from now + 2 s to
+    # now + 60 s on arrival, so at least 3 s leaves a second for the request's way there.
+    tp_deadline: int = Field(default=15, ge=3, le=60)  # seconds
+    # How far the hosts' clocks may be off the exchange's (NTP keeps it well under a second).
+    tp_clock_skew: int = Field(default=2, ge=0, le=60)  # seconds
 
     # Settlement.
     settlement_interval: int = Field(default=180, gt=0)  # seconds

@@ -9,7 +9,8 @@
     │   ├── ExchangeUnavailable       5xx, maintenance, connection reset
     │   ├── ExchangeTimeout           no answer; the request MAY have been accepted (look it up)
     │   ├── RateLimited               the venue's limiter said no; wait, then retry
-    │   └── LockNotAcquired           another worker holds the lock; try again next run
+    │   ├── LockNotAcquired           another worker holds the lock; try again next run
+    │   └── LockLost                  the lock was lost mid-run: stop sending for that session
     ├── OperationalError          stop this run and alert a person
     │   ├── StoreUnavailable          Redis or PostgreSQL does not answer (names which)
     │   │   └── StoreAuthenticationFailed   it answers, but refuses the URL's user or password
@@ -19,6 +20,7 @@
     │   ├── PostOnlyWouldTake         the maker order would have crossed the book
     │   ├── InsufficientFunds
     │   ├── MinimumNotMet             below the market's minimum amount or cost
+    │   ├── DeadlineRefused           the request's deadline had passed (or was outside the window)
     │   └── OrderNotFound
     └── BadDataError              quarantine the record (or reject the input), go on
         ├── BadRecordError            a stored record that does not parse; carries key and raw value
@@ -63,6 +65,15 @@ class ExchangeUnavailable(TemporaryError):
 
 class ExchangeTimeout(TemporaryError):
     """The exchange did not answer in time; an order may or may not have been accepted."""
+
+
+class LockLost(TemporaryError):
+    """This worker's settlement lock of a session expired or was taken (a pause, a stalled
+    VM): it sends nothing more for the session; the lock's new holder carries on."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"lost the settlement lock of session {session_id}: sending stopped")
+        self.session_id = session_id
 
 
 class RateLimited(TemporaryError):
@@ -118,6 +129,11 @@ class InsufficientFunds(ExchangeRejected):
 
 class MinimumNotMet(ExchangeRejected):
     """The order is below the market's minimum amount or cost."""
+
+
+class DeadlineRefused(ExchangeRejected):
+    """The venue refused the request for its deadline: it arrived after the deadline, or the
+    deadline lay outside the venue's window. The order was not placed, and can never be."""
 
 
 class OrderNotFound(ExchangeRejected):

@@ -15,7 +15,6 @@ from mmops.domain.models import (
     Fill,
     Market,
     Order,
-    PendingTakeProfit,
     Position,
     Session,
     SessionStatus,
@@ -23,11 +22,13 @@ from mmops.domain.models import (
 )
 from mmops.domain.records import (
     Coverage,
+    Fence,
     FillMove,
     MigrationCounts,
     OrderMove,
     ReadResult,
     Reject,
+    SessionLease,
     SettlementRun,
     SettlementStatus,
     Stray,
@@ -86,6 +87,8 @@ class Exchange(Protocol):
     async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
         """Place up to MAX_BATCH orders of one pair; one result per order, in order.
 
+        An order whose ``deadline`` has passed when the request reaches the venue (or lies
+        outside Kraken's deadline window) is refused with DeadlineRefused: nothing is placed.
         Raises ValueError for a batch of mixed pairs or over MAX_BATCH; every per-order
         failure (including a timeout) is in its result, never raised.
         """
@@ -102,7 +105,8 @@ class Exchange(Protocol):
     async def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]: ...
 
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
-        """The order placed with this client order id, in any state, or None."""
+        """The open order placed with this client order id, else the most recently created
+        closed one, or None (Kraken keeps a ``cl_ord_id`` unique among open orders only)."""
         ...
 
     async def close(self) -> None: ...
@@ -128,7 +132,9 @@ class Positions(Protocol):
     ) -> ReadResult[Position]: ...
     async def all(self, session_id: str, symbol: str) -> ReadResult[Position]: ...
     async def read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]: ...
-    async def mark_pending(self, marks: Sequence[tuple[Position, PendingTakeProfit]]) -> None: ...
+    async def fence(
+        self, session_id: str, lease: SessionLease | None, marks: Sequence[Fence]
+    ) -> set[str]: ...
     async def clear_pending(self, marks: Sequence[tuple[Position, int]]) -> None: ...
     async def record_coverage(self, coverages: Sequence[Coverage]) -> None: ...
     async def release_coverage(
@@ -205,7 +211,7 @@ class SettlementRuns(Protocol):
 class SessionLocks(Protocol):
     """``lock:settlement:{S}``; ``hold`` raises LockNotAcquired when another worker has it."""
 
-    def hold(self, session_id: str) -> AbstractAsyncContextManager[None]: ...
+    def hold(self, session_id: str) -> AbstractAsyncContextManager[SessionLease]: ...
 
 
 class MigrationTransaction(Protocol):

@@ -39,7 +39,9 @@ from mmops.domain.models import (
 )
 from mmops.domain.records import (
     Coverage,
+    Fence,
     ReadResult,
+    SessionLease,
     SettlementRun,
     SettlementStatus,
     TakeProfitRecord,
@@ -49,6 +51,7 @@ from mmops.errors import (
     ExchangeRejected,
     ExchangeTimeout,
     InsufficientFunds,
+    LockLost,
     LockNotAcquired,
     MinimumNotMet,
     MmopsError,
@@ -73,7 +76,7 @@ class _Position:
     generation: int = 0  # g
     covered_at: datetime | None = None  # c
     take_profits: dict[str, Decimal] = field(default_factory=dict)  # tp:<order id>
-    pending: dict[int, tuple[str, Decimal]] = field(default_factory=dict)  # p:<generation>
+    pending: dict[int, PendingTakeProfit] = field(default_factory=dict)  # p:<generation>
     exits: dict[str, Decimal] = field(default_factory=dict)  # x:<order id>
 
     def read(self, session_id: str, position_id: str) -> Position:
@@ -90,10 +93,7 @@ class _Position:
             version=self.version,
             generation=self.generation,
             take_profits=tuple(sorted(self.take_profits.items())),
-            pending=tuple(
-                PendingTakeProfit(g, cid, amount)
-                for g, (cid, amount) in sorted(self.pending.items())
-            ),
+            pending=tuple(marker for _, marker in sorted(self.pending.items())),
             first_covered_at=self.covered_at,
         )
 
@@ -102,7 +102,10 @@ class MemoryStore:
     """Fills, positions and orders of sessions: the fake of ``FillStore``, ``PositionStore``
     and ``OrderStore`` together (``FillWriter``, ``Fills``, ``Positions``, ``Orders``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, claims: FakeClaims | None = None, locks: FakeLocks | None = None) -> None:
+        # What the fence checks: the attempt tokens and the session locks (same Redis slot).
+        self.claims = claims
+        self.locks = locks
         self.fills: dict[tuple[str, str], dict[str, Fill]] = {}  # (session, pair) → key → fill
         self.positions: dict[tuple[str, str], _Position] = {}  # (session, position id)
         # the two ZSETs of a pair, (session, pair) → position id → score (ms)
@@ -168,12 +171,25 @@ class MemoryStore:
         found = [(pid, self.positions.get((session_id, pid))) for pid in ids]
         return ReadResult(items=[p.read(session_id, pid) for pid, p in found if p is not None])
 
-    async def mark_pending(self, marks: Sequence[tuple[Position, PendingTakeProfit]]) -> None:
-        for position, pending in marks:
-            self._pos(position).pending[pending.generation] = (
-                pending.client_order_id,
-                pending.amount,
-            )
+    async def fence(
+        self, session_id: str, lease: SessionLease | None, marks: Sequence[Fence]
+    ) -> set[str]:
+        """As the fence script: nothing if the lock is not the lease's; else a marker (and the
+        generation moved on) where the attempt token is still the holder's and the generation
+        is the one the position was read at."""
+        holder = self.locks.token(session_id) if self.locks is not None else None
+        if lease is not None and holder != lease.token:
+            lease.lost = True
+            raise LockLost(session_id)
+        fenced = set()
+        for m in marks:
+            pid, pos = m.position.position_id, self._pos(m.position)
+            ours = self.claims is not None and self.claims.token(session_id, pid) == m.attempt_token
+            if ours and pos.generation == m.pending.generation:
+                pos.pending[m.pending.generation] = m.pending
+                pos.generation = m.pending.generation + 1
+                fenced.add(pid)
+        return fenced
 
     async def clear_pending(self, marks: Sequence[tuple[Position, int]]) -> None:
         for position, generation in marks:
@@ -251,6 +267,11 @@ class FakeClaims:
                 self.held[(session_id, pid)] = (tokens[pid], now + self._ttl)
         return tokens
 
+    def token(self, session_id: str, position_id: str) -> str | None:
+        """The live token of a position's attempt (what ``GET tp_attempt:{S}:{P}`` returns)."""
+        held = self.held.get((session_id, position_id))
+        return held[0] if held is not None and held[1] > self._clock.now() else None
+
     async def release(self, session_id: str, tokens: dict[str, str]) -> None:
         for pid, token in tokens.items():
             held = self.held.get((session_id, pid))
@@ -263,17 +284,26 @@ class FakeLocks:
     ``hold`` raises LockNotAcquired at once when the session is held."""
 
     def __init__(self) -> None:
-        self.held: set[str] = set()
+        self.held: dict[str, str] = {}  # session → the holder's token
+
+    def token(self, session_id: str) -> str | None:
+        return self.held.get(session_id)
+
+    def take_away(self, session_id: str) -> None:
+        """What a TTL lapsing during a pause does: another worker may now take the lock."""
+        self.held[session_id] = secrets.token_hex(12)
 
     @contextlib.asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[None]:
+    async def hold(self, session_id: str) -> AsyncIterator[SessionLease]:
         if session_id in self.held:
             raise LockNotAcquired(f"session {session_id} is being settled by another worker")
-        self.held.add(session_id)
+        lease = SessionLease(session_id, secrets.token_hex(12))
+        self.held[session_id] = lease.token
         try:
-            yield
+            yield lease
         finally:
-            self.held.discard(session_id)
+            if self.held.get(session_id) == lease.token:
+                del self.held[session_id]
 
 
 class FakeOps:
@@ -394,6 +424,7 @@ class MemoryExchange:
         self.refuse: dict[str, MmopsError] = {}  # client order id → the error to answer with
         self.lose_answer: set[str] = set()  # client order ids placed whose answer is lost
         self.batches: list[list[OrderRequest]] = []
+        self.lookups: list[str] = []  # client ids looked up, in order
         self._ids = itertools.count(1)
 
     async def markets(self) -> dict[str, Market]:
@@ -431,7 +462,12 @@ class MemoryExchange:
 
     async def _refusal(self, r: OrderRequest) -> MmopsError | None:
         market, ticker = self.markets_by_symbol[r.symbol], self.tickers_by_symbol[r.symbol]
-        if any(o.client_order_id == r.client_order_id for o in self.orders.values()):
+        if r.deadline is not None and self._clock.now() > r.deadline:
+            return ExchangeRejected(f"deadline {r.deadline} elapsed")
+        if any(
+            o.client_order_id == r.client_order_id and o.status is OrderStatus.OPEN
+            for o in self.orders.values()
+        ):  # unique among open orders only, as Kraken's cl_ord_id
             return ExchangeRejected(f"duplicate client order id {r.client_order_id}")
         rule = broken_rule(r, market)
         if rule is MarketRule.TICK_AND_LOT:
@@ -492,12 +528,16 @@ class MemoryExchange:
         ]
 
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
+        """The open order with that client id, else the most recent one (as Kraken's
+        OpenOrders, then ClosedOrders newest first)."""
+        self.lookups.append(client_order_id)
         found = [
             o
             for o in self.orders.values()
             if o.symbol == symbol and o.client_order_id == client_order_id
         ]
-        return found[-1] if found else None
+        live = [o for o in found if o.status is OrderStatus.OPEN]
+        return (live or found)[-1] if found else None
 
     async def close(self) -> None:
         return None

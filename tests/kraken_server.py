@@ -15,7 +15,37 @@ ordermin / costmin and the pair's tick, and each pair has Kraken's trading count
 first (one bad order refuses the batch) and then refuses single orders for funds or post-only,
 placing the rest — as Kraken documents.
 
-Test controls: :meth:`fund`, :meth:`set_quote`, :meth:`fill`; faults like the paper venue's:
+Kraken as documented, each behaviour with its source:
+
+* ``deadline`` on AddOrder and AddOrderBatch (one, top-level, for the whole batch): "RFC3339
+  timestamp (e.g. 2021-04-01T00:18:45Z) after which the matching engine should reject the new
+  order request, in presence of latency or order queueing. min now() + 2 seconds, max now() +
+  60 seconds." (https://docs.kraken.com/api-reference/trading/add-order,
+  https://docs.kraken.com/api-reference/trading/add-order-batch). The documentation does not
+  say which error each case answers; the switch ``deadline_errors`` models the two readings:
+
+  - ``"engine"`` (default): a request that arrives at or after its deadline is rejected by the
+    matching engine with ``EService:Deadline elapsed`` (Kraken's spot error list, as catalogued
+    from https://docs.kraken.com/api/docs/guides/spot-errors/ — "EService:Deadline elapsed");
+    it reached the engine, so the pair's trading counter is charged. A deadline still ahead but
+    outside the window is refused whole as ``EGeneral:Invalid arguments:deadline``, uncharged
+    (argument validation, like every ``EGeneral:Invalid arguments:*``);
+  - ``"gateway"``: every deadline outside the window, elapsed ones included, is refused as
+    ``EGeneral:Invalid arguments:deadline`` before the engine, uncharged.
+
+  Either way nothing is placed.
+* ``cl_ord_id``: "Kraken verifies cl_ord_id uniqueness across open orders for each client"
+  (https://docs.kraken.com/api/docs/guides/spot-clordid): a filled or cancelled order frees its
+  id (``client_ids="open"``, the default); ``"ever"`` refuses an id any order ever had, the
+  stricter rule some venues keep. A duplicate is refused as ``EOrder:Duplicate order``.
+* ``ClosedOrders``: "50 results are returned at a time, the most recent by default"
+  (https://docs.kraken.com/api-reference/account-data/get-closed-orders): newest first here.
+
+The server's clock is the host's plus :meth:`advance` (a test moves it to make a request
+arrive after its deadline); the trading counter keeps its own monotonic clock.
+
+Test controls: :meth:`fund`, :meth:`set_quote`, :meth:`fill`, :meth:`advance`; faults like the
+paper venue's:
 ``latency``, :meth:`fail_private_call`, :meth:`reject_order`, :meth:`timeout_after_accept`.
 Counts (``private_calls``, ``placements``, ``orders_received``...) are from 1 since start.
 
@@ -39,6 +69,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from email.utils import formatdate
 from typing import Any, Literal
@@ -48,6 +79,7 @@ from aiohttp import web
 
 from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange
 from mmops.adapters.paper.catalog import CATALOG, Listing
+from mmops.domain.exchange import DEADLINE_MAX_AHEAD, DEADLINE_MIN_AHEAD
 from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
 from mmops.domain.rounding import round_price_down, round_price_up
 
@@ -57,6 +89,10 @@ FIAT = frozenset({"USD", "EUR"})
 _ALTNAMES = {"BTC": "XBT", "DOGE": "XDG"}  # unified code → Kraken altname, where they differ
 _HALF_SPREAD = Decimal("0.0005")
 Params = dict[str, Any]
+ClientIds = Literal["open", "ever"]
+DeadlineErrors = Literal["engine", "gateway"]
+DEADLINE_ELAPSED = "EService:Deadline elapsed"
+DEADLINE_INVALID = "EGeneral:Invalid arguments:deadline"
 
 
 class KrakenError(Exception):
@@ -185,11 +221,17 @@ class Stats:
     orders_received: int = 0  # orders in those calls; the numbering of reject_order
     orders_accepted: int = 0
     rate_limit_refusals: int = 0  # calls refused by the trading counter
+    deadline_refusals: int = 0  # placement calls refused for their deadline
+    placement_params: list[Params] = field(default_factory=list)  # each AddOrder(Batch), as sent
     errors: list[str] = field(default_factory=list)  # server bugs (tracebacks), should stay empty
 
 
 class KrakenServer:
-    """Kraken's REST API on an ephemeral port of 127.0.0.1, served from a background thread."""
+    """Kraken's REST API on an ephemeral port of 127.0.0.1, served from a background thread.
+
+    ``client_ids`` and ``deadline_errors`` choose between readings of Kraken's documentation
+    (module docstring); the defaults are the documented ones.
+    """
 
     def __init__(
         self,
@@ -197,8 +239,16 @@ class KrakenServer:
         listings: Iterable[Listing] = CATALOG,
         api_key: str | None = None,
         api_secret: str | None = None,
+        *,
+        client_ids: ClientIds = "open",
+        deadline_errors: DeadlineErrors = "engine",
     ) -> None:
+        if client_ids not in ("open", "ever") or deadline_errors not in ("engine", "gateway"):
+            raise ValueError(f"unknown variant: {client_ids!r}, {deadline_errors!r}")
         self.counter = counter or TradingCounter()
+        self.client_ids = client_ids
+        self.deadline_errors = deadline_errors
+        self.clock_offset = 0.0  # seconds added to the host's clock (see advance)
         self.latency = 0.0  # seconds added to every call
         self.stats = Stats()
         self.api_key = api_key or "test-key-" + secrets.token_hex(8)
@@ -296,6 +346,17 @@ class KrakenServer:
             self._keys[key] = secret
         return key, secret
 
+    def advance(self, seconds: float) -> None:
+        """Move the server's clock ``seconds`` ahead of the host's (deadlines, order times)."""
+        if seconds < 0:
+            raise ValueError("time does not run backwards")
+        with self._lock:
+            self.clock_offset += seconds
+
+    def now(self) -> float:
+        """The server's clock, in epoch seconds."""
+        return time.time() + self.clock_offset
+
     def fund(self, asset: str, amount: Decimal | str) -> None:
         """Add ``amount`` (negative: remove) to an asset, by unified or Kraken code."""
         code = self._asset_code(asset)
@@ -332,7 +393,7 @@ class KrakenServer:
             order.cost += value
             order.fee += fee
             if order.remaining == 0:
-                order.status, order.closetm = "closed", time.time()
+                order.status, order.closetm = "closed", self.now()
             return order.info()
 
     def fail_private_call(self, n: int, kind: Literal["5xx", "unavailable"] = "5xx") -> None:
@@ -439,7 +500,10 @@ class KrakenServer:
 
     def _public_handlers(self) -> Mapping[str, Callable[[Params], Any]]:
         return {
-            "Time": lambda _: {"unixtime": int(time.time()), "rfc1123": formatdate(usegmt=True)},
+            "Time": lambda _: {
+                "unixtime": int(self.now()),
+                "rfc1123": formatdate(self.now(), usegmt=True),
+            },
             "SystemStatus": lambda _: {
                 "status": "online",
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -510,13 +574,16 @@ class KrakenServer:
         }
 
     def _add_order(self, params: Params) -> dict[str, Any]:
+        self.stats.placement_params.append(params)
         pair = self._pair(params.get("pair"))
         number = self._receive(1)
         spec = _spec(params)
+        elapsed = self._check_deadline(params)
         self._validate(pair, spec)
         if _truthy(params.get("validate")):
             return {"descr": {"order": _describe(pair, spec)}}
         self._admit(pair, 1)
+        self._engine_deadline(elapsed)
         error = self._refusal(pair, spec, number)
         if error:
             raise KrakenError(error)
@@ -524,17 +591,20 @@ class KrakenServer:
         return {"descr": {"order": order.description}, "txid": [order.txid]}
 
     def _add_order_batch(self, params: Params) -> dict[str, Any]:
+        self.stats.placement_params.append(params)
         raw = params.get("orders")
         if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_BATCH:
             raise KrakenError("EGeneral:Invalid arguments:orders")
         pair = self._pair(params.get("pair"))
         first = self._receive(len(raw))
         specs = [_spec(o) for o in raw]
+        elapsed = self._check_deadline(params)  # top-level: one deadline for the whole batch
         for spec in specs:
             self._validate(pair, spec)
         if _truthy(params.get("validate")):
             return {"orders": [{"descr": {"order": _describe(pair, s)}} for s in specs]}
         self._admit(pair, len(specs))
+        self._engine_deadline(elapsed)
         answers: list[dict[str, Any]] = []
         for i, spec in enumerate(specs):
             error = self._refusal(pair, spec, first + i)
@@ -567,8 +637,12 @@ class KrakenServer:
         return {"count": count}
 
     def _closed_orders(self, params: Params) -> dict[str, Any]:
+        """Closed orders, the most recent first, as Kraken documents (module docstring)."""
         closed = self._select(params, open_=False)
-        return {"closed": closed, "count": len(closed)}
+        newest_first = sorted(
+            closed.items(), key=lambda kv: kv[1].get("closetm") or kv[1]["opentm"], reverse=True
+        )
+        return {"closed": dict(newest_first), "count": len(closed)}
 
     def _query_orders(self, params: Params) -> dict[str, Any]:
         ids = [t for t in str(params.get("txid", "")).split(",") if t]
@@ -587,6 +661,33 @@ class KrakenServer:
         first = self.stats.orders_received + 1
         self.stats.orders_received += count
         return first
+
+    def _check_deadline(self, params: Params) -> bool:
+        """Check a request's ``deadline`` on receipt: raises for one outside Kraken's window
+        (whole request, before the engine); True if it has elapsed and the engine is to
+        reject it (``deadline_errors="engine"``), else False."""
+        raw = params.get("deadline")
+        if raw in (None, ""):
+            return False
+        try:
+            deadline = datetime.fromisoformat(str(raw))
+        except ValueError as e:
+            raise KrakenError(DEADLINE_INVALID) from e
+        if deadline.tzinfo is None:
+            raise KrakenError(DEADLINE_INVALID)
+        ahead = deadline - datetime.fromtimestamp(self.now(), UTC)
+        if ahead.total_seconds() <= 0 and self.deadline_errors == "engine":
+            return True
+        if not DEADLINE_MIN_AHEAD <= ahead <= DEADLINE_MAX_AHEAD:
+            self.stats.deadline_refusals += 1
+            raise KrakenError(DEADLINE_INVALID)
+        return False
+
+    def _engine_deadline(self, elapsed: bool) -> None:
+        """The matching engine rejects a request that reached it after its deadline."""
+        if elapsed:
+            self.stats.deadline_refusals += 1
+            raise KrakenError(DEADLINE_ELAPSED)
 
     def _validate(self, pair: Pair, spec: Spec) -> None:
         """Whole-request checks: a failure refuses every order of a batch."""
@@ -616,7 +717,8 @@ class KrakenServer:
         injected = self._reject_orders.pop(number, None)
         if injected:
             return injected
-        if spec.cl_ord_id and any(o.spec.cl_ord_id == spec.cl_ord_id for o in self._open()):
+        holders = self._open() if self.client_ids == "open" else self._orders.values()
+        if spec.cl_ord_id and any(o.spec.cl_ord_id == spec.cl_ord_id for o in holders):
             return "EOrder:Duplicate order"
         if spec.post_only and (
             (spec.side == "sell" and spec.price <= pair.bid)
@@ -632,19 +734,20 @@ class KrakenServer:
 
     def _accept(self, pair: Pair, spec: Spec) -> ServerOrder:
         txid = "O{}-{}-{}".format(*(secrets.token_hex(4).upper()[:n] for n in (5, 5, 6)))
-        order = ServerOrder(txid, pair, spec, opentm=time.time())
+        order = ServerOrder(txid, pair, spec, opentm=self.now())
         self._orders[txid] = order
         self.stats.orders_accepted += 1
         return order
 
     def _cancel(self, order: ServerOrder) -> None:
-        self._admit(order.pair, cancel_penalty(time.time() - order.opentm))
-        order.status, order.closetm, order.reason = "canceled", time.time(), "User requested"
+        self._admit(order.pair, cancel_penalty(self.now() - order.opentm))
+        order.status, order.closetm, order.reason = "canceled", self.now(), "User requested"
 
     def _find_open(self, ref: str) -> ServerOrder | None:
+        """The open order with this txid or cl_ord_id (closed ones may share the cl_ord_id)."""
         order = self._orders.get(ref)
         if order is None:
-            order = next((o for o in self._orders.values() if o.spec.cl_ord_id == ref), None)
+            order = next((o for o in self._open() if o.spec.cl_ord_id == ref), None)
         return order if order is not None and order.status == "open" else None
 
     def _select(self, params: Params, open_: bool) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -21,11 +21,20 @@ from mmops.domain.rounding import is_multiple
 from mmops.errors import MmopsError
 
 MAX_BATCH = 15  # Kraken's AddOrderBatch limit: orders of one pair per call
+# Kraken's window for an order request's ``deadline`` (AddOrder, AddOrderBatch): "min now() + 2
+# seconds, max now() + 60 seconds" (https://docs.kraken.com/api-reference/trading/add-order).
+DEADLINE_MIN_AHEAD = timedelta(seconds=2)
+DEADLINE_MAX_AHEAD = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
 class OrderRequest:
-    """A limit order to place. ``client_order_id`` makes a retry recognisable (a UUID)."""
+    """A limit order to place. ``client_order_id`` makes a retry recognisable (a UUID).
+
+    ``deadline`` is the exchange-side fence: a venue refuses the order if the request reaches
+    it later (Kraken's ``deadline`` on AddOrder/AddOrderBatch), so a worker paused between
+    fencing and sending can never land an order someone else may already have replaced.
+    """
 
     symbol: str
     side: Side
@@ -33,6 +42,7 @@ class OrderRequest:
     price: Decimal
     client_order_id: str
     post_only: bool = True
+    deadline: datetime | None = None
 
     def __post_init__(self) -> None:
         check_symbol(self.symbol)
@@ -40,6 +50,8 @@ class OrderRequest:
         check_amount("price", self.price, positive=True)
         if not self.client_order_id:
             raise ValueError("an order request needs a client order id")
+        if self.deadline is not None:
+            check_time("deadline", self.deadline)
 
 
 class MarketRule(StrEnum):
@@ -101,6 +113,36 @@ class ExchangeOrder:
     @property
     def remaining(self) -> Decimal:
         return max(ZERO, self.amount - self.filled)
+
+
+class DeadlineFault(StrEnum):
+    """Why a venue refuses a request for its deadline (each venue words its own refusal)."""
+
+    ELAPSED = "elapsed"  # the request arrived at or after its deadline
+    WINDOW = "window"  # the deadline lies outside DEADLINE_MIN_AHEAD … DEADLINE_MAX_AHEAD
+
+
+def deadline_fault(deadline: datetime | None, now: datetime) -> DeadlineFault | None:
+    """What is wrong with a request's deadline when it reaches the venue at ``now``, or None."""
+    if deadline is None:
+        return None
+    if deadline <= now:
+        return DeadlineFault.ELAPSED
+    if not DEADLINE_MIN_AHEAD <= deadline - now <= DEADLINE_MAX_AHEAD:
+        return DeadlineFault.WINDOW
+    return None
+
+
+def preferred(orders: Iterable[ExchangeOrder]) -> ExchangeOrder | None:
+    """The order a lookup by client order id returns among ``orders`` (all with that id):
+    the open one if any, else the most recently created.
+
+    Kraken keeps a ``cl_ord_id`` unique among open orders only, so one id may name several
+    closed orders and at most one open order; the open one is the one that still matters.
+    """
+    candidates = list(orders)
+    live = [o for o in candidates if o.status is OrderStatus.OPEN]
+    return max(live or candidates, key=lambda o: o.created_at, default=None)
 
 
 @dataclass(frozen=True, slots=True)

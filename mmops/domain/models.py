@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -187,13 +187,21 @@ class Fill:
 class PendingTakeProfit:
     """A take-profit about to be placed (or whose placement had no clear answer).
 
-    It is written before the order is sent, so a crash between placing and recording leaves a
-    trace: the next run looks ``client_order_id`` up on the exchange before placing anything.
+    It is written before the order is sent (the fence), so a crash or a pause between placing
+    and recording leaves a trace. The order carries ``deadline`` to the exchange, which refuses
+    it if it arrives later; so until ``deadline`` (plus the hosts' clock skew) the order may be
+    in flight and nobody may look it up or place again. ``None``: a marker written before
+    deadlines existed, treated as long past.
     """
 
     generation: int
     client_order_id: str
     amount: Decimal
+    deadline: datetime | None = None
+
+    def in_flight(self, now: datetime, skew: timedelta) -> bool:
+        """Whether the order may still reach the exchange (so its absence proves nothing)."""
+        return self.deadline is not None and now < self.deadline + skew
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +222,7 @@ class Position:
     covered: Decimal = ZERO
     closed: Decimal = ZERO
     version: int = 0  # the number of fills recorded; lets coverage detect a concurrent fill
-    generation: int = 0  # take-profits recorded so far: the next one's client-id generation
+    generation: int = 0  # client ids fenced so far: the next order's client-id generation
     take_profits: tuple[tuple[str, Decimal], ...] = ()  # (order id, amount) of live TPs
     pending: tuple[PendingTakeProfit, ...] = ()
     first_covered_at: datetime | None = None

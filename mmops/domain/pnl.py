@@ -19,6 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from mmops.domain.bounds import DIGITS, within_bounds
 from mmops.domain.models import ZERO, Fill, Side
 
 
@@ -65,13 +66,15 @@ def fifo_pnl(session_id: str, symbol: str, fills: Iterable[Fill]) -> PairPnL:
     order id, price and quantity).
 
     A fill recorded twice (same :attr:`Fill.key`) counts once. Raises ValueError if a fill
-    belongs to another session or pair.
+    belongs to another session or pair, or has an amount beyond the bound of every amount
+    (:func:`refusal`): filter fills with :func:`refusal` first to leave such a fill out.
     """
     unique: dict[str, Fill] = {}
     seen = 0
     for fill in fills:
-        if (fill.session_id, fill.symbol) != (session_id, symbol):
-            raise ValueError(f"fill {fill.key} is for {fill.session_id}/{fill.symbol}")
+        reason = refusal(session_id, symbol, fill)
+        if reason is not None:
+            raise ValueError(reason)
         unique.setdefault(fill.key, fill)
         seen += 1
     ordered = sorted(unique.values(), key=_replay_order)
@@ -95,6 +98,17 @@ def fifo_pnl(session_id: str, symbol: str, fills: Iterable[Fill]) -> PairPnL:
         fills=len(ordered),
         duplicates=seen - len(ordered),
     )
+
+
+def refusal(session_id: str, symbol: str, fill: Fill) -> str | None:
+    """Why :func:`fifo_pnl` of ``session_id``/``symbol`` refuses ``fill``, or None if it takes
+    it: a fill of another session or pair, or one with a price, quantity or fee beyond the
+    bound of every amount (:mod:`mmops.domain.bounds`), whose products could overflow."""
+    if (fill.session_id, fill.symbol) != (session_id, symbol):
+        return f"fill {fill.key} is for {fill.session_id}/{fill.symbol}"
+    if not all(within_bounds(v) for v in (fill.price, fill.quantity, fill.fee)):
+        return f"fill {fill.key} has an amount with more than {DIGITS} digits on a side"
+    return None
 
 
 def _replay_order(fill: Fill) -> tuple[datetime, str, Decimal, Decimal]:
@@ -127,7 +141,8 @@ def equity(capital: Decimal, pnls: Iterable[PairPnL], marks: Mapping[str, Decima
     """Capital + realized + unrealized over all pairs, each marked at ``marks[symbol]``.
 
     The mark is the best bid: what the open buys would fetch now. Raises ValueError if a pair
-    with an open quantity has no mark.
+    with an open quantity has no mark, or if the equity is beyond the bound of every amount
+    (it is recorded, and must read back).
     """
     total = capital
     for pnl in pnls:
@@ -136,18 +151,25 @@ def equity(capital: Decimal, pnls: Iterable[PairPnL], marks: Mapping[str, Decima
             if pnl.symbol not in marks:
                 raise ValueError(f"no mark for {pnl.symbol}, which has open quantity")
             total += pnl.unrealized(marks[pnl.symbol])
-    return total
+    return _bounded("equity", total)
 
 
 def drawdown(peak: Decimal, current: Decimal) -> Decimal:
     """The fraction of ``peak`` equity lost at ``current`` equity; 0 at or above the peak.
 
     Raises ValueError if ``peak`` is not positive: a drawdown from nothing has no meaning, and
-    a session without capital cannot have a stop-loss.
+    a session without capital cannot have a stop-loss; or if the drawdown is beyond the bound
+    of every amount (it is recorded, and must read back).
     """
     if peak <= 0:
         raise ValueError(f"peak equity must be > 0 to measure a drawdown, got {peak}")
-    return max(ZERO, (peak - current) / peak)
+    return _bounded("drawdown", max(ZERO, (peak - current) / peak))
+
+
+def _bounded(name: str, value: Decimal) -> Decimal:
+    if not within_bounds(value):
+        raise ValueError(f"{name} {value} has more than {DIGITS} digits on a side of the point")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

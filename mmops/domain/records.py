@@ -14,7 +14,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from mmops.domain.models import Order, Position
+from mmops.domain.models import Order, PendingTakeProfit, Position
 from mmops.domain.pnl import StopLossLevel
 from mmops.errors import BadRecordError
 
@@ -205,3 +205,24 @@ class FillMove:
     staged: int
     inserted: int
     distinct: dict[str, int]  # per pair: distinct executions among the fills whose order exists
+
+
+@dataclass(slots=True)
+class SessionLease:
+    """This worker's hold on a session's settlement lock: the lock's token, checked by the
+    fence before any order is sent, and ``lost``, set as soon as the lock is found taken
+    (by the keeper or by the fence), after which nothing more is sent for the session."""
+
+    session_id: str
+    token: str
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """One order about to be sent: its position as read, the pending marker to write (with
+    the generation it was read at and its deadline) and the position's attempt token."""
+
+    position: Position
+    pending: PendingTakeProfit
+    attempt_token: str

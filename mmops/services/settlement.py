@@ -19,10 +19,17 @@ from typing import Any
 from mmops import logs
 from mmops.domain.models import ZERO, Balance, Position, Session
 from mmops.domain.pnl import StopLossLevel
-from mmops.domain.records import RunState, SettlementRun, SettlementStatus, StopLossFigures
+from mmops.domain.records import (
+    RunState,
+    SessionLease,
+    SettlementRun,
+    SettlementStatus,
+    StopLossFigures,
+)
 from mmops.errors import (
     RECOVERABLE,
     RECOVERABLE_INPUT,
+    LockLost,
     LockNotAcquired,
     MmopsError,
     UnknownSession,
@@ -68,6 +75,9 @@ class SessionResult:
             if report.error:
                 found.append(f"{report.symbol}: {report.error}")
             found.extend(f"{report.symbol} {f.position_id}: {f.kind}" for f in report.failed)
+            found.extend(f"bad record {key}: {reason}" for key, reason in report.quarantined)
+        if self.stoploss is not None:
+            found.extend(f"stop-loss bad record {k}: {why}" for k, why in self.stoploss.bad)
         return found
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,11 +168,14 @@ class SettlementService:
         started = self._clock.now()
         log.info("settlement.started", session=session.id, pairs=len(session.pairs))
         try:
-            async with self._locks.hold(session.id):
-                result = await self._settle_locked(session, data, started)
+            async with self._locks.hold(session.id) as lease:
+                result = await self._settle_locked(session, data, started, lease)
         except LockNotAcquired:
             log.info("settlement.skipped_locked", session=session.id)
             return SessionResult(session.id, RunState.LOCKED, started, self._clock.now())
+        except LockLost as e:  # paused past the lock's TTL: the new holder carries on
+            log.error("settlement.lock_lost", session=session.id, error=str(e))
+            result = self._failed(session, started, str(e))
         except RECOVERABLE as e:  # anything else (a store down, the key refused) ends the run
             log.error("settlement.failed", session=session.id, error=str(e))
             result = self._failed(session, started, f"{type(e).__name__}: {e}")
@@ -172,7 +185,7 @@ class SettlementService:
         return result
 
     async def _settle_locked(
-        self, session: Session, data: MarketData, started: datetime
+        self, session: Session, data: MarketData, started: datetime, lease: SessionLease
     ) -> SessionResult:
         reports = {pair: PairReport(pair) for pair in session.pairs}
         if await self._flattened(session.id):
@@ -190,15 +203,12 @@ class SettlementService:
             else:
                 by_pair[pair] = read
         data = _with_released(data, reports)
-        reports = await self._tp.create_batch(session.id, by_pair, data, reports)
-        stop, stop_error = None, None
-        try:
-            stop = await self._stoploss.check(session, data)
-        except RECOVERABLE_INPUT as e:
-            stop_error = f"stop-loss: {type(e).__name__}: {e}"
-            log.error("stoploss.failed", session=session.id, error=stop_error)
+        reports = await self._tp.create_batch(session.id, by_pair, data, reports, lease)
+        if lease.lost:  # found lost after the last send: say so, and do nothing more
+            raise LockLost(session.id)
+        stop, stop_error = await self._check_stoploss(session, data)
         errors = sum(r.error is not None for r in reports.values())
-        ok = all(r.ok for r in reports.values()) and not stop_error
+        ok = all(r.ok for r in reports.values()) and not stop_error and not (stop and stop.bad)
         state = RunState.OK if ok else RunState.PARTIAL
         if reports and errors == len(reports):
             state = RunState.FAILED
@@ -221,15 +231,27 @@ class SettlementService:
     async def _only_stoploss(
         self, session: Session, data: MarketData, started: datetime, reports: dict[str, PairReport]
     ) -> SessionResult:
-        stop = await self._stoploss.check(session, data)
+        stop, stop_error = await self._check_stoploss(session, data)
         return SessionResult(
             session_id=session.id,
-            state=RunState.OK,
+            state=RunState.PARTIAL if stop_error or (stop and stop.bad) else RunState.OK,
             started_at=started,
             finished_at=self._clock.now(),
             pairs=reports,
             stoploss=stop,
+            error=stop_error,
         )
+
+    async def _check_stoploss(
+        self, session: Session, data: MarketData
+    ) -> tuple[StopLossReport | None, str | None]:
+        """The stop-loss's report, or why it could not be measured (the run goes on)."""
+        try:
+            return await self._stoploss.check(session, data), None
+        except RECOVERABLE_INPUT as e:
+            stop_error = f"stop-loss: {type(e).__name__}: {e}"
+            log.error("stoploss.failed", session=session.id, error=stop_error)
+            return None, stop_error
 
     async def _coverable(self, session_id: str, pair: str, report: PairReport) -> list[Position]:
         """The pair's positions that need a take-profit, after repricing stale ones.
@@ -239,7 +261,7 @@ class SettlementService:
         """
         live = self._repricer is not None and not self._tp.dry_run
         read = await (self._positions.all if live else self._positions.uncovered)(session_id, pair)
-        report.bad_records += len(read.bad)
+        report.quarantine(read.bad)
         for bad in read.bad:
             log.error("settlement.bad_record", session=session_id, key=bad.key, reason=bad.reason)
         positions = read.items

@@ -9,6 +9,7 @@ flatten: cancel take-profits and exit positions, never in dry-run) happens once,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from mmops import logs
@@ -22,11 +23,20 @@ from mmops.domain.pnl import (
     drawdown,
     equity,
     fifo_pnl,
+    refusal,
     stop_loss_level,
 )
 from mmops.domain.records import StopLossFigures, TpStatus
 from mmops.errors import RECOVERABLE
-from mmops.ports import Exchange, Fills, Notifier, Positions, SettlementRecords, cancel_or_fetch
+from mmops.ports import (
+    Clock,
+    Exchange,
+    Fills,
+    Notifier,
+    Positions,
+    SettlementRecords,
+    cancel_or_fetch,
+)
 from mmops.services.sessions import SessionRegistry
 from mmops.services.tp_results import MarketData
 
@@ -41,6 +51,7 @@ class StopLossReport:
     level: StopLossLevel
     action: str | None  # the level acted on this run, if any
     bad_fills: int = 0
+    bad: tuple[tuple[str, str], ...] = ()  # (key, reason) of each fill left out, quarantined
 
     def figures(self) -> StopLossFigures:
         """What the settlement status keeps between runs."""
@@ -70,7 +81,13 @@ class StopLossService:
         thresholds: StopLossThresholds,
         *,
         dry_run: bool = False,
+        clock: Clock | None = None,
+        deadline: timedelta = timedelta(seconds=15),
     ) -> None:
+        # Exits carry a deadline to the exchange like take-profits: a worker paused mid-send
+        # cannot land an exit late (``clock`` None: no deadline, as a venue without one).
+        self._clock = clock
+        self._deadline = deadline
         self._fills = fills
         self._positions = positions
         self._records = records
@@ -109,17 +126,29 @@ class StopLossService:
             drawdown=fraction,
             level=kept,
             action=action,
-            bad_fills=bad,
+            bad_fills=len(bad),
+            bad=tuple(bad),
         )
 
-    async def _pnls(self, session: Session) -> tuple[list[PairPnL], int]:
-        pnls, bad = [], 0
+    async def _pnls(self, session: Session) -> tuple[list[PairPnL], list[tuple[str, str]]]:
+        """Each pair's FIFO P&L over the fills that can be counted. A fill that did not parse,
+        or one the P&L refuses (another pair's, an amount beyond the bound), is left out and
+        returned as (key, reason): one bad record never switches the stop-loss off."""
+        pnls: list[PairPnL] = []
+        bad: list[tuple[str, str]] = []
         for pair in session.pairs:
             fills = []
             async for chunk in self._fills.scan(session.id, pair):
-                fills.extend(chunk.items)
-                bad += len(chunk.bad)
+                bad.extend((b.key, b.reason) for b in chunk.bad)
+                for fill in chunk.items:
+                    reason = refusal(session.id, pair, fill)
+                    if reason is None:
+                        fills.append(fill)
+                    else:
+                        bad.append((f"{pair}#{fill.key}", reason))
             pnls.append(fifo_pnl(session.id, pair, fills))
+        for key, reason in bad:
+            log.error("stoploss.bad_record", session=session.id, key=key, reason=reason)
         return pnls, bad
 
     async def _act(
@@ -182,14 +211,18 @@ class StopLossService:
 
     async def _exit(self, exits: list[tuple[Position, Decimal]], bid: Decimal) -> None:
         """Place one batch of exit sells (takers at the bid) and record what they close."""
+        deadline = None if self._clock is None else self._clock.now() + self._deadline
         requests = [
             OrderRequest(
-                p.symbol,
-                Side.SELL,
-                amount,
-                bid,
-                client_order_id(p.session_id, f"{p.position_id}:exit", p.generation),
+                symbol=p.symbol,
+                side=Side.SELL,
+                amount=amount,
+                price=bid,
+                client_order_id=client_order_id(
+                    p.session_id, f"{p.position_id}:exit", p.generation
+                ),
                 post_only=False,
+                deadline=deadline,
             )
             for p, amount in exits
         ]

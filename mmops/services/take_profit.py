@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -32,12 +32,13 @@ from mmops.domain.exchange import MAX_BATCH, ExchangeOrder, OrderRequest, Placem
 from mmops.domain.ids import client_order_id
 from mmops.domain.models import Order, OrderKind, PendingTakeProfit, Position, Side
 from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_take_profit
-from mmops.domain.records import Coverage, TakeProfitRecord, TpStatus
+from mmops.domain.records import Coverage, Fence, SessionLease, TakeProfitRecord, TpStatus
 from mmops.domain.tiers import TierPolicy
 from mmops.errors import (
     RECOVERABLE,
     ConfigurationError,
     ExchangeRejected,
+    LockLost,
     MmopsError,
     OperationalError,
     RateLimited,
@@ -55,6 +56,9 @@ from mmops.services.tp_results import (
 log = logs.get_logger("mmops.take_profit")
 T = TypeVar("T")
 
+DEFAULT_DEADLINE = timedelta(seconds=15)  # how long an order may take to reach the exchange
+DEFAULT_CLOCK_SKEW = timedelta(seconds=2)  # how far this host's clock may be off the venue's
+
 
 @dataclass(frozen=True, slots=True)
 class _Order:
@@ -64,10 +68,19 @@ class _Order:
     generation: int
     client_order_id: str
 
-    def request(self) -> OrderRequest:
+    def request(self, deadline: datetime) -> OrderRequest:
         return OrderRequest(
-            self.position.symbol, Side.SELL, self.amount, self.quote.price, self.client_order_id
+            symbol=self.position.symbol,
+            side=Side.SELL,
+            amount=self.amount,
+            price=self.quote.price,
+            client_order_id=self.client_order_id,
+            deadline=deadline,
         )
+
+    def fence(self, deadline: datetime, attempt_token: str) -> Fence:
+        pending = PendingTakeProfit(self.generation, self.client_order_id, self.amount, deadline)
+        return Fence(self.position, pending, attempt_token)
 
 
 class TakeProfitService:
@@ -81,7 +94,11 @@ class TakeProfitService:
         *,
         reserve: Mapping[str, Decimal] | None = None,
         dry_run: bool = False,
+        deadline: timedelta = DEFAULT_DEADLINE,
+        clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
     ) -> None:
+        self._deadline = deadline
+        self._skew = clock_skew
         self._positions = positions
         self._attempts = attempts
         self._exchange = exchange
@@ -96,10 +113,14 @@ class TakeProfitService:
         positions_by_pair: Mapping[str, Sequence[Position]],
         data: MarketData,
         earlier: Mapping[str, PairReport] | None = None,
+        lease: SessionLease | None = None,
     ) -> dict[str, PairReport]:
         """Cover the given uncovered positions; return what happened, per pair: a copy of
         ``earlier`` (what the run found before, such as repricing) with this step's outcomes
-        added. ``earlier`` itself is left as it was."""
+        added. ``earlier`` itself is left as it was.
+
+        ``lease`` is this worker's hold on the session's lock: every order is fenced against
+        it before it is sent. Raises LockLost, having sent nothing more, once it is lost."""
         reports = {pair: report.copy() for pair, report in (earlier or {}).items()}
         for pair in positions_by_pair:
             reports.setdefault(pair, PairReport(pair))
@@ -124,7 +145,7 @@ class TakeProfitService:
         await self._per_pair(
             reports,
             {
-                p: self._place_pair(session_id, p, g, data, reports[p], now)
+                p: self._place_pair(session_id, p, g, data, reports[p], now, lease)
                 for p, g in grants.items()
             },
         )
@@ -137,8 +158,8 @@ class TakeProfitService:
         outcomes = await asyncio.gather(*work.values(), return_exceptions=True)
         result: dict[str, T] = {}
         for pair, outcome in zip(work, outcomes, strict=True):
-            if isinstance(outcome, OperationalError | ConfigurationError):
-                raise outcome  # a store down or the key refused: the run cannot go on
+            if isinstance(outcome, OperationalError | ConfigurationError | LockLost):
+                raise outcome  # a store down, the key refused, the lock lost: stop at once
             if isinstance(outcome, Exception):
                 reports[pair].error = f"{type(outcome).__name__}: {outcome}"
                 log.error("tp.pair_failed", pair=pair, error=reports[pair].error)
@@ -171,15 +192,25 @@ class TakeProfitService:
             report.bad_records += len(fresh.bad)
         finally:
             await self._attempts.release(session_id, tokens)
+        now = self._clock.now()
         for p in fresh.items:
-            if p.pending:
+            if any(m.in_flight(now, self._skew) for m in p.pending):
+                report.skipped.append(Skipped(p.position_id, SkipReason.IN_FLIGHT))
+            elif p.pending:
                 report.skipped.append(Skipped(p.position_id, SkipReason.AWAITING_LOOKUP))
             else:
                 clean.append(p)
         return clean
 
     async def _resolve(self, position: Position, report: PairReport) -> None:
+        """Settle each pending marker whose order can no longer be in flight: found on the
+        exchange → recorded; not there → forgotten (its generation is spent, so the next order
+        gets a new client id). A marker before its deadline (plus clock skew) is left alone:
+        its order may still land, and looking it up now would prove nothing."""
+        now = self._clock.now()
         for pending in position.pending:
+            if pending.in_flight(now, self._skew):
+                continue
             try:
                 order = await self._exchange.find_by_client_id(
                     position.symbol, pending.client_order_id
@@ -261,6 +292,7 @@ class TakeProfitService:
         data: MarketData,
         report: PairReport,
         now: datetime,
+        lease: SessionLease | None,
     ) -> None:
         if self.dry_run:
             for g in grants:
@@ -280,16 +312,35 @@ class TakeProfitService:
         tokens = await self._attempts.acquire(session_id, [g.quote.position_id for g in grants])
         try:
             orders = await self._claimed_orders(session_id, grants, tokens, data, report, now)
-            await self._positions.mark_pending(
-                [
-                    (o.position, PendingTakeProfit(o.generation, o.client_order_id, o.amount))
-                    for o in orders
-                ]
-            )
             for start in range(0, len(orders), MAX_BATCH):
-                await self._place_chunk(orders[start : start + MAX_BATCH], report, now)
+                chunk = orders[start : start + MAX_BATCH]
+                fenced, deadline = await self._fence(session_id, chunk, tokens, lease, report)
+                await self._place_chunk(fenced, report, now, deadline)
         finally:
             await self._attempts.release(session_id, tokens)
+
+    async def _fence(
+        self,
+        session_id: str,
+        chunk: Sequence[_Order],
+        tokens: Mapping[str, str],
+        lease: SessionLease | None,
+        report: PairReport,
+    ) -> tuple[list[_Order], datetime]:
+        """Fence a batch right before it is sent: its pending markers, with the deadline the
+        orders carry to the exchange, are written only while the session's lock and each
+        position's attempt are still this worker's. What is not fenced is not sent."""
+        if lease is not None and lease.lost:
+            raise LockLost(session_id)
+        deadline = self._clock.now() + self._deadline
+        fences = [o.fence(deadline, tokens[o.position.position_id]) for o in chunk]
+        fenced = await self._positions.fence(session_id, lease, fences)
+        for o in chunk:
+            if o.position.position_id not in fenced:  # its attempt expired or moved on
+                report.skipped.append(
+                    Skipped(o.position.position_id, SkipReason.ATTEMPT_IN_PROGRESS, "fence")
+                )
+        return [o for o in chunk if o.position.position_id in fenced], deadline
 
     async def _claimed_orders(
         self,
@@ -331,9 +382,11 @@ class TakeProfitService:
         return orders
 
     async def _place_chunk(
-        self, chunk: Sequence[_Order], report: PairReport, now: datetime
+        self, chunk: Sequence[_Order], report: PairReport, now: datetime, deadline: datetime
     ) -> None:
-        requests = [o.request() for o in chunk]
+        if not chunk:
+            return
+        requests = [o.request(deadline) for o in chunk]
         try:
             results = await self._exchange.place_batch(requests)
         except RECOVERABLE as e:  # the whole call failed: every outcome is unknown

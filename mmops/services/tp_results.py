@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from mmops.domain.models import Balance, Market, Ticker
+from mmops.errors import BadRecordError
 
 
 class SkipReason(StrEnum):
@@ -16,11 +18,17 @@ class SkipReason(StrEnum):
     ALREADY_COVERED = "already_covered"
     ATTEMPT_IN_PROGRESS = "attempt_in_progress"  # another worker holds tp_attempt
     AWAITING_LOOKUP = "awaiting_lookup"  # an earlier placement's outcome is not known yet
+    IN_FLIGHT = "in_flight"  # an order sent before its deadline (+ clock skew) may still land
 
 
 # Reasons that leave a coverable position uncovered through no fault of the run.
 BENIGN_SKIPS = frozenset(
-    {SkipReason.DUST, SkipReason.ATTEMPT_IN_PROGRESS, SkipReason.ALREADY_COVERED}
+    {
+        SkipReason.DUST,
+        SkipReason.ATTEMPT_IN_PROGRESS,
+        SkipReason.ALREADY_COVERED,
+        SkipReason.IN_FLIGHT,
+    }
 )
 
 
@@ -68,13 +76,20 @@ class PairReport:
     repriced: int = 0  # take-profits cancelled to be replaced at a lower tier
     released: Decimal = Decimal(0)  # base quantity those cancels freed on the exchange
     bad_records: int = 0  # positions that did not parse (quarantined, reported)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) of those
     error: str | None = None  # the whole pair failed
 
     def copy(self) -> PairReport:
         """A report of its own: adding to the copy's lists leaves this one as it is."""
         return replace(
-            self, placed=list(self.placed), skipped=list(self.skipped), failed=list(self.failed)
-        )
+            self, placed=list(self.placed), skipped=list(self.skipped), failed=list(self.failed),
+            quarantined=list(self.quarantined),
+        )  # fmt: skip
+
+    def quarantine(self, bad: Sequence[BadRecordError]) -> None:
+        """Count records that did not parse and keep each one's key and reason."""
+        self.bad_records += len(bad)
+        self.quarantined.extend((b.key, b.reason) for b in bad)
 
     @property
     def left_uncovered(self) -> int:
@@ -116,4 +131,5 @@ class PairReport:
             "failed": [
                 {"position": f.position_id, "kind": f.kind, "error": f.error} for f in self.failed
             ],
+            "bad_records": [{"key": key, "reason": reason} for key, reason in self.quarantined],
         }  # fmt: skip

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from mmops.domain.exchange import OrderRequest
+from mmops.domain.exchange import OrderRequest, PlacementResult
 from mmops.domain.models import OrderStatus, Side
 from mmops.errors import (
+    DeadlineRefused,
+    ExchangeRejected,
     ExchangeTimeout,
     InsufficientFunds,
     MinimumNotMet,
@@ -48,8 +51,20 @@ async def sell_prices(venue: venues.Venue, count: int) -> list[Decimal]:
     return [ticker.ask + tick * (10 + i) for i in range(count)]
 
 
-def sell(price: Decimal, amount: str = "0.01", client_id: str | None = None) -> OrderRequest:
-    return OrderRequest(SYMBOL, Side.SELL, Decimal(amount), price, client_id or cid())
+def sell(
+    price: Decimal,
+    amount: str = "0.01",
+    client_id: str | None = None,
+    deadline: datetime | None = None,
+) -> OrderRequest:
+    return OrderRequest(
+        SYMBOL, Side.SELL, Decimal(amount), price, client_id or cid(), deadline=deadline
+    )
+
+
+async def place_one(venue: venues.Venue, request: OrderRequest) -> PlacementResult:
+    [result] = await venue.exchange.place_batch([request])
+    return result
 
 
 async def test_a_batch_gets_one_result_per_order_in_order(venue: venues.Venue) -> None:
@@ -159,3 +174,84 @@ async def test_oversized_and_mixed_batches_are_refused_before_any_call(venue: ve
     other = OrderRequest("ETH/USD", Side.SELL, Decimal("1"), Decimal("5000"), cid())
     with pytest.raises(ValueError, match="one pair"):
         await venue.exchange.place_batch([sell(price), other])
+
+
+@pytest.mark.parametrize("count", [1, 3], ids=["alone", "batch"])
+async def test_an_order_that_arrives_after_its_deadline_is_refused_and_nothing_rests(
+    venue: venues.Venue, count: int
+) -> None:
+    await venue.fund("BTC", Decimal("1"))
+    deadline = venue.now() + timedelta(seconds=5)
+    requests = [sell(p, deadline=deadline) for p in await sell_prices(venue, count)]
+    venue.advance(6)  # the worker that fenced these orders was paused past their deadline
+    results = await venue.exchange.place_batch(requests)
+    assert [type(r.error) for r in results] == [DeadlineRefused] * count
+    assert await venue.exchange.open_orders(SYMBOL) == []
+    assert (await venue.exchange.balances())["BTC"].used == 0
+    for request in requests:
+        assert await venue.exchange.find_by_client_id(SYMBOL, request.client_order_id) is None
+
+
+@pytest.mark.parametrize("count", [1, 3], ids=["alone", "batch"])
+async def test_a_deadline_within_the_window_is_placed(venue: venues.Venue, count: int) -> None:
+    await venue.fund("BTC", Decimal("1"))
+    deadline = venue.now() + timedelta(seconds=30)
+    requests = [sell(p, deadline=deadline) for p in await sell_prices(venue, count)]
+    results = await venue.exchange.place_batch(requests)
+    assert all(r.placed for r in results)
+    open_ids = {o.id for o in await venue.exchange.open_orders(SYMBOL)}
+    assert open_ids == {r.order.id for r in results if r.order}
+
+
+async def test_a_client_id_is_taken_while_its_order_is_open_and_freed_by_cancel_or_fill(
+    venue: venues.Venue,
+) -> None:
+    """Kraken keeps a cl_ord_id unique among open orders only."""
+    await venue.fund("BTC", Decimal("1"))
+    client_id = cid()
+    first_price, second_price = await sell_prices(venue, 2)
+    first = await place_one(venue, sell(first_price, client_id=client_id))
+    assert first.order is not None
+    twin = await place_one(venue, sell(second_price, client_id=client_id))
+    assert not twin.placed and isinstance(twin.error, ExchangeRejected)
+    await venue.exchange.cancel(SYMBOL, first.order.id)
+    second = await place_one(venue, sell(second_price, client_id=client_id))
+    assert second.order is not None
+    await venue.fill(SYMBOL, second.order.id)
+    [third_price] = await sell_prices(venue, 1)
+    third = await place_one(venue, sell(third_price, client_id=client_id))
+    assert third.order is not None
+    assert {second.order.id, third.order.id}.isdisjoint({first.order.id})
+
+
+async def test_lookup_returns_the_open_order_else_the_most_recent_closed_one(
+    venue: venues.Venue,
+) -> None:
+    await venue.fund("BTC", Decimal("1"))
+    client_id = cid()
+    orders = []
+    for price in await sell_prices(venue, 3):
+        result = await place_one(venue, sell(price, client_id=client_id))
+        assert result.order is not None
+        orders.append(result.order)
+        found = await venue.exchange.find_by_client_id(SYMBOL, client_id)
+        assert found is not None and found.id == result.order.id
+        assert found.status is OrderStatus.OPEN
+        venue.advance(1)
+        await venue.exchange.cancel(SYMBOL, result.order.id)
+        found = await venue.exchange.find_by_client_id(SYMBOL, client_id)
+        assert found is not None and found.id == result.order.id
+        assert found.status is OrderStatus.CANCELED
+    assert len({o.id for o in orders}) == 3
+
+
+async def test_two_orders_of_one_batch_with_one_client_id_place_only_the_first(
+    venue: venues.Venue,
+) -> None:
+    await venue.fund("BTC", Decimal("1"))
+    client_id = cid()
+    first, second = await venue.exchange.place_batch(
+        [sell(p, client_id=client_id) for p in await sell_prices(venue, 2)]
+    )
+    assert first.placed and isinstance(second.error, ExchangeRejected)
+    assert len(await venue.exchange.open_orders(SYMBOL)) == 1

@@ -18,6 +18,7 @@ import pytest
 
 from mmops.adapters.clock import SimulatedClock
 from mmops.adapters.postgres.sessions import SessionRepository
+from mmops.adapters.redis import keys
 from mmops.adapters.redis.locks import Attempts, SettlementLocks
 from mmops.adapters.redis.ops import OpsStore
 from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
@@ -34,13 +35,15 @@ from mmops.domain.models import (
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import (
     Coverage,
+    Fence,
     RunState,
+    SessionLease,
     SettlementStatus,
     StopLossFigures,
     TakeProfitRecord,
     TpStatus,
 )
-from mmops.errors import LockNotAcquired
+from mmops.errors import LockLost, LockNotAcquired
 from mmops.ports import (
     Fills,
     FillWriter,
@@ -73,6 +76,7 @@ class Stores:
     ops: SettlementRecords
     live: LiveSessions
     pass_time: Callable[[float], Awaitable[object]]  # let this many seconds go by
+    take_lock: Callable[[], Awaitable[object]]  # what a lapsed TTL and a new holder do
 
 
 @pytest.fixture(params=["fake", pytest.param("redis", marks=pytest.mark.integration)])
@@ -81,29 +85,41 @@ def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
     ``getfixturevalue``, which an async fixture cannot call inside the running loop."""
     if request.param == "fake":
         clock = SimulatedClock(T0)
-        memory = fakes.MemoryStore()
+        claims, locks = fakes.FakeClaims(clock, CLAIM_TTL), fakes.FakeLocks()
+        memory = fakes.MemoryStore(claims, locks)
 
         async def advance(seconds: float) -> object:
             return clock.advance(timedelta(seconds=seconds))
 
+        sid = f"c-{uuid.uuid4().hex[:12]}"
+
+        async def take_lock() -> None:
+            locks.take_away(sid)
+
         yield Stores(
-            session_id=f"c-{uuid.uuid4().hex[:12]}",
+            session_id=sid,
             fills=memory,
             scan=memory,
             positions=memory,
             orders=memory,
-            claims=fakes.FakeClaims(clock, CLAIM_TTL),
-            locks=fakes.FakeLocks(),
+            claims=claims,
+            locks=locks,
             ops=fakes.FakeOps(),
             live=fakes.FakeLiveSessions(),
             pass_time=advance,
+            take_lock=take_lock,
         )
         return
     redis = request.getfixturevalue("redis")
     session_ids = request.getfixturevalue("session_ids")
     fill_store = FillStore(redis)
+    session_id = session_ids.new("contract")
+
+    async def take_redis_lock() -> None:
+        await redis.set(keys.settlement_lock(session_id), "another-worker")
+
     yield Stores(
-        session_id=session_ids.new("contract"),
+        session_id=session_id,
         fills=fill_store,
         scan=fill_store,
         positions=PositionStore(redis),
@@ -113,6 +129,7 @@ def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
         ops=OpsStore(redis),
         live=SessionStore(redis),
         pass_time=asyncio.sleep,
+        take_lock=take_redis_lock,
     )
 
 
@@ -278,17 +295,66 @@ async def test_a_new_buy_fill_puts_a_covered_position_back_among_the_uncovered(
     assert await uncovered_ids(stores) == ["b1"]
 
 
-async def test_a_pending_marker_covers_until_cleared(stores: Stores) -> None:
+DEADLINE = T0 + timedelta(seconds=15, milliseconds=250)  # kept to the millisecond
+
+
+async def fence(stores: Stores, p: Position, pending: PendingTakeProfit, **kw: object) -> set[str]:
+    """Claim ``p``'s attempt, fence ``pending`` with it (a lease only when given), release."""
+    tokens = await stores.claims.acquire(stores.session_id, [p.position_id])
+    token = str(kw.get("token", tokens.get(p.position_id, "")))
+    lease = kw.get("lease")
+    assert lease is None or isinstance(lease, SessionLease)
+    try:
+        return await stores.positions.fence(stores.session_id, lease, [Fence(p, pending, token)])
+    finally:
+        await stores.claims.release(stores.session_id, tokens)
+
+
+async def test_a_fenced_marker_covers_until_cleared_and_spends_its_generation(
+    stores: Stores,
+) -> None:
     sid = stores.session_id
     await stores.fills.record(buy(sid, "b1", "1", T0))
-    pending = PendingTakeProfit(0, "cid-0", Decimal("1"))
-    await stores.positions.mark_pending([(await one(stores, "b1"), pending)])
+    pending = PendingTakeProfit(0, "cid-0", Decimal("1"), DEADLINE)
+    assert await fence(stores, await one(stores, "b1"), pending) == {"b1"}
     p = await one(stores, "b1")
     assert p.pending == (pending,)
-    assert p.uncovered == 0
+    assert (p.uncovered, p.generation) == (0, 1)
     await stores.positions.clear_pending([(p, 0)])
     p = await one(stores, "b1")
     assert (p.pending, p.uncovered) == ((), Decimal("1"))
+    assert p.generation == 1  # its client id is never fenced again
+
+
+async def test_the_fence_writes_nothing_without_the_attempt_or_at_a_spent_generation(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    p = await one(stores, "b1")
+    pending = PendingTakeProfit(0, "cid-0", Decimal("1"), DEADLINE)
+    assert await fence(stores, p, pending, token="not-the-holder") == set()
+    assert (await one(stores, "b1")).pending == ()
+    assert await fence(stores, p, pending) == {"b1"}
+    await stores.positions.clear_pending([(p, 0)])
+    assert await fence(stores, p, pending) == set()  # the same generation, read before
+    assert (await one(stores, "b1")).pending == ()
+
+
+async def test_the_fence_refuses_everything_once_the_lock_is_not_the_lease_s(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    p = await one(stores, "b1")
+    pending = PendingTakeProfit(0, "cid-0", Decimal("1"), DEADLINE)
+    async with stores.locks.hold(sid) as lease:
+        await stores.take_lock()
+        with pytest.raises(LockLost):
+            await fence(stores, p, pending, lease=lease)
+        assert lease.lost
+    after = await one(stores, "b1")
+    assert (after.pending, after.generation) == ((), 0)
 
 
 async def test_recording_coverage_clears_the_pending_marker_of_its_generation_only(
@@ -296,16 +362,15 @@ async def test_recording_coverage_clears_the_pending_marker_of_its_generation_on
 ) -> None:
     sid = stores.session_id
     await stores.fills.record(buy(sid, "b1", "1", T0))
+    first = PendingTakeProfit(0, "cid-0", Decimal("0.5"), DEADLINE)
+    assert await fence(stores, await one(stores, "b1"), first) == {"b1"}
+    second = PendingTakeProfit(1, "c1", Decimal("0.5"), DEADLINE)
+    assert await fence(stores, await one(stores, "b1"), second) == {"b1"}
     p = await one(stores, "b1")
-    marks = [
-        PendingTakeProfit(0, "cid-0", Decimal("0.5")),
-        PendingTakeProfit(1, "c1", Decimal("0.5")),
-    ]
-    await stores.positions.mark_pending([(p, m) for m in marks])
     await stores.positions.record_coverage([coverage(p, "tp1", "0.5", fully=False)])
     p = await one(stores, "b1")
     assert [m.generation for m in p.pending] == [1]
-    assert p.generation == 1
+    assert p.generation == 2
 
 
 async def test_release_keeps_what_the_take_profit_sold_and_the_position_is_uncovered_again(

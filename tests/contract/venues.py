@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
@@ -13,6 +13,7 @@ from mmops.adapters.clock import SimulatedClock
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.paper.faults import FaultPlan
 from mmops.adapters.redis.client import Redis
+from mmops.domain.models import OrderStatus
 from mmops.ports import Exchange
 from tests.kraken_server import KrakenServer, make_ccxt_exchange
 
@@ -21,6 +22,18 @@ class Venue(Protocol):
     exchange: Exchange
 
     async def fund(self, asset: str, amount: Decimal) -> None: ...
+
+    def now(self) -> datetime:
+        """The venue's clock: what an order's deadline is compared with on arrival."""
+        ...
+
+    def advance(self, seconds: float) -> None:
+        """Move the venue's clock on, as if the next request were held up that long."""
+        ...
+
+    async def fill(self, symbol: str, order_id: str) -> None:
+        """Fill a resting sell completely."""
+        ...
 
     def timing_out_after_accept(self) -> Exchange:
         """An exchange on the same venue whose next placement is accepted, then times out."""
@@ -36,6 +49,23 @@ class PaperVenue:
 
     async def fund(self, asset: str, amount: Decimal) -> None:
         await self.exchange.fund(asset, amount)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(timedelta(seconds=seconds))
+
+    async def fill(self, symbol: str, order_id: str) -> None:
+        """Lift the price path over the order for two minutes and match: it fills (a partial
+        fill needs the venue's coin to come up on every one of twelve crossings)."""
+        await self.exchange.match()  # starts the match clock if nothing did yet
+        await self.exchange.shock(symbol, Decimal(2))
+        self.advance(120)
+        await self.exchange.match()
+        await self.exchange.shock(symbol, Decimal(1))
+        order = await self.exchange.fetch_order(symbol, order_id)
+        assert order.status is OrderStatus.FILLED, order
 
     def timing_out_after_accept(self) -> Exchange:
         return PaperExchange(
@@ -65,6 +95,15 @@ class KrakenVenue:
 
     async def fund(self, asset: str, amount: Decimal) -> None:
         self.server.fund(asset, amount)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.server.now(), UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.server.advance(seconds)
+
+    async def fill(self, symbol: str, order_id: str) -> None:
+        self.server.fill(order_id)
 
     def timing_out_after_accept(self) -> Exchange:
         self.server.timeout_after_accept(self.server.stats.placements + 1, 1.5)

@@ -6,20 +6,23 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 import structlog
 
 from mmops import logs
-from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange
+from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange, rfc3339
 from mmops.domain.exchange import OrderRequest
 from mmops.domain.models import OrderStatus, Side
 from mmops.domain.ratelimit import TradingCounter
 from mmops.errors import (
     AuthenticationFailed,
+    DeadlineRefused,
     ExchangeRejected,
     ExchangeTimeout,
     ExchangeUnavailable,
@@ -158,6 +161,8 @@ async def test_an_order_below_the_minimum_is_refused_without_sinking_its_batch(
         ("EOrder:Rate limit exceeded", RateLimited),
         ("EService:Unavailable", ExchangeUnavailable),
         ("EGeneral:Invalid arguments", ExchangeRejected),
+        ("EService:Deadline elapsed", DeadlineRefused),
+        ("EGeneral:Invalid arguments:deadline", DeadlineRefused),
     ],
 )
 async def test_krakens_error_strings_map_into_the_mmops_tree_alone_or_in_a_batch(
@@ -403,3 +408,68 @@ async def test_no_api_key_or_secret_appears_in_any_log_line_or_exception_text(
     for leaked in (key, secret, wrong_secret):
         assert leaked not in written
         assert not any(leaked in t for t in texts)
+
+
+RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_a_deadline_is_written_as_rfc3339_in_utc_cut_to_the_millisecond() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    moment = datetime(2026, 11, 26, 8, 30, 15, 123999, tzinfo=plus_two)
+    assert rfc3339(moment) == "2026-11-26T06:30:15.123Z"
+    assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000Z"
+
+
+async def test_an_order_carries_its_deadline_to_add_order(
+    server: KrakenServer, exchange: CcxtExchange
+) -> None:
+    server.fund("BTC", "1")
+    deadline = datetime.now(UTC) + timedelta(seconds=20)
+    request = OrderRequest(BTC, Side.SELL, Decimal("0.01"), asks(1)[0], cid(), deadline=deadline)
+    [result] = await exchange.place_batch([request])
+    assert result.placed
+    [sent] = server.stats.placement_params
+    assert sent["deadline"] == rfc3339(deadline) and RFC3339_MS.match(sent["deadline"])
+
+
+async def test_a_batch_carries_one_top_level_deadline_the_earliest_of_its_orders(
+    server: KrakenServer, exchange: CcxtExchange
+) -> None:
+    server.fund("BTC", "1")
+    now = datetime.now(UTC)
+    deadlines = [now + timedelta(seconds=s) for s in (30, 10, 20)]
+    requests = [
+        OrderRequest(BTC, Side.SELL, Decimal("0.01"), price, cid(), deadline=d)
+        for price, d in zip(asks(3), deadlines, strict=True)
+    ]
+    results = await exchange.place_batch(requests)
+    assert all(r.placed for r in results)
+    [sent] = server.stats.placement_params
+    assert sent["deadline"] == rfc3339(deadlines[1])
+    assert all("deadline" not in order for order in sent["orders"])
+
+
+async def test_orders_without_a_deadline_send_none(
+    server: KrakenServer, exchange: CcxtExchange
+) -> None:
+    server.fund("BTC", "1")
+    await exchange.place_batch([sell(asks(1)[0])])
+    await exchange.place_batch([sell(p) for p in asks(2, start=20)])
+    assert [("deadline" in sent) for sent in server.stats.placement_params] == [False, False]
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["add-order", "add-order-batch"])
+async def test_a_late_request_is_refused_as_deadline_refused_and_no_order_is_left(
+    server: KrakenServer, exchange: CcxtExchange, count: int
+) -> None:
+    server.fund("BTC", "1")
+    deadline = datetime.now(UTC) + timedelta(seconds=5)
+    requests = [
+        OrderRequest(BTC, Side.SELL, Decimal("0.01"), price, cid(), deadline=deadline)
+        for price in asks(count)
+    ]
+    server.advance(6)
+    results = await exchange.place_batch(requests)
+    assert all(isinstance(r.error, DeadlineRefused) for r in results)
+    assert "Deadline elapsed" in str(results[0].error)
+    assert server.stats.orders_accepted == 0 and server.orders() == []

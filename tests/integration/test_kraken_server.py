@@ -12,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -319,3 +320,151 @@ def test_cancel_order_batch_cancels_by_txid_or_cl_ord_id_and_counts_them(
     assert answer == {"error": [], "result": {"count": 2}}
     assert server.order(first)["status"] == server.order(second)["status"] == "canceled"
     assert server.balance("BTC") == (Decimal(1), Decimal(0))
+
+
+def deadline_in(server: KrakenServer, seconds: float) -> str:
+    """An RFC3339 deadline ``seconds`` from the server's now, to the millisecond, in UTC."""
+    moment = datetime.fromtimestamp(server.now(), UTC) + timedelta(seconds=seconds)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_a_deadline_in_the_window_is_accepted_alone_and_top_level_in_a_batch(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    alone = client.private(
+        "AddOrder",
+        {"pair": "XXBTZUSD", "deadline": deadline_in(server, 30), **client.order("61000.0")},
+    )
+    assert alone["error"] == []
+    batch = client.private(
+        "AddOrderBatch",
+        {
+            "pair": "XXBTZUSD",
+            "deadline": deadline_in(server, 3),
+            "orders": [client.order("61001.0"), client.order("61002.0")],
+        },
+        as_json=True,
+    )
+    assert batch["error"] == [] and all("txid" in o for o in batch["result"]["orders"])
+    assert server.stats.orders_accepted == 3
+
+
+def test_a_request_that_arrives_after_its_deadline_is_rejected_by_the_engine_and_charged() -> None:
+    with KrakenServer(counter=TradingCounter(threshold=3, decay=0.01)) as server:
+        client = Client(server)
+        server.fund("BTC", "1")
+        deadline = deadline_in(server, 5)
+        server.advance(6)  # held up on the way for longer than its deadline allowed
+        late = client.private(
+            "AddOrderBatch",
+            {
+                "pair": "XXBTZUSD",
+                "deadline": deadline,
+                "orders": [client.order("61000.0"), client.order("61001.0")],
+            },
+            as_json=True,
+        )
+        assert late == {"error": ["EService:Deadline elapsed"]}
+        alone = client.private(
+            "AddOrder", {"pair": "XXBTZUSD", "deadline": deadline, **client.order("61000.0")}
+        )
+        assert alone == {"error": ["EService:Deadline elapsed"]}
+        assert server.stats.orders_accepted == 0 and server.stats.deadline_refusals == 2
+        # Both reached the engine: their three orders filled the pair's counter.
+        refused = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("62000.0")})
+        assert refused == {"error": ["EOrder:Rate limit exceeded"]}
+
+
+@pytest.mark.parametrize(
+    "deadline",
+    [
+        lambda s: deadline_in(s, 1),  # closer than now + 2 s
+        lambda s: deadline_in(s, 61),  # further than now + 60 s
+        lambda s: "tomorrow",
+        lambda s: "2026-11-26T06:30:15",  # no time zone
+    ],
+    ids=["too-soon", "too-far", "garbage", "naive"],
+)
+def test_a_deadline_outside_the_window_is_refused_whole_and_not_charged(
+    deadline: Any,
+) -> None:
+    with KrakenServer(counter=TradingCounter(threshold=2, decay=0.01)) as server:
+        client = Client(server)
+        server.fund("BTC", "1")
+        value = deadline(server)
+        alone = client.private(
+            "AddOrder", {"pair": "XXBTZUSD", "deadline": value, **client.order("61000.0")}
+        )
+        orders = [client.order("61001.0"), client.order("61002.0")]
+        batch = client.private(
+            "AddOrderBatch",
+            {"pair": "XXBTZUSD", "deadline": value, "orders": orders},
+            as_json=True,
+        )
+        assert alone == batch == {"error": ["EGeneral:Invalid arguments:deadline"]}
+        assert server.stats.orders_accepted == 0
+        placed = client.batch(orders)  # the counter was not charged: two orders still fit
+        assert all("txid" in o for o in placed["result"]["orders"])
+
+
+def test_the_gateway_variant_refuses_an_elapsed_deadline_as_an_invalid_argument() -> None:
+    with KrakenServer(deadline_errors="gateway") as server:
+        client = Client(server)
+        server.fund("BTC", "1")
+        deadline = deadline_in(server, 5)
+        server.advance(6)
+        answer = client.private(
+            "AddOrder", {"pair": "XXBTZUSD", "deadline": deadline, **client.order("61000.0")}
+        )
+        assert answer == {"error": ["EGeneral:Invalid arguments:deadline"]}
+        assert server.stats.orders_accepted == 0
+
+
+def test_a_cl_ord_id_is_unique_among_open_orders_only(server: KrakenServer, client: Client) -> None:
+    server.fund("BTC", "1")
+
+    def add(price: str) -> dict[str, Any]:
+        return client.private(
+            "AddOrder", {"pair": "XXBTZUSD", **client.order(price, cl_ord_id="uuid-1")}
+        )
+
+    first = add("61000.0")["result"]["txid"][0]
+    assert add("61001.0") == {"error": ["EOrder:Duplicate order"]}
+    assert client.private("CancelOrder", {"cl_ord_id": "uuid-1"})["result"] == {"count": 1}
+    second = add("61002.0")["result"]["txid"][0]
+    server.advance(1)
+    server.fill(second)
+    third = add("61003.0")["result"]["txid"][0]
+    # A cancel by cl_ord_id reaches the open order, not the closed ones that share its id.
+    assert client.private("CancelOrder", {"cl_ord_id": "uuid-1"})["result"] == {"count": 1}
+    assert [server.order(t)["status"] for t in (first, second, third)] == [
+        "canceled",
+        "closed",
+        "canceled",
+    ]
+
+
+def test_the_ever_variant_refuses_a_cl_ord_id_any_order_had() -> None:
+    with KrakenServer(client_ids="ever") as server:
+        client = Client(server)
+        server.fund("BTC", "1")
+        order = client.order("61000.0", cl_ord_id="uuid-1")
+        txid = client.private("AddOrder", {"pair": "XXBTZUSD", **order})["result"]["txid"][0]
+        client.private("CancelOrder", {"txid": txid})
+        again = client.private("AddOrder", {"pair": "XXBTZUSD", **order})
+        assert again == {"error": ["EOrder:Duplicate order"]}
+
+
+def test_closed_orders_come_most_recent_first(server: KrakenServer, client: Client) -> None:
+    server.fund("BTC", "1")
+    txids = []
+    for price in ("61000.0", "61001.0", "61002.0"):
+        placed = client.private(
+            "AddOrder", {"pair": "XXBTZUSD", **client.order(price, cl_ord_id="uuid-1")}
+        )
+        txids.append(placed["result"]["txid"][0])
+        server.advance(1)
+        client.private("CancelOrder", {"txid": txids[-1]})
+    closed = client.private("ClosedOrders", {"cl_ord_id": "uuid-1"})["result"]
+    assert list(closed["closed"]) == txids[::-1] and closed["count"] == 3

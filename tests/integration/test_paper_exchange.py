@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -23,7 +24,7 @@ from mmops.adapters.redis.client import Redis
 from mmops.domain.exchange import OrderRequest
 from mmops.domain.models import OrderStatus, Side
 from mmops.domain.ratelimit import TradingCounter
-from mmops.errors import ExchangeUnavailable, RateLimited
+from mmops.errors import DeadlineRefused, ExchangeRejected, ExchangeUnavailable, RateLimited
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,61 @@ async def test_a_burst_over_the_trading_counter_is_rate_limited(
     assert sum(isinstance(e, RateLimited) for e in errors) == 10
     clock.advance(timedelta(seconds=10))  # the counter decays 1 per second
     assert all(r.placed for r in await ex.place_batch([bid("BTC/USD", price) for _ in range(10)]))
+
+
+async def test_a_late_order_is_refused_per_order_and_charged_on_the_trading_counter(
+    redis: Redis, venue_ids: list[str]
+) -> None:
+    clock = SimulatedClock(T0)
+    ex = new_venue(redis, venue_ids, clock, counter=TradingCounter(threshold=4, decay=0.01))
+    await ex.fund("USD", Decimal("1000000"))
+    price = (await ex.tickers(["BTC/USD"]))["BTC/USD"].bid - 1000
+    soon, later = T0 + timedelta(seconds=5), T0 + timedelta(seconds=30)
+    requests = [replace(bid("BTC/USD", price), deadline=d) for d in (soon, later, None)]
+    clock.advance(timedelta(seconds=6))
+    results = await ex.place_batch(requests)
+    assert [r.placed for r in results] == [False, True, True]
+    assert isinstance(results[0].error, DeadlineRefused)
+    assert str(results[0].error) == "EService:Deadline elapsed"
+    # Three orders reached the venue, the refused one too: one more fits under 4, two do not.
+    more = await ex.place_batch([bid("BTC/USD", price) for _ in range(2)])
+    assert all(isinstance(r.error, RateLimited) for r in more)
+
+
+async def test_a_deadline_outside_krakens_window_is_refused(
+    redis: Redis, venue_ids: list[str]
+) -> None:
+    ex = new_venue(redis, venue_ids, SimulatedClock(T0))
+    await ex.fund("USD", Decimal("1000000"))
+    price = (await ex.tickers(["BTC/USD"]))["BTC/USD"].bid - 1000
+    deadlines = [T0 + timedelta(seconds=s) for s in (1, 2, 60, 61)]
+    results = await ex.place_batch([replace(bid("BTC/USD", price), deadline=d) for d in deadlines])
+    assert [r.placed for r in results] == [False, True, True, False]
+    assert {str(r.error) for r in results if r.error} == {"EGeneral:Invalid arguments:deadline"}
+
+
+@pytest.mark.parametrize(("client_ids", "reused"), [("open", True), ("ever", False)])
+async def test_a_cancelled_orders_client_id_is_free_again_unless_ids_are_kept_for_ever(
+    redis: Redis, venue_ids: list[str], client_ids: str, reused: bool
+) -> None:
+    ex = new_venue(redis, venue_ids, SimulatedClock(T0), client_ids=client_ids)
+    await ex.fund("USD", Decimal("1000000"))
+    price = (await ex.tickers(["BTC/USD"]))["BTC/USD"].bid - 1000
+    request = bid("BTC/USD", price)
+    [first] = await ex.place_batch([request])
+    [twin] = await ex.place_batch([request])
+    assert first.order is not None and isinstance(twin.error, ExchangeRejected)
+    await ex.cancel("BTC/USD", first.order.id)
+    [again] = await ex.place_batch([request])
+    assert again.placed is reused
+    found = await ex.find_by_client_id("BTC/USD", request.client_order_id)
+    assert found is not None
+    assert found.id == (again.order.id if again.order else first.order.id)
+
+
+def test_client_id_uniqueness_is_open_or_ever(redis: Redis) -> None:
+    with pytest.raises(ValueError, match="client_ids"):
+        PaperExchange(redis, SimulatedClock(T0), client_ids="never")  # type: ignore[arg-type]
 
 
 async def test_an_injected_failure_fails_only_that_call(redis: Redis, venue_ids: list[str]) -> None:

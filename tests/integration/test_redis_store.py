@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from mmops.adapters.redis import keys
 from mmops.adapters.redis.client import Redis, create_client
+from mmops.adapters.redis.locks import Attempts
 from mmops.adapters.redis.ops import OpsStore
 from mmops.adapters.redis.store import (
     FillStore,
@@ -30,6 +32,7 @@ from mmops.domain.models import (
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import (
     Coverage,
+    Fence,
     RunState,
     SettlementStatus,
     StopLossFigures,
@@ -358,7 +361,8 @@ async def test_pending_marker_counts_as_covering_until_recorded_or_cleared(
     await fills.record(buy_fill(sid, "b1", "2", "10", T0))
     p = await positions.get(sid, "b1")
     assert p is not None and p.generation == 0
-    await positions.mark_pending([(p, PendingTakeProfit(0, "cid-0", Decimal("2")))])
+    # A marker written before deadlines existed still reads, and covers (its deadline: None).
+    await redis.hset(keys.position(sid, "b1"), "p:0", "cid-0|2")
     p = await positions.get(sid, "b1")
     assert p is not None and p.uncovered == 0
     assert p.pending == (PendingTakeProfit(0, "cid-0", Decimal("2")),)
@@ -367,7 +371,12 @@ async def test_pending_marker_counts_as_covering_until_recorded_or_cleared(
     p = await positions.get(sid, "b1")
     assert p is not None and p.uncovered == Decimal("2") and p.pending == ()
 
-    await positions.mark_pending([(p, PendingTakeProfit(0, "cid-0", Decimal("2")))])
+    claims = Attempts(redis, ttl_seconds=30)
+    tokens = await claims.acquire(sid, ["b1"])
+    deadline = T0 + timedelta(seconds=15)
+    marker = PendingTakeProfit(0, "cid-0", Decimal("2"), deadline)
+    assert await positions.fence(sid, None, [Fence(p, marker, tokens["b1"])]) == {"b1"}
+    assert (await positions.get(sid, "b1")) == replace(p, generation=1, pending=(marker,))
     await positions.record_coverage(
         [
             Coverage(

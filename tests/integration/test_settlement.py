@@ -136,8 +136,12 @@ async def test_a_lost_answer_with_a_failed_lookup_is_kept_pending_and_resolved_n
     [first] = await w.settlement(flaky).run(sid)
     assert first.totals()["failed"] == 2 and first.state == "partial"
     assert all(p.pending for p in await w.positions(sid, "SOL/USD"))
+    # Until their deadline (plus clock skew) the orders may still be in flight: left alone.
     [second] = await w.settlement().run(sid)
-    assert second.totals()["recovered"] == 2 and second.totals().get("placed", 0) == 0
+    assert second.totals()["skipped_in_flight"] == 2 and second.totals().get("placed", 0) == 0
+    later = SimulatedClock(w.rt.clock.now() + timedelta(seconds=20))  # deadline 15 s + skew 2 s
+    [third] = await w.settlement(clock=later).run(sid)
+    assert third.totals()["recovered"] == 2 and third.totals().get("placed", 0) == 0
     orders = await w.take_profit_orders(sid, "SOL/USD")
     assert len(orders) == 2 and duplicates(orders) == []
     assert all(p.uncovered == 0 and not p.pending for p in await w.positions(sid, "SOL/USD"))
@@ -173,13 +177,14 @@ async def test_balance_freed_by_repricing_is_available_in_the_same_run(w: World)
     """A stale take-profit is cancelled and replaced, and a new position is covered too, when
     the balance holds exactly both: the run's balance snapshot predates the cancel."""
     clock = SimulatedClock(w.rt.clock.now())
+    venue = w.venue(clock=clock)  # the venue lives on the same clock: deadlines are checked
     sid = await w.start_session(["ETH/USD"])
     [old] = await w.seed_positions(sid, "ETH/USD", [5])
-    [first] = await build_settlement(w.rt, w.exchange, dry_run=False, clock=clock).run(sid)
+    [first] = await build_settlement(w.rt, venue, dry_run=False, clock=clock).run(sid)
     assert [p.tier_minutes for p in first.pairs["ETH/USD"].placed] == [0]
     clock.advance(timedelta(minutes=70))
     [new] = await w.seed_positions(sid, "ETH/USD", [1])  # funded with exactly its quantity
-    [second] = await build_settlement(w.rt, w.exchange, dry_run=False, clock=clock).run(sid)
+    [second] = await build_settlement(w.rt, venue, dry_run=False, clock=clock).run(sid)
     report = second.pairs["ETH/USD"]
     assert report.repriced == 1
     assert sorted(p.position_id for p in report.placed) == sorted([old, new])

@@ -24,7 +24,7 @@ from mmops.config import Settings
 from mmops.domain.models import Fill, Order, OrderStatus, Position, Session, Side
 from mmops.domain.ratelimit import TradingCounter
 from mmops.domain.rounding import round_amount_down
-from mmops.ports import Exchange
+from mmops.ports import Clock, Exchange
 from mmops.services.settlement import SettlementService
 
 PAIRS = ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOT/USD", "LINK/USD",
@@ -37,11 +37,14 @@ class World:
     exchange: PaperExchange
     session_ids: list[str]
 
-    def venue(self, counter: TradingCounter | None = None, **faults: object) -> PaperExchange:
-        """Another handle on the same venue, with injected faults or another trading counter."""
+    def venue(
+        self, counter: TradingCounter | None = None, clock: Clock | None = None, **faults: object
+    ) -> PaperExchange:
+        """Another handle on the same venue, with injected faults, another trading counter or
+        another clock."""
         return PaperExchange(
             self.rt.redis,
-            self.rt.clock,
+            clock or self.rt.clock,
             venue=self.exchange.venue,
             seed=self.rt.settings.paper_seed,
             counter=counter,
@@ -49,9 +52,9 @@ class World:
         )
 
     def settlement(
-        self, exchange: Exchange | None = None, dry_run: bool = False
+        self, exchange: Exchange | None = None, dry_run: bool = False, clock: Clock | None = None
     ) -> SettlementService:
-        return build_settlement(self.rt, exchange or self.exchange, dry_run=dry_run)
+        return build_settlement(self.rt, exchange or self.exchange, dry_run=dry_run, clock=clock)
 
     async def start_session(self, pairs: Sequence[str], capital: Decimal = Decimal(0)) -> str:
         sid = f"s-{uuid.uuid4().hex[:12]}"

@@ -24,6 +24,7 @@ from mmops.adapters.redis.client import create_client
 from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
 from mmops.bootstrap import build_migration
 from mmops.domain.models import Fill, Order, OrderStatus, Session, Side
+from mmops.domain.records import RunState
 from mmops.errors import InvalidIdentifier
 from tests.conftest import SessionIds
 from tests.integration.world import world
@@ -288,3 +289,89 @@ async def test_hostile_identifiers_never_reach_keys_or_sql(
     with psycopg.connect(database_url) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables").fetchall()}
     s.holds("every table is still there", {"fills", "orders", "sessions"} <= tables)
+
+
+# Hostile records that once ended a run or silently weakened it (issue 15). Each is written
+# into Redis beside 47 good positions; the run must complete, cover every good position,
+# evaluate the stop-loss, and report the bad record with its key and reason.
+GOOD_POSITIONS = 47
+
+
+async def _huge_contribution(w: Any, sid: str, good: list[str]) -> tuple[str, str, set[str]]:
+    """A position whose contribution has an exponent one product of it overflows."""
+    key = keys.position(sid, "p-huge")
+    await w.rt.redis.hset(
+        key,
+        mapping={"symbol": PAIR, "opened_at": T0.isoformat(), "v": "1",
+                 "f:t:x": "1E+999999|150|0"},
+    )  # fmt: skip
+    await w.rt.redis.zadd(keys.uncovered(sid, PAIR), {"p-huge": 1})
+    return key, "40 digits", set(good)
+
+
+async def _a_fill(w: Any, sid: str, name: str, **changes: str) -> str:
+    """A copy of one of the pair's recorded fills under ``name``, with ``changes``."""
+    fkey = keys.fills(sid, PAIR)
+    record = json.loads(next(iter((await w.rt.redis.hgetall(fkey)).values())))
+    record.update(changes, trade_id=name)
+    await w.rt.redis.hset(fkey, f"t:{name}", json.dumps(record))
+    return f"{fkey}#t:{name}"
+
+
+async def _huge_fill(w: Any, sid: str, good: list[str]) -> tuple[str, str, set[str]]:
+    """A fill whose quantity overflows the stop-loss's FIFO arithmetic."""
+    return await _a_fill(w, sid, "huge", quantity="1E+999999"), "40 digits", set(good)
+
+
+async def _other_pair_fill(w: Any, sid: str, good: list[str]) -> tuple[str, str, set[str]]:
+    """A BTC/USD fill stored under the ETH/USD fills key."""
+    return await _a_fill(w, sid, "stray", symbol="BTC/USD"), "BTC/USD", set(good)
+
+
+async def _negative_contribution(w: Any, sid: str, good: list[str]) -> tuple[str, str, set[str]]:
+    """A real position given a negative contribution, which would halve its coverage."""
+    victim = good[0]
+    key = keys.position(sid, victim)
+    fields = await w.rt.redis.hgetall(key)
+    qty, price, _fee = next(v for k, v in fields.items() if k.startswith("f:")).split("|")
+    await w.rt.redis.hset(key, "f:t:neg", f"-{Decimal(qty) / 2}|{price}|0")
+    return key, "must be > 0", set(good) - {victim}
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [_huge_contribution, _huge_fill, _other_pair_fill, _negative_contribution],
+    ids=["huge-contribution", "huge-fill", "other-pair-fill", "negative-contribution"],
+)
+async def test_a_hostile_record_never_stops_a_run_or_silently_under_covers(
+    scenario: Any, redis_url: str, database_url: str, poison: Any
+) -> None:
+    s = scenario(6, f"Hostile input: {poison.__doc__.splitlines()[0].lower().rstrip('.')}")
+    async with world(redis_url, database_url) as w:
+        sid = await w.start_session((PAIR, "BTC/USD"), capital=Decimal(100_000))
+        good = await w.seed_positions(sid, PAIR, [5 * i for i in range(GOOD_POSITIONS)])
+        key, reason, coverable = await poison(w, sid, good)
+
+        [result] = await w.settlement().run(sid)
+        s.holds("the run completes, partial for the bad record", result.state is RunState.PARTIAL)
+        positions = {p.position_id: p for p in await w.positions(sid, PAIR)}
+        s.holds(
+            "every good position is covered",
+            all(positions[p].uncovered == 0 and positions[p].take_profits for p in coverable),
+        )
+        placed = {p.position_id for p in result.pairs[PAIR].placed}
+        s.holds("a take-profit is placed for each good position only", placed == coverable)
+        venue = {position for position, _, _ in await w.take_profit_orders(sid, PAIR)}
+        s.holds("the venue holds no order for the bad record", venue == coverable)
+        s.holds("the stop-loss is evaluated", result.stoploss is not None and not result.error)
+        status = await w.rt.ops.settlement_status(sid)
+        s.holds(
+            "the stop-loss figures are recorded",
+            status is not None and status.stoploss is not None,
+        )
+        reported = [e for e in (status.errors if status else ()) if key in e]
+        s.holds(
+            "the bad record is reported with its key and reason",
+            len(reported) == 1 and reason in reported[0],
+        )
+        s.ran()

@@ -41,7 +41,14 @@ from tests.reliability.ledger import Scenario
 KILLS = 21
 SEED = 20261123  # the kill points are drawn from this; the timings around them are real
 GROUPS = (PAIRS[0:3], PAIRS[3:6], PAIRS[6:9])  # one per session: Kraken-like per-pair counters
-SHORT_TTLS = {"MMOPS_SETTLEMENT_LOCK_TTL": "1", "MMOPS_TP_ATTEMPT_TTL": "1"}
+# The shortest deadline mmops allows, and no clock skew (one host): an order a killed worker
+# left unanswered is past its deadline 3 s after it was fenced.
+SHORT_TTLS = {
+    "MMOPS_SETTLEMENT_LOCK_TTL": "1",
+    "MMOPS_TP_ATTEMPT_TTL": "1",
+    "MMOPS_TP_DEADLINE": "3",
+    "MMOPS_TP_CLOCK_SKEW": "0",
+}
 LATENCY = {"latency_ms": 20}
 LOST_ANSWERS = {**LATENCY, "timeout_after_accept": list(range(1, 60))}
 MODES = ("placed-unrecorded", "after-lock", "from-start")
@@ -162,6 +169,7 @@ async def test_killed_workers_never_place_twice_and_the_next_run_covers_everythi
         )
 
         await claims_expired(w, sessions)
+        await asyncio.sleep(3.1)  # the last killed worker's orders are past their deadline
         env = cli_env(w, **SHORT_TTLS)
         run = await finish(await spawn(env, "settle", "--json"))
         s.ran()

@@ -9,8 +9,9 @@ from decimal import Decimal
 
 from mmops.adapters.clock import SimulatedClock
 from mmops.domain.ids import client_order_id
-from mmops.domain.models import Fill, Market, Position, Session, Side, Ticker
+from mmops.domain.models import Fill, Market, PendingTakeProfit, Position, Session, Side, Ticker
 from mmops.domain.pnl import StopLossThresholds
+from mmops.domain.records import Fence
 from mmops.domain.tiers import TierPolicy
 from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry
@@ -47,9 +48,9 @@ def ticker(symbol: str, bid: str, ask: str | None = None) -> Ticker:
 class Desk:
     def __init__(self, *, balances: dict[str, str] | None = None, dry_run: bool = False) -> None:
         self.clock = SimulatedClock(T0)
-        self.store = fakes.MemoryStore()
         self.claims = fakes.FakeClaims(self.clock)
         self.locks = fakes.FakeLocks()
+        self.store = fakes.MemoryStore(self.claims, self.locks)
         self.ops = fakes.FakeOps()
         self.runs = fakes.FakeRuns()
         self.live = fakes.FakeLiveSessions()
@@ -148,6 +149,22 @@ class Desk:
     async def position(self, position_id: str, sid: str = "s1") -> Position:
         [p] = (await self.store.read_many(sid, [position_id])).items
         return p
+
+    async def mark_pending(
+        self, position_id: str, amount: str, deadline: datetime | None = None, sid: str = "s1"
+    ) -> PendingTakeProfit:
+        """What a worker that died (or paused) after fencing leaves: a marker for the
+        position's current generation, fenced through the claim like any order."""
+        p = await self.position(position_id, sid)
+        marker = PendingTakeProfit(p.generation, cid(position_id, p.generation, sid),
+                                   Decimal(amount), deadline)  # fmt: skip
+        tokens = await self.claims.acquire(sid, [position_id])
+        try:
+            fenced = await self.store.fence(sid, None, [Fence(p, marker, tokens[position_id])])
+        finally:
+            await self.claims.release(sid, tokens)
+        assert fenced == {position_id}
+        return marker
 
 
 def cid(position_id: str, generation: int = 0, sid: str = "s1") -> str:

@@ -8,11 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from mmops.domain.models import OrderStatus, Session, SessionStatus
+from mmops.domain.models import Fill, OrderStatus, Session, SessionStatus, Side
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import RunState, SettlementStatus, StopLossFigures, TpStatus
 from mmops.services.stoploss import StopLossReport
-from tests.unit.desk import BTC_USD, T0, Desk
+from tests.unit.desk import BTC_USD, ETH_USD, T0, Desk
 
 
 async def long_ten_btc(*, dry_run: bool = False) -> tuple[Desk, Session]:
@@ -164,3 +164,36 @@ async def test_a_session_without_capital_has_no_stop_loss() -> None:
     session = await desk.start("s1", BTC_USD, capital="0")
 
     assert await desk.stoploss.check(session, await desk.data()) is None
+
+
+def stray_fill(symbol: str = ETH_USD, quantity: str = "1") -> Fill:
+    """A fill stored among BTC/USD's fills that the P&L cannot take."""
+    return Fill("s1", "x1", symbol, Side.BUY, Decimal(10), Decimal(quantity), Decimal(0), T0, "t9")
+
+
+@pytest.mark.parametrize(
+    ("fill", "reason"),
+    [(stray_fill(), "s1/ETH/USD"), (stray_fill(BTC_USD, "1E+999999"), "40 digits")],
+    ids=["another-pair", "beyond-the-bound"],
+)
+async def test_a_fill_the_pnl_refuses_is_left_out_and_reported_and_the_stoploss_measures(
+    fill: Fill, reason: str
+) -> None:
+    desk, session = await long_ten_btc()
+    desk.store.fills[("s1", BTC_USD)][fill.key] = fill  # as a hostile writer could store it
+
+    report = await check(desk, session, "95")
+
+    assert (report.equity, report.level) == (Decimal(950), StopLossLevel.WARN)
+    [(key, why)] = report.bad
+    assert report.bad_fills == 1 and key.endswith(fill.key) and reason in why
+
+
+async def test_a_refused_fill_makes_the_run_partial_and_its_key_is_in_the_errors() -> None:
+    desk, _ = await long_ten_btc()
+    desk.store.fills[("s1", BTC_USD)]["t:t9"] = stray_fill()
+
+    [result] = await desk.settlement.run("s1")
+
+    assert result.state is RunState.PARTIAL and result.stoploss is not None
+    assert any("t:t9" in e and "ETH/USD" in e for e in result.errors())

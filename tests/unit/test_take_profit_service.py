@@ -3,12 +3,15 @@ recovery of placements whose outcome was lost."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+
 from mmops.domain.exchange import OrderRequest
-from mmops.domain.models import OrderStatus, PendingTakeProfit, Side
+from mmops.domain.models import OrderStatus, Side
 from mmops.domain.records import TpStatus
-from mmops.errors import PostOnlyWouldTake
+from mmops.errors import ExchangeRejected, LockLost, PostOnlyWouldTake
 from mmops.services.tp_results import PairReport, SkipReason
 from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, Desk, cid
 
@@ -161,9 +164,7 @@ async def test_a_pending_marker_whose_order_is_live_is_recorded_not_placed_again
     desk = Desk()
     await desk.buy("b1", "0.5")
     [order] = [r.order for r in await desk.exchange.place_batch([_sell(cid("b1"))]) if r.order]
-    await desk.store.mark_pending(
-        [(await desk.position("b1"), PendingTakeProfit(0, cid("b1"), Decimal("0.5")))]
-    )
+    await desk.mark_pending("b1", "0.5")
 
     [report] = (
         await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
@@ -179,9 +180,7 @@ async def test_a_pending_marker_whose_order_is_live_is_recorded_not_placed_again
 async def test_a_pending_marker_whose_order_never_landed_is_cleared_and_placed_anew() -> None:
     desk = Desk()
     await desk.buy("b1", "0.5")
-    await desk.store.mark_pending(
-        [(await desk.position("b1"), PendingTakeProfit(0, cid("b1"), Decimal("0.5")))]
-    )
+    await desk.mark_pending("b1", "0.5")
 
     [report] = (
         await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
@@ -189,7 +188,66 @@ async def test_a_pending_marker_whose_order_never_landed_is_cleared_and_placed_a
 
     assert placed(report) == {"b1": Decimal("0.5")}
     [order] = desk.exchange.orders.values()
-    assert (order.client_order_id, order.status) == (cid("b1"), OrderStatus.OPEN)
+    # A new client id: the one fenced before may never be sent for another order.
+    assert (order.client_order_id, order.status) == (cid("b1", 1), OrderStatus.OPEN)
+
+
+async def test_a_marker_before_its_deadline_is_in_flight_left_alone_and_not_looked_up() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    deadline = desk.clock.now() + timedelta(seconds=15)
+    await desk.mark_pending("b1", "0.5", deadline)
+    desk.clock.advance(timedelta(seconds=16))  # past the deadline, within the clock skew
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert [(s.position_id, s.reason) for s in report.skipped] == [("b1", SkipReason.IN_FLIGHT)]
+    assert desk.exchange.batches == [] and desk.exchange.lookups == []
+    assert (await desk.position("b1")).pending != ()
+
+
+async def test_after_its_deadline_and_the_skew_a_marker_is_looked_up_then_placed_anew() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    await desk.mark_pending("b1", "0.5", desk.clock.now() + timedelta(seconds=15))
+    desk.clock.advance(timedelta(seconds=18))  # deadline 15 s + skew 2 s have passed
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert desk.exchange.lookups == [cid("b1", 0)]
+    assert placed(report) == {"b1": Decimal("0.5")}
+    [order] = desk.exchange.orders.values()
+    assert order.client_order_id == cid("b1", 1)
+
+
+async def test_every_order_carries_its_deadline_and_a_refusal_spends_its_client_id() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    desk.exchange.refuse[cid("b1", 0)] = ExchangeRejected("EOrder:Invalid price")
+
+    await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    [[first]] = desk.exchange.batches
+    assert first.deadline == desk.clock.now() + timedelta(seconds=15)
+    await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+
+    assert [r.client_order_id for [r] in desk.exchange.batches] == [cid("b1", 0), cid("b1", 1)]
+
+
+async def test_a_lost_lock_stops_sending_before_the_next_batch() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    async with desk.locks.hold("s1") as lease:
+        desk.locks.take_away("s1")  # the TTL lapsed in a pause, another worker holds it now
+        with pytest.raises(LockLost):
+            await desk.take_profits.create_batch(
+                "s1", await desk.uncovered(), await desk.data(), lease=lease
+            )
+    assert desk.exchange.batches == []
+    assert (await desk.position("b1")).pending == ()
 
 
 async def test_dry_run_prices_and_allocates_but_sends_and_records_nothing() -> None:

@@ -23,6 +23,7 @@ from ccxt.base import errors as cx
 from mmops import logs
 from mmops.errors import (
     AuthenticationFailed,
+    DeadlineRefused,
     ExchangeRejected,
     ExchangeTimeout,
     ExchangeUnavailable,
@@ -39,6 +40,10 @@ _KRAKEN_ERROR = re.compile(r"\b[EW][A-Z][A-Za-z]*:[^\"\]\[,]+")
 
 # Exchange error strings that ccxt leaves as a plain ExchangeError, by what they mean.
 _BY_TEXT: tuple[tuple[str, type[MmopsError]], ...] = (
+    # Kraken's refusals of a request's ``deadline`` (elapsed on arrival, or outside its
+    # window): the order never reached the book, so this is a refusal, not an unknown outcome.
+    ("deadline elapsed", DeadlineRefused),
+    ("invalid arguments:deadline", DeadlineRefused),
     ("post only order", PostOnlyWouldTake),
     ("invalid signature", AuthenticationFailed),
     ("invalid key", AuthenticationFailed),

@@ -7,6 +7,12 @@ What it adds on top of ccxt:
   ``postOnly`` and ``clientOrderId`` (Kraken ``oflags=post``, ``cl_ord_id``). Each order's outcome
   lands in its own ``PlacementResult``; an error of the whole call (a timeout, a 5xx) lands in
   every result, so the caller looks the client ids up before retrying anything.
+* **Deadlines.** An order's ``deadline`` goes out as Kraken's ``deadline`` (RFC3339, UTC, to
+  the millisecond): on AddOrder with the order, on AddOrderBatch once for the whole request
+  (the earliest of the batch). Kraken refuses a request that reaches it later
+  (``DeadlineRefused``: nothing was placed).
+* **Lookups by client id** return the open order with that id, else the most recently
+  created closed one (Kraken keeps a ``cl_ord_id`` unique among open orders only).
 * **Kraken's trading counter.** ccxt's REST limiter knows nothing of the per-pair counter that
   placing and cancelling raise; a client-side model of it (:mod:`mmops.domain.ratelimit`) makes a
   burst wait instead of collecting ``EOrder:Rate limit exceeded``.
@@ -57,6 +63,7 @@ from mmops.domain.exchange import (
     PlacementResult,
     broken_rule,
     check_batch,
+    preferred,
 )
 from mmops.domain.models import ZERO, Balance, Market, OrderStatus, Ticker
 from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
@@ -190,20 +197,26 @@ class CcxtExchange:
         return orders + [o for o in dry if symbol is None or o.symbol == symbol]
 
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
-        """The order placed with ``client_order_id``, open or closed, or None.
+        """The open order placed with ``client_order_id``, else the most recently created
+        closed one, or None.
 
-        Open orders are asked first, then closed ones: an order that fills in between is
-        still found, because closed orders stay closed.
+        Kraken keeps a ``cl_ord_id`` unique among open orders only, so one id may name several
+        closed orders (ccxt lists them oldest first). Open orders are asked first, then closed
+        ones: an order that fills in between is still found, because closed orders stay closed.
         """
-        for dry in self._dry_orders.values():
-            if dry.client_order_id == client_order_id and dry.symbol == symbol:
-                return dry
+        dry = preferred(
+            o
+            for o in self._dry_orders.values()
+            if o.client_order_id == client_order_id and o.symbol == symbol
+        )
+        if dry is not None:
+            return dry
         params = {"clientOrderId": client_order_id}
         for fetch in (self._client.fetch_open_orders, self._client.fetch_closed_orders):
             raw = await self._call(True, fetch, symbol, None, None, params)
-            for order in self._readable(raw, symbol):
-                if order.client_order_id == client_order_id:
-                    return order
+            mine = [o for o in self._readable(raw, symbol) if o.client_order_id == client_order_id]
+            if mine:
+                return preferred(mine)
         return None
 
     # -- writes ---------------------------------------------------------------------------
@@ -304,7 +317,7 @@ class CcxtExchange:
                 r.side.value,
                 format(r.amount, "f"),
                 format(r.price, "f"),
-                _params(r),
+                {**_params(r), **_deadline_param([r])},
             )
         except AuthenticationFailed:
             raise
@@ -325,7 +338,9 @@ class CcxtExchange:
             for r in requests
         ]
         try:
-            raw = await self._call(True, self._client.create_orders, batch)
+            raw = await self._call(
+                True, self._client.create_orders, batch, _deadline_param(requests)
+            )
         except AuthenticationFailed:
             raise
         except MmopsError as e:
@@ -549,3 +564,21 @@ def _local_refusal(o: OrderRequest, market: Market | None) -> MmopsError | None:
 
 def _params(r: OrderRequest) -> dict[str, Any]:
     return {"postOnly": r.post_only, "clientOrderId": r.client_order_id}
+
+
+def _deadline_param(requests: Sequence[OrderRequest]) -> dict[str, str]:
+    """Kraken's ``deadline`` for a request carrying ``requests``: the earliest of theirs.
+
+    AddOrderBatch takes one deadline for the whole request (a top-level parameter: ccxt passes
+    ``create_orders``' own params there and drops unknown per-order ones), so a batch is held
+    to its strictest order. Empty when no order has a deadline.
+    """
+    deadlines = [r.deadline for r in requests if r.deadline is not None]
+    return {"deadline": rfc3339(min(deadlines))} if deadlines else {}
+
+
+def rfc3339(moment: datetime) -> str:
+    """``moment`` as Kraken's RFC3339 deadline, e.g. ``2026-11-26T06:30:15.123Z``: UTC, cut
+    (not rounded) to the millisecond, so the deadline sent is never later than the one asked."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"

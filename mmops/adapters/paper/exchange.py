@@ -7,8 +7,11 @@ the transaction retry on fresh state.
 
 Like Kraken: post-only orders that would take are rejected; balances hold what open orders
 reserve (a sell holds its base, a buy its cost plus the maker fee); each pair has a trading
-counter (:mod:`mmops.domain.ratelimit`); a client order id is accepted once. Resting orders
-fill when the seeded price path crosses them (:meth:`PaperExchange.match`), sometimes in parts.
+counter (:mod:`mmops.domain.ratelimit`), charged for refused orders too; a client order id is
+unique among open orders only (``client_ids="open"``: a filled or cancelled order frees its id;
+``"ever"`` accepts an id once for good); an order whose ``deadline`` has passed when it reaches
+the venue, or lies outside Kraken's deadline window, is refused. Resting orders fill when the
+seeded price path crosses them (:meth:`PaperExchange.match`), sometimes in parts.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import redis.exceptions as rex
 
@@ -29,6 +32,7 @@ from mmops.adapters.paper.prices import PricePath, Quote
 from mmops.adapters.paper.state import Holding, PaperOrder, VenueKeys, decode_trade, encode_trade
 from mmops.adapters.redis.client import Redis, redis_errors
 from mmops.domain.exchange import (
+    DeadlineFault,
     ExchangeOrder,
     MarketRule,
     OrderRequest,
@@ -36,10 +40,12 @@ from mmops.domain.exchange import (
     Trade,
     broken_rule,
     check_batch,
+    deadline_fault,
 )
 from mmops.domain.models import Balance, Market, OrderStatus, Side, Ticker
 from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
 from mmops.errors import (
+    DeadlineRefused,
     ExchangeRejected,
     ExchangeTimeout,
     ExchangeUnavailable,
@@ -55,10 +61,20 @@ from mmops.ports import Clock
 T = TypeVar("T")
 Pipe = Any  # redis.asyncio.client.Pipeline in immediate (WATCH) mode
 MAX_TRANSACTION_RETRIES = 50
+ClientIds = Literal["open", "ever"]
+# Kraken's words for a deadline refusal (see tests/kraken_server.py for the sources).
+DEADLINE_REFUSALS = {
+    DeadlineFault.ELAPSED: "EService:Deadline elapsed",
+    DeadlineFault.WINDOW: "EGeneral:Invalid arguments:deadline",
+}
 
 
 class PaperExchange:
-    """A paper venue; ``venue`` names its state in Redis (one venue per id)."""
+    """A paper venue; ``venue`` names its state in Redis (one venue per id).
+
+    ``client_ids`` is how long a client order id stays taken: ``"open"`` while an order with
+    it is open, as on Kraken; ``"ever"`` once accepted, for good.
+    """
 
     name = "paper"
 
@@ -73,8 +89,12 @@ class PaperExchange:
         listings: Sequence[Listing] = CATALOG,
         volatility: float = 0.012,
         price_origin: float = 0.0,
+        client_ids: ClientIds = "open",
     ) -> None:
+        if client_ids not in ("open", "ever"):
+            raise ValueError(f"client_ids is 'open' or 'ever', got {client_ids!r}")
         self._r = redis
+        self.client_ids = client_ids
         self._clock = clock
         self.venue = venue
         self.keys = VenueKeys(venue)
@@ -151,15 +171,18 @@ class PaperExchange:
                 return [PlacementResult(o, error=limited) for o in orders]
             holdings = {a: Holding.decode(v) for a, v in zip(assets, values, strict=True)}
             before = dict(holdings)
-            known = await pipe.hmget(self.keys.clients(symbol), [o.client_order_id for o in orders])
+            cids = [o.client_order_id for o in orders]
+            taken = dict(zip(cids, await self._taken(pipe, symbol, cids), strict=True))
             results, accepted = [], []
             for i, request in enumerate(orders):
-                error = self._refusal(request, listing.market, quote, holdings, known[i])
+                holder = taken[request.client_order_id]
+                error = self._refusal(request, listing.market, quote, holdings, holder, now)
                 error = error or self.faults.rejection(first_number + i, "order refused")
                 if error is None:
                     paper = _new_order(ids[i], request, listing.market, now)
                     holdings = _hold(holdings, listing.market, paper)
                     accepted.append(paper)
+                    taken[request.client_order_id] = paper.order.id  # open: a twin is refused
                 results.append(
                     PlacementResult(
                         request, order=paper.order if error is None else None, error=error
@@ -180,6 +203,20 @@ class PaperExchange:
             timeout = ExchangeTimeout("no answer from the paper venue (injected fault)")
             return [PlacementResult(r.request, error=timeout) if r.placed else r for r in results]
         return results
+
+    async def _taken(self, pipe: Pipe, symbol: str, client_ids: list[str]) -> list[str | None]:
+        """Per client id, the order that still holds it (None: the id is free).
+
+        ``clients`` maps an id to the latest order accepted with it; with ``"open"`` that
+        order holds the id only while it is open. An order closing concurrently at worst
+        makes this refuse an id a moment longer, as the same race does on Kraken.
+        """
+        known = cast(list[str | None], await pipe.hmget(self.keys.clients(symbol), client_ids))
+        if self.client_ids == "ever" or not any(known):
+            return known
+        ids = [k for k in known if k is not None]
+        is_open = dict(zip(ids, await pipe.smismember(self.keys.open, ids), strict=True))
+        return [k if k is not None and is_open[k] else None for k in known]
 
     def _write_accepted(self, pipe: Pipe, symbol: str, accepted: list[PaperOrder]) -> None:
         if not accepted:
@@ -237,6 +274,11 @@ class PaperExchange:
 
     @redis_errors
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
+        """The open order with this client id, else the most recent closed one, or None.
+
+        ``clients`` keeps the latest order accepted with the id, and that is the one: an id
+        is accepted again only once no open order holds it, and closed orders stay closed.
+        """
         await self._call()
         order_id = await self._r.hget(self.keys.clients(symbol), client_order_id)
         if order_id is None:
@@ -414,8 +456,12 @@ class PaperExchange:
         quote: Quote,
         holdings: Mapping[str, Holding],
         known_client_id: str | None,
+        now: datetime,
     ) -> MmopsError | None:
         """Why the venue refuses this order now, or None if it accepts it."""
+        fault = deadline_fault(o.deadline, now)
+        if fault is not None:
+            return DeadlineRefused(DEADLINE_REFUSALS[fault])
         if known_client_id is not None:
             return ExchangeRejected(f"EOrder:Duplicate client order id {o.client_order_id}")
         rule = broken_rule(o, market)

@@ -8,7 +8,7 @@ All keys of one venue share the hash tag ``{V}`` so a transaction may span them 
 | ``paper:{V}:assets`` | SET | assets that have a balance key |
 | ``paper:{V}:orders`` | HASH | order id → JSON order |
 | ``paper:{V}:open`` | SET | ids of open orders |
-| ``paper:{V}:clients:<pair>`` | HASH | client order id → order id |
+| ``paper:{V}:clients:<pair>`` | HASH | client order id → the latest order accepted with it |
 | ``paper:{V}:trades`` | LIST | JSON trades, oldest first (a reader keeps its own index) |
 | ``paper:{V}:rate:<pair>`` | STRING | ``"value|at"``: the pair's trading counter |
 | ``paper:{V}:adjust:<pair>`` | STRING | price multiplier (a test's or demo's price shock) |

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+from mmops.domain.bounds import check_bounds
 from mmops.domain.models import (
     ORDER_ID_PATTERN,
     SESSION_ID_PATTERN,
@@ -54,13 +55,15 @@ _PARSE_ERRORS = (
 
 
 def dec(value: Any) -> Decimal:
-    """Parse a decimal string strictly: no floats, no NaN or infinities."""
+    """Parse a decimal string strictly: no floats, no NaN or infinities, and nothing beyond
+    the bound of every amount (:mod:`mmops.domain.bounds`): ``1E+999999`` is finite, but one
+    product of it overflows, so it is refused here, where the record's key is known."""
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise TypeError(f"expected a decimal string, got {type(value).__name__}")
     result = Decimal(value)
     if not result.is_finite():
         raise ValueError(f"not a finite number: {value!r}")
-    return result
+    return check_bounds(result)
 
 
 def ts(value: Any) -> datetime:
@@ -455,18 +458,36 @@ def _plain(value: Decimal) -> str:
 
 # A position hash holds one field per contribution, summed here with Decimal arithmetic so
 # Redis never does money maths in floating point:
-#   symbol, opened_at, v (fills recorded), g (take-profits recorded: the next generation),
+#   symbol, opened_at, v (fills recorded), g (client ids fenced: the next generation),
 #   c (when its first take-profit was recorded)
 #   f:<fill key> = "qty|price|fee"        tp:<order id> = amount of a live take-profit
-#   p:<generation> = "client id|amount"   x:<ref> = amount closed otherwise
+#   p:<generation> = "client id|amount|deadline ms" (markers older than deadlines have no
+#                    third part)          x:<ref> = amount closed otherwise
 
 
 def fill_contribution(f: Fill) -> str:
     return f"{f.quantity}|{f.price}|{f.fee}"
 
 
-def pending_value(client_order_id: str, amount: Decimal) -> str:
-    return f"{client_order_id}|{amount}"
+def pending_value(pending: PendingTakeProfit) -> str:
+    deadline = "" if pending.deadline is None else f"|{int(pending.deadline.timestamp() * 1000)}"
+    return f"{pending.client_order_id}|{pending.amount}{deadline}"
+
+
+def pending_from_value(generation: str, value: str) -> PendingTakeProfit:
+    client_id, amount, *deadline = value.split("|")
+    if len(deadline) > 1:
+        raise ValueError(f"a pending marker has at most three parts, got {value!r}")
+    at = None
+    if deadline:
+        millis = int(deadline[0])
+        if not 0 < millis < _YEAR_10000_MS:
+            raise ValueError(f"a pending marker's deadline is out of range: {millis}")
+        at = datetime.fromtimestamp(millis / 1000, UTC)
+    return PendingTakeProfit(int(generation), client_id, dec(amount), at)
+
+
+_YEAR_10000_MS = 253_402_300_800_000
 
 
 def position_from_fields(session_id: str, position_id: str, fields: Mapping[str, str]) -> Position:
@@ -476,18 +497,16 @@ def position_from_fields(session_id: str, position_id: str, fields: Mapping[str,
     for name, value in fields.items():
         kind, _, ref = name.partition(":")
         if kind == "f":
-            qty_s, price_s, fee_s = value.split("|")
-            qty, price = dec(qty_s), dec(price_s)
+            qty, price, fee = _fill_contribution(name, value)
             filled += qty
             cost += qty * price
-            fees += dec(fee_s)
+            fees += fee
         elif kind == "tp":
-            take_profits.append((ref, dec(value)))
+            take_profits.append((ref, _held(name, value)))
         elif kind == "p":
-            client_id, amount = value.split("|")
-            pending.append(PendingTakeProfit(int(ref), client_id, dec(amount)))
+            pending.append(pending_from_value(ref, value))
         elif kind == "x":
-            closed += dec(value)
+            closed += _held(name, value)
     return Position(
         session_id=session_id,
         position_id=position_id,
@@ -504,3 +523,23 @@ def position_from_fields(session_id: str, position_id: str, fields: Mapping[str,
         pending=tuple(sorted(pending, key=lambda p: p.generation)),
         first_covered_at=ts(fields["c"]) if fields.get("c") else None,
     )
+
+
+def _fill_contribution(name: str, value: str) -> tuple[Decimal, Decimal, Decimal]:
+    """A buy fill's ``qty|price|fee``, as :class:`Fill` admits them: a quantity or price that
+    is not positive, or a negative fee, would shrink the position and its coverage without a
+    word, so it makes the position a bad record instead."""
+    qty_s, price_s, fee_s = value.split("|")
+    qty, price, fee = dec(qty_s), dec(price_s), dec(fee_s)
+    if qty <= 0 or price <= 0 or fee < 0:
+        raise ValueError(f"{name} = {value!r}: quantity and price must be > 0, fee >= 0")
+    return qty, price, fee
+
+
+def _held(name: str, value: str) -> Decimal:
+    """An amount a take-profit holds or an exit closed: a negative one would uncover (and
+    sell again) what is already sold, so it makes the position a bad record."""
+    amount = dec(value)
+    if amount < 0:
+        raise ValueError(f"{name} = {value!r}: an amount held or closed must be >= 0")
+    return amount

@@ -19,6 +19,7 @@ from redis.exceptions import LockError
 from mmops import logs
 from mmops.adapters.redis import keys
 from mmops.adapters.redis.client import Redis, redis_errors
+from mmops.domain.records import SessionLease
 from mmops.errors import LockNotAcquired
 
 log = logs.get_logger("mmops.locks")
@@ -51,11 +52,13 @@ class SettlementLocks:
         self._ttl = ttl_seconds
 
     @contextlib.asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[None]:
+    async def hold(self, session_id: str) -> AsyncIterator[SessionLease]:
         """Hold the session's lock for the block, extending it every third of its TTL.
 
-        Raises LockNotAcquired at once if another worker holds it (no waiting: the next run
-        will come). The lock is released on exit only if this worker still owns it.
+        Yields the lease: its token is what the fence checks before any order is sent, and its
+        ``lost`` flag turns on as soon as an extension finds the lock gone (a pause longer than
+        the TTL). Raises LockNotAcquired at once if another worker holds it (no waiting: the
+        next run will come). The lock is released on exit only if this worker still owns it.
         """
         lock = Lock(
             self._r,
@@ -66,9 +69,11 @@ class SettlementLocks:
         )
         if not await _acquire(lock):
             raise LockNotAcquired(f"session {session_id} is being settled by another worker")
-        keeper = asyncio.create_task(self._keep(lock, session_id))
+        token = lock.local.token
+        lease = SessionLease(session_id, token.decode() if isinstance(token, bytes) else token)
+        keeper = asyncio.create_task(self._keep(lock, lease))
         try:
-            yield
+            yield lease
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -76,18 +81,21 @@ class SettlementLocks:
             try:
                 await lock.release()
             except LockError:
+                lease.lost = True
                 log.warning("lock.lost", session=session_id)
             except (rex.ConnectionError, rex.TimeoutError, OSError) as e:
                 # Redis is gone: the lock expires by its TTL; don't hide the error in flight.
                 log.error("lock.release_failed", session=session_id, error=str(e))
 
-    async def _keep(self, lock: Lock, session_id: str) -> None:
+    async def _keep(self, lock: Lock, lease: SessionLease) -> None:
+        session_id = lease.session_id
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
                 await lock.extend(self._ttl, replace_ttl=True)
             except LockError:
-                log.error("lock.lost", session=session_id)
+                lease.lost = True  # the fence refuses anything more for this session
+                log.error("settlement.lock_lost", session=session_id)
                 return
             except (rex.ConnectionError, rex.TimeoutError, OSError) as e:
                 # Redis is gone; the run itself will fail on its next command and say so.

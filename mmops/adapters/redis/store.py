@@ -19,13 +19,19 @@ from mmops.domain.models import (
     ZERO,
     Fill,
     Order,
-    PendingTakeProfit,
     Position,
     Session,
     SessionStatus,
 )
-from mmops.domain.records import Coverage, ReadResult, TakeProfitRecord, TpStatus
-from mmops.errors import BadRecordError
+from mmops.domain.records import (
+    Coverage,
+    Fence,
+    ReadResult,
+    SessionLease,
+    TakeProfitRecord,
+    TpStatus,
+)
+from mmops.errors import BadRecordError, LockLost
 
 T = TypeVar("T")
 
@@ -210,10 +216,13 @@ class FillStore(_MigrationReads):
     async def scan(
         self, session_id: str, symbol: str, chunk: int = SCAN_COUNT
     ) -> AsyncIterator[ReadResult[Fill]]:
-        """Stream a pair's fills in chunks (HSCAN), so memory stays flat."""
+        """Stream a pair's fills in chunks (HSCAN), so memory stays flat. A fill of another
+        session or pair stored here is bad data, as it is to migration: counted with the
+        pair's fills it would be matched against another market's prices."""
         key = keys.fills(session_id, symbol)
+        parse = _fill_parser(session_id, symbol)
         async for raw_chunk in _hscan_chunks(self._r, key, chunk):
-            yield _decode_all(key, raw_chunk, codec.fill_from_json)
+            yield _decode_all(key, raw_chunk, parse)
 
     @redis_errors
     async def count(self, session_id: str, symbol: str) -> int:
@@ -271,11 +280,34 @@ return 1
 """
 
 
+# The fence before sending (see ``PositionStore.fence``).
+# KEYS: the session's lock, then per order: its position's attempt key, the position hash
+# ARGV: the lock token ('' = not checked), then per order: attempt token, generation, marker
+# Returns -1 when the lock is not the caller's (nothing written), else 1/0 per order.
+_FENCE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local fenced = {}
+for i = 2, #KEYS, 2 do
+  local a = 2 + (i - 2) / 2 * 3
+  local token, gen, marker = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local current = tonumber(redis.call('HGET', KEYS[i + 1], 'g') or '0')
+  if redis.call('GET', KEYS[i]) == token and current == gen then
+    redis.call('HSET', KEYS[i + 1], 'p:' .. gen, marker, 'g', gen + 1)
+    fenced[#fenced + 1] = 1
+  else
+    fenced[#fenced + 1] = 0
+  end
+end
+return fenced
+"""
+
+
 class PositionStore:
     """Positions (``position:{S}:<id>``) and the per-pair age-ordered uncovered index."""
 
     def __init__(self, redis: Redis) -> None:
         self._r = redis
+        self._fence = redis.register_script(_FENCE)
         self._cover = redis.register_script(_RECORD_COVERAGE)
         self._release = redis.register_script(_RELEASE_COVERAGE)
 
@@ -358,16 +390,31 @@ class PositionStore:
             await self._cover(keys=script_keys, args=args)
 
     @redis_errors
-    async def mark_pending(self, marks: Sequence[tuple[Position, PendingTakeProfit]]) -> None:
-        """Write each position's pending marker, in one round trip, before its order is sent."""
+    async def fence(
+        self, session_id: str, lease: SessionLease | None, marks: Sequence[Fence]
+    ) -> set[str]:
+        """Write the pending markers of orders about to be sent, in one atomic step, and only
+        where this worker still holds what entitles it to send: the session's lock (``lease``,
+        checked once for all) and each position's attempt token, with the position's generation
+        unchanged since it was read. Each fenced marker moves the generation on, so its client
+        id is never fenced (or sent) again. Returns the ids of the positions fenced; raises
+        LockLost, writing nothing, when the session's lock is no longer this worker's."""
         if not marks:
-            return
-        async with self._r.pipeline(transaction=False) as pipe:
-            for position, pending in marks:
-                key = keys.position(position.session_id, position.position_id)
-                value = codec.pending_value(pending.client_order_id, pending.amount)
-                pipe.hset(key, f"p:{pending.generation}", value)
-            await pipe.execute()
+            return set()
+        script_keys = [keys.settlement_lock(session_id)]
+        args = [lease.token if lease is not None else ""]
+        for m in marks:
+            script_keys += [
+                keys.tp_attempt(session_id, m.position.position_id),
+                keys.position(session_id, m.position.position_id),
+            ]
+            args += [m.attempt_token, str(m.pending.generation), codec.pending_value(m.pending)]
+        fenced = await self._fence(keys=script_keys, args=args)
+        if fenced == -1:
+            if lease is not None:
+                lease.lost = True
+            raise LockLost(session_id)
+        return {m.position.position_id for m, ok in zip(marks, fenced, strict=True) if ok}
 
     @redis_errors
     async def clear_pending(self, marks: Sequence[tuple[Position, int]]) -> None:
@@ -484,6 +531,16 @@ async def _hscan_chunks(redis: Redis, key: str, count: int) -> AsyncIterator[dic
 async def _hscan(redis: Redis, key: str, cursor: int, count: int) -> tuple[int, dict[str, Any]]:
     next_cursor, chunk = await redis.hscan(key, cursor, count=count)
     return int(next_cursor), cast(dict[str, Any], chunk)
+
+
+def _fill_parser(session_id: str, symbol: str) -> Callable[[Any], Fill]:
+    def parse(raw: Any) -> Fill:
+        fill = codec.fill_from_json(raw)
+        if (fill.session_id, fill.symbol) != (session_id, symbol):
+            raise ValueError(f"fill of {fill.session_id}/{fill.symbol} under {symbol}")
+        return fill
+
+    return parse
 
 
 def _position_parser(session_id: str, position_id: str) -> Callable[[Any], Position]:
