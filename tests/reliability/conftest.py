@@ -45,5 +45,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     target = os.environ.get("MMOPS_RELIABILITY_RESULTS")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # under xdist: one part per worker
     if target and LEDGER:
-        write(Path(target))
+        write(Path(f"{target}.{worker}" if worker else target))

@@ -2,6 +2,8 @@
 
 Usage: MMOPS_RELIABILITY_RESULTS=/tmp/r.json make test  (or pytest tests/reliability)
        python -m tests.reliability.report /tmp/r.json > docs/RELIABILITY.md
+Under pytest-xdist each worker writes its own part (``/tmp/r.json.gw0`` ...); the command
+reads them all when ``/tmp/r.json`` itself does not exist.
 """
 
 from __future__ import annotations
@@ -43,4 +45,7 @@ def render(entries: list[dict[str, object]]) -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render(json.loads(Path(sys.argv[1]).read_text())))
+    # One file, or the parts the test workers wrote (``RESULTS.json.gw0``, ``.gw1``, ...).
+    base = Path(sys.argv[1])
+    parts = [base] if base.exists() else sorted(base.parent.glob(f"{base.name}.gw*"))
+    sys.stdout.write(render([e for part in parts for e in json.loads(part.read_text())]))
