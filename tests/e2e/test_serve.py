@@ -375,3 +375,23 @@ async def test_a_refused_api_key_raises_exchange_auth(w: World, tmp_path: Path) 
     assert "Invalid key" in alerts["exchange_auth"]
     assert "settlement_failed" in alerts
     assert SECRET_KEY not in log.read_text() and SECRET not in log.read_text()
+
+
+@pytest.mark.parametrize("command", [["status"], ["db", "verify"], ["db", "upgrade"]])
+def test_a_refused_password_is_named_as_such_by_every_command(
+    redis_url: str, password_postgres: PasswordPostgres, tmp_path: Path, command: list[str]
+) -> None:
+    """The schema check, `db verify` and the migrations map libpq's refusal the way the pool
+    does: one line saying authentication failed, never the password."""
+    wrong = "wrong-PG-pass-8888"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMOPS_")}
+    env.update(MMOPS_REDIS_URL=redis_url, MMOPS_DATABASE_URL=password_postgres.url(wrong),
+               MMOPS_DATA_DIR=str(tmp_path))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "mmops.entrypoints", *command], env=env, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "PostgreSQL is unavailable: authentication failed" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert wrong not in result.stdout + result.stderr

@@ -16,8 +16,9 @@ import psycopg
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
+from mmops.adapters.postgres.pool import unavailable
 from mmops.config import redact_url
-from mmops.errors import ConfigurationError, OperationalError, StoreUnavailable
+from mmops.errors import ConfigurationError, OperationalError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 ZERO = "zero"  # downgrade target meaning "roll back everything"
@@ -42,11 +43,7 @@ def _backend(database_url: str) -> Any:
     try:
         return get_backend(_yoyo_url(database_url))
     except psycopg.OperationalError as e:
-        raise StoreUnavailable("PostgreSQL", first_line(e)) from None
-
-
-def first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise unavailable(e) from None
 
 
 def _lock_held() -> OperationalError:
@@ -93,7 +90,7 @@ def upgrade(database_url: str) -> list[str]:
     except LockTimeout:
         raise _lock_held() from None
     except psycopg.OperationalError as e:
-        raise StoreUnavailable("PostgreSQL", first_line(e)) from None
+        raise unavailable(e) from None
     finally:
         backend.connection.close()
 
@@ -121,6 +118,6 @@ def downgrade(database_url: str, to: str | None = None) -> list[str]:
     except LockTimeout:
         raise _lock_held() from None
     except psycopg.OperationalError as e:
-        raise StoreUnavailable("PostgreSQL", first_line(e)) from None
+        raise unavailable(e) from None
     finally:
         backend.connection.close()

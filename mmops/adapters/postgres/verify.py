@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from mmops.adapters.postgres.schema import first_line
-from mmops.errors import StoreUnavailable
+from mmops.adapters.postgres.pool import unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,4 +105,4 @@ def verify(database_url: str) -> list[Problem]:
                     problems.append(Problem(check.name, check.description, count, examples))
             return problems
     except psycopg.OperationalError as e:
-        raise StoreUnavailable("PostgreSQL", first_line(e)) from None
+        raise unavailable(e) from None
