@@ -211,6 +211,7 @@ def _build_exchange(
         settings.api_secret.get_secret_value(),
         base_url=settings.exchange_url,
         dry_run=dry_run,
+        tier=settings.kraken_tier,
     )
 
 

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     api_secret: SecretStr | None = None
     exchange_url: str | None = None  # override of the REST root (tests: the local Kraken server)
     dry_run: bool = False
+    # The Kraken account's verification tier: sets the REST call counter and the per-pair
+    # trading counter the adapter paces itself by (https://docs.kraken.com/api/docs/guides/
+    # spot-rest-ratelimits, .../spot-ratelimits).
+    kraken_tier: Literal["starter", "intermediate", "pro"] = "starter"
     # Paper venue (MMOPS_EXCHANGE=paper): its name in Redis, price-path seed, injected faults.
     paper_venue: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     paper_seed: int = 7

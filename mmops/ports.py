@@ -95,7 +95,17 @@ class Exchange(Protocol):
         ...
 
     async def cancel(self, symbol: str, order_id: str) -> ExchangeOrder:
-        """Cancel an open order; raises OrderNotFound if the venue has no such order."""
+        """Cancel an open order and return it as the venue now shows it: CANCELED, or still
+        OPEN when the venue answered the cancel ``pending`` (Kraken's CancelOrder): such an
+        order still holds its quantity and may fill until a later look shows it cancelled.
+        Raises OrderNotFound if the venue has no such open order."""
+        ...
+
+    async def amend(self, symbol: str, order_id: str, price: Decimal) -> ExchangeOrder:
+        """Move an open order to ``price`` in place (same id and client id; Kraken's
+        AmendOrder) and return it as it now stands. Raises OrderNotFound if it is not open,
+        PostOnlyWouldTake if a post-only order would cross at ``price``, ExchangeRejected if
+        the venue cannot amend (the caller cancels and replaces instead)."""
         ...
 
     async def fetch_order(self, symbol: str, order_id: str) -> ExchangeOrder:
@@ -115,6 +125,7 @@ class Exchange(Protocol):
 async def cancel_or_fetch(exchange: Exchange, symbol: str, order_id: str) -> ExchangeOrder:
     """Cancel an order and return it as the venue left it; if the venue no longer has it open
     (``OrderNotFound``: it filled, or was cancelled or expired meanwhile), fetch it instead.
+    An OPEN answer is a pending cancel: the order is not released yet.
 
     Raises what ``cancel`` raises (but ``OrderNotFound``) and what ``fetch_order`` raises.
     """
@@ -146,6 +157,9 @@ class Positions(Protocol):
     ) -> ReadResult[tuple[str, TakeProfitRecord]]: ...
     async def record_exit(self, position: Position, order_id: str, amount: Decimal) -> None: ...
     async def set_tp_status(self, session_id: str, order_id: str, status: TpStatus) -> None: ...
+    async def amend_tp(
+        self, session_id: str, order_id: str, price: Decimal, tier: int, markup: Decimal
+    ) -> None: ...
 
 
 class TakeProfitClaims(Protocol):

@@ -228,6 +228,14 @@ class MemoryStore:
         if record is not None:
             self.take_profits[(session_id, order_id)] = replace(record, status=status)
 
+    async def amend_tp(
+        self, session_id: str, order_id: str, price: Decimal, tier: int, markup: Decimal
+    ) -> None:
+        record = self.take_profits.get((session_id, order_id))
+        if record is not None:
+            amended = replace(record, price=price, tier=tier, markup=markup)
+            self.take_profits[(session_id, order_id)] = amended
+
     async def tp_order(self, session_id: str, order_id: str) -> TakeProfitRecord | None:
         return self.take_profits.get((session_id, order_id))
 
@@ -512,6 +520,15 @@ class MemoryExchange:
         if order is None or order.symbol != symbol or order.status is not OrderStatus.OPEN:
             raise OrderNotFound(f"no open order {order_id} for {symbol}")
         self.orders[order_id] = replace(order, status=OrderStatus.CANCELED)
+        return self.orders[order_id]
+
+    async def amend(self, symbol: str, order_id: str, price: Decimal) -> ExchangeOrder:
+        order = self.orders.get(order_id)
+        if order is None or order.symbol != symbol or order.status is not OrderStatus.OPEN:
+            raise OrderNotFound(f"no open order {order_id} for {symbol}")
+        if order.side is Side.SELL and price <= self.tickers_by_symbol[symbol].bid:
+            raise PostOnlyWouldTake("EOrder:Post only order")
+        self.orders[order_id] = replace(order, price=price)
         return self.orders[order_id]
 
     async def fetch_order(self, symbol: str, order_id: str) -> ExchangeOrder:

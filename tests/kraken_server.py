@@ -40,9 +40,53 @@ Kraken as documented, each behaviour with its source:
   stricter rule some venues keep. A duplicate is refused as ``EOrder:Duplicate order``.
 * ``ClosedOrders``: "50 results are returned at a time, the most recent by default"
   (https://docs.kraken.com/api-reference/account-data/get-closed-orders): newest first here.
+* A post-only order that would cross (switch ``post_only_cross``). Kraken's AddOrder reference
+  lists ``EOrder:Post only order``; independent clients report that the order is *accepted*
+  (a txid comes back) and the engine then cancels it with reason "Post only order"
+  (kraken-infinity-grid: "orders canceled by Kraken due to post-only",
+  https://github.com/btschwertfeger/kraken-infinity-grid/pull/59; ccxt's AddOrder answer
+  carries no status, https://github.com/ccxt/ccxt/pull/18389). ``"cancel"`` (default): accepted,
+  then closed ``canceled`` with that reason, nothing held; ``"reject"``: refused per order.
+* ``CancelOrder`` answers ``count`` and ``pending``: "if set, order(s) is/are pending
+  cancellation" (https://docs.kraken.com/api-reference/trading/cancel-order). With
+  ``cancel_pending=True`` a cancel answers ``pending: true`` and the order stays open (holding,
+  fillable) until :meth:`settle_cancels`; a further cancel answers pending again.
+* ``AmendOrder`` changes an open order in place: "The order identifiers assigned by Kraken
+  and/or client will stay the same. Queue priority in the order book will be maintained where
+  possible." (https://docs.kraken.com/api-reference/trading/amend-order,
+  https://docs.kraken.com/api/docs/guides/spot-amends/). By ``txid`` or ``cl_ord_id``, with
+  ``limit_price`` and/or ``order_qty``; ``post_only=true`` refuses a crossing amend
+  (``EOrder:Post only order``, the order unchanged); answers ``{"amend_id": ...}``. Its cost on
+  the trading counter is not modelled (Kraken documents it as below cancel + add).
+
+* Pair ``status`` "online | cancel_only | post_only | limit_only | reduce_only" and a
+  ``tick_size`` apart from ``pair_decimals`` (AssetPairs,
+  https://docs.kraken.com/api-reference/market-data/get-tradable-asset-pairs); :meth:`set_pair`
+  changes them. A price off the ``tick_size`` grid is refused as
+  ``EGeneral:Invalid arguments:price``. An order a mode does not admit is refused as
+  ``EService:Market in <mode> mode`` (the strings ccxt's Kraken error table records for
+  ``post_only`` and ``cancel_only``; ``reduce_only``'s, by analogy, is an assumption).
+* ``BalanceEx``: ``balance``, ``credit``, ``credit_used``, ``hold_trade``; "available balance =
+  balance + credit - credit_used - hold_trade", and ``.F`` assets ("balances earning
+  automatically in Kraken Rewards") are spent through their base asset
+  (https://docs.kraken.com/api-reference/account-data/get-extended-balance). :meth:`fund`
+  takes ``XBT.F``-style codes; :meth:`set_credit` sets an asset's credit.
+* The REST call counter per API key (switch ``rest_tier``: None, the default, counts nothing):
+  "Ledger/trade history calls increase the counter by 2. All other API calls increase this
+  counter by 1 (except AddOrder, CancelOrder ...)", Starter max 15 decaying 0.33/s,
+  Intermediate 20 / 0.5, Pro 20 / 1; past the max "EAPI:Rate limit exceeded"; "EService:
+  Throttled: [UNIX timestamp]" if there are too many concurrent requests (switch
+  ``max_concurrent``, None: unlimited; or :meth:`fail_private_call` with ``"throttled"``)
+  (https://docs.kraken.com/api/docs/guides/spot-rest-ratelimits). ``stats.rest_peak`` is the
+  highest value any key's counter reached.
+* Fees in the currency ``oflags`` asks for: "fcib: prefer fee in base currency (default if
+  selling)", "fciq: prefer fee in quote currency (default if buying)"
+  (https://docs.kraken.com/api-reference/trading/add-order, ``oflags``); a fill charges the fee
+  accordingly, and the order echoes the flags it was sent.
 
 The server's clock is the host's plus :meth:`advance` (a test moves it to make a request
-arrive after its deadline); the trading counter keeps its own monotonic clock.
+arrive after its deadline); the trading and REST counters read ``monotonic`` (default
+``time.monotonic``; a test passes a simulated one to let them decay at once).
 
 Test controls: :meth:`fund`, :meth:`set_quote`, :meth:`fill`, :meth:`advance`; faults like the
 paper venue's:
@@ -68,7 +112,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from email.utils import formatdate
@@ -80,7 +124,13 @@ from aiohttp import web
 from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange
 from mmops.adapters.paper.catalog import CATALOG, Listing
 from mmops.domain.exchange import DEADLINE_MAX_AHEAD, DEADLINE_MIN_AHEAD
-from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
+from mmops.domain.ratelimit import (
+    KRAKEN_TIERS,
+    CounterState,
+    TradingCounter,
+    cancel_penalty,
+    rest_cost,
+)
 from mmops.domain.rounding import round_price_down, round_price_up
 
 LOT_DECIMALS = 8
@@ -91,8 +141,11 @@ _HALF_SPREAD = Decimal("0.0005")
 Params = dict[str, Any]
 ClientIds = Literal["open", "ever"]
 DeadlineErrors = Literal["engine", "gateway"]
+PostOnlyCross = Literal["cancel", "reject"]
 DEADLINE_ELAPSED = "EService:Deadline elapsed"
 DEADLINE_INVALID = "EGeneral:Invalid arguments:deadline"
+REWARDS = ".F"  # Kraken Rewards balances (BalanceEx), spent through their base asset
+PAIR_STATUSES = ("online", "cancel_only", "post_only", "limit_only", "reduce_only")
 
 
 class KrakenError(Exception):
@@ -126,6 +179,12 @@ class Pair:
     altname: str
     bid: Decimal
     ask: Decimal
+    status: str = "online"
+    tick_size: Decimal | None = None  # None: the listing's tick (a power of ten)
+
+    @property
+    def tick(self) -> Decimal:
+        return self.tick_size or self.listing.market.tick
 
     @property
     def id(self) -> str:
@@ -167,6 +226,7 @@ class ServerOrder:
     fee: Decimal = Decimal(0)
     closetm: float | None = None
     reason: str | None = None
+    cancel_pending: bool = False  # a CancelOrder answered pending; still open until settled
 
     @property
     def remaining(self) -> Decimal:
@@ -206,7 +266,7 @@ class ServerOrder:
             "stopprice": "0.00000",
             "limitprice": "0.00000",
             "misc": "",
-            "oflags": ",".join(f for f in (s.oflags, "fciq") if f),
+            "oflags": s.oflags,
         }
         if self.closetm is not None:
             info["closetm"] = self.closetm
@@ -221,6 +281,9 @@ class Stats:
     orders_received: int = 0  # orders in those calls; the numbering of reject_order
     orders_accepted: int = 0
     rate_limit_refusals: int = 0  # calls refused by the trading counter
+    rest_refusals: int = 0  # calls refused by the REST call counter (rest_tier)
+    rest_peak: float = 0.0  # the highest value a key's REST call counter reached
+    throttled: int = 0  # calls answered EService:Throttled
     deadline_refusals: int = 0  # placement calls refused for their deadline
     placement_params: list[Params] = field(default_factory=list)  # each AddOrder(Batch), as sent
     errors: list[str] = field(default_factory=list)  # server bugs (tracebacks), should stay empty
@@ -242,9 +305,26 @@ class KrakenServer:
         *,
         client_ids: ClientIds = "open",
         deadline_errors: DeadlineErrors = "engine",
+        post_only_cross: PostOnlyCross = "cancel",
+        cancel_pending: bool = False,
+        rest_tier: str | None = None,
+        max_concurrent: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if client_ids not in ("open", "ever") or deadline_errors not in ("engine", "gateway"):
             raise ValueError(f"unknown variant: {client_ids!r}, {deadline_errors!r}")
+        if post_only_cross not in ("cancel", "reject"):
+            raise ValueError(f"unknown variant: {post_only_cross!r}")
+        self.post_only_cross = post_only_cross
+        self.cancel_pending = cancel_pending
+        self.rest_tier = rest_tier
+        self.rest_counter = KRAKEN_TIERS[rest_tier].rest if rest_tier else None
+        self.max_concurrent = max_concurrent
+        self.monotonic = monotonic
+        self._rest_counters: dict[str, CounterState] = {}  # per API key
+        self._in_flight = 0  # private requests being served
+        self._rewards: dict[str, Decimal] = {}  # Kraken asset code → its .F balance
+        self._credit: dict[str, tuple[Decimal, Decimal]] = {}  # code → (credit, credit_used)
         self.counter = counter or TradingCounter()
         self.client_ids = client_ids
         self.deadline_errors = deadline_errors
@@ -358,10 +438,34 @@ class KrakenServer:
         return time.time() + self.clock_offset
 
     def fund(self, asset: str, amount: Decimal | str) -> None:
-        """Add ``amount`` (negative: remove) to an asset, by unified or Kraken code."""
+        """Add ``amount`` (negative: remove) to an asset, by unified or Kraken code; a
+        ``.F`` suffix (``BTC.F``, ``XBT.F``) funds the asset's Kraken Rewards balance."""
+        rewards = asset.endswith(REWARDS)
+        code = self._asset_code(asset[: -len(REWARDS)] if rewards else asset)
+        book = self._rewards if rewards else self._totals
+        with self._lock:
+            book[code] = book.get(code, Decimal(0)) + Decimal(amount)
+
+    def set_credit(self, asset: str, credit: Decimal | str, used: Decimal | str = "0") -> None:
+        """Set an asset's BalanceEx ``credit`` and ``credit_used``."""
         code = self._asset_code(asset)
         with self._lock:
-            self._totals[code] = self._totals.get(code, Decimal(0)) + Decimal(amount)
+            self._credit[code] = (Decimal(credit), Decimal(used))
+
+    def set_pair(
+        self, symbol: str, status: str | None = None, tick_size: Decimal | str | None = None
+    ) -> None:
+        """Put a pair in another mode (``online``, ``post_only``, ``limit_only``,
+        ``cancel_only``, ``reduce_only``) and/or give it a ``tick_size`` coarser than its
+        ``pair_decimals``."""
+        if status is not None and status not in PAIR_STATUSES:
+            raise ValueError(f"unknown pair status {status!r}")
+        with self._lock:
+            pair = self._pair_by_symbol(symbol)
+            if status is not None:
+                pair.status = status
+            if tick_size is not None:
+                pair.tick_size = Decimal(tick_size)
 
     def set_quote(self, symbol: str, bid: Decimal | str, ask: Decimal | str) -> None:
         """Set a pair's best bid and ask (post-only checks and Ticker read them)."""
@@ -375,8 +479,10 @@ class KrakenServer:
     def fill(self, order_id: str, amount: Decimal | str | None = None) -> dict[str, Any]:
         """Execute ``amount`` (default: all that remains) of an open order at its limit price.
 
-        Balances move as on Kraken (fee in quote, at the maker rate); the order closes when
-        nothing remains. Returns the order's Kraken description.
+        Balances move as on Kraken: the fee, at the maker rate, in the currency the order's
+        ``oflags`` ask for (base for a sell, quote for a buy, when they ask for neither; module
+        docstring); a sell spends the base balance first, then its ``.F`` balance. The order
+        closes when nothing remains. Returns the order's Kraken description.
         """
         with self._lock:
             order = self._orders[order_id]
@@ -387,8 +493,10 @@ class KrakenServer:
             value = order.spec.price * qty
             fee = value * market.market.maker_fee
             sign = 1 if order.spec.side == "buy" else -1
-            self._add(market.kraken_base, sign * qty)
-            self._add(market.kraken_quote, -sign * value - fee)
+            in_base = _fee_in_base(order.spec)
+            base_fee = qty * market.market.maker_fee if in_base else Decimal(0)
+            self._add(market.kraken_base, sign * qty - base_fee)
+            self._add(market.kraken_quote, -sign * value - (Decimal(0) if in_base else fee))
             order.vol_exec += qty
             order.cost += value
             order.fee += fee
@@ -396,9 +504,12 @@ class KrakenServer:
                 order.status, order.closetm = "closed", self.now()
             return order.info()
 
-    def fail_private_call(self, n: int, kind: Literal["5xx", "unavailable"] = "5xx") -> None:
-        """Make the ``n``-th private call fail before doing anything: HTTP 500 or
-        ``EService:Unavailable``. ``stats.private_calls + 1`` is the next one."""
+    def fail_private_call(
+        self, n: int, kind: Literal["5xx", "unavailable", "throttled"] = "5xx"
+    ) -> None:
+        """Make the ``n``-th private call fail before doing anything: HTTP 500,
+        ``EService:Unavailable`` or ``EService:Throttled: <ts>``. ``stats.private_calls + 1``
+        is the next one."""
         with self._lock:
             self._fail_calls[n] = kind
 
@@ -413,6 +524,14 @@ class KrakenServer:
         seconds (longer than the client waits). ``stats.placements + 1`` is the next one."""
         with self._lock:
             self._timeouts[n] = delay
+
+    def settle_cancels(self) -> int:
+        """The engine completes every pending cancel of an order still open; returns how many."""
+        with self._lock:
+            pending = [o for o in self._open() if o.cancel_pending]
+            for o in pending:
+                o.status, o.closetm, o.reason = "canceled", self.now(), "User requested"
+            return len(pending)
 
     def order(self, order_id: str) -> dict[str, Any]:
         """An order's Kraken description (as QueryOrders gives it)."""
@@ -447,6 +566,13 @@ class KrakenServer:
             return self._bug()
 
     async def _private(self, request: web.Request) -> web.Response:
+        self._in_flight += 1  # requests being served, for EService:Throttled (max_concurrent)
+        try:
+            return await self._serve_private(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _serve_private(self, request: web.Request) -> web.Response:
         if self.latency:
             await asyncio.sleep(self.latency)
         method = request.match_info["method"]
@@ -458,6 +584,12 @@ class KrakenServer:
                 self.stats.private_calls += 1
                 self.stats.calls[method] += 1
                 fault = self._fail_calls.pop(self.stats.private_calls, None)
+                if fault == "throttled" or (
+                    self.max_concurrent is not None and self._in_flight > self.max_concurrent
+                ):
+                    self.stats.throttled += 1
+                    raise KrakenError(f"EService:Throttled: {int(self.now()) + 1}")
+                self._charge_rest(request.headers.get("API-Key", ""), method)
             if fault == "5xx":
                 return web.Response(status=500, text="Internal Server Error")
             if fault == "unavailable":
@@ -478,6 +610,20 @@ class KrakenServer:
             return _answer(error=str(e))
         except Exception:
             return self._bug()
+
+    def _charge_rest(self, key: str, method: str) -> None:
+        """The key's REST call counter (``rest_tier``; module docstring): charge the call or
+        refuse it with ``EAPI:Rate limit exceeded``."""
+        cost = rest_cost(method)
+        if self.rest_counter is None or cost == 0:
+            return
+        state = self._rest_counters.get(key, CounterState(0.0, self.monotonic()))
+        admitted = self.rest_counter.admit(state, self.monotonic(), cost)
+        if admitted is None:
+            self.stats.rest_refusals += 1
+            raise KrakenError("EAPI:Rate limit exceeded")
+        self._rest_counters[key] = admitted
+        self.stats.rest_peak = max(self.stats.rest_peak, admitted.value)
 
     def _bug(self) -> web.Response:
         self.stats.errors.append(traceback.format_exc())
@@ -520,6 +666,7 @@ class KrakenServer:
             "AddOrder": self._add_order,
             "AddOrderBatch": self._add_order_batch,
             "CancelOrder": self._cancel_order,
+            "AmendOrder": self._amend_order,
             "CancelOrderBatch": self._cancel_order_batch,
             "OpenOrders": lambda p: {"open": self._select(p, open_=True)},
             "ClosedOrders": self._closed_orders,
@@ -564,14 +711,34 @@ class KrakenServer:
     # -- private endpoints ----------------------------------------------------------------
 
     def _balance_ex(self, _: Params) -> dict[str, Any]:
-        codes = set(self._totals) | {self._held_asset(o) for o in self._open()}
-        return {
-            c: {
+        """Every asset with its credit fields, and each ``.F`` balance under its own code
+        (module docstring)."""
+        codes = set(self._totals) | set(self._credit) | {self._held_asset(o) for o in self._open()}
+        result: dict[str, Any] = {}
+        for c in sorted(codes):
+            credit, used = self._credit.get(c, (Decimal(0), Decimal(0)))
+            result[c] = {
                 "balance": _fmt(self._totals.get(c, Decimal(0)), 10),
+                "credit": _fmt(credit, 4),
+                "credit_used": _fmt(used, 4),
                 "hold_trade": _fmt(self._held(c), 10),
             }
-            for c in sorted(codes)
-        }
+        for c, amount in sorted(self._rewards.items()):
+            unified = self._assets[c]
+            result[_ALTNAMES.get(unified, unified) + REWARDS] = {
+                "balance": _fmt(amount, 10),
+                "credit": "0.0000",
+                "credit_used": "0.0000",
+                "hold_trade": "0.0000000000",
+            }
+        return result
+
+    def _available(self, asset: str) -> Decimal:
+        """BalanceEx's "balance + credit - credit_used - hold_trade", with the ``.F``
+        balance spent through its base asset (module docstring)."""
+        credit, used = self._credit.get(asset, (Decimal(0), Decimal(0)))
+        total = self._totals.get(asset, Decimal(0)) + self._rewards.get(asset, Decimal(0))
+        return total + credit - used - self._held(asset)
 
     def _add_order(self, params: Params) -> dict[str, Any]:
         self.stats.placement_params.append(params)
@@ -588,6 +755,7 @@ class KrakenServer:
         if error:
             raise KrakenError(error)
         order = self._accept(pair, spec)
+        self._engine_post_only(order)
         return {"descr": {"order": order.description}, "txid": [order.txid]}
 
     def _add_order_batch(self, params: Params) -> dict[str, Any]:
@@ -612,6 +780,7 @@ class KrakenServer:
                 answers.append({"error": error})
             else:
                 order = self._accept(pair, spec)
+                self._engine_post_only(order)
                 answers.append({"txid": order.txid, "descr": {"order": order.description}})
         return {"orders": answers}
 
@@ -620,8 +789,29 @@ class KrakenServer:
         order = self._find_open(str(ref) if ref is not None else "")
         if order is None:
             raise KrakenError("EOrder:Unknown order")
+        if self.cancel_pending:  # see the module docstring: CancelOrder's ``pending``
+            order.cancel_pending = True
+            return {"count": 1, "pending": True}
         self._cancel(order)
         return {"count": 1}
+
+    def _amend_order(self, params: Params) -> dict[str, Any]:
+        """AmendOrder in place (module docstring): same txid and cl_ord_id."""
+        ref = params.get("txid") or params.get("cl_ord_id")
+        order = self._find_open(str(ref) if ref is not None else "")
+        if order is None or order.cancel_pending:
+            raise KrakenError("EOrder:Unknown order")
+        try:
+            price = Decimal(str(params.get("limit_price") or order.spec.price))
+            volume = Decimal(str(params.get("order_qty") or order.spec.volume))
+        except InvalidOperation as e:
+            raise KrakenError("EGeneral:Invalid arguments:limit_price") from e
+        amended = replace(order.spec, price=price, volume=volume)
+        self._validate(order.pair, amended)
+        if _truthy(params.get("post_only")) and self._crosses(order.pair, amended):
+            raise KrakenError("EOrder:Post only order")
+        order.spec = amended
+        return {"amend_id": "TA" + secrets.token_hex(6).upper()}
 
     def _cancel_order_batch(self, params: Params) -> dict[str, Any]:
         refs = params.get("orders") or []
@@ -697,8 +887,14 @@ class KrakenServer:
                 f"EOrder:Invalid price:{pair.altname} price can only be specified up to "
                 f"{pair.decimals} decimals."
             )
+        if spec.price % pair.tick:  # off the tick_size grid (module docstring)
+            raise KrakenError("EGeneral:Invalid arguments:price")
         if _places(spec.volume) > LOT_DECIMALS:
             raise KrakenError("EGeneral:Invalid arguments:volume")
+        if pair.status in ("cancel_only", "reduce_only") or (
+            pair.status == "post_only" and not spec.post_only
+        ):
+            raise KrakenError(f"EService:Market in {pair.status} mode")
         if spec.volume < market.min_amount:
             raise KrakenError("EOrder:Order minimum not met")
         if spec.volume * spec.price < market.min_cost:
@@ -706,7 +902,7 @@ class KrakenServer:
 
     def _admit(self, pair: Pair, cost: float) -> None:
         state = self._counters.get(pair.id, CounterState())
-        admitted = self.counter.admit(state, time.monotonic(), cost)
+        admitted = self.counter.admit(state, self.monotonic(), cost)
         if admitted is None:
             self.stats.rate_limit_refusals += 1
             raise KrakenError("EOrder:Rate limit exceeded")
@@ -720,15 +916,12 @@ class KrakenServer:
         holders = self._open() if self.client_ids == "open" else self._orders.values()
         if spec.cl_ord_id and any(o.spec.cl_ord_id == spec.cl_ord_id for o in holders):
             return "EOrder:Duplicate order"
-        if spec.post_only and (
-            (spec.side == "sell" and spec.price <= pair.bid)
-            or (spec.side == "buy" and spec.price >= pair.ask)
-        ):
+        if self.post_only_cross == "reject" and spec.post_only and self._crosses(pair, spec):
             return "EOrder:Post only order"
         listing = pair.listing
         asset = listing.kraken_base if spec.side == "sell" else listing.kraken_quote
         need = spec.volume if spec.side == "sell" else spec.volume * spec.price
-        if self._totals.get(asset, Decimal(0)) - self._held(asset) < need:
+        if self._available(asset) < need:
             return "EOrder:Insufficient funds"
         return None
 
@@ -738,6 +931,18 @@ class KrakenServer:
         self._orders[txid] = order
         self.stats.orders_accepted += 1
         return order
+
+    @staticmethod
+    def _crosses(pair: Pair, spec: Spec) -> bool:
+        return (spec.side == "sell" and spec.price <= pair.bid) or (
+            spec.side == "buy" and spec.price >= pair.ask
+        )
+
+    def _engine_post_only(self, order: ServerOrder) -> None:
+        """``post_only_cross="cancel"``: the engine cancels an accepted post-only order that
+        would cross (module docstring)."""
+        if order.spec.post_only and self._crosses(order.pair, order.spec):
+            order.status, order.closetm, order.reason = "canceled", self.now(), "Post only order"
 
     def _cancel(self, order: ServerOrder) -> None:
         self._admit(order.pair, cancel_penalty(self.now() - order.opentm))
@@ -772,7 +977,14 @@ class KrakenServer:
         return held
 
     def _add(self, asset: str, amount: Decimal) -> None:
-        self._totals[asset] = self._totals.get(asset, Decimal(0)) + amount
+        """Move ``asset``'s balance; a debit past it is taken from its ``.F`` balance."""
+        total = self._totals.get(asset, Decimal(0)) + amount
+        rewards = self._rewards.get(asset, Decimal(0))
+        if total < 0 < rewards:
+            taken = min(-total, rewards)
+            self._rewards[asset] = rewards - taken
+            total += taken
+        self._totals[asset] = total
 
     # -- markets and assets ---------------------------------------------------------------
 
@@ -871,6 +1083,13 @@ def _matches(order: ServerOrder, params: Mapping[str, Any]) -> bool:
     return not (userref not in (None, "") and order.spec.userref != int(userref))
 
 
+def _fee_in_base(spec: Spec) -> bool:
+    """Whether a fill of this order pays its fee in base: ``fcib``, or a sell without
+    ``fciq`` (module docstring)."""
+    flags = spec.oflags.split(",")
+    return "fcib" in flags or (spec.side == "sell" and "fciq" not in flags)
+
+
 def _truthy(value: Any) -> bool:
     return value is True or str(value).lower() == "true"
 
@@ -898,15 +1117,16 @@ def _pair_info(p: Pair) -> dict[str, Any]:
         "margin_stop": 40,
         "ordermin": str(m.min_amount),
         "costmin": str(m.min_cost),
-        "tick_size": str(m.tick),
-        "status": "online",
+        "tick_size": str(p.tick),
+        "status": p.status,
     }
 
 
 def make_ccxt_exchange(server: KrakenServer, **kw: Any) -> CcxtExchange:
     """A CcxtExchange on ``server`` with a key of its own (so instances never share nonces),
-    the server's counter rules, a 2 s timeout and ccxt's REST limiter at 1 ms; ``kw``
-    overrides any constructor argument."""
+    the server's counter rules, a 2 s timeout and ccxt's REST limiter at 1 ms — or, when the
+    server counts REST calls (``rest_tier``), the adapter's model of that tier's counter on the
+    server's clock; ``kw`` overrides any constructor argument."""
     key, secret = server.new_key()
     options: dict[str, Any] = {
         "api_key": key,
@@ -916,5 +1136,7 @@ def make_ccxt_exchange(server: KrakenServer, **kw: Any) -> CcxtExchange:
         "rate_limit_ms": 1,
         "counter": server.counter,
     }
+    if server.rest_tier is not None:
+        options.update(rate_limit_ms=None, tier=server.rest_tier, monotonic=server.monotonic)
     options.update(kw)
     return CcxtExchange("kraken", **options)

@@ -87,6 +87,28 @@ class OrderStatus(StrEnum):
     REJECTED = "rejected"
 
 
+class PairStatus(StrEnum):
+    """What a pair admits now, in Kraken's words (AssetPairs ``status``,
+    https://docs.kraken.com/api-reference/market-data/get-tradable-asset-pairs)."""
+
+    ONLINE = "online"
+    POST_ONLY = "post_only"  # only post-only limit orders: exactly what a take-profit is
+    LIMIT_ONLY = "limit_only"  # only limit orders
+    CANCEL_ONLY = "cancel_only"  # no new orders
+    REDUCE_ONLY = "reduce_only"  # only orders that reduce a margin position
+
+    @property
+    def admits_maker_sells(self) -> bool:
+        """Whether a new post-only limit sell (a take-profit) may be placed."""
+        return self.admits_limit(post_only=True)
+
+    def admits_limit(self, post_only: bool) -> bool:
+        """Whether a new limit order (spot, not reduce-only) may be placed."""
+        if self is PairStatus.POST_ONLY:
+            return post_only
+        return self in (PairStatus.ONLINE, PairStatus.LIMIT_ONLY)
+
+
 class OrderKind(StrEnum):
     ENTRY = "entry"  # a quote of the trading loop
     TAKE_PROFIT = "take_profit"
@@ -255,7 +277,8 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Market:
-    """Trading rules of one pair. Fees are fractions (0.0025 = 0.25%)."""
+    """Trading rules of one pair. Fees are fractions (0.0025 = 0.25%). ``status``: what the
+    pair admits now (a ``cancel_only`` pair is listed, but takes no new order)."""
 
     symbol: str
     base: str
@@ -266,6 +289,7 @@ class Market:
     min_cost: Decimal
     maker_fee: Decimal
     taker_fee: Decimal
+    status: PairStatus = PairStatus.ONLINE
 
     def __post_init__(self) -> None:
         check_symbol(self.symbol)
@@ -294,7 +318,8 @@ class Ticker:
 
 @dataclass(frozen=True, slots=True)
 class Balance:
-    """One asset's balance: ``used`` is held by open orders, ``free = total - used``."""
+    """One asset's balance: ``used`` is held by open orders, ``free`` what a new order may
+    spend (``total - used`` on most venues; Kraken adds credit, see the ccxt adapter)."""
 
     asset: str
     free: Decimal

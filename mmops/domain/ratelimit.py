@@ -3,7 +3,16 @@
 Each pair has a counter that placing and cancelling orders raise and that decays with time.
 An action whose cost would lift the counter above the threshold is refused by Kraken with
 ``EOrder:Rate limit exceeded``. A client that models the counter can wait instead. Starter tier:
-threshold 60, decay 1 per second (Intermediate 125 / 2.34, Pro 180 / 3.75).
+threshold 60, decay 1 per second (Intermediate 125 / 2.34, Pro 180 / 3.75), per
+https://docs.kraken.com/api/docs/guides/spot-ratelimits/ (the tier table; NautilusTrader's
+Kraken adapter and Kraken's own CLI quote the same figures).
+
+Kraken's REST call counter has the same shape (a threshold and a decay per second), per API key:
+every private call +1, ledger and trade-history calls +2, AddOrder / CancelOrder (and the other
+order calls) nothing, since they have the trading counter. Starter max 15, -0.33/s (one per 3 s);
+Intermediate 20, -0.5/s; Pro 20, -1/s; past the max Kraken answers ``EAPI:Rate limit exceeded``
+(https://docs.kraken.com/api/docs/guides/spot-rest-ratelimits). :data:`KRAKEN_TIERS` holds both
+counters per verification tier.
 
 Costs: AddOrder +1 (each order of a batch +1). Cancelling a young order costs more the younger
 it is: +8 under 5 s, +6 under 10 s, +5 under 15 s, +4 under 45 s, +2 under 90 s, +1 under 300 s.
@@ -14,6 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _CANCEL_PENALTIES = ((5.0, 8), (10.0, 6), (15.0, 5), (45.0, 4), (90.0, 2), (300.0, 1))
+# Private endpoints outside the REST call counter (the trading counter charges them instead).
+_ORDER_ENDPOINTS = frozenset(
+    {"AddOrder", "AddOrderBatch", "AmendOrder", "EditOrder", "CancelOrder", "CancelOrderBatch"}
+)
+_HISTORY_ENDPOINTS = frozenset({"Ledgers", "QueryLedgers", "TradesHistory", "QueryTrades"})
+
+
+def rest_cost(endpoint: str) -> int:
+    """What a private call to ``endpoint`` adds to Kraken's REST call counter: 0 for order
+    calls, 2 for ledger and trade-history calls, else 1."""
+    if endpoint in _ORDER_ENDPOINTS:
+        return 0
+    return 2 if endpoint in _HISTORY_ENDPOINTS else 1
 
 
 def cancel_penalty(order_age_seconds: float) -> int:
@@ -61,3 +83,22 @@ class TradingCounter:
         if value > self.threshold:
             return None
         return CounterState(value, now)
+
+
+@dataclass(frozen=True, slots=True)
+class KrakenTier:
+    """A Kraken verification tier's two counters: the per-key REST call counter and the
+    per-pair trading counter (module docstring)."""
+
+    name: str
+    rest: TradingCounter
+    trading: TradingCounter
+
+
+KRAKEN_TIERS: dict[str, KrakenTier] = {
+    "starter": KrakenTier("starter", TradingCounter(15.0, 1 / 3), TradingCounter(60.0, 1.0)),
+    "intermediate": KrakenTier(
+        "intermediate", TradingCounter(20.0, 0.5), TradingCounter(125.0, 2.34)
+    ),
+    "pro": KrakenTier("pro", TradingCounter(20.0, 1.0), TradingCounter(180.0, 3.75)),
+}

@@ -36,6 +36,7 @@ class TpStatus(StrEnum):
     FILLED = "filled"  # seen filled on the exchange: it keeps covering what it sold
     REPLACED = "replaced"  # cancelled by repricing; its coverage released
     CANCELED = "canceled"  # cancelled by the stop-loss; its coverage released
+    GONE = "gone"  # cancelled by the exchange (e.g. a crossing post-only); coverage released
 
 
 @dataclass(frozen=True, slots=True)

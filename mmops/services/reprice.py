@@ -1,23 +1,34 @@
-"""Repricing: a take-profit priced at a younger tier is cancelled when its position ages into a
-lower one, and the position becomes uncovered so the same run covers it at the new price.
+"""Repricing: a take-profit priced at a younger tier is moved to its position's current tier
+when the position ages into a lower one.
 
-Cancel first, replace after: a failed cancel leaves the old order covering the position; a
-failed replacement leaves it uncovered for the next run. It is never covered twice.
+Amend first: the order's price is changed in place (Kraken's AmendOrder; same order, same
+client id), so the position stays covered throughout and the record takes the new price and
+tier. Only when the amend is refused (a post-only amend that would cross, a venue that cannot
+amend, no market data) is it cancelled and the position released, so the same run covers it
+anew. Cancel first, replace after: a failed cancel leaves the old order covering the position; a
+cancel answered *pending* is not a release (the order may still fill) until a later run sees it
+cancelled; a failed replacement leaves it uncovered for the next run. Never covered twice.
+
+Every run also checks the take-profits it believes open against the exchange's open orders:
+one the exchange cancelled on its own (a post-only that would have crossed is accepted, then
+cancelled by the engine) is released so the run covers its position again; one that filled is
+marked filled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 
 from mmops import logs
-from mmops.domain.models import OrderStatus, Position
-from mmops.domain.pricing import age_in_minutes
-from mmops.domain.records import TpStatus
+from mmops.domain.models import ZERO, OrderStatus, Position
+from mmops.domain.pricing import Dust, age_in_minutes, price_take_profit
+from mmops.domain.records import TakeProfitRecord, TpStatus
 from mmops.domain.tiers import TierPolicy
-from mmops.errors import RECOVERABLE
+from mmops.errors import RECOVERABLE, OrderNotFound
 from mmops.ports import Clock, Exchange, Positions, cancel_or_fetch
-from mmops.services.tp_results import PairReport
+from mmops.services.tp_results import MarketData, PairReport
 
 log = logs.get_logger("mmops.reprice")
 
@@ -31,9 +42,12 @@ class Repricer:
         self._tiers = tiers
         self._clock = clock
 
-    async def run(self, positions: Sequence[Position], report: PairReport) -> set[str]:
-        """Cancel take-profits whose position has aged into a lower tier; return the ids of
-        the positions whose coverage was released (they need a fresh read)."""
+    async def run(
+        self, positions: Sequence[Position], report: PairReport, data: MarketData | None = None
+    ) -> set[str]:
+        """Reprice take-profits whose position has aged into a lower tier (amended in place
+        with ``data``, else cancelled) and release those the exchange no longer shows; return
+        the ids of the positions whose coverage was released (they need a fresh read)."""
         candidates = [
             (p, order_id) for p in positions if not p.pending for order_id, _ in p.take_profits
         ]
@@ -45,16 +59,20 @@ class Repricer:
         report.bad_records += len(read.bad)
         for bad in read.bad:
             log.error("tp.bad_record", key=bad.key, reason=bad.reason)
-        records = dict(read.items)
+        records = {oid: r for oid, r in read.items if r.status is TpStatus.OPEN}
+        live = [(p, oid) for p, oid in candidates if oid in records]
+        released = await self._check_live(live, report)
         now = self._clock.now()
-        released: set[str] = set()
-        for position, order_id in candidates:
-            record = records.get(order_id)
-            if record is None or record.status is not TpStatus.OPEN or record.tier is None:
-                continue  # not recorded, no longer open, or recovered without its tier
+        for position, order_id in live:
+            record = records[order_id]
+            if position.position_id in released or record.tier is None:
+                continue  # gone from the exchange, or recovered without its tier
             table = self._tiers.for_pair(position.symbol)
             tier_now, _ = table.markup_at(age_in_minutes(position.opened_at, now))
             if record.tier >= tier_now:
+                continue
+            if await self._amend(position, order_id, record, data):
+                report.repriced += 1
                 continue
             freed = await self._cancel(position, order_id)
             if freed is not None:
@@ -63,9 +81,77 @@ class Repricer:
                 released.add(position.position_id)
         return released
 
+    async def _check_live(
+        self, live: Sequence[tuple[Position, str]], report: PairReport
+    ) -> set[str]:
+        """Compare the take-profits believed open with the pair's open orders; release those
+        the exchange cancelled, mark those it filled. Returns the released positions' ids."""
+        if not live:
+            return set()
+        try:
+            open_ids = {o.id for o in await self._exchange.open_orders(live[0][0].symbol)}
+        except RECOVERABLE as e:
+            log.warning("tp.check_failed", pair=live[0][0].symbol, error=str(e))
+            return set()
+        released: set[str] = set()
+        for position, order_id in live:
+            if order_id in open_ids:
+                continue
+            try:
+                order = await self._exchange.fetch_order(position.symbol, order_id)
+            except OrderNotFound:
+                continue  # unknown to the exchange: reported by reconciliation, left alone
+            except RECOVERABLE as e:
+                log.warning("tp.check_failed", position=position.position_id, error=str(e))
+                continue
+            if order.status is OrderStatus.FILLED:
+                await self._positions.set_tp_status(position.session_id, order_id, TpStatus.FILLED)
+            elif order.status is not OrderStatus.OPEN:
+                await self._positions.release_coverage(
+                    position, order_id, TpStatus.GONE, order.filled
+                )
+                released.add(position.position_id)
+                report.released += order.remaining
+                log.warning("tp.gone", session=position.session_id, pair=position.symbol,
+                            position=position.position_id, order=order_id)  # fmt: skip
+        return released
+
+    async def _amend(
+        self,
+        position: Position,
+        order_id: str,
+        record: TakeProfitRecord,
+        data: MarketData | None,
+    ) -> bool:
+        """Move the take-profit to its current tier's price in place; False when it was not
+        amended (no market data, priced as dust, refused, or not open) and the caller falls
+        back to cancel/replace."""
+        market = data.markets.get(position.symbol) if data else None
+        ticker = data.tickers.get(position.symbol) if data else None
+        if market is None or ticker is None:
+            return False
+        age = age_in_minutes(position.opened_at, self._clock.now())
+        table = self._tiers.for_pair(position.symbol)
+        quote = price_take_profit(_as_uncovered(position, record), age, market, ticker, table)
+        if isinstance(quote, Dust):
+            return False
+        try:
+            order = await self._exchange.amend(position.symbol, order_id, quote.price)
+        except RECOVERABLE as e:
+            log.info("tp.amend_refused", position=position.position_id, error=str(e))
+            return False
+        await self._positions.amend_tp(
+            position.session_id, order_id, order.price, quote.tier_minutes, quote.markup
+        )
+        log.info("tp.amended", session=position.session_id, pair=position.symbol,
+                 position=position.position_id, order=order_id, price=str(order.price),
+                 tier=quote.tier_minutes)  # fmt: skip
+        return True
+
     async def _cancel(self, position: Position, order_id: str) -> Decimal | None:
         """Cancel a stale take-profit and release its coverage; return the base quantity the
-        cancel freed on the exchange, or None if it was not cancelled (filled, or an error)."""
+        cancel freed on the exchange, or None if it was not released (filled, a cancel still
+        pending, or an error)."""
         try:
             order = await cancel_or_fetch(self._exchange, position.symbol, order_id)
         except RECOVERABLE as e:
@@ -74,7 +160,16 @@ class Repricer:
         if order.status is OrderStatus.FILLED:
             await self._positions.set_tp_status(position.session_id, order_id, TpStatus.FILLED)
             return None
+        if order.status is OrderStatus.OPEN:  # the cancel is pending: it still covers
+            log.info("tp.cancel_pending", session=position.session_id,
+                     position=position.position_id, order=order_id)  # fmt: skip
+            return None
         await self._positions.release_coverage(position, order_id, TpStatus.REPLACED, order.filled)
         log.info("tp.repriced", session=position.session_id, pair=position.symbol,
                  position=position.position_id, order=order_id)  # fmt: skip
         return order.remaining
+
+
+def _as_uncovered(position: Position, record: TakeProfitRecord) -> Position:
+    """The position as if its take-profit were not there, to price the take-profit anew."""
+    return replace(position, covered=max(ZERO, position.covered - record.amount))

@@ -191,7 +191,7 @@ class SettlementService:
         if await self._flattened(session.id):
             return await self._only_stoploss(session, data, started, reports)
         reads = await asyncio.gather(
-            *(self._coverable(session.id, pair, reports[pair]) for pair in session.pairs),
+            *(self._coverable(session.id, pair, reports[pair], data) for pair in session.pairs),
             return_exceptions=True,
         )
         by_pair: dict[str, list[Position]] = {}
@@ -253,7 +253,9 @@ class SettlementService:
             log.error("stoploss.failed", session=session.id, error=stop_error)
             return None, stop_error
 
-    async def _coverable(self, session_id: str, pair: str, report: PairReport) -> list[Position]:
+    async def _coverable(
+        self, session_id: str, pair: str, report: PairReport, data: MarketData
+    ) -> list[Position]:
         """The pair's positions that need a take-profit, after repricing stale ones.
 
         With repricing on, every position is read once (repricing needs the covered ones too)
@@ -266,7 +268,7 @@ class SettlementService:
             log.error("settlement.bad_record", session=session_id, key=bad.key, reason=bad.reason)
         positions = read.items
         if live and self._repricer is not None:
-            released = await self._repricer.run(positions, report)
+            released = await self._repricer.run(positions, report, data)
             if released:
                 fresh = await self._positions.read_many(session_id, sorted(released))
                 by_id = {p.position_id: p for p in fresh.items}

@@ -198,11 +198,18 @@ class StopLossService:
                 await self._exit(exits[start : start + MAX_BATCH], bid)
 
     async def _cancel_take_profits(self, position: Position) -> Decimal:
-        """Cancel the position's take-profits; return what they had already sold."""
+        """Cancel the position's take-profits; return what they had already sold, and what
+        one whose cancel is still pending holds (it may yet fill: not to be exited now; a
+        later flatten cancels it again)."""
         sold = Decimal(0)
         for order_id, _amount in position.take_profits:
             order = await cancel_or_fetch(self._exchange, position.symbol, order_id)
             sold += order.filled
+            if order.status is OrderStatus.OPEN:  # the cancel is pending: not released yet
+                sold += order.remaining
+                log.warning("stoploss.cancel_pending", position=position.position_id,
+                            order=order_id)  # fmt: skip
+                continue
             if order.status is not OrderStatus.FILLED:
                 await self._positions.release_coverage(
                     position, order_id, TpStatus.CANCELED, order.filled

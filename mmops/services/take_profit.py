@@ -41,6 +41,7 @@ from mmops.errors import (
     LockLost,
     MmopsError,
     OperationalError,
+    PostOnlyWouldTake,
     RateLimited,
 )
 from mmops.ports import Clock, Exchange, Positions, TakeProfitClaims
@@ -268,6 +269,11 @@ class TakeProfitService:
                 if p.uncovered == 0:
                     reports[pair].skipped.append(Skipped(p.position_id, SkipReason.ALREADY_COVERED))
                     continue
+                if not market.status.admits_maker_sells:  # e.g. Kraken's cancel_only mode
+                    reports[pair].skipped.append(
+                        Skipped(p.position_id, SkipReason.PAIR_RESTRICTED, market.status.value)
+                    )
+                    continue
                 result = self._quote(p, now, data)
                 if isinstance(result, Dust):
                     reports[pair].skipped.append(
@@ -395,6 +401,9 @@ class TakeProfitService:
         clears: list[tuple[Position, int]] = []
         for o, r in zip(chunk, results, strict=True):
             order = r.order
+            if order is not None and not order.live:  # accepted, then cancelled by the engine
+                r = PlacementResult(r.request, error=_voided(order))
+                order = None
             if order is None and not _refused(r.error):
                 order = await self._lookup(o)  # the answer was lost: did it land?
                 if order is None:
@@ -486,6 +495,12 @@ def _with_order(c: Coverage, now: datetime) -> Coverage:
         client_order_id=c.take_profit.client_order_id,
     )
     return replace(c, order=order)
+
+
+def _voided(order: ExchangeOrder) -> ExchangeRejected:
+    """Why an order the exchange accepted covers nothing: it closed at once, unfilled (a
+    post-only sell that would have crossed is accepted, then cancelled by the engine)."""
+    return PostOnlyWouldTake(f"order {order.id} accepted, then {order.status.value} at once")
 
 
 def _refused(error: MmopsError | None) -> bool:

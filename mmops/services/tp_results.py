@@ -19,6 +19,8 @@ class SkipReason(StrEnum):
     ATTEMPT_IN_PROGRESS = "attempt_in_progress"  # another worker holds tp_attempt
     AWAITING_LOOKUP = "awaiting_lookup"  # an earlier placement's outcome is not known yet
     IN_FLIGHT = "in_flight"  # an order sent before its deadline (+ clock skew) may still land
+    # The pair admits no new post-only sell (Kraken cancel_only / reduce_only); detail: status.
+    PAIR_RESTRICTED = "pair_restricted"
 
 
 # Reasons that leave a coverable position uncovered through no fault of the run.

@@ -202,7 +202,9 @@ class TradingLoop:
             log.warning("sim.quote_failed", pair=pair, error=str(e))
             return
         for r in results:
-            if r.order is None:
+            if r.order is None or r.order.status is not OrderStatus.OPEN:
+                # Refused, or accepted and cancelled by the engine (a post-only bid that would
+                # have crossed): either way nothing rests on the book.
                 self.stats.bids_rejected += 1
                 continue
             o = r.order

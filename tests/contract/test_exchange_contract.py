@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from mmops.domain.exchange import OrderRequest, PlacementResult
-from mmops.domain.models import OrderStatus, Side
+from mmops.domain.models import OrderStatus, PairStatus, Side
 from mmops.errors import (
     DeadlineRefused,
     ExchangeRejected,
@@ -22,6 +22,7 @@ from mmops.errors import (
     MinimumNotMet,
     OrderNotFound,
     PostOnlyWouldTake,
+    TemporaryError,
 )
 from tests.contract import venues
 
@@ -30,13 +31,16 @@ pytestmark = pytest.mark.integration
 SYMBOL = "BTC/USD"
 
 
-@pytest.fixture(params=["paper", "kraken"])
+@pytest.fixture(params=["paper", "kraken", "paper-post-only-reject", "kraken-post-only-reject"])
 async def venue(request: pytest.FixtureRequest, redis: object) -> AsyncIterator[venues.Venue]:
-    if request.param == "paper":
-        async with venues.paper_venue(redis) as v:  # type: ignore[arg-type]
+    """Each venue with a crossing post-only order accepted then engine-cancelled (as Kraken is
+    reported to do) and, ``-post-only-reject``, refused outright (Kraken's error list)."""
+    cross = "reject" if request.param.endswith("-reject") else "cancel"
+    if request.param.startswith("paper"):
+        async with venues.paper_venue(redis, cross) as v:  # type: ignore[arg-type]
             yield v
     else:
-        async with venues.kraken_venue() as k:
+        async with venues.kraken_venue(cross) as k:
             yield k
 
 
@@ -93,13 +97,89 @@ async def test_balances_hold_what_open_orders_reserve(venue: venues.Venue) -> No
     assert after.free == after.total - after.used
 
 
-async def test_a_post_only_sell_at_the_bid_is_rejected(venue: venues.Venue) -> None:
+async def test_a_post_only_sell_at_the_bid_never_rests(venue: venues.Venue) -> None:
+    """Refused (``EOrder:Post only order``), or accepted and at once cancelled by the engine:
+    either way nothing rests, nothing is held, and the exchange shows the order closed."""
     await venue.fund("BTC", Decimal("1"))
     bid = (await venue.exchange.tickers([SYMBOL]))[SYMBOL].bid
     [result] = await venue.exchange.place_batch([sell(bid)])
-    assert not result.placed
-    assert isinstance(result.error, PostOnlyWouldTake)
-    assert await venue.exchange.find_by_client_id(SYMBOL, result.request.client_order_id) is None
+    found = await venue.exchange.find_by_client_id(SYMBOL, result.request.client_order_id)
+    if venue.post_only_cross == "reject":
+        assert not result.placed
+        assert isinstance(result.error, PostOnlyWouldTake)
+        assert found is None
+    else:
+        assert result.order is not None
+        fetched = await venue.exchange.fetch_order(SYMBOL, result.order.id)
+        assert fetched.status is OrderStatus.CANCELED and fetched.filled == 0
+        assert found is not None and found.id == result.order.id and not found.live
+    assert await venue.exchange.open_orders(SYMBOL) == []
+    assert (await venue.exchange.balances())["BTC"].used == 0
+
+
+async def resting(venue: venues.Venue, amount: str = "0.3") -> tuple[str, Decimal]:
+    """A resting sell's id and price."""
+    await venue.fund("BTC", Decimal("1"))
+    [price] = await sell_prices(venue, 1)
+    [result] = await venue.exchange.place_batch([sell(price, amount)])
+    assert result.order is not None
+    return result.order.id, price
+
+
+async def test_a_cancel_answered_pending_keeps_the_order_open_until_the_venue_cancels_it(
+    venue: venues.Venue,
+) -> None:
+    order_id, _ = await resting(venue)
+    venue.pend_cancels()
+    answered = await venue.exchange.cancel(SYMBOL, order_id)
+    assert answered.status is OrderStatus.OPEN  # pending: not released
+    assert (await venue.exchange.balances())["BTC"].used == Decimal("0.3")
+    assert [o.id for o in await venue.exchange.open_orders(SYMBOL)] == [order_id]
+    await venue.settle_cancels()
+    fetched = await venue.exchange.fetch_order(SYMBOL, order_id)
+    assert fetched.status is OrderStatus.CANCELED
+    assert (await venue.exchange.balances())["BTC"].used == 0
+
+
+async def test_an_order_whose_cancel_is_pending_may_still_fill(venue: venues.Venue) -> None:
+    order_id, _ = await resting(venue)
+    venue.pend_cancels()
+    assert (await venue.exchange.cancel(SYMBOL, order_id)).status is OrderStatus.OPEN
+    await venue.fill(SYMBOL, order_id)
+    await venue.settle_cancels()
+    fetched = await venue.exchange.fetch_order(SYMBOL, order_id)
+    assert fetched.status is OrderStatus.FILLED and fetched.filled == Decimal("0.3")
+
+
+async def test_amend_moves_a_resting_sell_in_place(venue: venues.Venue) -> None:
+    """Same id, same client id, new price, still open and holding the same quantity."""
+    order_id, price = await resting(venue)
+    before = await venue.exchange.fetch_order(SYMBOL, order_id)
+    tick = (await venue.exchange.markets())[SYMBOL].tick
+    new_price = price + 5 * tick
+    amended = await venue.exchange.amend(SYMBOL, order_id, new_price)
+    assert (amended.id, amended.price, amended.status) == (order_id, new_price, OrderStatus.OPEN)
+    assert amended.client_order_id == before.client_order_id
+    assert [o.id for o in await venue.exchange.open_orders(SYMBOL)] == [order_id]
+    assert (await venue.exchange.balances())["BTC"].used == Decimal("0.3")
+
+
+async def test_a_crossing_amend_is_refused_and_the_order_is_left_as_it_was(
+    venue: venues.Venue,
+) -> None:
+    order_id, price = await resting(venue)
+    bid = (await venue.exchange.tickers([SYMBOL]))[SYMBOL].bid
+    with pytest.raises(PostOnlyWouldTake):
+        await venue.exchange.amend(SYMBOL, order_id, bid)
+    fetched = await venue.exchange.fetch_order(SYMBOL, order_id)
+    assert (fetched.price, fetched.status) == (price, OrderStatus.OPEN)
+
+
+async def test_an_order_no_longer_open_cannot_be_amended(venue: venues.Venue) -> None:
+    order_id, price = await resting(venue)
+    await venue.exchange.cancel(SYMBOL, order_id)
+    with pytest.raises(OrderNotFound):
+        await venue.exchange.amend(SYMBOL, order_id, price)
 
 
 async def test_insufficient_funds_in_the_middle_of_a_batch_fails_only_that_order(
@@ -255,3 +335,30 @@ async def test_two_orders_of_one_batch_with_one_client_id_place_only_the_first(
     )
     assert first.placed and isinstance(second.error, ExchangeRejected)
     assert len(await venue.exchange.open_orders(SYMBOL)) == 1
+
+
+async def test_a_post_only_pair_admits_a_post_only_sell(venue: venues.Venue) -> None:
+    """Kraken's ``post_only`` mode admits exactly what a take-profit is."""
+    await venue.set_pair_status(SYMBOL, PairStatus.POST_ONLY)
+    await venue.fund("BTC", Decimal("1"))
+    [price] = await sell_prices(venue, 1)
+    result = await place_one(venue, sell(price))
+    assert result.order is not None
+    assert [o.id for o in await venue.exchange.open_orders(SYMBOL)] == [result.order.id]
+
+
+async def test_a_cancel_only_pair_refuses_a_new_sell(venue: venues.Venue) -> None:
+    await venue.fund("BTC", Decimal("1"))
+    [price] = await sell_prices(venue, 1)
+    await venue.set_pair_status(SYMBOL, PairStatus.CANCEL_ONLY)
+    result = await place_one(venue, sell(price))
+    assert not result.placed and isinstance(result.error, ExchangeRejected)
+    assert await venue.exchange.open_orders(SYMBOL) == []
+
+
+async def test_a_throttled_call_is_temporary_not_a_rejection(venue: venues.Venue) -> None:
+    """Kraken's ``EService:Throttled`` (too many concurrent requests): retry later."""
+    throttled = venue.throttling_next_call()
+    with pytest.raises(TemporaryError):
+        await throttled.balances()
+    assert isinstance(await venue.exchange.balances(), dict)

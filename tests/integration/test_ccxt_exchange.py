@@ -18,8 +18,8 @@ import structlog
 from mmops import logs
 from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange, rfc3339
 from mmops.domain.exchange import OrderRequest
-from mmops.domain.models import OrderStatus, Side
-from mmops.domain.ratelimit import TradingCounter
+from mmops.domain.models import OrderStatus, PairStatus, Side
+from mmops.domain.ratelimit import KRAKEN_TIERS, TradingCounter
 from mmops.errors import (
     AuthenticationFailed,
     DeadlineRefused,
@@ -125,6 +125,7 @@ async def test_a_single_order_goes_out_as_add_order(
 async def test_a_post_only_sell_at_the_bid_is_refused_as_post_only_would_take(
     server: KrakenServer, exchange: CcxtExchange
 ) -> None:
+    server.post_only_cross = "reject"  # the reading where the engine refuses it per order
     server.fund("BTC", "1")
     [alone] = await exchange.place_batch([sell(BID)])
     in_batch = await exchange.place_batch([sell(asks(1)[0]), sell(BID)])
@@ -473,3 +474,114 @@ async def test_a_late_request_is_refused_as_deadline_refused_and_no_order_is_lef
     assert all(isinstance(r.error, DeadlineRefused) for r in results)
     assert "Deadline elapsed" in str(results[0].error)
     assert server.stats.orders_accepted == 0 and server.orders() == []
+
+
+# -- Kraken as documented: pair modes, tick_size, BalanceEx, fee currency, pacing -------------
+
+
+async def test_a_restricted_pair_is_listed_with_its_mode_and_its_tick_size(
+    server: KrakenServer, exchange: CcxtExchange
+) -> None:
+    server.set_pair(BTC, status="post_only", tick_size="0.5")
+    server.set_pair("ETH/USD", status="cancel_only")
+    markets = await exchange.markets()
+    assert (markets[BTC].status, markets[BTC].tick) == (PairStatus.POST_ONLY, Decimal("0.5"))
+    assert markets["ETH/USD"].status is PairStatus.CANCEL_ONLY
+
+
+async def test_a_take_profit_on_a_post_only_pair_is_placed_and_none_on_cancel_only(
+    server: KrakenServer, exchange: CcxtExchange
+) -> None:
+    server.fund("BTC", "1")
+    server.set_pair(BTC, status="post_only")
+    [placed] = await exchange.place_batch([sell(asks(1)[0])])
+    assert placed.placed
+    server.set_pair(BTC, status="cancel_only")
+    fresh = make_ccxt_exchange(server)
+    async with fresh:
+        before = server.stats.placements
+        [refused] = await fresh.place_batch([sell(asks(1, 20)[0])])
+    assert isinstance(refused.error, ExchangeRejected) and "cancel_only" in str(refused.error)
+    assert server.stats.placements == before  # refused before sending: nothing on the wire
+
+
+async def test_free_balance_is_krakens_formula_with_rewards_counted_toward_their_asset(
+    server: KrakenServer, exchange: CcxtExchange
+) -> None:
+    """available = balance + credit - credit_used - hold_trade; XBT.F spends as BTC."""
+    server.fund("BTC", "1")
+    server.fund("BTC.F", "0.25")
+    server.fund("USD", "1000")
+    server.set_credit("USD", "500", "200")
+    server.fund("BTC", "0")  # the account holds BTC and XBT.F; nothing files as BTC.F
+    await exchange.place_batch([sell(asks(1)[0], "0.5")])
+    balances = await exchange.balances()
+    assert "BTC.F" not in balances and "XBT.F" not in balances
+    btc, usd = balances["BTC"], balances["USD"]
+    assert (btc.total, btc.used, btc.free) == (Decimal("1.25"), Decimal("0.5"), Decimal("0.75"))
+    assert usd.free == Decimal(1000 + 500 - 200)
+
+
+async def test_take_profits_pin_the_fee_to_the_quote_currency_on_the_wire(
+    server: KrakenServer, exchange: CcxtExchange
+) -> None:
+    server.fund("BTC", "1")
+    await exchange.place_batch([sell(asks(1)[0])])
+    await exchange.place_batch([sell(p) for p in asks(2, 30)])
+    single, batch = server.stats.placement_params
+    assert set(single["oflags"].split(",")) == {"post", "fciq"}
+    assert all(set(o["oflags"].split(",")) == {"post", "fciq"} for o in batch["orders"])
+
+
+async def test_throttled_is_temporary(server: KrakenServer, exchange: CcxtExchange) -> None:
+    server.fail_private_call(server.stats.private_calls + 1, "throttled")
+    with pytest.raises(RateLimited, match="Throttled"):
+        await exchange.balances()
+
+
+async def test_pacing_waits_on_the_tiers_rest_counter_and_never_sends_a_call_past_it() -> None:
+    """Starter: 15 calls at once, then one per 3 s; the waits are slept on a simulated clock
+    the server's counter decays by, so no call is refused and the test takes no time."""
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    with KrakenServer(rest_tier="starter", monotonic=lambda: now[0]) as server:
+        async with make_ccxt_exchange(server, sleep=sleep) as exchange:
+            for _ in range(20):
+                await exchange.balances()
+    assert server.stats.rest_refusals == 0
+    assert server.stats.calls["BalanceEx"] == 20
+    assert server.stats.rest_peak <= 15
+    assert sum(slept) == pytest.approx(6 * 3, abs=0.1)  # 14 at once (1 of headroom), then 3 s each
+
+
+async def test_order_calls_are_not_held_back_by_the_rest_counter() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with KrakenServer(rest_tier="starter", monotonic=lambda: now[0]) as server:
+        server.set_quote(BTC, BID, ASK)
+        server.fund("BTC", "1")
+        async with make_ccxt_exchange(server, sleep=sleep) as exchange:
+            for _ in range(14):
+                await exchange.balances()
+            at = now[0]
+            results = await exchange.place_batch([sell(p) for p in asks(3)])
+            assert all(r.placed for r in results)
+            assert now[0] == at  # no wait: AddOrderBatch costs nothing on the REST counter
+    assert server.stats.rest_refusals == 0
+
+
+def test_the_trading_counter_follows_the_configured_tier() -> None:
+    pro = CcxtExchange("kraken", tier="pro")
+    assert pro._counters.counter == KRAKEN_TIERS["pro"].trading
+    assert pro._rest.counter == KRAKEN_TIERS["pro"].rest
+    assert pro._client.enableRateLimit is False  # the model paces, not ccxt's 1 s per unit
+    with pytest.raises(ValueError, match="tier"):
+        CcxtExchange("kraken", tier="gold")

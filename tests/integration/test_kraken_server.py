@@ -114,7 +114,14 @@ def test_a_correctly_signed_call_is_answered_in_krakens_shape(
     answer = client.private("BalanceEx")
     assert answer == {
         "error": [],
-        "result": {"XXBT": {"balance": "1.5000000000", "hold_trade": "0.0000000000"}},
+        "result": {
+            "XXBT": {
+                "balance": "1.5000000000",
+                "credit": "0.0000",
+                "credit_used": "0.0000",
+                "hold_trade": "0.0000000000",
+            }
+        },
     }
 
 
@@ -174,6 +181,7 @@ def test_the_ticker_quotes_the_bid_and_ask_that_were_set(client: Client) -> None
 def test_a_batch_places_good_orders_and_refuses_others_one_by_one(
     server: KrakenServer, client: Client
 ) -> None:
+    server.post_only_cross = "reject"  # the reading where the engine refuses it per order
     server.fund("BTC", "0.25")
     answer = client.batch(
         [
@@ -193,7 +201,7 @@ def test_a_batch_places_good_orders_and_refuses_others_one_by_one(
     ]
     assert orders[0]["descr"]["order"] == "sell 0.10000000 XBTUSD @ limit 60100.0"
     assert server.order(orders[0]["txid"])["cl_ord_id"] == "a"
-    assert server.order(orders[3]["txid"])["oflags"] == "post,fciq"
+    assert server.order(orders[3]["txid"])["oflags"] == "post"  # the flags as sent
 
 
 def test_a_batch_with_an_order_below_the_minimum_is_refused_whole(
@@ -227,7 +235,9 @@ def test_balance_ex_holds_what_open_orders_reserve_and_a_fill_moves_it(
 ) -> None:
     server.fund("BTC", "1")
     server.fund("USD", "1000")
-    sell = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0", "0.2")})
+    sell = client.private(
+        "AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0", "0.2", oflags="fciq")}
+    )
     client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("50000.0", "0.01", "buy")})
     assert server.balance("BTC") == (Decimal(1), Decimal("0.2"))
     assert server.balance("USD") == (Decimal(1000), Decimal(500))
@@ -468,3 +478,86 @@ def test_closed_orders_come_most_recent_first(server: KrakenServer, client: Clie
         client.private("CancelOrder", {"txid": txids[-1]})
     closed = client.private("ClosedOrders", {"cl_ord_id": "uuid-1"})["result"]
     assert list(closed["closed"]) == txids[::-1] and closed["count"] == 3
+
+
+def test_a_sell_pays_its_fee_in_base_unless_oflags_asks_for_quote(
+    server: KrakenServer, client: Client
+) -> None:
+    """Kraken's ``oflags``: fcib (fee in base) is the default when selling."""
+    server.fund("BTC", "1")
+    plain = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0", "0.1")})
+    server.fill(plain["result"]["txid"][0])
+    assert server.balance("BTC")[0] == 1 - Decimal("0.1") * (1 + Decimal("0.0025"))
+    assert server.balance("USD")[0] == Decimal("0.1") * 61000
+    quoted = client.private(
+        "AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0", "0.1", oflags="post,fciq")}
+    )
+    txid = quoted["result"]["txid"][0]
+    assert server.order(txid)["oflags"] == "post,fciq"
+    server.fill(txid)
+    assert server.balance("BTC")[0] == 1 - Decimal("0.1") * (2 + Decimal("0.0025"))
+    assert server.balance("USD")[0] == Decimal("0.2") * 61000 * (1 - Decimal("0.0025") / 2)
+
+
+def test_balance_ex_lists_credit_and_rewards_balances(server: KrakenServer, client: Client) -> None:
+    server.fund("BTC", "1")
+    server.fund("BTC.F", "0.5")
+    server.set_credit("USD", "100", "40")
+    result = client.private("BalanceEx")["result"]
+    assert result["XBT.F"]["balance"] == "0.5000000000"
+    assert (result["ZUSD"]["credit"], result["ZUSD"]["credit_used"]) == ("100.0000", "40.0000")
+
+
+def test_a_sell_may_spend_the_rewards_balance_of_its_base_asset(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC.F", "0.5")
+    placed = client.private(
+        "AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0", "0.3", oflags="fciq")}
+    )
+    assert placed["error"] == []
+    server.fill(placed["result"]["txid"][0])
+    assert client.private("BalanceEx")["result"]["XBT.F"]["balance"] == "0.2000000000"
+
+
+def test_a_pair_lists_its_status_and_a_tick_size_apart_from_pair_decimals(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    server.set_pair("BTC/USD", status="post_only", tick_size="0.5")
+    info = client.public("AssetPairs", pair="XXBTZUSD")["result"]["XXBTZUSD"]
+    assert (info["status"], info["tick_size"], info["pair_decimals"]) == ("post_only", "0.5", 1)
+    off_grid = client.order("61000.3", oflags="post")
+    refused = client.private("AddOrder", {"pair": "XXBTZUSD", **off_grid})
+    assert refused["error"] == ["EGeneral:Invalid arguments:price"]
+    taker = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("61000.5")})
+    assert taker["error"] == ["EService:Market in post_only mode"]
+    maker = client.order("61000.5", oflags="post")
+    assert client.private("AddOrder", {"pair": "XXBTZUSD", **maker})["error"] == []
+    server.set_pair("BTC/USD", status="cancel_only")
+    closed = client.private("AddOrder", {"pair": "XXBTZUSD", **maker})
+    assert closed["error"] == ["EService:Market in cancel_only mode"]
+
+
+def test_the_rest_counter_refuses_past_the_tiers_max_and_decays() -> None:
+    """Starter: max 15, -0.33/s; order calls do not count."""
+    now = [0.0]
+    with KrakenServer(rest_tier="starter", monotonic=lambda: now[0]) as server:
+        client = Client(server)
+        server.fund("BTC", "1")
+        answers = [client.private("Balance")["error"] for _ in range(16)]
+        assert answers == [[]] * 15 + [["EAPI:Rate limit exceeded"]]
+        placed = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0")})
+        assert placed["error"] == []
+        now[0] += 3.1
+        assert client.private("Balance")["error"] == []
+        assert (server.stats.rest_refusals, server.stats.rest_peak) == (1, 15)
+
+
+def test_too_many_concurrent_requests_are_throttled_with_a_retry_time(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fail_private_call(server.stats.private_calls + 1, "throttled")
+    [error] = client.private("Balance")["error"]
+    assert error.startswith("EService:Throttled: ")
+    assert int(error.rsplit(" ", 1)[1]) > server.now()

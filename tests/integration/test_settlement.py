@@ -174,10 +174,12 @@ async def test_dry_run_places_nothing(w: World) -> None:
 
 
 async def test_balance_freed_by_repricing_is_available_in_the_same_run(w: World) -> None:
-    """A stale take-profit is cancelled and replaced, and a new position is covered too, when
-    the balance holds exactly both: the run's balance snapshot predates the cancel."""
+    """A stale take-profit is cancelled and replaced (on a venue that cannot amend it in
+    place), and a new position is covered too, when the balance holds exactly both: the run's
+    balance snapshot predates the cancel."""
     clock = SimulatedClock(w.rt.clock.now())
     venue = w.venue(clock=clock)  # the venue lives on the same clock: deadlines are checked
+    venue.amends = False
     sid = await w.start_session(["ETH/USD"])
     [old] = await w.seed_positions(sid, "ETH/USD", [5])
     [first] = await build_settlement(w.rt, venue, dry_run=False, clock=clock).run(sid)

@@ -163,15 +163,16 @@ class Venue:
 
 @cache
 def fast_ccxt_pacing() -> Path:
-    """A ``sitecustomize`` for worker processes on the local Kraken server: ccxt's REST pacing
-    (1 s per cost unit: a client-id lookup costs 6 s) at 1 ms, as ``make_ccxt_exchange`` sets
-    it in-process. The server models Kraken's counters itself; the client's model of the
-    trading counter is untouched."""
+    """A ``sitecustomize`` for worker processes on the local Kraken server: no REST pacing
+    (the adapter's model of Kraken's REST call counter, Starter: one call per 3 s past a burst
+    of 15, made unlimited), as ``make_ccxt_exchange`` runs in-process against a server that
+    does not count REST calls. The client's model of the trading counter is untouched."""
     folder = Path(tempfile.mkdtemp(prefix="mmops-ccxt-pacing-"))
     (folder / "sitecustomize.py").write_text(
-        "import ccxt.async_support as _ccxt\n"
-        "_describe = _ccxt.kraken.describe\n"
-        "_ccxt.kraken.describe = lambda self: {**_describe(self), 'rateLimit': 1}\n"
+        "from dataclasses import replace as _replace\n"
+        "from mmops.domain.ratelimit import KRAKEN_TIERS as _TIERS, TradingCounter as _Counter\n"
+        "for _name, _tier in list(_TIERS.items()):\n"
+        "    _TIERS[_name] = _replace(_tier, rest=_Counter(1e9, 1e9))\n"
     )
     return folder
 

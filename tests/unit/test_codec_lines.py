@@ -202,6 +202,9 @@ def domain_verdict(kind: Kind, raw: Any) -> Fill | Order | None:
     # See test_a_client_order_id_that_is_not_text_is_bad_though_order_from_json_takes_it.
     if isinstance(obj, Order) and not isinstance(obj.client_order_id, str | None):
         return None
+    # Nor can a text column hold NUL (PostgreSQL refuses it), which Order does not check either.
+    if isinstance(obj, Order) and "\x00" in (obj.client_order_id or ""):
+        return None
     return obj
 
 

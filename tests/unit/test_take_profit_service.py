@@ -3,13 +3,14 @@ recovery of placements whose outcome was lost."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
 from mmops.domain.exchange import OrderRequest
-from mmops.domain.models import OrderStatus, Side
+from mmops.domain.models import OrderStatus, PairStatus, Side
 from mmops.domain.records import TpStatus
 from mmops.errors import ExchangeRejected, LockLost, PostOnlyWouldTake
 from mmops.services.tp_results import PairReport, SkipReason
@@ -70,6 +71,38 @@ async def test_a_remainder_below_the_market_minimum_is_dust_and_never_sent() -> 
     assert report.skipped[0].detail == "min_amount"
     assert desk.exchange.batches == []
     assert report.ok  # dust is not a failure of the run
+
+
+@pytest.mark.parametrize("status", [PairStatus.CANCEL_ONLY, PairStatus.REDUCE_ONLY])
+async def test_a_pair_that_admits_no_new_sell_is_skipped_with_its_mode(status: PairStatus) -> None:
+    desk = Desk()
+    await desk.buy("p1", "0.5")
+    desk.exchange.markets_by_symbol[BTC_USD] = replace(
+        desk.exchange.markets_by_symbol[BTC_USD], status=status
+    )
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert skips(report) == {"p1": SkipReason.PAIR_RESTRICTED}
+    assert report.skipped[0].detail == status.value
+    assert desk.exchange.batches == []
+
+
+@pytest.mark.parametrize("status", [PairStatus.POST_ONLY, PairStatus.LIMIT_ONLY])
+async def test_a_post_only_or_limit_only_pair_gets_its_take_profits(status: PairStatus) -> None:
+    desk = Desk()
+    await desk.buy("p1", "0.5")
+    desk.exchange.markets_by_symbol[BTC_USD] = replace(
+        desk.exchange.markets_by_symbol[BTC_USD], status=status
+    )
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert placed(report) == {"p1": Decimal("0.5")}
 
 
 async def test_a_pair_without_market_data_fails_alone_and_the_others_are_covered() -> None:

@@ -12,7 +12,15 @@ from mmops.adapters.exchanges.ccxt_errors import (
     safe_text,
 )
 from mmops.domain.exchange import ExchangeOrder
-from mmops.domain.models import ZERO, Market, OrderStatus, Side, Ticker, check_symbol
+from mmops.domain.models import (
+    ZERO,
+    Market,
+    OrderStatus,
+    PairStatus,
+    Side,
+    Ticker,
+    check_symbol,
+)
 from mmops.errors import (
     BadRecordError,
     InvalidIdentifier,
@@ -29,6 +37,9 @@ ORDER_STATUS = {
     "expired": OrderStatus.CANCELED,
     "rejected": OrderStatus.REJECTED,
 }
+
+
+_STATUSES = {s.value: s for s in PairStatus}
 
 
 def to_decimal(value: Any) -> Decimal | None:
@@ -65,10 +76,18 @@ def markets_from(raw: Any) -> dict[str, Market]:
 
 
 def market_from(symbol: str, m: dict[str, Any]) -> Market | None:
-    """A ccxt market as a Market; None for what mmops cannot trade (non-spot, odd symbols)."""
-    if not m.get("spot") or m.get("active") is False:
-        return None
+    """A ccxt market as a Market; None for what mmops cannot trade (non-spot, odd symbols).
+
+    ccxt marks only Kraken's ``online`` pairs active; a pair in a restricted mode
+    (``post_only``, ``limit_only``, ``cancel_only``, ``reduce_only``) is kept with its
+    ``status`` so the caller can place what that mode admits and say why it places nothing
+    on the others. The tick is Kraken's ``tick_size`` where given (it may be coarser than
+    ``pair_decimals``, which only bounds how many decimals a price may have).
+    """
     info = m.get("info") or {}
+    status = _STATUSES.get(str(info.get("status")))
+    if not m.get("spot") or (m.get("active") is False and status is None):
+        return None
     limits = m.get("limits") or {}
     precision = m.get("precision") or {}
     try:
@@ -77,7 +96,7 @@ def market_from(symbol: str, m: dict[str, Any]) -> Market | None:
             symbol=symbol,
             base=str(m["base"]),
             quote=str(m["quote"]),
-            tick=positive(precision.get("price")) or Decimal(0),
+            tick=positive(info.get("tick_size")) or positive(precision.get("price")) or Decimal(0),
             lot=positive(precision.get("amount")) or Decimal(0),
             min_amount=to_decimal(info.get("ordermin"))
             or to_decimal(limits["amount"].get("min"))
@@ -87,6 +106,7 @@ def market_from(symbol: str, m: dict[str, Any]) -> Market | None:
             or ZERO,
             maker_fee=to_decimal(m.get("maker")) or ZERO,
             taker_fee=to_decimal(m.get("taker")) or ZERO,
+            status=status or PairStatus.ONLINE,
         )
     except (InvalidIdentifier, ValueError, KeyError, TypeError, AttributeError) as e:
         log.debug("exchange.market_skipped", symbol=symbol, reason=str(e))

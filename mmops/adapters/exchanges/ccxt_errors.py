@@ -49,6 +49,16 @@ _BY_TEXT: tuple[tuple[str, type[MmopsError]], ...] = (
     ("invalid key", AuthenticationFailed),
     ("permission denied", AuthenticationFailed),
     ("rate limit exceeded", RateLimited),
+    # "EService: Throttled: [UNIX timestamp]" if there are too many concurrent requests: try
+    # again after the timestamp (https://docs.kraken.com/api/docs/guides/spot-rest-ratelimits).
+    ("throttled", RateLimited),
+    # A pair in a restricted mode refuses what that mode does not admit ("EService:Market in
+    # cancel_only mode", as ccxt's Kraken error table has it); ccxt files these under
+    # OnMaintenance, but the order was refused: it is recorded, the pair's status says when.
+    ("market in cancel_only mode", ExchangeRejected),
+    ("market in post_only mode", ExchangeRejected),
+    ("market in limit_only mode", ExchangeRejected),
+    ("market in reduce_only mode", ExchangeRejected),
     ("insufficient funds", InsufficientFunds),
     ("minimum not met", MinimumNotMet),
     ("unknown order", OrderNotFound),
@@ -98,7 +108,9 @@ def map_error(e: BaseException, secrets: Sequence[str] = ()) -> MmopsError:
     text = describe(e, secrets)
     if isinstance(e, asyncio.TimeoutError | TimeoutError):
         return ExchangeTimeout(text)
-    if isinstance(e, cx.ExchangeError) and not isinstance(e, cx.AuthenticationError):
+    if isinstance(e, cx.ExchangeError | cx.OnMaintenance) and not isinstance(
+        e, cx.AuthenticationError
+    ):
         lowered = str(e).lower()
         for needle, mapped in _BY_TEXT:
             if needle in lowered:

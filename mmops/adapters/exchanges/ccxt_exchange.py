@@ -15,8 +15,20 @@ What it adds on top of ccxt:
   created closed one (Kraken keeps a ``cl_ord_id`` unique among open orders only).
 * **Kraken's trading counter.** ccxt's REST limiter knows nothing of the per-pair counter that
   placing and cancelling raise; a client-side model of it (:mod:`mmops.domain.ratelimit`) makes a
-  burst wait instead of collecting ``EOrder:Rate limit exceeded``.
+  burst wait instead of collecting ``EOrder:Rate limit exceeded``. Its threshold and decay are the
+  configured verification tier's (``tier``).
+* **Kraken's REST call counter** replaces ccxt's generic pacing (which spaces private calls
+  1 s per cost unit and charges 3 units for a balance or an order query): a model of the tier's
+  counter (max 15, -1 per 3 s on Starter; history calls +2) makes a private call wait only when
+  the counter would pass its max. Order calls cost nothing on it, and a call waits *before* it
+  queues for the private connection, so placing an order is never held behind a paced read.
 * **Caches.** Markets for an hour, tickers for a few seconds; balances are always fetched.
+* **Kraken's answers as documented.** A pair in a restricted mode is listed with its status
+  (take-profits go out on ``post_only`` and ``limit_only`` pairs, none on ``cancel_only`` or
+  ``reduce_only``); the tick is ``tick_size``; the free balance is BalanceEx's
+  ``balance + credit - credit_used - hold_trade``, with ``.F`` (Kraken Rewards) balances counted
+  toward their asset; every order pins its fee to the quote currency (``oflags=fciq``), since
+  Kraken takes a sell's fee in base by default and the break-even maths is in quote.
 * **One error mapping.** ccxt's exceptions become ``mmops.errors`` here and nowhere else
   (:mod:`.ccxt_errors`), with secrets scrubbed from every message.
 * **Private calls one at a time.** Kraken refuses a nonce that is not above the last one it saw
@@ -66,7 +78,13 @@ from mmops.domain.exchange import (
     preferred,
 )
 from mmops.domain.models import ZERO, Balance, Market, OrderStatus, Ticker
-from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
+from mmops.domain.ratelimit import (
+    KRAKEN_TIERS,
+    CounterState,
+    TradingCounter,
+    cancel_penalty,
+    rest_cost,
+)
 from mmops.errors import (
     AuthenticationFailed,
     BadRecordError,
@@ -84,16 +102,35 @@ TICKER_TTL = 3.0  # seconds
 DRY_RUN_PREFIX = "dry-run-"
 _PLACED_MEMORY = 300.0  # seconds: older orders cost nothing to cancel
 _WIRE = logging.getLogger("mmops.exchange.ccxt.wire")
+REWARDS_SUFFIX = ".F"  # Kraken Rewards balances, spent through their base asset
+FEE_IN_QUOTE = "fciq"
+# The Kraken endpoint behind each ccxt method the adapter calls (for the REST call counter;
+# anything else counts 1).
+_ENDPOINTS = {
+    "fetch_balance": "BalanceEx",
+    "fetch_order": "QueryOrders",
+    "fetch_open_orders": "OpenOrders",
+    "fetch_closed_orders": "ClosedOrders",
+    "fetch_my_trades": "TradesHistory",
+    "create_order": "AddOrder",
+    "create_orders": "AddOrderBatch",
+    "edit_order": "AmendOrder",
+    "cancel_order": "CancelOrder",
+    "cancel_orders": "CancelOrderBatch",
+}
 
 
 class CcxtExchange:
     """An exchange reached through ccxt's async API.
 
     ``base_url`` replaces the REST root (tests: the local Kraken server). ``counter`` is the
-    per-pair trading counter to respect (Kraken's Starter tier by default for ``kraken``, none
-    for other exchanges); ``counter_headroom`` is kept free under its threshold for latency
-    jitter. ``timeout`` is per HTTP call, in seconds; ``rate_limit_ms`` overrides ccxt's REST
-    limiter interval (ccxt's own default when None).
+    per-pair trading counter to respect (the ``tier``'s for ``kraken``: starter, intermediate
+    or pro; none for other exchanges); ``counter_headroom`` is kept free under its threshold
+    (and the REST counter's) for latency jitter. ``timeout`` is per HTTP call, in seconds.
+    ``rate_limit_ms`` keeps ccxt's own REST limiter at that interval instead of the model of
+    Kraken's REST counter (a test shortcut); ``rest_pacing=False`` turns the model off (a test
+    server that does not count). ``monotonic`` and ``sleep`` are the clock pacing reads and how
+    it waits (tests pass a simulated pair).
 
     Every method raises only ``mmops.errors`` (besides ValueError for a malformed batch):
     ExchangeTimeout, ExchangeUnavailable or RateLimited to retry later, AuthenticationFailed
@@ -115,16 +152,30 @@ class CcxtExchange:
         ticker_ttl: float = TICKER_TTL,
         counter_headroom: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        tier: str = "starter",
+        rest_pacing: bool = True,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.name = exchange_id
         self.dry_run = dry_run
         self._secrets = tuple(s for s in (api_key, api_secret) if s)
         logs.register_secrets(self._secrets)
         _install_wire_filter()
-        self._client = _client(exchange_id, api_key, api_secret, base_url, timeout, rate_limit_ms)
-        if counter is None and exchange_id == "kraken":
-            counter = TradingCounter()
+        kraken = exchange_id == "kraken"
+        if tier not in KRAKEN_TIERS:
+            raise ValueError(f"unknown Kraken tier {tier!r}: use one of {sorted(KRAKEN_TIERS)}")
+        model_rest = kraken and rest_pacing and rate_limit_ms is None
+        self._client = _client(
+            exchange_id, api_key, api_secret, base_url, timeout, rate_limit_ms, not model_rest
+        )
+        if counter is None and kraken:
+            counter = KRAKEN_TIERS[tier].trading
         self._counters = PairCounters(counter, counter_headroom, monotonic)
+        self._rest = PairCounters(
+            KRAKEN_TIERS[tier].rest if model_rest else None, counter_headroom, monotonic
+        )
+        self._sleep = sleep
+        self._fee_in_quote = kraken
         self._monotonic = monotonic
         self._market_ttl = market_ttl
         self._ticker_ttl = ticker_ttl
@@ -281,6 +332,39 @@ class CcxtExchange:
         self._placed_at.pop(order_id, None)
         return order
 
+    async def amend(self, symbol: str, order_id: str, price: Decimal) -> ExchangeOrder:
+        """Move an open order to ``price`` in place (ccxt's ``edit_order``: Kraken's
+        AmendOrder, same txid and cl_ord_id, post-only kept) and return it as it now stands.
+
+        Raises OrderNotFound if it is not open, an ExchangeRejected (PostOnlyWouldTake for a
+        crossing amend) if the exchange refuses it or cannot amend. In dry-run nothing is sent.
+        """
+        order = await self.fetch_order(symbol, order_id)
+        if order.status is not OrderStatus.OPEN:
+            raise OrderNotFound(f"order {order_id} is {order.status.value}, not open")
+        market = (await self.markets()).get(symbol)
+        if market is None or broken_rule(replace(_request_of(order), price=price), market):
+            raise ExchangeRejected(f"{symbol}: cannot amend {order_id} to {price}")
+        if self.dry_run:
+            amended = replace(order, price=price)
+            if order_id in self._dry_orders:
+                self._dry_orders[order_id] = amended
+            return amended
+        if not self._client.has.get("editOrder"):
+            raise ExchangeRejected(f"{self.name} cannot amend orders in place")
+        await self._call(
+            True,
+            self._client.edit_order,
+            order_id,
+            symbol,
+            "limit",
+            order.side.value,
+            None,
+            format(price, "f"),
+            {"postOnly": True},
+        )
+        return await self.fetch_order(symbol, order_id)
+
     async def close(self) -> None:
         """Close ccxt's HTTP session (safe to call twice)."""
         await self._client.close()
@@ -288,7 +372,16 @@ class CcxtExchange:
     # -- internals ------------------------------------------------------------------------
 
     async def _call(self, private: bool, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Run one ccxt call, mapping its errors into ``mmops.errors`` (``raise ... from``)."""
+        """Run one ccxt call, mapping its errors into ``mmops.errors`` (``raise ... from``).
+
+        A private call first waits for room on the REST call counter, outside the private
+        lock: a paced read never holds up an order call queued behind it."""
+        if private:
+            endpoint = _ENDPOINTS.get(getattr(fn, "__name__", ""), "")
+            delay = self._rest.reserve("rest", rest_cost(endpoint))
+            if delay > 0:
+                log.debug("exchange.rest_wait", exchange=self.name, call=endpoint, seconds=delay)
+                await self._sleep(delay)
         try:
             if private:
                 async with self._private_lock:
@@ -317,7 +410,7 @@ class CcxtExchange:
                 r.side.value,
                 format(r.amount, "f"),
                 format(r.price, "f"),
-                {**_params(r), **_deadline_param([r])},
+                {**_params(r, self._fee_in_quote), **_deadline_param([r])},
             )
         except AuthenticationFailed:
             raise
@@ -333,7 +426,7 @@ class CcxtExchange:
                 "side": r.side.value,
                 "amount": format(r.amount, "f"),
                 "price": format(r.price, "f"),
-                "params": _params(r),
+                "params": _params(r, self._fee_in_quote),
             }
             for r in requests
         ]
@@ -398,7 +491,7 @@ class CcxtExchange:
         delay = self._counters.reserve(symbol, cost)
         if delay > 0:
             log.debug("exchange.counter_wait", exchange=self.name, pair=symbol, seconds=delay)
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     def _remember(self, order_id: str) -> None:
         now = self._monotonic()
@@ -424,25 +517,48 @@ class CcxtExchange:
         return orders
 
     def _balances(self, raw: Any) -> dict[str, Balance]:
-        """Per asset from the exchange's own strings when it gives them (Kraken BalanceEx)."""
+        """Per asset from the exchange's own strings when it gives them (Kraken BalanceEx).
+
+        Kraken: "available balance = balance + credit - credit_used - hold_trade"
+        (https://docs.kraken.com/api-reference/account-data/get-extended-balance). A ``.F``
+        asset ("balances earning automatically in Kraken Rewards") is spent through its base
+        asset ("use the base asset (e.g. USDT to transact with your USDT and USDT.F
+        balances)", same page), so ``XBT.F`` counts toward BTC rather than standing apart.
+        """
         info = raw.get("info") if isinstance(raw, dict) else None
         result = info.get("result") if isinstance(info, dict) else None
-        rows: dict[str, tuple[Decimal | None, Decimal | None]] = {}
-        if isinstance(result, dict) and all(
-            isinstance(v, dict) and "balance" in v for v in result.values()
+        if not (
+            isinstance(result, dict)
+            and all(isinstance(v, dict) and "balance" in v for v in result.values())
         ):
-            for asset_id, v in result.items():
-                code = self._client.safe_currency_code(asset_id)
-                rows[code] = (to_decimal(v.get("balance")), to_decimal(v.get("hold_trade")))
-        else:
             totals = raw.get("total") or {}
             used = raw.get("used") or {}
-            rows = {code: (to_decimal(t), to_decimal(used.get(code))) for code, t in totals.items()}
+            balances = {}
+            for code, t in totals.items():
+                total = max(to_decimal(t) or ZERO, ZERO)
+                held = min(max(to_decimal(used.get(code)) or ZERO, ZERO), total)
+                balances[code] = Balance(code, free=total - held, used=held, total=total)
+            return balances
+        rows: dict[str, tuple[Decimal, Decimal, Decimal]] = {}  # total, credit, held
+        for asset_id, v in result.items():
+            base_id = asset_id[: -len(REWARDS_SUFFIX)]
+            rewards = asset_id.endswith(REWARDS_SUFFIX) and bool(base_id)
+            code = self._client.safe_currency_code(base_id if rewards else asset_id)
+            credit = (to_decimal(v.get("credit")) or ZERO) - (
+                to_decimal(v.get("credit_used")) or ZERO
+            )
+            total, spare, held = rows.get(code, (ZERO, ZERO, ZERO))
+            rows[code] = (
+                total + (to_decimal(v.get("balance")) or ZERO),
+                spare + credit,
+                held + (to_decimal(v.get("hold_trade")) or ZERO),
+            )
         balances = {}
-        for code, (total, held) in rows.items():
-            total = max(total or ZERO, ZERO)
-            held = min(max(held or ZERO, ZERO), total)
-            balances[code] = Balance(code, free=total - held, used=held, total=total)
+        for code, (total, credit, held) in rows.items():
+            total = max(total, ZERO)
+            held = min(max(held, ZERO), total)
+            free = max(total + credit - held, ZERO)
+            balances[code] = Balance(code, free=free, used=held, total=total)
         return balances
 
 
@@ -494,12 +610,14 @@ def _client(
     base_url: str | None,
     timeout: float,
     rate_limit_ms: float | None,
+    ccxt_pacing: bool = True,
 ) -> Any:
-    """The ccxt client; raises ValueError for an exchange ccxt does not know."""
+    """The ccxt client; raises ValueError for an exchange ccxt does not know. ``ccxt_pacing``
+    False: ccxt's own limiter is off (the adapter models Kraken's REST counter instead)."""
     cls = KrakenClient if exchange_id == "kraken" else getattr(ccxt_async, exchange_id, None)
     if cls is None or not isinstance(cls, type):
         raise ValueError(f"ccxt has no exchange {exchange_id!r}")
-    config: dict[str, Any] = {"enableRateLimit": True, "timeout": int(timeout * 1000)}
+    config: dict[str, Any] = {"enableRateLimit": ccxt_pacing, "timeout": int(timeout * 1000)}
     if api_key:
         config["apiKey"] = api_key
     if api_secret:
@@ -548,6 +666,8 @@ def _local_refusal(o: OrderRequest, market: Market | None) -> MmopsError | None:
     """
     if market is None:
         return ExchangeRejected(f"unknown pair {o.symbol}")
+    if not market.status.admits_limit(o.post_only):
+        return ExchangeRejected(f"{o.symbol} is in {market.status.value} mode: order not admitted")
     rule = broken_rule(o, market)
     if rule is MarketRule.TICK_AND_LOT:
         return ExchangeRejected(
@@ -562,8 +682,21 @@ def _local_refusal(o: OrderRequest, market: Market | None) -> MmopsError | None:
     return None
 
 
-def _params(r: OrderRequest) -> dict[str, Any]:
-    return {"postOnly": r.post_only, "clientOrderId": r.client_order_id}
+def _request_of(order: ExchangeOrder) -> OrderRequest:
+    """The order as a request, to check an amended price against the market's rules."""
+    cid = order.client_order_id or order.id
+    return OrderRequest(order.symbol, order.side, order.amount, order.price, cid)
+
+
+def _params(r: OrderRequest, fee_in_quote: bool) -> dict[str, Any]:
+    """ccxt's order params. ``fee_in_quote`` (Kraken) pins ``oflags=fciq``: "fcib: prefer fee
+    in base currency (default if selling)" (https://docs.kraken.com/api-reference/trading/
+    add-order, ``oflags``), and mmops prices a take-profit's break-even with fees in quote.
+    ccxt joins it with ``post`` (``oflags=fciq,post``)."""
+    params: dict[str, Any] = {"postOnly": r.post_only, "clientOrderId": r.client_order_id}
+    if fee_in_quote:
+        params["oflags"] = FEE_IN_QUOTE
+    return params
 
 
 def _deadline_param(requests: Sequence[OrderRequest]) -> dict[str, str]:

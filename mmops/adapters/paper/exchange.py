@@ -12,6 +12,12 @@ unique among open orders only (``client_ids="open"``: a filled or cancelled orde
 ``"ever"`` accepts an id once for good); an order whose ``deadline`` has passed when it reaches
 the venue, or lies outside Kraken's deadline window, is refused. Resting orders fill when the
 seeded price path crosses them (:meth:`PaperExchange.match`), sometimes in parts.
+
+Kraken as reported (sources in tests/kraken_server.py): a post-only order that would cross is
+accepted and at once cancelled by the engine (``post_only_cross="cancel"``, the default;
+``"reject"`` refuses it instead); a cancel may be left pending (``cancel_pending=True``): the
+order stays open, holding and fillable, until :meth:`PaperExchange.settle_cancels`;
+:meth:`PaperExchange.amend` moves a resting sell's price in place (same id and client id).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from mmops.domain.exchange import (
     check_batch,
     deadline_fault,
 )
-from mmops.domain.models import Balance, Market, OrderStatus, Side, Ticker
+from mmops.domain.models import Balance, Market, OrderStatus, PairStatus, Side, Ticker
 from mmops.domain.ratelimit import CounterState, TradingCounter, cancel_penalty
 from mmops.errors import (
     DeadlineRefused,
@@ -62,6 +68,7 @@ T = TypeVar("T")
 Pipe = Any  # redis.asyncio.client.Pipeline in immediate (WATCH) mode
 MAX_TRANSACTION_RETRIES = 50
 ClientIds = Literal["open", "ever"]
+PostOnlyCross = Literal["cancel", "reject"]
 # Kraken's words for a deadline refusal (see tests/kraken_server.py for the sources).
 DEADLINE_REFUSALS = {
     DeadlineFault.ELAPSED: "EService:Deadline elapsed",
@@ -90,14 +97,22 @@ class PaperExchange:
         volatility: float = 0.012,
         price_origin: float = 0.0,
         client_ids: ClientIds = "open",
+        post_only_cross: PostOnlyCross = "cancel",
+        cancel_pending: bool = False,
     ) -> None:
         if client_ids not in ("open", "ever"):
             raise ValueError(f"client_ids is 'open' or 'ever', got {client_ids!r}")
+        if post_only_cross not in ("cancel", "reject"):
+            raise ValueError(f"post_only_cross is 'cancel' or 'reject', got {post_only_cross!r}")
+        self.post_only_cross = post_only_cross
+        self.cancel_pending = cancel_pending
+        self.amends = True  # False: a venue without amend (callers cancel and replace)
         self._r = redis
         self.client_ids = client_ids
         self._clock = clock
         self.venue = venue
         self.keys = VenueKeys(venue)
+        self._cancelling = f"{self.keys.open}:cancelling"  # ids whose cancel is pending
         self.prices = PricePath(seed, volatility, price_origin)
         self.counter = counter or TradingCounter()
         self.faults = faults or FaultPlan()
@@ -109,8 +124,13 @@ class PaperExchange:
     # -- the Exchange port ----------------------------------------------------------------
 
     async def markets(self) -> dict[str, Market]:
+        """The catalog's pairs, each with its current mode (:meth:`set_pair_status`)."""
         await self._call()
-        return {symbol: listing.market for symbol, listing in self._listings.items()}
+        modes = await self._pair_statuses()
+        return {
+            symbol: replace(listing.market, status=modes.get(symbol, PairStatus.ONLINE))
+            for symbol, listing in self._listings.items()
+        }
 
     @redis_errors
     async def tickers(self, symbols: Sequence[str]) -> dict[str, Ticker]:
@@ -152,9 +172,9 @@ class PaperExchange:
         first_number = self._orders_seen + 1
         self._orders_seen += len(orders)
         symbol = orders[0].symbol
-        if symbol in self.faults.fail_symbols:
-            raise ExchangeUnavailable(f"paper venue: {symbol} unavailable (injected fault)")
         listing = self._listing(symbol)
+        if (refused := await self._whole_refusals(symbol, orders)) is not None:
+            return refused
         ids = await self._next_ids("P", len(orders))
 
         async def place(pipe: Pipe) -> list[PlacementResult]:
@@ -188,9 +208,11 @@ class PaperExchange:
                         request, order=paper.order if error is None else None, error=error
                     )
                 )
+            results, voided = self._engine_cancels(results, ids, listing.market, now)
             pipe.multi()
             pipe.set(self.keys.rate(symbol), _encode_counter(admitted))
             self._write_accepted(pipe, symbol, accepted)
+            self._write_voided(pipe, symbol, voided)
             for asset, holding in holdings.items():
                 if holding != before[asset]:
                     pipe.set(self.keys.balance(asset), holding.encode())
@@ -226,10 +248,92 @@ class PaperExchange:
         clients = {cast(str, p.order.client_order_id): p.order.id for p in accepted}
         pipe.hset(self.keys.clients(symbol), mapping=clients)
 
+    def _engine_cancels(
+        self, results: list[PlacementResult], ids: list[str], market: Market, now: datetime
+    ) -> tuple[list[PlacementResult], list[PaperOrder]]:
+        """With ``post_only_cross="cancel"``, a post-only refusal becomes an order accepted and
+        at once cancelled by the engine ("Post only order"): it has an id, rests nowhere."""
+        if self.post_only_cross != "cancel":
+            return results, []
+        out, voided = [], []
+        for order_id, r in zip(ids, results, strict=True):
+            if isinstance(r.error, PostOnlyWouldTake):
+                order = _new_order(order_id, r.request, market, now).order
+                voided.append(PaperOrder(replace(order, status=OrderStatus.CANCELED), Decimal(0)))
+                r = PlacementResult(r.request, order=voided[-1].order)
+            out.append(r)
+        return out, voided
+
+    def _write_voided(self, pipe: Pipe, symbol: str, voided: list[PaperOrder]) -> None:
+        """Orders the engine accepted and cancelled at once: known, closed, holding nothing."""
+        if voided:
+            pipe.hset(self.keys.orders, mapping={p.order.id: p.encode() for p in voided})
+            clients = {cast(str, p.order.client_order_id): p.order.id for p in voided}
+            pipe.hset(self.keys.clients(symbol), mapping=clients)
+
     @redis_errors
     async def cancel(self, symbol: str, order_id: str) -> ExchangeOrder:
+        """Cancel an open order; with ``cancel_pending`` the cancel is only noted and the
+        order returned still OPEN (see :meth:`settle_cancels`)."""
         await self._call()
+        if self.cancel_pending:
+            order = (await self._read_order(self._r, order_id, symbol)).order
+            if order.status is not OrderStatus.OPEN:
+                raise OrderNotFound(f"order {order_id} is {order.status.value}, not open")
+            await self._r.sadd(self._cancelling, order_id)
+            return order
+        return await self._cancel_now(symbol, order_id)
 
+    @redis_errors
+    async def settle_cancels(self) -> int:
+        """The engine completes the pending cancels of orders still open; returns how many
+        (an order that filled meanwhile stays filled)."""
+        ids = sorted(cast(set[str], await self._r.smembers(self._cancelling)))
+        done = 0
+        for order_id in ids:
+            paper = await self._read_order(self._r, order_id, None)
+            try:
+                await self._cancel_now(paper.order.symbol, order_id)
+                done += 1
+            except OrderNotFound:
+                pass
+            await self._r.srem(self._cancelling, order_id)
+        return done
+
+    @redis_errors
+    async def amend(self, symbol: str, order_id: str, price: Decimal) -> ExchangeOrder:
+        """Move a resting sell to ``price`` in place (Kraken's AmendOrder): same id and client
+        id, the same quantity held. Raises OrderNotFound if it is not open (or its cancel is
+        pending), PostOnlyWouldTake if it would cross, ExchangeRejected off the tick's grid
+        or for a buy (the paper venue amends sells only)."""
+        await self._call()
+        market = self._listing(symbol).market
+        if not self.amends:
+            raise ExchangeRejected("paper venue: amend is switched off")
+
+        async def amend(pipe: Pipe) -> ExchangeOrder:
+            paper = await self._read_order(pipe, order_id, symbol)
+            order = paper.order
+            if order.status is not OrderStatus.OPEN or await pipe.sismember(
+                self._cancelling, order_id
+            ):
+                raise OrderNotFound(f"EOrder:Unknown order {order_id!r}")
+            if order.side is not Side.SELL:
+                raise ExchangeRejected("paper venue: only sells are amended")
+            request = OrderRequest(symbol, order.side, order.amount, price, order_id)
+            if broken_rule(request, market) is not None:
+                raise ExchangeRejected("EGeneral:Invalid arguments:price")
+            quote = self._quote(symbol, self._clock.now().timestamp(), await self._adjustments())
+            if price <= quote.bid:
+                raise PostOnlyWouldTake("EOrder:Post only order")
+            amended = PaperOrder(replace(order, price=price), paper.hold)
+            pipe.multi()
+            pipe.hset(self.keys.orders, order_id, amended.encode())
+            return amended.order
+
+        return await self._transact([self.keys.orders, self._cancelling], amend)
+
+    async def _cancel_now(self, symbol: str, order_id: str) -> ExchangeOrder:
         async def cancel(pipe: Pipe) -> ExchangeOrder:
             paper = await self._read_order(pipe, order_id, symbol)
             if paper.order.status is not OrderStatus.OPEN:
@@ -321,6 +425,34 @@ class PaperExchange:
             await self._r.delete(self.keys.down)
 
     @redis_errors
+    @redis_errors
+    async def set_pair_status(self, symbol: str, status: PairStatus) -> None:
+        """Put a pair in one of Kraken's modes (``online`` to lift it): a ``cancel_only`` or
+        ``reduce_only`` pair takes no new order, a ``post_only`` pair only post-only ones."""
+        self._listing(symbol)
+        if status is PairStatus.ONLINE:
+            await self._r.hdel(self.keys.status, symbol)
+        else:
+            await self._r.hset(self.keys.status, symbol, status.value)
+
+    async def _whole_refusals(
+        self, symbol: str, orders: Sequence[OrderRequest]
+    ) -> list[PlacementResult] | None:
+        """The whole request refused if the pair's mode does not admit one of its orders.
+
+        Raises ExchangeUnavailable for a pair of ``faults.fail_symbols``."""
+        if symbol in self.faults.fail_symbols:
+            raise ExchangeUnavailable(f"paper venue: {symbol} unavailable (injected fault)")
+        mode = (await self._pair_statuses()).get(symbol, PairStatus.ONLINE)
+        if all(mode.admits_limit(o.post_only) for o in orders):
+            return None
+        refused = ExchangeRejected(f"EService:Market in {mode.value} mode ({symbol})")
+        return [PlacementResult(o, error=refused) for o in orders]
+
+    async def _pair_statuses(self) -> dict[str, PairStatus]:
+        raw = await self._r.hgetall(self.keys.status)
+        return {str(k): PairStatus(str(v)) for k, v in raw.items()}
+
     async def shock(self, symbol: str, multiplier: Decimal) -> None:
         """Multiply the pair's price path by ``multiplier`` from now on (1 undoes it)."""
         self._listing(symbol)
@@ -404,6 +536,8 @@ class PaperExchange:
             raise ExchangeUnavailable(
                 f"paper venue unavailable (injected fault, call {self._calls})"
             )
+        if self._calls in self.faults.throttle_calls:
+            raise RateLimited(f"EService:Throttled (injected fault, call {self._calls})")
 
     async def _transact(self, watch: list[str], body: Callable[[Pipe], Awaitable[T]]) -> T:
         for _ in range(MAX_TRANSACTION_RETRIES):

@@ -35,6 +35,8 @@ class FaultPlan:
     reported as ExchangeTimeout (the caller cannot know they were placed).
     ``reject_orders``: order numbers (across batches) refused with the named error.
     ``fail_symbols``: pairs whose every ``place_batch`` raises ExchangeUnavailable.
+    ``throttle_calls``: API calls refused as Kraken refuses too many concurrent requests
+    (``EService:Throttled``): RateLimited, nothing done.
     """
 
     latency: float = 0.0  # seconds added to every call
@@ -42,6 +44,7 @@ class FaultPlan:
     timeout_after_accept: frozenset[int] = frozenset()
     reject_orders: Mapping[int, str] = field(default_factory=dict)
     fail_symbols: frozenset[str] = frozenset()
+    throttle_calls: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.latency < 0:
@@ -61,6 +64,7 @@ class FaultPlan:
             "timeout_after_accept",
             "reject_orders",
             "fail_symbols",
+            "throttle_calls",
         }
         if unknown := set(data) - known:
             raise ValueError(f"unknown fault settings {sorted(unknown)}; known: {sorted(known)}")
@@ -70,6 +74,7 @@ class FaultPlan:
             timeout_after_accept=frozenset(int(n) for n in data.get("timeout_after_accept", ())),
             reject_orders={int(k): str(v) for k, v in dict(data.get("reject_orders", {})).items()},
             fail_symbols=frozenset(str(s) for s in data.get("fail_symbols", ())),
+            throttle_calls=frozenset(int(n) for n in data.get("throttle_calls", ())),
         )
 
     def rejection(self, order_number: int, message: str) -> MmopsError | None:

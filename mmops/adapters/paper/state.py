@@ -42,6 +42,7 @@ class VenueKeys:
         self.seq = f"{self._prefix}:seq"
         self.matched_at = f"{self._prefix}:matched_at"
         self.down = f"{self._prefix}:down"
+        self.status = f"{self._prefix}:status"  # hash: pair → PairStatus other than online
         self.pattern = "paper:\\{" + venue + "\\}:*"
 
     def balance(self, asset: str) -> str:

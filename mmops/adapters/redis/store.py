@@ -466,6 +466,17 @@ class PositionStore:
             await self._r.hset(key, "status", status.value)
 
     @redis_errors
+    async def amend_tp(
+        self, session_id: str, order_id: str, price: Decimal, tier: int, markup: Decimal
+    ) -> None:
+        """Note a take-profit amended in place: its new price and the tier it is priced at."""
+        key = keys.tp_order(session_id, order_id)
+        if await self._r.exists(key):
+            await self._r.hset(
+                key, mapping={"price": str(price), "tier": str(tier), "markup": str(markup)}
+            )
+
+    @redis_errors
     async def read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]:
         """Positions by id, pipelined; unknown ids are left out."""
         return await self._read_many(session_id, ids)
