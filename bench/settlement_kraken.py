@@ -8,9 +8,9 @@ is refused with ``EAPI:Rate limit exceeded``) and adds 50 ms to every call.
 
 Prints one JSON object per case: wall time, private calls, the REST counter's peak on the
 server, REST refusals and trading-counter refusals (both should be 0: the adapter waits
-instead), and what was placed or failed (a take-profit that waits on the trading counter past
-its deadline is refused: ``DeadlineRefused``). Target (issue 16): 10 pairs x 10 positions
-under 2 s.
+instead), and what was placed or failed (the service waits for the trading counter before it
+stamps a batch's deadline, ``Exchange.admit``, so none should be ``DeadlineRefused``). Target
+(issue 16): 10 pairs x 10 positions under 2 s.
 
 Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
 Run: .venv/bin/python bench/settlement_kraken.py [--repeat 1]

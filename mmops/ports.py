@@ -84,6 +84,16 @@ class Exchange(Protocol):
         """Per asset: free, used (held by open orders) and total. Never cached."""
         ...
 
+    async def admit(self, symbol: str, orders: int) -> None:
+        """Wait until the venue's trading counter for ``symbol`` can take ``orders`` more
+        orders without refusing them (at once where the venue keeps no such model).
+
+        A caller stamps an order's deadline after this wait, not before it, so the wait cannot
+        eat the deadline. What the wait reserves is spent by the next ``place_batch`` of the
+        pair, which then does not wait again. Raises nothing.
+        """
+        ...
+
     async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
         """Place up to MAX_BATCH orders of one pair; one result per order, in order.
 

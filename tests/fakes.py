@@ -452,6 +452,9 @@ class MemoryExchange:
             for asset, total in self.totals.items()
         }
 
+    async def admit(self, symbol: str, orders: int) -> None:
+        """No trading counter here: every batch is admitted at once."""
+
     async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
         check_batch(orders)
         self.batches.append(list(orders))

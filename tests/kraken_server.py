@@ -39,7 +39,41 @@ Kraken as documented, each behaviour with its source:
   id (``client_ids="open"``, the default); ``"ever"`` refuses an id any order ever had, the
   stricter rule some venues keep. A duplicate is refused as ``EOrder:Duplicate order``.
 * ``ClosedOrders``: "50 results are returned at a time, the most recent by default"
-  (https://docs.kraken.com/api-reference/account-data/get-closed-orders): newest first here.
+  (https://docs.kraken.com/api-reference/account-data/get-closed-orders): newest first (by close
+  time), 50 from offset ``ofs``, ``count`` the number of all that match; ``start`` exclusive and
+  ``end`` inclusive, each a Unix time or a txid ("If an order's tx ID is given for start or end
+  time, the order's opening time (opentm) is used"), against the time ``closetime`` names
+  (``open``, ``close``, ``both``: either, the default). The ``cl_ord_id`` filter: the current
+  reference lists it in ClosedOrders' request, older references and clients list only
+  ``trades``, ``userref``, ``start``, ``end``, ``ofs``, ``closetime``
+  (https://docs.kraken.com/api/docs/rest-api/get-closed-orders; kraapi's and kraken_client's
+  ClosedOrders builders), so switch ``closed_cl_ord_id_filter`` (default True: applied; False:
+  ignored, every closed order comes back).
+* ``QueryOrders`` takes ``txid`` ("Comma delimited list of transaction IDs to query info
+  about (50 maximum)"), ``trades``, ``userref``, ``consolidate_taker`` and no ``cl_ord_id``
+  (https://docs.kraken.com/api-reference/account-data/query-orders-info,
+  https://docs.kraken.com/api/docs/rest-api/get-orders-info agree): a ``cl_ord_id`` sent along
+  filters nothing.
+* ``TradesHistory``: "50 results are returned at a time, the most recent by default"
+  (https://docs.kraken.com/api-reference/account-data/get-trades-history): one trade per
+  :meth:`fill`, newest first, ``ofs`` / ``start`` / ``end`` as for ClosedOrders (against the
+  trade's ``time``; a txid stands for its trade's time), answered as ``{"trades": ...,
+  "count": n}``. It costs +2 on the REST call counter (``rest_tier``, below).
+* ``CancelAllOrdersAfter``, the dead man's switch: "a timeout (in seconds), that will start a
+  countdown timer which will cancel *all* client orders when the timer expires ... deactivate
+  the mechanism by specifying a timeout of 0. If the timer expires, all orders are cancelled
+  and then the timer remains disabled until the client provides a new (non-zero) timeout";
+  ``timeout`` "should be less than 86400 seconds"; answers ``currentTime`` and ``triggerTime``
+  (RFC3339) (https://docs.kraken.com/api-reference/trading/cancel-all-orders-after-x,
+  https://docs.kraken.com/api/docs/rest-api/cancel-all-orders-after). It runs on the server's
+  clock (:meth:`advance`) and fires when the clock is next looked at (a private call,
+  :meth:`advance`, :meth:`order`, :meth:`orders`), closing every open order at the trigger
+  time. Assumptions, undocumented: a disabling call answers ``triggerTime`` ``"0"``, the
+  cancelled orders carry reason ``"Dead man's switch"``, and the engine's cancels are not
+  charged to the trading counter.
+* ``GetWebSocketsToken`` answers ``{"token": ..., "expires": 900}``: "The token should be used
+  within 15 minutes of creation" (https://docs.kraken.com/api-reference/trading/get-websockets-token;
+  the example answer carries ``"expires": 900``).
 * A post-only order that would cross (switch ``post_only_cross``). Kraken's AddOrder reference
   lists ``EOrder:Post only order``; independent clients report that the order is *accepted*
   (a txid comes back) and the engine then cancels it with reason "Post only order"
@@ -146,6 +180,10 @@ DEADLINE_ELAPSED = "EService:Deadline elapsed"
 DEADLINE_INVALID = "EGeneral:Invalid arguments:deadline"
 REWARDS = ".F"  # Kraken Rewards balances (BalanceEx), spent through their base asset
 PAIR_STATUSES = ("online", "cancel_only", "post_only", "limit_only", "reduce_only")
+PAGE = 50  # ClosedOrders and TradesHistory answer 50 at a time (module docstring)
+DEAD_MAN_MAX = 86400  # CancelAllOrdersAfter: timeout "less than 86400 seconds"
+DEAD_MAN_REASON = "Dead man's switch"  # assumed; Kraken does not document the reason string
+WS_TOKEN_EXPIRES = 900  # GetWebSocketsToken: seconds to use the token in
 
 
 class KrakenError(Exception):
@@ -292,8 +330,9 @@ class Stats:
 class KrakenServer:
     """Kraken's REST API on an ephemeral port of 127.0.0.1, served from a background thread.
 
-    ``client_ids`` and ``deadline_errors`` choose between readings of Kraken's documentation
-    (module docstring); the defaults are the documented ones.
+    ``client_ids``, ``deadline_errors``, ``post_only_cross`` and ``closed_cl_ord_id_filter``
+    choose between readings of Kraken's documentation (module docstring); the defaults are the
+    documented ones.
     """
 
     def __init__(
@@ -310,6 +349,7 @@ class KrakenServer:
         rest_tier: str | None = None,
         max_concurrent: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        closed_cl_ord_id_filter: bool = True,
     ) -> None:
         if client_ids not in ("open", "ever") or deadline_errors not in ("engine", "gateway"):
             raise ValueError(f"unknown variant: {client_ids!r}, {deadline_errors!r}")
@@ -317,6 +357,9 @@ class KrakenServer:
             raise ValueError(f"unknown variant: {post_only_cross!r}")
         self.post_only_cross = post_only_cross
         self.cancel_pending = cancel_pending
+        self.closed_cl_ord_id_filter = closed_cl_ord_id_filter
+        self._trades: dict[str, dict[str, Any]] = {}  # TradesHistory, oldest first
+        self._dead_man_at: float | None = None  # CancelAllOrdersAfter's trigger (server clock)
         self.rest_tier = rest_tier
         self.rest_counter = KRAKEN_TIERS[rest_tier].rest if rest_tier else None
         self.max_concurrent = max_concurrent
@@ -432,6 +475,7 @@ class KrakenServer:
             raise ValueError("time does not run backwards")
         with self._lock:
             self.clock_offset += seconds
+            self._fire_dead_man()
 
     def now(self) -> float:
         """The server's clock, in epoch seconds."""
@@ -500,6 +544,7 @@ class KrakenServer:
             order.vol_exec += qty
             order.cost += value
             order.fee += fee
+            self._record_trade(order, qty, value, fee)
             if order.remaining == 0:
                 order.status, order.closetm = "closed", self.now()
             return order.info()
@@ -536,10 +581,12 @@ class KrakenServer:
     def order(self, order_id: str) -> dict[str, Any]:
         """An order's Kraken description (as QueryOrders gives it)."""
         with self._lock:
+            self._fire_dead_man()
             return self._orders[order_id].info()
 
     def orders(self) -> list[dict[str, Any]]:
         with self._lock:
+            self._fire_dead_man()
             return [{"txid": o.txid, **o.info()} for o in self._orders.values()]
 
     def balance(self, asset: str) -> tuple[Decimal, Decimal]:
@@ -590,6 +637,7 @@ class KrakenServer:
                     self.stats.throttled += 1
                     raise KrakenError(f"EService:Throttled: {int(self.now()) + 1}")
                 self._charge_rest(request.headers.get("API-Key", ""), method)
+                self._fire_dead_man()
             if fault == "5xx":
                 return web.Response(status=500, text="Internal Server Error")
             if fault == "unavailable":
@@ -671,6 +719,12 @@ class KrakenServer:
             "OpenOrders": lambda p: {"open": self._select(p, open_=True)},
             "ClosedOrders": self._closed_orders,
             "QueryOrders": self._query_orders,
+            "TradesHistory": self._trades_history,
+            "CancelAllOrdersAfter": self._cancel_all_orders_after,
+            "GetWebSocketsToken": lambda _: {
+                "token": base64.b64encode(secrets.token_bytes(32)).decode().rstrip("="),
+                "expires": WS_TOKEN_EXPIRES,
+            },
         }
 
     # -- public endpoints -----------------------------------------------------------------
@@ -827,25 +881,109 @@ class KrakenServer:
         return {"count": count}
 
     def _closed_orders(self, params: Params) -> dict[str, Any]:
-        """Closed orders, the most recent first, as Kraken documents (module docstring)."""
-        closed = self._select(params, open_=False)
-        newest_first = sorted(
-            closed.items(), key=lambda kv: kv[1].get("closetm") or kv[1]["opentm"], reverse=True
-        )
-        return {"closed": dict(newest_first), "count": len(closed)}
+        """Closed orders, 50 from ``ofs``, the most recent first, within ``start`` / ``end``,
+        as Kraken documents (module docstring)."""
+        wanted = params if self.closed_cl_ord_id_filter else {**params, "cl_ord_id": None}
+        start, end = self._bound(params, "start"), self._bound(params, "end")
+        which = str(params.get("closetime") or "both")
+        if which not in ("open", "close", "both"):
+            raise KrakenError("EGeneral:Invalid arguments:closetime")
+        closed = []
+        for seq, o in enumerate(self._orders.values()):
+            times = [t for t in (o.opentm, o.closetm) if t is not None]
+            times = times[:1] if which == "open" else times[1:] if which == "close" else times
+            in_window = any(_within(t, start, end) for t in times)
+            if o.status != "open" and _matches(o, wanted) and in_window:
+                closed.append((o.closetm or o.opentm, seq, o))
+        closed.sort(key=lambda c: c[:2], reverse=True)
+        page = _page(closed, params)
+        return {"closed": {o.txid: o.info() for *_, o in page}, "count": len(closed)}
 
     def _query_orders(self, params: Params) -> dict[str, Any]:
-        ids = [t for t in str(params.get("txid", "")).split(",") if t]
+        """Orders by txid; ``userref`` filters, ``cl_ord_id`` is no parameter of QueryOrders
+        (module docstring)."""
+        ids = [t.strip() for t in str(params.get("txid", "")).split(",") if t.strip()]
         if not ids:
             raise KrakenError("EGeneral:Invalid arguments:txid")
         result = {}
         for txid in ids:
             order = self._orders.get(txid)
-            if order is not None and _matches(order, params):
+            if order is not None and _matches(order, {"userref": params.get("userref")}):
                 result[txid] = order.info()
         return result
 
+    def _trades_history(self, params: Params) -> dict[str, Any]:
+        """Trades, 50 from ``ofs``, the most recent first, within ``start`` / ``end`` (module
+        docstring)."""
+        start, end = self._bound(params, "start"), self._bound(params, "end")
+        trades = [
+            (t["time"], seq, txid, t)
+            for seq, (txid, t) in enumerate(self._trades.items())
+            if _within(t["time"], start, end)
+        ]
+        trades.sort(key=lambda t: t[:2], reverse=True)
+        page = _page(trades, params)
+        return {"trades": {txid: t for *_, txid, t in page}, "count": len(trades)}
+
+    def _cancel_all_orders_after(self, params: Params) -> dict[str, Any]:
+        """Set (``timeout`` > 0) or disable (0) the dead man's switch (module docstring)."""
+        try:
+            timeout = int(str(params.get("timeout", "")))
+        except ValueError as e:
+            raise KrakenError("EGeneral:Invalid arguments:timeout") from e
+        if not 0 <= timeout < DEAD_MAN_MAX:
+            raise KrakenError("EGeneral:Invalid arguments:timeout")
+        now = self.now()
+        self._dead_man_at = now + timeout if timeout else None
+        trigger = _rfc3339(self._dead_man_at) if self._dead_man_at is not None else "0"
+        return {"currentTime": _rfc3339(now), "triggerTime": trigger}
+
     # -- order book-keeping ---------------------------------------------------------------
+
+    def _fire_dead_man(self) -> None:
+        """CancelAllOrdersAfter's timer, if it has expired: every open order closes at the
+        trigger time, then the timer is off (module docstring)."""
+        at = self._dead_man_at
+        if at is None or self.now() < at:
+            return
+        self._dead_man_at = None
+        for o in self._open():
+            o.status, o.closetm, o.reason = "canceled", at, DEAD_MAN_REASON
+
+    def _record_trade(self, order: ServerOrder, qty: Decimal, value: Decimal, fee: Decimal) -> None:
+        """One TradesHistory entry for a fill (fields of Kraken's example answer)."""
+        txid = "T{}-{}-{}".format(*(secrets.token_hex(4).upper()[:n] for n in (5, 5, 6)))
+        self._trades[txid] = {
+            "ordertxid": order.txid,
+            "pair": order.pair.id,
+            "time": self.now(),
+            "type": order.spec.side,
+            "ordertype": "limit",
+            "price": order.pair.price(order.spec.price),
+            "cost": _fmt(value, 5),
+            "fee": _fmt(fee, 5),
+            "vol": _fmt(qty, LOT_DECIMALS),
+            "margin": "0.00000",
+            "misc": "",
+            "trade_id": len(self._trades) + 1,
+            "maker": True,
+        }
+
+    def _bound(self, params: Params, name: str) -> float | None:
+        """``start`` or ``end``: a Unix time, or an order's txid standing for its ``opentm``
+        (a trade's txid for its ``time``)."""
+        raw = params.get(name)
+        if raw in (None, ""):
+            return None
+        ref = str(raw)
+        if ref in self._orders:
+            return self._orders[ref].opentm
+        if ref in self._trades:
+            return float(self._trades[ref]["time"])
+        try:
+            return float(ref)
+        except ValueError as e:
+            raise KrakenError(f"EGeneral:Invalid arguments:{name}") from e
 
     def _receive(self, count: int) -> int:
         first = self.stats.orders_received + 1
@@ -1081,6 +1219,26 @@ def _matches(order: ServerOrder, params: Mapping[str, Any]) -> bool:
         return False
     userref = params.get("userref")
     return not (userref not in (None, "") and order.spec.userref != int(userref))
+
+
+def _within(moment: float, start: float | None, end: float | None) -> bool:
+    """``start`` exclusive, ``end`` inclusive, as Kraken's history calls take them."""
+    return (start is None or moment > start) and (end is None or moment <= end)
+
+
+def _page(items: list[Any], params: Params) -> list[Any]:
+    """The 50 of ``items`` (newest first) from offset ``ofs``."""
+    try:
+        ofs = int(str(params.get("ofs") or 0))
+    except ValueError as e:
+        raise KrakenError("EGeneral:Invalid arguments:ofs") from e
+    if ofs < 0:
+        raise KrakenError("EGeneral:Invalid arguments:ofs")
+    return items[ofs : ofs + PAGE]
+
+
+def _rfc3339(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _fee_in_base(spec: Spec) -> bool:

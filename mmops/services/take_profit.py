@@ -320,6 +320,9 @@ class TakeProfitService:
             orders = await self._claimed_orders(session_id, grants, tokens, data, report, now)
             for start in range(0, len(orders), MAX_BATCH):
                 chunk = orders[start : start + MAX_BATCH]
+                # The venue's trading counter may hold a batch back (Kraken Starter: 60 orders
+                # a pair, -1/s): wait here, so the fence stamps the deadline after the wait.
+                await self._exchange.admit(pair, len(chunk))
                 fenced, deadline = await self._fence(session_id, chunk, tokens, lease, report)
                 await self._place_chunk(fenced, report, now, deadline)
         finally:

@@ -87,6 +87,16 @@ async def test_a_batch_gets_one_result_per_order_in_order(venue: venues.Venue) -
     assert open_ids >= {o.id for o in orders}
 
 
+async def test_a_batch_the_venue_admitted_is_then_placed_whole(venue: venues.Venue) -> None:
+    """``admit`` returns once the pair's counter has room (here at once: it is empty) and the
+    batch that follows, deadline stamped after it, is placed."""
+    await venue.fund("BTC", Decimal("1"))
+    await venue.exchange.admit(SYMBOL, 3)
+    deadline = venue.now() + timedelta(seconds=15)
+    requests = [sell(p, deadline=deadline) for p in await sell_prices(venue, 3)]
+    assert all(r.placed for r in await venue.exchange.place_batch(requests))
+
+
 async def test_balances_hold_what_open_orders_reserve(venue: venues.Venue) -> None:
     await venue.fund("BTC", Decimal("1"))
     before = (await venue.exchange.balances())["BTC"]

@@ -4,6 +4,7 @@ ccxt's errors mapped into mmops', and no secret in any log line or exception tex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import re
@@ -318,6 +319,61 @@ async def test_without_the_counter_model_the_same_burst_is_refused() -> None:
         assert server.stats.rate_limit_refusals > 0
 
 
+@contextlib.asynccontextmanager
+async def starter_pair_at_59() -> AsyncIterator[tuple[KrakenServer, CcxtExchange, list[float]]]:
+    """Starter's trading counter (60, -1/s) on a simulated clock shared by the server and the
+    adapter: 60 orders placed (the fourth batch waited 1 s), so the pair's counter stands at
+    59 and the next 15 orders need 15 s of decay. Yields the sleeps slept from then on."""
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    starter = KRAKEN_TIERS["starter"].trading
+    with KrakenServer(counter=starter, monotonic=lambda: now[0]) as server:
+        server.set_quote(BTC, BID, ASK)
+        server.fund("BTC", "10")
+        clock = {"counter": starter, "monotonic": lambda: now[0], "sleep": sleep}
+        async with make_ccxt_exchange(server, **clock) as exchange:
+            for start in range(0, 60, 15):
+                assert all(r.placed for r in await exchange.place_batch(sells(start, 15)))
+            slept.clear()
+            yield server, exchange, slept
+        assert server.stats.rate_limit_refusals == 0
+
+
+def sells(start: int, count: int, deadline: datetime | None = None) -> list[OrderRequest]:
+    return [
+        OrderRequest(BTC, Side.SELL, Decimal("0.01"), price, cid(), deadline=deadline)
+        for price in asks(count, start)
+    ]
+
+
+async def test_admit_waits_for_the_trading_counter_and_the_batch_after_it_does_not_wait() -> None:
+    async with starter_pair_at_59() as (server, exchange, slept):
+        await exchange.admit(BTC, 15)
+        assert slept == [pytest.approx(15)]
+        deadline = datetime.now(UTC) + timedelta(seconds=15)  # stamped after the wait
+        results = await exchange.place_batch(sells(60, 15, deadline))
+        assert all(r.placed for r in results)
+        assert slept == [pytest.approx(15)]  # no second wait
+        assert server.stats.orders_accepted == 75
+
+
+async def test_a_batch_whose_deadline_the_counter_wait_would_pass_is_declined_unsent() -> None:
+    async with starter_pair_at_59() as (server, exchange, slept):
+        placements = server.stats.placements
+        deadline = datetime.now(UTC) + timedelta(seconds=5)  # the counter needs 15 s
+        results = await exchange.place_batch(sells(60, 15, deadline))
+        assert all(isinstance(r.error, DeadlineRefused) for r in results)
+        assert "not sent" in str(results[0].error)
+        assert server.stats.placements == placements and slept == []
+        await exchange.admit(BTC, 15)  # the declined batch charged nothing to the model
+        assert slept == [pytest.approx(15)]
+
+
 async def test_dry_run_places_nothing_and_answers_with_synthetic_orders(
     server: KrakenServer,
 ) -> None:
@@ -585,3 +641,87 @@ def test_the_trading_counter_follows_the_configured_tier() -> None:
     assert pro._client.enableRateLimit is False  # the model paces, not ccxt's 1 s per unit
     with pytest.raises(ValueError, match="tier"):
         CcxtExchange("kraken", tier="gold")
+
+
+async def close_orders(server: KrakenServer, exchange: CcxtExchange, count: int) -> list[str]:
+    """Place ``count`` sells with fresh client ids and fill each; returns their txids."""
+    server.fund("BTC", Decimal("0.01") * count)
+    txids: list[str] = []
+    prices = asks(15)
+    for first in range(0, count, 15):
+        size = min(15, count - first)
+        results = await exchange.place_batch([sell(p) for p in prices[:size]])
+        for r in results:
+            assert r.order is not None
+            server.fill(r.order.id)
+            txids.append(r.order.id)
+    return txids
+
+
+@pytest.fixture
+def unfiltered() -> Iterator[KrakenServer]:
+    """A server that ignores ClosedOrders' ``cl_ord_id`` filter, with room for bursts."""
+    counter = TradingCounter(threshold=10_000)
+    with KrakenServer(counter=counter, closed_cl_ord_id_filter=False) as s:
+        s.set_quote(BTC, BID, ASK)
+        yield s
+        assert s.stats.errors == []
+
+
+async def test_a_closed_order_past_the_first_page_is_found_by_paging_newest_first(
+    unfiltered: KrakenServer,
+) -> None:
+    async with make_ccxt_exchange(unfiltered) as exchange:
+        unfiltered.fund("BTC", "0.01")
+        request = sell(asks(1)[0])
+        [result] = await exchange.place_batch([request])
+        assert result.order is not None
+        unfiltered.fill(result.order.id)
+        unfiltered.advance(1)
+        await close_orders(unfiltered, exchange, 60)  # the order now sits at offset 60
+        before = unfiltered.stats.calls["ClosedOrders"]
+        found = await exchange.find_by_client_id(BTC, request.client_order_id)
+    assert found is not None and found.id == result.order.id
+    assert found.status is OrderStatus.FILLED
+    assert unfiltered.stats.calls["ClosedOrders"] - before == 2
+
+
+async def test_with_120_closed_orders_of_other_ids_the_lookup_reads_every_page_and_finds_none(
+    unfiltered: KrakenServer,
+) -> None:
+    async with make_ccxt_exchange(unfiltered) as exchange:
+        await close_orders(unfiltered, exchange, 120)
+        before = unfiltered.stats.calls["ClosedOrders"]
+        assert await exchange.find_by_client_id(BTC, cid()) is None
+    assert unfiltered.stats.calls["ClosedOrders"] - before == 3  # 50 + 50 + 20
+
+
+async def test_the_lookup_gives_up_after_its_page_bound(
+    unfiltered: KrakenServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mmops.adapters.exchanges.ccxt_exchange.CLOSED_PAGES", 2)
+    async with make_ccxt_exchange(unfiltered) as exchange:
+        unfiltered.fund("BTC", "0.01")
+        request = sell(asks(1)[0])
+        [result] = await exchange.place_batch([request])
+        assert result.order is not None
+        unfiltered.fill(result.order.id)
+        unfiltered.advance(1)
+        await close_orders(unfiltered, exchange, 120)
+        before = unfiltered.stats.calls["ClosedOrders"]
+        assert await exchange.find_by_client_id(BTC, request.client_order_id) is None
+    assert unfiltered.stats.calls["ClosedOrders"] - before == 2
+
+
+async def test_where_the_server_applies_the_cl_ord_id_filter_one_page_is_enough(
+    server: KrakenServer, exchange: CcxtExchange
+) -> None:
+    server.fund("BTC", "0.01")
+    request = sell(asks(1)[0])
+    [result] = await exchange.place_batch([request])
+    assert result.order is not None
+    server.fill(result.order.id)
+    before = server.stats.calls["ClosedOrders"]
+    found = await exchange.find_by_client_id(BTC, request.client_order_id)
+    assert found is not None and found.id == result.order.id
+    assert server.stats.calls["ClosedOrders"] - before == 1

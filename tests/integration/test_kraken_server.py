@@ -561,3 +561,142 @@ def test_too_many_concurrent_requests_are_throttled_with_a_retry_time(
     [error] = client.private("Balance")["error"]
     assert error.startswith("EService:Throttled: ")
     assert int(error.rsplit(" ", 1)[1]) > server.now()
+
+
+@pytest.fixture
+def roomy() -> Iterator[KrakenServer]:
+    """A server whose trading counter lets a test close many orders at once."""
+    with KrakenServer(counter=TradingCounter(threshold=10_000)) as s:
+        s.set_quote("BTC/USD", "60000.0", "60010.0")
+        yield s
+        assert s.stats.errors == []
+
+
+def close_orders(server: KrakenServer, client: Client, count: int, **extra: str) -> list[str]:
+    """Place ``count`` sells (15 a batch) and fill each, a second apart; their txids in order."""
+    server.fund("BTC", Decimal("0.02") * count)  # each fill also pays its fee in BTC
+    txids: list[str] = []
+    for first in range(0, count, 15):
+        size = min(15, count - first)
+        orders = [client.order(f"{61000 + i}.0", **extra) for i in range(size)]
+        answers = client.batch(orders)["result"]["orders"] if size > 1 else None
+        if answers is None:
+            placed = client.private("AddOrder", {"pair": "XXBTZUSD", **orders[0]})
+            answers = [{"txid": placed["result"]["txid"][0]}]
+        for answer in answers:
+            server.fill(answer["txid"])
+            server.advance(1)
+            txids.append(answer["txid"])
+    return txids
+
+
+def test_closed_orders_come_50_a_page_newest_first_from_ofs_with_the_full_count(
+    roomy: KrakenServer,
+) -> None:
+    client = Client(roomy)
+    txids = close_orders(roomy, client, 120)
+    pages = [client.private("ClosedOrders", {"ofs": ofs})["result"] for ofs in (0, 50, 100)]
+    assert [len(p["closed"]) for p in pages] == [50, 50, 20]
+    assert all(p["count"] == 120 for p in pages)
+    assert [t for p in pages for t in p["closed"]] == txids[::-1]
+    assert client.private("ClosedOrders", {"ofs": 120})["result"] == {"closed": {}, "count": 120}
+    bad = client.private("ClosedOrders", {"ofs": "-1"})
+    assert bad == {"error": ["EGeneral:Invalid arguments:ofs"]}
+
+
+def test_closed_orders_take_start_exclusive_and_end_inclusive_times_or_txids(
+    roomy: KrakenServer,
+) -> None:
+    client = Client(roomy)
+    txids = close_orders(roomy, client, 4)
+    closetm = [roomy.order(t)["closetm"] for t in txids]
+    window = {"start": str(closetm[0]), "end": str(closetm[2]), "closetime": "close"}
+    assert list(client.private("ClosedOrders", window)["result"]["closed"]) == txids[2:0:-1]
+    # A txid stands for its order's opentm: all four opened before the last one's close.
+    by_txid = {"start": txids[0], "closetime": "close"}
+    assert client.private("ClosedOrders", by_txid)["result"]["count"] == 4
+
+
+def test_the_closed_orders_cl_ord_id_filter_is_a_switch(roomy: KrakenServer) -> None:
+    client = Client(roomy)
+    close_orders(roomy, client, 3)
+    [mine] = close_orders(roomy, client, 1, cl_ord_id="uuid-1")
+    assert list(client.private("ClosedOrders", {"cl_ord_id": "uuid-1"})["result"]["closed"]) == [
+        mine
+    ]
+    with KrakenServer(closed_cl_ord_id_filter=False) as unfiltered:
+        unfiltered.set_quote("BTC/USD", "60000.0", "60010.0")
+        other = Client(unfiltered)
+        close_orders(unfiltered, other, 3)
+        close_orders(unfiltered, other, 1, cl_ord_id="uuid-1")
+        answer = other.private("ClosedOrders", {"cl_ord_id": "uuid-1"})["result"]
+        assert answer["count"] == 4
+
+
+def test_query_orders_takes_txids_and_applies_no_cl_ord_id_filter(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    order = client.order("61000.0", cl_ord_id="uuid-1")
+    txid = client.private("AddOrder", {"pair": "XXBTZUSD", **order})["result"]["txid"][0]
+    answer = client.private("QueryOrders", {"txid": txid, "cl_ord_id": "uuid-2"})["result"]
+    assert list(answer) == [txid] and answer[txid]["cl_ord_id"] == "uuid-1"
+
+
+def test_trades_history_is_paged_newest_first_and_costs_two_on_the_rest_counter() -> None:
+    now = [0.0]
+    counter = TradingCounter(threshold=10_000)
+    with KrakenServer(counter=counter, rest_tier="starter", monotonic=lambda: now[0]) as server:
+        server.set_quote("BTC/USD", "60000.0", "60010.0")
+        client = Client(server)
+        txids = close_orders(server, client, 60)
+        first = client.private("TradesHistory")["result"]
+        assert (len(first["trades"]), first["count"]) == (50, 60)
+        ordered = [t["ordertxid"] for t in first["trades"].values()]
+        ordered += [
+            t["ordertxid"]
+            for t in client.private("TradesHistory", {"ofs": 50})["result"]["trades"].values()
+        ]
+        assert ordered == txids[::-1]
+        assert server.stats.rest_peak == 4  # two calls, 2 each; placing costs nothing
+        newest = next(iter(first["trades"].values()))
+        assert newest["vol"] == "0.01000000" and newest["type"] == "sell"
+
+
+def test_cancel_all_orders_after_cancels_every_open_order_when_the_timer_expires(
+    server: KrakenServer, client: Client
+) -> None:
+    server.fund("BTC", "1")
+    orders = [client.order(f"{61000 + i}.0") for i in range(3)]
+    txids = [a["txid"] for a in client.batch(orders)["result"]["orders"]]
+    armed = client.private("CancelAllOrdersAfter", {"timeout": 60})["result"]
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    set_at = datetime.strptime(armed["currentTime"], fmt)
+    assert datetime.strptime(armed["triggerTime"], fmt) - set_at == timedelta(seconds=60)
+    server.advance(30)
+    client.private("CancelAllOrdersAfter", {"timeout": 60})  # pushed back: 90 s from the start
+    server.advance(45)
+    assert len(client.private("OpenOrders")["result"]["open"]) == 3
+    server.advance(16)
+    assert client.private("OpenOrders")["result"]["open"] == {}
+    assert {server.order(t)["status"] for t in txids} == {"canceled"}
+    # Once fired the timer is off: a new order stays.
+    placed = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("61100.0")})
+    server.advance(600)
+    assert server.order(placed["result"]["txid"][0])["status"] == "open"
+
+
+def test_a_timeout_of_0_disables_the_dead_mans_switch(server: KrakenServer, client: Client) -> None:
+    server.fund("BTC", "1")
+    placed = client.private("AddOrder", {"pair": "XXBTZUSD", **client.order("61000.0")})
+    client.private("CancelAllOrdersAfter", {"timeout": 10})
+    assert client.private("CancelAllOrdersAfter", {"timeout": 0})["result"]["triggerTime"] == "0"
+    server.advance(60)
+    assert server.order(placed["result"]["txid"][0])["status"] == "open"
+    too_long = client.private("CancelAllOrdersAfter", {"timeout": 86400})
+    assert too_long == {"error": ["EGeneral:Invalid arguments:timeout"]}
+
+
+def test_get_websockets_token_answers_a_token_and_its_expiry(client: Client) -> None:
+    answer = client.private("GetWebSocketsToken")["result"]
+    assert answer["expires"] == 900 and len(answer["token"]) >= 40

@@ -46,7 +46,13 @@ def ticker(symbol: str, bid: str, ask: str | None = None) -> Ticker:
 
 
 class Desk:
-    def __init__(self, *, balances: dict[str, str] | None = None, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        balances: dict[str, str] | None = None,
+        dry_run: bool = False,
+        venue: type[fakes.MemoryExchange] = fakes.MemoryExchange,
+    ) -> None:
         self.clock = SimulatedClock(T0)
         self.claims = fakes.FakeClaims(self.clock)
         self.locks = fakes.FakeLocks()
@@ -57,7 +63,7 @@ class Desk:
         self.records = fakes.FakeSessionRecords()
         self.notifier = fakes.FakeNotifier()
         self.registry = SessionRegistry(live=self.live, records=self.records)
-        self.exchange = fakes.MemoryExchange(
+        self.exchange = venue(
             self.clock,
             {s: market(s) for s in (BTC_USD, BTC_EUR, ETH_USD)},
             {

@@ -4,16 +4,19 @@ recovery of placements whose outcome was lost."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from mmops.adapters.clock import SimulatedClock
 from mmops.domain.exchange import OrderRequest
 from mmops.domain.models import OrderStatus, PairStatus, Side
 from mmops.domain.records import TpStatus
 from mmops.errors import ExchangeRejected, LockLost, PostOnlyWouldTake
 from mmops.services.tp_results import PairReport, SkipReason
+from tests import fakes
 from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, Desk, cid
 
 
@@ -268,6 +271,35 @@ async def test_every_order_carries_its_deadline_and_a_refusal_spends_its_client_
     await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
 
     assert [r.client_order_id for [r] in desk.exchange.batches] == [cid("b1", 0), cid("b1", 1)]
+
+
+class SlowCounterVenue(fakes.MemoryExchange):
+    """A venue whose trading counter holds every batch back 10 s (the clock moves by it)."""
+
+    def __init__(self, clock: SimulatedClock, *args: Any) -> None:
+        super().__init__(clock, *args)
+        self.clock = clock
+        self.admitted: list[tuple[str, int, datetime]] = []  # pair, orders, when admitted
+
+    async def admit(self, symbol: str, orders: int) -> None:
+        self.admitted.append((symbol, orders, self.clock.advance(timedelta(seconds=10))))
+
+
+async def test_a_batch_waits_for_the_counter_before_its_fence_and_its_deadline_after() -> None:
+    desk = Desk(venue=SlowCounterVenue)
+    for i in range(20):
+        await desk.buy(f"b{i:02}", "0.1")
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    venue = desk.exchange
+    assert isinstance(venue, SlowCounterVenue)
+    assert [(s, n) for s, n, _ in venue.admitted] == [(BTC_USD, 15), (BTC_USD, 5)]
+    for (_, _, admitted_at), batch in zip(venue.admitted, venue.batches, strict=True):
+        assert {r.deadline for r in batch} == {admitted_at + timedelta(seconds=15)}
+    assert len(report.placed) == 20 and report.failed == []
 
 
 async def test_a_lost_lock_stops_sending_before_the_next_batch() -> None:

@@ -10,13 +10,17 @@ What it adds on top of ccxt:
 * **Deadlines.** An order's ``deadline`` goes out as Kraken's ``deadline`` (RFC3339, UTC, to
   the millisecond): on AddOrder with the order, on AddOrderBatch once for the whole request
   (the earliest of the batch). Kraken refuses a request that reaches it later
-  (``DeadlineRefused``: nothing was placed).
+  (``DeadlineRefused``: nothing was placed). A request whose deadline the trading counter's
+  wait would leave less than Kraken's 2 s ahead is declined the same way without being sent.
 * **Lookups by client id** return the open order with that id, else the most recently
-  created closed one (Kraken keeps a ``cl_ord_id`` unique among open orders only).
+  created closed one (Kraken keeps a ``cl_ord_id`` unique among open orders only). Kraken's
+  closed orders are paged through, 50 at a time, newest first, up to the newest 500; the
+  answer is filtered here, whether or not the server applied the ``cl_ord_id`` filter.
 * **Kraken's trading counter.** ccxt's REST limiter knows nothing of the per-pair counter that
   placing and cancelling raise; a client-side model of it (:mod:`mmops.domain.ratelimit`) makes a
   burst wait instead of collecting ``EOrder:Rate limit exceeded``. Its threshold and decay are the
-  configured verification tier's (``tier``).
+  configured verification tier's (``tier``). ``admit`` waits for a batch's room *before* the
+  caller stamps its deadline and reserves it; the ``place_batch`` that follows spends it.
 * **Kraken's REST call counter** replaces ccxt's generic pacing (which spaces private calls
   1 s per cost unit and charges 3 units for a balance or an order query): a model of the tier's
   counter (max 15, -1 per 3 s on Starter; history calls +2) makes a private call wait only when
@@ -47,7 +51,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -75,6 +79,7 @@ from mmops.domain.exchange import (
     PlacementResult,
     broken_rule,
     check_batch,
+    deadline_fault,
     preferred,
 )
 from mmops.domain.models import ZERO, Balance, Market, OrderStatus, Ticker
@@ -88,6 +93,7 @@ from mmops.domain.ratelimit import (
 from mmops.errors import (
     AuthenticationFailed,
     BadRecordError,
+    DeadlineRefused,
     ExchangeRejected,
     ExchangeUnavailable,
     MinimumNotMet,
@@ -101,6 +107,8 @@ MARKET_TTL = 3600.0  # seconds
 TICKER_TTL = 3.0  # seconds
 DRY_RUN_PREFIX = "dry-run-"
 _PLACED_MEMORY = 300.0  # seconds: older orders cost nothing to cancel
+CLOSED_PAGE = 50  # Kraken's ClosedOrders answers 50 orders a page
+CLOSED_PAGES = 10  # a lookup by client id reads at most the newest 500 closed orders
 _WIRE = logging.getLogger("mmops.exchange.ccxt.wire")
 REWARDS_SUFFIX = ".F"  # Kraken Rewards balances, spent through their base asset
 FEE_IN_QUOTE = "fciq"
@@ -254,6 +262,8 @@ class CcxtExchange:
         Kraken keeps a ``cl_ord_id`` unique among open orders only, so one id may name several
         closed orders (ccxt lists them oldest first). Open orders are asked first, then closed
         ones: an order that fills in between is still found, because closed orders stay closed.
+        On Kraken closed orders come 50 a page, newest first, and are paged through
+        (:meth:`_find_closed`).
         """
         dry = preferred(
             o
@@ -263,14 +273,56 @@ class CcxtExchange:
         if dry is not None:
             return dry
         params = {"clientOrderId": client_order_id}
-        for fetch in (self._client.fetch_open_orders, self._client.fetch_closed_orders):
-            raw = await self._call(True, fetch, symbol, None, None, params)
+        raw = await self._call(True, self._client.fetch_open_orders, symbol, None, None, params)
+        mine = [o for o in self._readable(raw, symbol) if o.client_order_id == client_order_id]
+        if mine:
+            return preferred(mine)
+        if self.name == "kraken":
+            return await self._find_closed(symbol, client_order_id)
+        raw = await self._call(True, self._client.fetch_closed_orders, symbol, None, None, params)
+        return preferred(
+            o for o in self._readable(raw, symbol) if o.client_order_id == client_order_id
+        )
+
+    async def _find_closed(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
+        """The most recent closed Kraken order with ``client_order_id``, paging ClosedOrders.
+
+        ClosedOrders answers 50 at a time, the most recent first, from offset ``ofs``
+        (https://docs.kraken.com/api-reference/account-data/get-closed-orders). The
+        ``cl_ord_id`` filter goes along (the current reference lists it; older ones do not), but
+        the answer is filtered here as well: pages are read, for all pairs, until one holds the
+        id or a short page shows there are no more. A page earlier holds newer orders, so the
+        first page with a match has the most recent one; orders that close meanwhile only push
+        others to later offsets (seen twice, never skipped). At most ``CLOSED_PAGES`` pages
+        (the newest 500 closed orders): each costs 1 on Kraken's REST call counter (Starter:
+        max 15, -1 per 3 s), and an order is looked up by client id soon after it was sent.
+        Raises what ``_call`` raises.
+        """
+        for page in range(CLOSED_PAGES):
+            params = {"clientOrderId": client_order_id, "ofs": page * CLOSED_PAGE}
+            fetch = self._client.fetch_closed_orders
+            raw = await self._call(True, fetch, None, None, None, params) or []
             mine = [o for o in self._readable(raw, symbol) if o.client_order_id == client_order_id]
             if mine:
                 return preferred(mine)
+            if len(raw) < CLOSED_PAGE:
+                return None
+        log.warning("exchange.lookup_gave_up", exchange=self.name, pair=symbol, pages=CLOSED_PAGES)
         return None
 
     # -- writes ---------------------------------------------------------------------------
+
+    async def admit(self, symbol: str, orders: int) -> None:
+        """Wait until the pair's trading counter (the model) has room for ``orders`` more.
+
+        The room is reserved now and held for the pair's next ``place_batch``, which spends it
+        instead of waiting again. In dry-run nothing is sent, so nothing waits."""
+        if self.dry_run:
+            return
+        delay = self._counters.admit(symbol, orders)
+        if delay > 0:
+            log.debug("exchange.counter_wait", exchange=self.name, pair=symbol, seconds=delay)
+            await self._sleep(delay)
 
     async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
         """Place up to MAX_BATCH post-only limit orders of one pair; one result per order.
@@ -395,10 +447,41 @@ class CcxtExchange:
     async def _send(self, requests: list[OrderRequest]) -> list[ExchangeOrder | MmopsError]:
         if self.dry_run:
             return [self._dry_place(r) for r in requests]
-        await self._wait(requests[0].symbol, len(requests))
+        symbol, cost = requests[0].symbol, len(requests)
+        late = self._late(requests, self._counters.placement(symbol, cost, commit=False))
+        if late is not None:
+            return [late] * len(requests)
+        delay = self._counters.placement(symbol, cost, commit=True)
+        if delay > 0:
+            log.debug("exchange.counter_wait", exchange=self.name, pair=symbol, seconds=delay)
+            await self._sleep(delay)
         if len(requests) > 1 and self._client.has.get("createOrders"):
             return await self._send_batch(requests)
         return [await self._send_one(r) for r in requests]
+
+    def _late(self, requests: Sequence[OrderRequest], delay: float) -> DeadlineRefused | None:
+        """The refusal Kraken would answer if the request left after the counter's ``delay``:
+        its deadline (the earliest of the batch) passed, or under 2 s ahead. Nothing is sent
+        for such a request: it is declined here, so it can never land late."""
+        deadlines = [r.deadline for r in requests if r.deadline is not None]
+        if not deadlines:
+            return None
+        deadline = min(deadlines)
+        fault = deadline_fault(deadline, datetime.now(UTC) + timedelta(seconds=delay))
+        if fault is None:
+            return None
+        log.info(
+            "exchange.deadline_declined",
+            exchange=self.name,
+            pair=requests[0].symbol,
+            orders=len(requests),
+            wait=round(delay, 3),
+            fault=fault.value,
+        )
+        return DeadlineRefused(
+            f"{requests[0].symbol}: deadline {rfc3339(deadline)} cannot be met after a "
+            f"{delay:.1f} s trading-counter wait ({fault.value}); not sent"
+        )
 
     async def _send_one(self, r: OrderRequest) -> ExchangeOrder | MmopsError:
         try:
@@ -578,9 +661,37 @@ class PairCounters:
         self._headroom = max(0.0, headroom)
         self._clock = clock
         self._states: dict[str, CounterState] = {}
+        self._admitted: dict[str, tuple[float, float]] = {}  # symbol → (cost, reserved at)
 
     def reserve(self, symbol: str, cost: float) -> float:
         """Charge ``cost`` to ``symbol``'s counter; the seconds to wait before acting."""
+        return self._reserve(symbol, cost, commit=True)
+
+    def admit(self, symbol: str, cost: float) -> float:
+        """``reserve``, and hold the charge for the pair's next :meth:`placement`."""
+        delay = self._reserve(symbol, cost, commit=True)
+        if self.counter is not None and cost > 0:
+            self._admitted[symbol] = (cost, self._clock() + delay)
+        return delay
+
+    def placement(self, symbol: str, cost: float, *, commit: bool) -> float:
+        """The seconds to wait before placing ``cost`` orders on ``symbol``; ``commit`` charges
+        them (else nothing changes: a look ahead).
+
+        What :meth:`admit` reserved for the pair is spent first; only the rest is charged
+        anew, plus what the admitted charge has decayed since its moment (the orders reach the
+        exchange now, not then). An admission serves one placement: what it leaves is
+        dropped (the model then errs high, never low)."""
+        now = self._clock()
+        held, at = self._admitted.get(symbol, (0.0, now))
+        used = min(held, cost)
+        if commit:
+            self._admitted.pop(symbol, None)
+        decayed = 0.0 if self.counter is None else self.counter.decay * max(0.0, now - at)
+        wait = self._reserve(symbol, cost - used + min(used, decayed), commit=commit)
+        return max(wait, at - now if used > 0 else 0.0)
+
+    def _reserve(self, symbol: str, cost: float, *, commit: bool) -> float:
         if self.counter is None or cost <= 0:
             return 0.0
         now = self._clock()
@@ -588,7 +699,8 @@ class PairCounters:
         start = max(now, state.at)
         room = min(cost + self._headroom, self.counter.threshold)
         at = start + self.counter.wait(state, start, room)
-        self._states[symbol] = CounterState(self.counter.current(state, at) + cost, at)
+        if commit:
+            self._states[symbol] = CounterState(self.counter.current(state, at) + cost, at)
         return at - now
 
     def charge(self, symbol: str, extra: float) -> None:

@@ -161,6 +161,12 @@ class PaperExchange:
             result[asset] = Balance(asset, free=h.free, used=h.used, total=h.total)
         return result
 
+    async def admit(self, symbol: str, orders: int) -> None:
+        """At once: the paper venue keeps its counter itself and refuses a batch that would
+        lift it past the threshold (``RateLimited``), as Kraken does with a client that does
+        not model it. Waiting here would be wrong besides: the counter decays on the venue's
+        clock, which a demo moves by simulation, so a real sleep would wait for nothing."""
+
     @redis_errors
     async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
         check_batch(orders)
