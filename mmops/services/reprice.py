@@ -17,7 +17,7 @@ marked filled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from decimal import Decimal
 
@@ -61,7 +61,8 @@ class Repricer:
             log.error("tp.bad_record", key=bad.key, reason=bad.reason)
         records = {oid: r for oid, r in read.items if r.status is TpStatus.OPEN}
         live = [(p, oid) for p, oid in candidates if oid in records]
-        released = await self._check_live(live, report)
+        known_open = data.open_order_ids if data is not None else None
+        released = await self._check_live(live, report, known_open)
         now = self._clock.now()
         for position, order_id in live:
             record = records[order_id]
@@ -82,17 +83,24 @@ class Repricer:
         return released
 
     async def _check_live(
-        self, live: Sequence[tuple[Position, str]], report: PairReport
+        self,
+        live: Sequence[tuple[Position, str]],
+        report: PairReport,
+        known_open: frozenset[str] | None,
     ) -> set[str]:
-        """Compare the take-profits believed open with the pair's open orders; release those
-        the exchange cancelled, mark those it filled. Returns the released positions' ids."""
+        """Compare the take-profits believed open with the open orders (the run's snapshot,
+        else the pair's, asked now); release those the exchange cancelled, mark those it
+        filled. An order missing from the open ones is fetched before anything is concluded,
+        so a snapshot older than the order only costs a call. Returns the released ids."""
         if not live:
             return set()
-        try:
-            open_ids = {o.id for o in await self._exchange.open_orders(live[0][0].symbol)}
-        except RECOVERABLE as e:
-            log.warning("tp.check_failed", pair=live[0][0].symbol, error=str(e))
-            return set()
+        open_ids: Collection[str] | None = known_open
+        if open_ids is None:
+            try:
+                open_ids = {o.id for o in await self._exchange.open_orders(live[0][0].symbol)}
+            except RECOVERABLE as e:
+                log.warning("tp.check_failed", pair=live[0][0].symbol, error=str(e))
+                return set()
         released: set[str] = set()
         for position, order_id in live:
             if order_id in open_ids:

@@ -162,7 +162,18 @@ class SettlementService:
         markets, tickers, balances = await asyncio.gather(
             self._exchange.markets(), self._exchange.tickers(pairs), self._exchange.balances()
         )
-        return MarketData(markets, tickers, balances)
+        return MarketData(markets, tickers, balances, await self._open_order_ids())
+
+    async def _open_order_ids(self) -> frozenset[str] | None:
+        """The account's open orders in one call, for repricing to check its take-profits
+        against; None (each pair then asks for its own) when repricing is off or it fails."""
+        if self._repricer is None or self._tp.dry_run:
+            return None
+        try:
+            return frozenset(o.id for o in await self._exchange.open_orders())
+        except RECOVERABLE as e:
+            log.warning("settlement.open_orders_failed", error=str(e))
+            return None
 
     async def _settle(self, session: Session, data: MarketData) -> SessionResult:
         started = self._clock.now()
@@ -341,7 +352,7 @@ def _with_released(data: MarketData, reports: dict[str, PairReport]) -> MarketDa
     for asset, amount in freed.items():
         b = balances.get(asset) or Balance(asset, ZERO, ZERO, ZERO)
         balances[asset] = replace(b, free=b.free + amount, used=max(b.used - amount, ZERO))
-    return MarketData(data.markets, data.tickers, balances)
+    return replace(data, balances=balances)
 
 
 def _after_placements(data: MarketData, result: SessionResult) -> MarketData:
@@ -357,4 +368,4 @@ def _after_placements(data: MarketData, result: SessionResult) -> MarketData:
         b = held.get(market.base)
         if b is not None:
             held[market.base] = replace(b, free=max(b.free - amount, ZERO), used=b.used + amount)
-    return MarketData(data.markets, data.tickers, held)
+    return replace(data, balances=held)

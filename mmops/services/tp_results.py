@@ -41,6 +41,9 @@ class MarketData:
     markets: dict[str, Market]
     tickers: dict[str, Ticker]
     balances: dict[str, Balance]
+    # Ids of the account's open orders at the fetch (all pairs, one call), against which
+    # repricing checks the take-profits it believes open; None: not fetched, ask per pair.
+    open_order_ids: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,8 +131,9 @@ async def test_a_lost_answer_with_a_failed_lookup_is_kept_pending_and_resolved_n
 ) -> None:
     sid = await w.start_session(["SOL/USD"])
     await w.seed_positions(sid, "SOL/USD", [10, 20])
-    # Call 4 is place_batch (markets, tickers, balances come first), call 5 the first lookup.
-    flaky = w.venue(timeout_after_accept=frozenset({1}), fail_calls=frozenset({5, 6}))
+    # Call 5 is place_batch (markets, tickers, balances and open orders come first), calls 6
+    # and 7 the lookups.
+    flaky = w.venue(timeout_after_accept=frozenset({1}), fail_calls=frozenset({6, 7}))
     [first] = await w.settlement(flaky).run(sid)
     assert first.totals()["failed"] == 2 and first.state == "partial"
     assert all(p.pending for p in await w.positions(sid, "SOL/USD"))

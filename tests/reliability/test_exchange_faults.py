@@ -130,13 +130,14 @@ PAPER_CASES = [
         Outcome(0, 0),
         {"timeout_after_accept": frozenset({2})},
     ),
-    # Calls 1-3 are markets, tickers and balances; 4 is the first batch, 5 the second.
-    Case("unavailable-call", Outcome(25, 15), Outcome(15, 0), {"fail_calls": frozenset({5})}),
+    # Calls 1-4 are markets, tickers, balances and open orders; 5 is the first batch, 6 the
+    # second.
+    Case("unavailable-call", Outcome(25, 15), Outcome(15, 0), {"fail_calls": frozenset({6})}),
     Case(
         "answer-lost-and-lookups-fail",
         Outcome(25, 15, 0, 15),
         Outcome(0, 0, 15),
-        {"timeout_after_accept": frozenset({2}), "fail_calls": frozenset(range(6, 21))},
+        {"timeout_after_accept": frozenset({2}), "fail_calls": frozenset(range(7, 22))},
     ),
     Case(
         "refusals-mid-batch",
@@ -220,22 +221,23 @@ KRAKEN_CASES = [
         Outcome(0, 0),
         {"timeout_after_accept": {2: 1.0}},
     ),
-    # Private call 1 is BalanceEx, 2 the first AddOrderBatch, 3 the second.
-    Case("http-500", Outcome(25, 15), Outcome(15, 0), {"fail_private_call": {3: "5xx"}}),
+    # Private calls 1 and 2 are BalanceEx and OpenOrders, 3 the first AddOrderBatch, 4 the
+    # second.
+    Case("http-500", Outcome(25, 15), Outcome(15, 0), {"fail_private_call": {4: "5xx"}}),
     Case(
         "service-unavailable",
         Outcome(25, 15),
         Outcome(15, 0),
-        {"fail_private_call": {3: "unavailable"}},
+        {"fail_private_call": {4: "unavailable"}},
     ),
-    # After the lost answer, each order's lookup (calls 4-18) fails too.
+    # After the lost answer, each order's lookup (calls 5-19) fails too.
     Case(
         "answer-lost-and-lookups-fail",
         Outcome(25, 15, 0, 15),
         Outcome(0, 0, 15),
         {
             "timeout_after_accept": {2: 1.0},
-            "fail_private_call": {n: "unavailable" for n in range(4, 19)},
+            "fail_private_call": {n: "unavailable" for n in range(5, 20)},
         },
     ),
     Case(
