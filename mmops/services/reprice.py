@@ -72,7 +72,10 @@ class Repricer:
             tier_now, _ = table.markup_at(age_in_minutes(position.opened_at, now))
             if record.tier >= tier_now:
                 continue
-            if await self._amend(position, order_id, record, data):
+            amended = await self._amend(position, order_id, record, data)
+            if amended is None:  # the new tier's price makes it dust: keep the one there
+                continue
+            if amended:
                 report.repriced += 1
                 continue
             freed = await self._cancel(position, order_id)
@@ -118,8 +121,9 @@ class Repricer:
                 await self._positions.release_coverage(
                     position, order_id, TpStatus.GONE, order.filled
                 )
+                # Not added to what the run may spend: the exchange freed it before the run's
+                # balance snapshot, or after it (then the next run sees it): never twice.
                 released.add(position.position_id)
-                report.released += order.remaining
                 log.warning("tp.gone", session=position.session_id, pair=position.symbol,
                             position=position.position_id, order=order_id)  # fmt: skip
         return released
@@ -130,10 +134,11 @@ class Repricer:
         order_id: str,
         record: TakeProfitRecord,
         data: MarketData | None,
-    ) -> bool:
-        """Move the take-profit to its current tier's price in place; False when it was not
-        amended (no market data, priced as dust, refused, or not open) and the caller falls
-        back to cancel/replace."""
+    ) -> bool | None:
+        """Move the take-profit to its current tier's price in place. False when it was not
+        amended (no market data, refused, or not open) and the caller falls back to
+        cancel/replace; None when the new price would be dust, so no replacement could be
+        placed and the take-profit already resting is kept."""
         market = data.markets.get(position.symbol) if data else None
         ticker = data.tickers.get(position.symbol) if data else None
         if market is None or ticker is None:
@@ -142,7 +147,7 @@ class Repricer:
         table = self._tiers.for_pair(position.symbol)
         quote = price_take_profit(_as_uncovered(position, record), age, market, ticker, table)
         if isinstance(quote, Dust):
-            return False
+            return None
         try:
             order = await self._exchange.amend(position.symbol, order_id, quote.price)
         except RECOVERABLE as e:

@@ -29,6 +29,7 @@ from mmops.domain.records import (
 from mmops.errors import (
     RECOVERABLE,
     RECOVERABLE_INPUT,
+    BadRecordError,
     LockLost,
     LockNotAcquired,
     MmopsError,
@@ -274,10 +275,13 @@ class SettlementService:
         """
         live = self._repricer is not None and not self._tp.dry_run
         read = await (self._positions.all if live else self._positions.uncovered)(session_id, pair)
-        report.quarantine(read.bad)
-        for bad in read.bad:
+        # A position of another pair in this pair's index would be priced, allocated and sold
+        # against the wrong market: a bad record, like one that does not parse.
+        strays = [_stray(session_id, pair, p) for p in read.items if p.symbol != pair]
+        report.quarantine([*read.bad, *strays])
+        for bad in [*read.bad, *strays]:
             log.error("settlement.bad_record", session=session_id, key=bad.key, reason=bad.reason)
-        positions = read.items
+        positions = [p for p in read.items if p.symbol == pair]
         if live and self._repricer is not None:
             released = await self._repricer.run(positions, report, data)
             if released:
@@ -369,3 +373,8 @@ def _after_placements(data: MarketData, result: SessionResult) -> MarketData:
         if b is not None:
             held[market.base] = replace(b, free=max(b.free - amount, ZERO), used=b.used + amount)
     return replace(data, balances=held)
+
+
+def _stray(session_id: str, pair: str, p: Position) -> BadRecordError:
+    where = f"position {p.position_id} of session {session_id}"
+    return BadRecordError(where, p.symbol, f"a position of {p.symbol} in the index of {pair}")

@@ -191,7 +191,9 @@ class StopLossService:
                 except RECOVERABLE as e:
                     log.error("stoploss.cancel_failed", position=position.position_id, error=str(e))
                     continue
-                left = position.filled - position.closed - sold
+                # What a take-profit in flight (a pending marker) may still sell stays out of
+                # the exit until its fate is known: a later flatten exits it if it never landed.
+                left = position.filled - position.closed - sold - position.pending_amount
                 if left > 0:
                     exits.append((position, left))
             for start in range(0, len(exits), MAX_BATCH):

@@ -219,22 +219,25 @@ class TakeProfitService:
             except RECOVERABLE as e:
                 log.warning("tp.lookup_failed", position=position.position_id, error=str(e))
                 continue
-            if order is not None and order.live:
+            if order is not None and (order.live or order.filled > 0):
+                # Live, or cancelled after selling part: what it holds or sold stays covered
+                # (a cancelled remainder is released by the next run's check of live orders).
+                amount = order.amount if order.live else order.filled
                 meta = _metadata(
                     position,
                     cid=pending.client_order_id,
                     generation=pending.generation,
                     price=order.price,
-                    amount=order.amount,
+                    amount=amount,
                     quote=None,
                     now=self._clock.now(),
                 )
-                fully = order.amount >= position.uncovered + pending.amount
+                fully = amount >= position.uncovered + pending.amount
                 coverage = Coverage(
                     position=position,
                     generation=pending.generation,
                     order_id=order.id,
-                    amount=order.amount,
+                    amount=amount,
                     take_profit=meta,
                     fully_covered=fully,
                 )

@@ -696,7 +696,7 @@ async def test_with_120_closed_orders_of_other_ids_the_lookup_reads_every_page_a
     assert unfiltered.stats.calls["ClosedOrders"] - before == 3  # 50 + 50 + 20
 
 
-async def test_the_lookup_gives_up_after_its_page_bound(
+async def test_a_lookup_that_runs_out_of_pages_is_inconclusive_not_absent(
     unfiltered: KrakenServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("mmops.adapters.exchanges.ccxt_exchange.CLOSED_PAGES", 2)
@@ -709,7 +709,9 @@ async def test_the_lookup_gives_up_after_its_page_bound(
         unfiltered.advance(1)
         await close_orders(unfiltered, exchange, 120)
         before = unfiltered.stats.calls["ClosedOrders"]
-        assert await exchange.find_by_client_id(BTC, request.client_order_id) is None
+        # The order is there, beyond the pages read: "not found" would get it placed again.
+        with pytest.raises(ExchangeUnavailable, match="inconclusive"):
+            await exchange.find_by_client_id(BTC, request.client_order_id)
     assert unfiltered.stats.calls["ClosedOrders"] - before == 2
 
 

@@ -197,3 +197,14 @@ async def test_a_refused_fill_makes_the_run_partial_and_its_key_is_in_the_errors
 
     assert result.state is RunState.PARTIAL and result.stoploss is not None
     assert any("t:t9" in e and "ETH/USD" in e for e in result.errors())
+
+
+async def test_flatten_leaves_out_what_a_take_profit_in_flight_may_still_sell() -> None:
+    desk, session = await long_ten_btc()
+    await desk.mark_pending("b1", "4")  # a take-profit sent, its answer not known yet
+
+    report = await check(desk, session, "84")
+
+    assert report.action == "flatten"
+    [exit_batch] = desk.exchange.batches
+    assert [r.amount for r in exit_batch] == [Decimal("6")]  # never 10: 4 may be sold already

@@ -330,3 +330,22 @@ async def test_dry_run_prices_and_allocates_but_sends_and_records_nothing() -> N
 
 def _sell(client_id: str) -> OrderRequest:
     return OrderRequest(BTC_USD, Side.SELL, Decimal("0.5"), Decimal("101.5"), client_id)
+
+
+async def test_an_order_cancelled_after_selling_part_keeps_that_part_covered() -> None:
+    desk = Desk()
+    await desk.buy("b1", "0.5")
+    [order] = [r.order for r in await desk.exchange.place_batch([_sell(cid("b1"))]) if r.order]
+    await desk.mark_pending("b1", "0.5")
+    desk.exchange.orders[order.id] = replace(
+        order, status=OrderStatus.CANCELED, filled=Decimal("0.2")
+    )
+
+    [report] = (
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    ).values()
+
+    assert report.recovered == 1
+    assert placed(report) == {"b1": Decimal("0.3")}  # only what was not sold: never 0.5 again
+    p = await desk.position("b1")
+    assert p.covered == Decimal("0.5") and p.uncovered == 0

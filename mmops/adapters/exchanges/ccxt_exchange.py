@@ -296,7 +296,8 @@ class CcxtExchange:
         others to later offsets (seen twice, never skipped). At most ``CLOSED_PAGES`` pages
         (the newest 500 closed orders): each costs 1 on Kraken's REST call counter (Starter:
         max 15, -1 per 3 s), and an order is looked up by client id soon after it was sent.
-        Raises what ``_call`` raises.
+        Raises what ``_call`` raises, and ExchangeUnavailable when the pages run out before the
+        closed orders do: "not found" must mean absent, since the caller then places anew.
         """
         for page in range(CLOSED_PAGES):
             params = {"clientOrderId": client_order_id, "ofs": page * CLOSED_PAGE}
@@ -308,7 +309,10 @@ class CcxtExchange:
             if len(raw) < CLOSED_PAGE:
                 return None
         log.warning("exchange.lookup_gave_up", exchange=self.name, pair=symbol, pages=CLOSED_PAGES)
-        return None
+        raise ExchangeUnavailable(
+            f"lookup of {client_order_id} inconclusive: not in the newest "
+            f"{CLOSED_PAGES * CLOSED_PAGE} closed orders"
+        )
 
     # -- writes ---------------------------------------------------------------------------
 

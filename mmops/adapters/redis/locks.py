@@ -98,7 +98,9 @@ class SettlementLocks:
                 log.error("settlement.lock_lost", session=session_id)
                 return
             except (rex.ConnectionError, rex.TimeoutError, OSError) as e:
-                # Redis is gone; the run itself will fail on its next command and say so.
+                # Redis is gone; the run itself will fail on its next command and say so. The
+                # lock is no longer kept alive, so it is treated as lost: nothing more is sent.
+                lease.lost = True
                 log.error("lock.extend_failed", session=session_id, error=str(e))
                 return
 
