@@ -25,6 +25,7 @@ MAX_BATCH = 15  # Kraken's AddOrderBatch limit: orders of one pair per call
 # seconds, max now() + 60 seconds" (https://docs.kraken.com/api-reference/trading/add-order).
 DEADLINE_MIN_AHEAD = timedelta(seconds=2)
 DEADLINE_MAX_AHEAD = timedelta(seconds=60)
+DEFAULT_DEADLINE = timedelta(seconds=15)  # how long mmops gives an order to reach the venue
 
 
 @dataclass(frozen=True, slots=True)

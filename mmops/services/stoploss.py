@@ -13,7 +13,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from mmops import logs
-from mmops.domain.exchange import MAX_BATCH, OrderRequest
+from mmops.domain.exchange import DEFAULT_DEADLINE, MAX_BATCH, OrderRequest
 from mmops.domain.ids import client_order_id
 from mmops.domain.models import OrderStatus, Position, Session, SessionStatus, Side
 from mmops.domain.pnl import (
@@ -82,7 +82,7 @@ class StopLossService:
         *,
         dry_run: bool = False,
         clock: Clock | None = None,
-        deadline: timedelta = timedelta(seconds=15),
+        deadline: timedelta = DEFAULT_DEADLINE,
     ) -> None:
         # Exits carry a deadline to the exchange like take-profits: a worker paused mid-send
         # cannot land an exit late (``clock`` None: no deadline, as a venue without one).

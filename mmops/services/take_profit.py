@@ -28,7 +28,13 @@ from typing import Any, TypeVar
 
 from mmops import logs
 from mmops.domain.allocation import Grant, allocate
-from mmops.domain.exchange import MAX_BATCH, ExchangeOrder, OrderRequest, PlacementResult
+from mmops.domain.exchange import (
+    DEFAULT_DEADLINE,
+    MAX_BATCH,
+    ExchangeOrder,
+    OrderRequest,
+    PlacementResult,
+)
 from mmops.domain.ids import client_order_id
 from mmops.domain.models import Order, OrderKind, PendingTakeProfit, Position, Side
 from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_take_profit
@@ -57,7 +63,6 @@ from mmops.services.tp_results import (
 log = logs.get_logger("mmops.take_profit")
 T = TypeVar("T")
 
-DEFAULT_DEADLINE = timedelta(seconds=15)  # how long an order may take to reach the exchange
 DEFAULT_CLOCK_SKEW = timedelta(seconds=2)  # how far this host's clock may be off the venue's
 
 

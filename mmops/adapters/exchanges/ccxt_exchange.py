@@ -274,15 +274,17 @@ class CcxtExchange:
             return dry
         params = {"clientOrderId": client_order_id}
         raw = await self._call(True, self._client.fetch_open_orders, symbol, None, None, params)
-        mine = [o for o in self._readable(raw, symbol) if o.client_order_id == client_order_id]
-        if mine:
+        if mine := self._with_client_id(raw, symbol, client_order_id):
             return preferred(mine)
         if self.name == "kraken":
             return await self._find_closed(symbol, client_order_id)
         raw = await self._call(True, self._client.fetch_closed_orders, symbol, None, None, params)
-        return preferred(
-            o for o in self._readable(raw, symbol) if o.client_order_id == client_order_id
-        )
+        return preferred(self._with_client_id(raw, symbol, client_order_id))
+
+    def _with_client_id(self, raw: Any, symbol: str, client_order_id: str) -> list[ExchangeOrder]:
+        """The orders of ``symbol`` in a ccxt answer that carry ``client_order_id``: the
+        answer is filtered here whether or not the exchange applied the filter asked for."""
+        return [o for o in self._readable(raw, symbol) if o.client_order_id == client_order_id]
 
     async def _find_closed(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
         """The most recent closed Kraken order with ``client_order_id``, paging ClosedOrders.
@@ -303,8 +305,7 @@ class CcxtExchange:
             params = {"clientOrderId": client_order_id, "ofs": page * CLOSED_PAGE}
             fetch = self._client.fetch_closed_orders
             raw = await self._call(True, fetch, None, None, None, params) or []
-            mine = [o for o in self._readable(raw, symbol) if o.client_order_id == client_order_id]
-            if mine:
+            if mine := self._with_client_id(raw, symbol, client_order_id):
                 return preferred(mine)
             if len(raw) < CLOSED_PAGE:
                 return None
@@ -323,10 +324,7 @@ class CcxtExchange:
         instead of waiting again. In dry-run nothing is sent, so nothing waits."""
         if self.dry_run:
             return
-        delay = self._counters.admit(symbol, orders)
-        if delay > 0:
-            log.debug("exchange.counter_wait", exchange=self.name, pair=symbol, seconds=delay)
-            await self._sleep(delay)
+        await self._pause(symbol, self._counters.admit(symbol, orders))
 
     async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
         """Place up to MAX_BATCH post-only limit orders of one pair; one result per order.
@@ -455,10 +453,7 @@ class CcxtExchange:
         late = self._late(requests, self._counters.placement(symbol, cost, commit=False))
         if late is not None:
             return [late] * len(requests)
-        delay = self._counters.placement(symbol, cost, commit=True)
-        if delay > 0:
-            log.debug("exchange.counter_wait", exchange=self.name, pair=symbol, seconds=delay)
-            await self._sleep(delay)
+        await self._pause(symbol, self._counters.placement(symbol, cost, commit=True))
         if len(requests) > 1 and self._client.has.get("createOrders"):
             return await self._send_batch(requests)
         return [await self._send_one(r) for r in requests]
@@ -575,7 +570,10 @@ class CcxtExchange:
         return order
 
     async def _wait(self, symbol: str, cost: float) -> None:
-        delay = self._counters.reserve(symbol, cost)
+        await self._pause(symbol, self._counters.reserve(symbol, cost))
+
+    async def _pause(self, symbol: str, delay: float) -> None:
+        """Wait what the pair's trading counter asks (``delay`` seconds) before acting."""
         if delay > 0:
             log.debug("exchange.counter_wait", exchange=self.name, pair=symbol, seconds=delay)
             await self._sleep(delay)

@@ -217,8 +217,7 @@ class PaperExchange:
             results, voided = self._engine_cancels(results, ids, listing.market, now)
             pipe.multi()
             pipe.set(self.keys.rate(symbol), _encode_counter(admitted))
-            self._write_accepted(pipe, symbol, accepted)
-            self._write_voided(pipe, symbol, voided)
+            self._write_orders(pipe, symbol, accepted + voided)
             for asset, holding in holdings.items():
                 if holding != before[asset]:
                     pipe.set(self.keys.balance(asset), holding.encode())
@@ -246,12 +245,15 @@ class PaperExchange:
         is_open = dict(zip(ids, await pipe.smismember(self.keys.open, ids), strict=True))
         return [k if k is not None and is_open[k] else None for k in known]
 
-    def _write_accepted(self, pipe: Pipe, symbol: str, accepted: list[PaperOrder]) -> None:
-        if not accepted:
+    def _write_orders(self, pipe: Pipe, symbol: str, papers: list[PaperOrder]) -> None:
+        """Orders the venue accepted: recorded and holding their client ids; the open ones
+        resting (an order the engine cancelled at once is known, closed, holding nothing)."""
+        if not papers:
             return
-        pipe.hset(self.keys.orders, mapping={p.order.id: p.encode() for p in accepted})
-        pipe.sadd(self.keys.open, *[p.order.id for p in accepted])
-        clients = {cast(str, p.order.client_order_id): p.order.id for p in accepted}
+        pipe.hset(self.keys.orders, mapping={p.order.id: p.encode() for p in papers})
+        if resting := [p.order.id for p in papers if p.order.status is OrderStatus.OPEN]:
+            pipe.sadd(self.keys.open, *resting)
+        clients = {cast(str, p.order.client_order_id): p.order.id for p in papers}
         pipe.hset(self.keys.clients(symbol), mapping=clients)
 
     def _engine_cancels(
@@ -269,13 +271,6 @@ class PaperExchange:
                 r = PlacementResult(r.request, order=voided[-1].order)
             out.append(r)
         return out, voided
-
-    def _write_voided(self, pipe: Pipe, symbol: str, voided: list[PaperOrder]) -> None:
-        """Orders the engine accepted and cancelled at once: known, closed, holding nothing."""
-        if voided:
-            pipe.hset(self.keys.orders, mapping={p.order.id: p.encode() for p in voided})
-            clients = {cast(str, p.order.client_order_id): p.order.id for p in voided}
-            pipe.hset(self.keys.clients(symbol), mapping=clients)
 
     @redis_errors
     async def cancel(self, symbol: str, order_id: str) -> ExchangeOrder:
@@ -431,7 +426,6 @@ class PaperExchange:
             await self._r.delete(self.keys.down)
 
     @redis_errors
-    @redis_errors
     async def set_pair_status(self, symbol: str, status: PairStatus) -> None:
         """Put a pair in one of Kraken's modes (``online`` to lift it): a ``cancel_only`` or
         ``reduce_only`` pair takes no new order, a ``post_only`` pair only post-only ones."""
@@ -459,6 +453,7 @@ class PaperExchange:
         raw = await self._r.hgetall(self.keys.status)
         return {str(k): PairStatus(str(v)) for k, v in raw.items()}
 
+    @redis_errors
     async def shock(self, symbol: str, multiplier: Decimal) -> None:
         """Multiply the pair's price path by ``multiplier`` from now on (1 undoes it)."""
         self._listing(symbol)
