@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -25,28 +25,35 @@ from mmops.adapters.embedded import EmbeddedServers
 from mmops.adapters.notify import AppriseNotifier
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.paper.faults import FaultPlan
+from mmops.adapters.paper.feed import PaperFeed
 from mmops.adapters.postgres.pool import create_pool, open_pool
 from mmops.adapters.postgres.sessions import SessionRepository
 from mmops.adapters.postgres.settlement_runs import SettlementRunRepository
 from mmops.adapters.postgres.warehouse import Warehouse
 from mmops.adapters.redis.client import Redis, create_client, redis_errors
+from mmops.adapters.redis.events import FeedCursorStore, FillEventStream
 from mmops.adapters.redis.locks import Attempts, SettlementLocks
 from mmops.adapters.redis.ops import OpsStore
 from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
 from mmops.config import Settings, redact_url
 from mmops.domain.models import Market
 from mmops.domain.pnl import StopLossThresholds
+from mmops.domain.records import RunState
 from mmops.errors import ConfigurationError
-from mmops.ports import Clock, Exchange
+from mmops.ports import Clock, Exchange, ExecutionFeed
+from mmops.services.feed import FeedService
 from mmops.services.migration import MigrationService
+from mmops.services.reconcile import Reconciler
 from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry
-from mmops.services.settlement import SettlementService
+from mmops.services.settlement import SessionResult, SettlementService
 from mmops.services.stoploss import StopLossService
 from mmops.services.take_profit import TakeProfitService
+from mmops.services.trigger import SettleTrigger
 
 if TYPE_CHECKING:
     from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange
+    from mmops.services.ingest import IngestService
 
 log = logs.get_logger("mmops.bootstrap")
 
@@ -132,7 +139,7 @@ async def open_runtime(
             pool=pool,
             sessions=sessions,
             orders=OrderStore(redis),
-            fills=FillStore(redis),
+            fills=FillStore(redis, settings.fill_events_stream),
             positions=PositionStore(redis),
             session_records=records,
             registry=SessionRegistry(sessions, records),
@@ -283,6 +290,21 @@ def build_settlement(
         hours_back=s.settlement_hours_back,
         session_limit=s.settlement_session_limit,
         worker=worker_name(s),
+        reconciler=build_reconciler(rt, exchange, dry_run=dry_run),
+    )
+
+
+def build_reconciler(rt: Runtime, exchange: Exchange, *, dry_run: bool) -> Reconciler:
+    """Reconciliation of believed take-profits with ``exchange`` (dry-run: reports only),
+    holding ``lock:settlement:{S}`` when run on its own (``Reconciler.locked``)."""
+    return Reconciler(
+        positions=rt.positions,
+        orders=rt.orders,
+        order_writer=rt.orders,
+        fills=rt.fills,
+        exchange=exchange,
+        dry_run=dry_run,
+        locks=SettlementLocks(rt.redis, rt.settings.settlement_lock_ttl),
     )
 
 
@@ -298,4 +320,90 @@ def build_migration(rt: Runtime, batch_size: int | None = None) -> MigrationServ
         clock=rt.clock,
         batch_size=batch_size or s.migration_batch_size,
         retention_seconds=s.migration_retention_grace if s.migration_retention else None,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_feed(rt: Runtime, exchange: Exchange) -> AsyncIterator[ExecutionFeed]:
+    """The account's execution feed for ``exchange``, closed when the block ends: the paper
+    venue's trade list, or Kraken's WebSocket v2 ``executions`` with its REST history.
+    Raises ConfigurationError for a live exchange the feed does not speak."""
+    if isinstance(exchange, PaperExchange):
+        yield PaperFeed(exchange)
+        return
+    from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange  # live venues only
+    from mmops.adapters.exchanges.kraken_feed import KrakenFeed
+
+    if not isinstance(exchange, CcxtExchange) or exchange.name != "kraken":
+        raise ConfigurationError(
+            f"MMOPS_EXCHANGE={rt.settings.exchange!r}: the fill feed speaks Kraken only;"
+            " set MMOPS_FEED=false"
+        )
+    feed = KrakenFeed(exchange, ws_url=rt.settings.feed_ws_url)
+    try:
+        yield feed
+    finally:
+        await feed.close()
+
+
+FEED_SESSION_LIMIT = 1000
+
+
+def build_feed(rt: Runtime, exchange: Exchange, feed: ExecutionFeed) -> FeedService:
+    s = rt.settings
+    return FeedService(
+        feed=feed,
+        cursors=FeedCursorStore(rt.redis),
+        registry=rt.registry,
+        orders=rt.orders,
+        fills=rt.fills,
+        exchange=exchange,
+        clock=rt.clock,
+        hours_back=s.settlement_hours_back,
+        # Attribution looks through every recent session, not one run's share of them.
+        session_limit=max(FEED_SESSION_LIMIT, s.settlement_session_limit),
+        quiet=float(s.feed_quiet),
+    )
+
+
+def build_trigger(
+    rt: Runtime,
+    settlement: SettlementService,
+    observe: Callable[[list[SessionResult]], None] | None = None,
+) -> SettleTrigger:
+    """The settle trigger: new buy fills settle their (session, pair) after the debounce;
+    ``observe`` sees each run's results (the daemon's metrics)."""
+
+    async def settle(session_id: str, pairs: Sequence[str]) -> list[RunState]:
+        results = await settlement.run(session_id, pairs)
+        if observe is not None:
+            observe(results)
+        return [r.state for r in results]
+
+    return SettleTrigger(
+        FillEventStream(rt.redis, rt.settings.fill_events_stream),
+        settle,
+        consumer=worker_name(rt.settings),
+        debounce=rt.settings.settle_debounce,
+    )
+
+
+def build_ingest(rt: Runtime) -> IngestService:
+    """The ingest consumer of ``MMOPS_INGEST_STREAM`` (docs/INGEST.md), from one runtime."""
+    from mmops.adapters.redis.ingest import RedisIngestStream
+    from mmops.services.ingest import IngestService
+
+    s = rt.settings
+    stream = RedisIngestStream(
+        rt.redis, s.ingest_stream, claim_after_ms=s.ingest_claim_after * 1000
+    )
+    return IngestService(
+        stream=stream,
+        sessions=rt.registry,
+        live=rt.sessions,
+        orders=rt.orders,
+        fills=rt.fills,
+        rejects=rt.warehouse,
+        clock=rt.clock,
+        exchange=s.exchange,
     )

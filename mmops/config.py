@@ -100,12 +100,31 @@ class Settings(BaseSettings):
     settlement_hours_back: int = Field(default=24, gt=0)
     settlement_session_limit: int = Field(default=50, gt=0)
     settlement_lock_ttl: int = Field(default=60, gt=0)  # seconds, extended while running
+    # A new buy fill settles its (session, pair) this many seconds after it is announced (a
+    # burst of fills makes one run); 0 turns the trigger off (only the schedule settles).
+    settle_debounce: float = Field(default=0.2, ge=0, le=10)
+    # The Redis Stream new buy fills are announced on (every writer and worker must agree).
+    fill_events_stream: str = Field(
+        default="events:fills", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+    )
+
+    # Fill feed (`mmops watch`, and inside `serve`): the account's executions.
+    feed: bool = True  # run the feed inside `serve`
+    feed_quiet: int = Field(default=60, ge=5, le=3600)  # seconds of silence before a REST poll
+    # The venue's private WebSocket (Kraken WS v2); unset: Kraken's wss://ws-auth.kraken.com/v2.
+    feed_ws_url: str | None = Field(default=None, pattern=r"^wss?://")
 
     # Migration.
     migration_interval: int = Field(default=3600, gt=0)  # seconds
     migration_batch_size: int = Field(default=10, gt=0)
     migration_retention: bool = False
     migration_retention_grace: int = Field(default=7 * 24 * 3600, ge=0)  # seconds
+
+    # Ingest: the Redis Stream a user's own market maker feeds (docs/INGEST.md).
+    ingest_stream: str = Field(
+        default="mmops:ingest", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+    )
+    ingest_claim_after: int = Field(default=30, ge=1, le=3600)  # seconds a message may sit unacked
 
     # Portfolio stop-loss: drawdown from peak equity, as fractions.
     stoploss_warn: Decimal = Field(default=Decimal("0.05"), gt=0, le=1)

@@ -10,7 +10,8 @@
     │   ├── ExchangeTimeout           no answer; the request MAY have been accepted (look it up)
     │   ├── RateLimited               the venue's limiter said no; wait, then retry
     │   ├── LockNotAcquired           another worker holds the lock; try again next run
-    │   └── LockLost                  the lock was lost mid-run: stop sending for that session
+    │   ├── LockLost                  the lock was lost mid-run: stop sending for that session
+    │   └── FeedDisconnected          the execution stream dropped: gap-fill, then reconnect
     ├── OperationalError          stop this run and alert a person
     │   ├── StoreUnavailable          Redis or PostgreSQL does not answer (names which)
     │   │   └── StoreAuthenticationFailed   it answers, but refuses the URL's user or password
@@ -57,6 +58,11 @@ class UnknownSession(ConfigurationError):
 
 class TemporaryError(MmopsError):
     """A transient condition; the same call may succeed after a backoff."""
+
+
+class FeedDisconnected(TemporaryError):
+    """The venue's execution stream closed or stopped answering; what it missed is read from
+    the venue's trade history before streaming again."""
 
 
 class ExchangeUnavailable(TemporaryError):

@@ -23,6 +23,7 @@ from mmops.domain.models import (
 from mmops.domain.records import (
     Coverage,
     Fence,
+    FillEvent,
     FillMove,
     MigrationCounts,
     OrderMove,
@@ -123,6 +124,17 @@ class Exchange(Protocol):
         ...
 
     async def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]: ...
+
+    async def fetch_orders(self, order_ids: Sequence[str]) -> dict[str, ExchangeOrder]:
+        """Orders of any pair and state by id, as many per call as the venue takes (Kraken's
+        QueryOrders: 50 txids). An id the venue does not know is absent from the answer,
+        never an error; raises what a look-up raises (TemporaryError when it cannot answer)."""
+        ...
+
+    async def order_trades(self, symbol: str, order_id: str) -> list[Trade]:
+        """The executions of one order, oldest first, with the trade ids the venue's fill
+        feed reports (so recording them twice is harmless). Raises OrderNotFound."""
+        ...
 
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
         """The open order placed with this client order id, else the most recently created
@@ -282,7 +294,48 @@ class Venue(Exchange, Protocol):
 
 
 class FillWriter(Protocol):
-    async def record(self, fill: Fill) -> bool: ...
+    async def record(self, fill: Fill) -> bool:
+        """Record a fill; True if new. A new buy fill also announces its (session, pair) on
+        ``FillEvents``, so settlement covers it within a second."""
+        ...
+
+
+class FillEvents(Protocol):
+    """New buy fills as (session, pair) to settle (a Redis Stream read by a consumer group):
+    written by ``FillWriter.record``, read by the settle trigger. An event read and not
+    acknowledged is delivered again (to another worker once it has been idle ``claim_after``)."""
+
+    async def read(self, consumer: str, block_ms: int, count: int) -> list[FillEvent]: ...
+    async def ack(self, event_ids: Sequence[str]) -> None: ...
+
+
+class ExecutionFeed(Protocol):
+    """The account's executions as the venue reports them: a live stream, and a history read
+    from a cursor that fills the stream's gaps (at start, after a reconnect, when quiet)."""
+
+    account: str  # names the account's persisted cursor
+
+    async def history(self, cursor: str | None, since: datetime) -> tuple[list[Trade], str]:
+        """Executions after ``cursor`` (or, with none, from ``since``), oldest first, and the
+        cursor after the last of them. The result may overlap what was read before (trade ids
+        make a replay harmless). Raises TemporaryError when the venue cannot answer now."""
+        ...
+
+    def stream(self) -> AsyncIterator[list[Trade]]:
+        """Executions as they happen, one batch per venue message; an empty batch says the
+        subscription is live (trades from then on will come), so the caller can close the
+        gap between its history read and the stream. Ends by raising FeedDisconnected when
+        the connection drops (the caller gap-fills and streams again)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class FeedCursors(Protocol):
+    """The fill feed's persisted position in the account's history, per account (Redis)."""
+
+    async def get(self, account: str) -> str | None: ...
+    async def set(self, account: str, cursor: str) -> None: ...
 
 
 class SessionLifecycle(Protocol):

@@ -20,6 +20,7 @@ from mmops.domain.exchange import (
     MarketRule,
     OrderRequest,
     PlacementResult,
+    Trade,
     broken_rule,
     check_batch,
 )
@@ -433,6 +434,8 @@ class MemoryExchange:
         self.lose_answer: set[str] = set()  # client order ids placed whose answer is lost
         self.batches: list[list[OrderRequest]] = []
         self.lookups: list[str] = []  # client ids looked up, in order
+        self.trades: list[Trade] = []  # the account's executions, oldest first
+        self.fetched: list[list[str]] = []  # the ids of each fetch_orders call
         self._ids = itertools.count(1)
 
     async def markets(self) -> dict[str, Market]:
@@ -511,11 +514,28 @@ class MemoryExchange:
         self.orders[order.id] = order
         return order
 
-    def fill(self, order_id: str) -> ExchangeOrder:
-        """Fill a resting sell completely (the market rose to it)."""
+    def fill(self, order_id: str, amount: Decimal | None = None) -> ExchangeOrder:
+        """Fill a resting sell completely (the market rose to it), or ``amount`` of it (it
+        stays open); each fill is one execution in ``trades``."""
         order = self.orders[order_id]
-        self.totals[self.markets_by_symbol[order.symbol].base] -= order.remaining
-        self.orders[order_id] = replace(order, status=OrderStatus.FILLED, filled=order.amount)
+        qty = order.remaining if amount is None else amount
+        self.totals[self.markets_by_symbol[order.symbol].base] -= qty
+        filled = order.filled + qty
+        status = OrderStatus.FILLED if filled >= order.amount else OrderStatus.OPEN
+        self.orders[order_id] = replace(order, status=status, filled=filled)
+        fee = (qty * order.price * self.markets_by_symbol[order.symbol].maker_fee).quantize(
+            Decimal("0.00000001")
+        )
+        self.trades.append(
+            Trade(f"T{len(self.trades) + 1}", order_id, order.symbol, order.side, order.price,
+                  qty, fee, self._clock.now(), order.client_order_id)
+        )  # fmt: skip
+        return self.orders[order_id]
+
+    def engine_cancel(self, order_id: str) -> ExchangeOrder:
+        """The venue closes a resting order on its own (a post-only that would cross, an
+        expiry, a person on the venue's website)."""
+        self.orders[order_id] = replace(self.orders[order_id], status=OrderStatus.CANCELED)
         return self.orders[order_id]
 
     async def cancel(self, symbol: str, order_id: str) -> ExchangeOrder:
@@ -546,6 +566,16 @@ class MemoryExchange:
             for o in self.orders.values()
             if o.status is OrderStatus.OPEN and symbol in (None, o.symbol)
         ]
+
+    async def fetch_orders(self, order_ids: Sequence[str]) -> dict[str, ExchangeOrder]:
+        self.fetched.append(list(order_ids))
+        return {oid: self.orders[oid] for oid in order_ids if oid in self.orders}
+
+    async def order_trades(self, symbol: str, order_id: str) -> list[Trade]:
+        order = self.orders.get(order_id)
+        if order is None or order.symbol != symbol:
+            raise OrderNotFound(f"no order {order_id} for {symbol}")
+        return [t for t in self.trades if t.order_id == order_id]
 
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
         """The open order with that client id, else the most recent one (as Kraken's

@@ -53,7 +53,9 @@ Kraken as documented, each behaviour with its source:
   about (50 maximum)"), ``trades``, ``userref``, ``consolidate_taker`` and no ``cl_ord_id``
   (https://docs.kraken.com/api-reference/account-data/query-orders-info,
   https://docs.kraken.com/api/docs/rest-api/get-orders-info agree): a ``cl_ord_id`` sent along
-  filters nothing.
+  filters nothing. With ``trades=true`` an order that traded lists its trades' txids
+  (``trades``); ``QueryTrades`` answers those trades by txid ("20 maximum"), in
+  TradesHistory's shape (https://docs.kraken.com/api-reference/account-data/get-trades-info).
 * ``TradesHistory``: "50 results are returned at a time, the most recent by default"
   (https://docs.kraken.com/api-reference/account-data/get-trades-history): one trade per
   :meth:`fill`, newest first, ``ofs`` / ``start`` / ``end`` as for ClosedOrders (against the
@@ -73,7 +75,36 @@ Kraken as documented, each behaviour with its source:
   charged to the trading counter.
 * ``GetWebSocketsToken`` answers ``{"token": ..., "expires": 900}``: "The token should be used
   within 15 minutes of creation" (https://docs.kraken.com/api-reference/trading/get-websockets-token;
-  the example answer carries ``"expires": 900``).
+  the example answer carries ``"expires": 900``). Issued tokens are remembered for the
+  WebSocket below.
+* WebSocket v2, private (``ws_url``: ``ws://127.0.0.1:<port>/v2``, Kraken's
+  ``wss://ws-auth.kraken.com/v2``): a ``status`` update on connect ("automatically generated
+  on successful websocket connection", ``system``, ``api_version``, ``connection_id``,
+  ``version``: https://docs.kraken.com/exchange/api-reference/spot-websocket-v2/status);
+  ``subscribe`` to
+  ``executions`` needs a ``token`` this server issued within the last 900 s ("The token should
+  be used within 15 minutes of creation, but it does not expire once a successful Websockets
+  connection and private subscription has been made and is maintained",
+  https://docs.kraken.com/api-reference/trading/get-websockets-token). The ack is the
+  documented ``{"method": "subscribe", "result": {"channel": "executions", "maxratecount":
+  125, "snap_orders": ..., "snap_trades": ...}, "success": true, "time_in", "time_out"}``
+  (https://docs.kraken.com/api/docs/websocket-v2/executions), echoing ``req_id``; a missing,
+  unknown or stale token answers ``success: false`` with ``error`` "ESession:Invalid session"
+  (the string ccxt pro's Kraken error table maps to AuthenticationError; Kraken support, as
+  quoted in https://github.com/knowm/XChange/pull/3697: the fix for "invalid session" is a
+  new token), and the connection stays open. ``ping`` answers ``pong``
+  (https://docs.kraken.com/exchange/api-reference/spot-websocket-v2/ping). ``heartbeat``
+  messages go out "approximately once every second in the absence of any other channel
+  updates" once a channel is subscribed (https://docs.kraken.com/api/docs/websocket-v2/
+  heartbeat/; ``ws_heartbeat`` seconds, None: silent). Every :meth:`fill` pushes one
+  ``executions`` ``update`` with an ``exec_type`` ``trade`` entry (fields of the documented
+  execution example: ``exec_id`` the trade txid TradesHistory keys the same trade by,
+  ``order_id``, ``cl_ord_id``, ``symbol`` in v2's ``BTC/USD`` form, ``side``, ``last_qty``,
+  ``last_price``, ``cost``, ``fees`` ``[{"asset", "qty"}]`` in the asset the fee was taken in,
+  ``liquidity_ind`` ``m``, ``order_status``, ``timestamp`` RFC 3339), numbers as JSON numbers
+  as Kraken sends them. Controls: :meth:`drop_websockets` cuts every connection without a
+  close frame; :meth:`pause_executions` stops pushing fills (they still reach TradesHistory:
+  fills "during a gap"); :meth:`ws_subscribers` counts live subscriptions.
 * A post-only order that would cross (switch ``post_only_cross``). Kraken's AddOrder reference
   lists ``EOrder:Post only order``; independent clients report that the order is *accepted*
   (a txid comes back) and the engine then cancels it with reason "Post only order"
@@ -153,7 +184,7 @@ from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from mmops.adapters.exchanges.ccxt_exchange import CcxtExchange
 from mmops.adapters.paper.catalog import CATALOG, Listing
@@ -181,9 +212,12 @@ DEADLINE_INVALID = "EGeneral:Invalid arguments:deadline"
 REWARDS = ".F"  # Kraken Rewards balances (BalanceEx), spent through their base asset
 PAIR_STATUSES = ("online", "cancel_only", "post_only", "limit_only", "reduce_only")
 PAGE = 50  # ClosedOrders and TradesHistory answer 50 at a time (module docstring)
+QUERY_ORDERS_MAX = 50  # QueryOrders: "50 maximum" txids (module docstring)
+QUERY_TRADES_MAX = 20  # QueryTrades: "20 maximum" txids
 DEAD_MAN_MAX = 86400  # CancelAllOrdersAfter: timeout "less than 86400 seconds"
 DEAD_MAN_REASON = "Dead man's switch"  # assumed; Kraken does not document the reason string
 WS_TOKEN_EXPIRES = 900  # GetWebSocketsToken: seconds to use the token in
+WS_INVALID_SESSION = "ESession:Invalid session"  # a subscribe with a token not (or no longer) ok
 
 
 class KrakenError(Exception):
@@ -359,6 +393,12 @@ class KrakenServer:
         self.cancel_pending = cancel_pending
         self.closed_cl_ord_id_filter = closed_cl_ord_id_filter
         self._trades: dict[str, dict[str, Any]] = {}  # TradesHistory, oldest first
+        self._ws_tokens: dict[str, float] = {}  # GetWebSocketsToken → issued at (server clock)
+        self._ws_outboxes: dict[web.WebSocketResponse, asyncio.Queue[str]] = {}  # subscribed
+        self._ws_transports: set[asyncio.BaseTransport] = set()  # every open WebSocket
+        self._ws_paused = False  # pause_executions
+        self.ws_heartbeat: float | None = 1.0  # seconds between heartbeats; None: none
+        self._ws_sequence = 0  # executions messages pushed
         self._dead_man_at: float | None = None  # CancelAllOrdersAfter's trigger (server clock)
         self.rest_tier = rest_tier
         self.rest_counter = KRAKEN_TIERS[rest_tier].rest if rest_tier else None
@@ -442,6 +482,11 @@ class KrakenServer:
         self._thread = None
         self._port = 0
 
+    @property
+    def ws_url(self) -> str:
+        """The private WebSocket v2 endpoint (Kraken's ``wss://ws-auth.kraken.com/v2``)."""
+        return self.url.replace("http://", "ws://") + "/v2"
+
     def __enter__(self) -> KrakenServer:
         return self.start()
 
@@ -452,6 +497,7 @@ class KrakenServer:
         app = web.Application()
         app.router.add_get("/0/public/{method}", self._public)
         app.router.add_post("/0/private/{method}", self._private)
+        app.router.add_get("/v2", self._websocket)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -595,6 +641,24 @@ class KrakenServer:
         with self._lock:
             return self._totals.get(code, Decimal(0)), self._held(code)
 
+    def drop_websockets(self) -> int:
+        """Cut every open WebSocket at once, without a close frame (a network failure);
+        returns how many. Call it from the test, not from the server's thread."""
+        if self._loop is None:
+            return 0
+        return asyncio.run_coroutine_threadsafe(self._drop_websockets(), self._loop).result(5)
+
+    def pause_executions(self, paused: bool = True) -> None:
+        """Stop (``paused``) or resume pushing fills over the WebSocket; fills made meanwhile
+        are never pushed, TradesHistory still has them (module docstring)."""
+        with self._lock:
+            self._ws_paused = paused
+
+    def ws_subscribers(self) -> int:
+        """How many connections are subscribed to ``executions`` now."""
+        with self._lock:
+            return len(self._ws_outboxes)
+
     # -- HTTP -----------------------------------------------------------------------------
 
     async def _public(self, request: web.Request) -> web.Response:
@@ -719,12 +783,10 @@ class KrakenServer:
             "OpenOrders": lambda p: {"open": self._select(p, open_=True)},
             "ClosedOrders": self._closed_orders,
             "QueryOrders": self._query_orders,
+            "QueryTrades": self._query_trades,
             "TradesHistory": self._trades_history,
             "CancelAllOrdersAfter": self._cancel_all_orders_after,
-            "GetWebSocketsToken": lambda _: {
-                "token": base64.b64encode(secrets.token_bytes(32)).decode().rstrip("="),
-                "expires": WS_TOKEN_EXPIRES,
-            },
+            "GetWebSocketsToken": self._ws_token,
         }
 
     # -- public endpoints -----------------------------------------------------------------
@@ -905,12 +967,27 @@ class KrakenServer:
         ids = [t.strip() for t in str(params.get("txid", "")).split(",") if t.strip()]
         if not ids:
             raise KrakenError("EGeneral:Invalid arguments:txid")
+        if len(ids) > QUERY_ORDERS_MAX:
+            raise KrakenError("EGeneral:Invalid arguments:txid")
         result = {}
         for txid in ids:
             order = self._orders.get(txid)
             if order is not None and _matches(order, {"userref": params.get("userref")}):
                 result[txid] = order.info()
+                if _truthy(params.get("trades")):
+                    trades = [t for t, v in self._trades.items() if v["ordertxid"] == txid]
+                    if trades:  # Kraken leaves the field out of an order without trades
+                        result[txid]["trades"] = trades
         return result
+
+    def _query_trades(self, params: Params) -> dict[str, Any]:
+        """Trades by txid, up to 20 ("Comma delimited list of transaction IDs to query info
+        about (20 maximum)", https://docs.kraken.com/api-reference/account-data/
+        get-trades-info), each as TradesHistory gives it; unknown txids are left out."""
+        ids = [t.strip() for t in str(params.get("txid", "")).split(",") if t.strip()]
+        if not ids or len(ids) > QUERY_TRADES_MAX:
+            raise KrakenError("EGeneral:Invalid arguments:txid")
+        return {txid: self._trades[txid] for txid in ids if txid in self._trades}
 
     def _trades_history(self, params: Params) -> dict[str, Any]:
         """Trades, 50 from ``ofs``, the most recent first, within ``start`` / ``end`` (module
@@ -937,6 +1014,144 @@ class KrakenServer:
         self._dead_man_at = now + timeout if timeout else None
         trigger = _rfc3339(self._dead_man_at) if self._dead_man_at is not None else "0"
         return {"currentTime": _rfc3339(now), "triggerTime": trigger}
+
+    # -- WebSocket v2 (module docstring) --------------------------------------------------
+
+    def _ws_token(self, _: Params) -> dict[str, Any]:
+        token = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        self._ws_tokens[token] = self.now()
+        return {"token": token, "expires": WS_TOKEN_EXPIRES}
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        transport = request.transport
+        outbox: asyncio.Queue[str] = asyncio.Queue()
+        outbox.put_nowait(json.dumps(_ws_status()))
+        with self._lock:
+            if transport is not None:
+                self._ws_transports.add(transport)
+        sender = asyncio.create_task(self._ws_send(ws, outbox))
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    outbox.put_nowait(json.dumps(self._ws_answer(message.data, ws, outbox)))
+        except Exception:
+            self.stats.errors.append(traceback.format_exc())
+        finally:
+            with self._lock:
+                self._ws_outboxes.pop(ws, None)
+                if transport is not None:
+                    self._ws_transports.discard(transport)
+            sender.cancel()
+        return ws
+
+    async def _ws_send(self, ws: web.WebSocketResponse, outbox: asyncio.Queue[str]) -> None:
+        """Send what is queued, in order; a heartbeat after ``ws_heartbeat`` seconds without
+        any other message, once subscribed."""
+        while not ws.closed:
+            interval = self.ws_heartbeat
+            try:
+                text = await asyncio.wait_for(outbox.get(), interval or 0.2)
+            except TimeoutError:
+                if interval is None or ws not in self._ws_outboxes:
+                    continue
+                text = json.dumps({"channel": "heartbeat"})
+            try:
+                await ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+    def _ws_answer(
+        self, text: str, ws: web.WebSocketResponse, outbox: asyncio.Queue[str]
+    ) -> dict[str, Any]:
+        """The answer to one request: ``subscribe`` (``executions``) or ``ping``. Anything
+        else is refused with ``EGeneral:Invalid arguments`` (this server's choice)."""
+        time_in = _rfc3339_micro(self.now())
+        try:
+            request = json.loads(text)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            request = {}
+        method = request.get("method")
+        answer: dict[str, Any] = {"method": "pong" if method == "ping" else method}
+        raw_params = request.get("params")
+        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
+        error = None
+        if method == "subscribe" and params.get("channel") == "executions":
+            with self._lock:
+                issued = self._ws_tokens.get(str(params.get("token")))
+                if issued is None or self.now() - issued > WS_TOKEN_EXPIRES:
+                    error = WS_INVALID_SESSION
+                else:
+                    self._ws_outboxes[ws] = outbox
+            answer["result"] = {
+                "channel": "executions",
+                "maxratecount": 125,
+                "snap_orders": bool(params.get("snap_orders", True)),
+                "snap_trades": bool(params.get("snap_trades", False)),
+            }
+        elif method != "ping":
+            error = "EGeneral:Invalid arguments"
+        if error is not None:
+            answer.pop("result", None)
+            answer["error"] = error
+        answer["success"] = error is None
+        answer["time_in"], answer["time_out"] = time_in, _rfc3339_micro(self.now())
+        if "req_id" in request:
+            answer["req_id"] = request["req_id"]
+        return answer
+
+    def _publish_execution(self, txid: str, order: ServerOrder, qty: Decimal, fee: Decimal) -> None:
+        """Push a fill to every subscriber (called under the lock, from any thread): the
+        documented ``executions`` update, the fee in the asset it was taken in."""
+        if self._ws_paused or not self._ws_outboxes or self._loop is None:
+            return
+        market = order.pair.listing.market
+        if _fee_in_base(order.spec):
+            fee_asset, fee_qty = market.base, qty * market.maker_fee
+        else:
+            fee_asset, fee_qty = market.quote, fee
+        execution: dict[str, Any] = {
+            "order_id": order.txid,
+            "exec_id": txid,
+            "exec_type": "trade",
+            "trade_id": self._trades[txid]["trade_id"],
+            "symbol": market.symbol,
+            "side": order.spec.side,
+            "last_qty": float(qty),
+            "last_price": float(order.spec.price),
+            "liquidity_ind": "m",
+            "cost": float(qty * order.spec.price),
+            "order_userref": order.spec.userref or 0,
+            "order_status": "filled" if order.remaining == 0 else "partially_filled",
+            "order_type": "limit",
+            "fees": [{"asset": fee_asset, "qty": float(fee_qty)}],
+            "timestamp": _rfc3339_micro(float(self._trades[txid]["time"])),
+        }
+        if order.spec.cl_ord_id:
+            execution["cl_ord_id"] = order.spec.cl_ord_id
+        self._ws_sequence += 1
+        text = json.dumps(
+            {
+                "channel": "executions",
+                "type": "update",
+                "data": [execution],
+                "sequence": self._ws_sequence,
+            }
+        )
+        for outbox in self._ws_outboxes.values():
+            self._loop.call_soon_threadsafe(outbox.put_nowait, text)
+
+    async def _drop_websockets(self) -> int:
+        with self._lock:
+            transports = list(self._ws_transports)
+            self._ws_transports.clear()
+            self._ws_outboxes.clear()
+        for transport in transports:
+            transport.abort()  # type: ignore[attr-defined]
+        return len(transports)
 
     # -- order book-keeping ---------------------------------------------------------------
 
@@ -968,6 +1183,7 @@ class KrakenServer:
             "trade_id": len(self._trades) + 1,
             "maker": True,
         }
+        self._publish_execution(txid, order, qty, fee)
 
     def _bound(self, params: Params, name: str) -> float | None:
         """``start`` or ``end``: a Unix time, or an order's txid standing for its ``opentm``
@@ -1239,6 +1455,27 @@ def _page(items: list[Any], params: Params) -> list[Any]:
 
 def _rfc3339(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rfc3339_micro(moment: float) -> str:
+    """WebSocket v2's timestamps, e.g. ``2023-09-22T10:33:05.709950Z``."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def _ws_status() -> dict[str, Any]:
+    """The ``status`` update a v2 connection opens with (system ``online``; module docstring)."""
+    return {
+        "channel": "status",
+        "type": "update",
+        "data": [
+            {
+                "api_version": "v2",
+                "connection_id": secrets.randbits(63),
+                "system": "online",
+                "version": "2.0.0",
+            }
+        ],
+    }
 
 
 def _fee_in_base(spec: Spec) -> bool:

@@ -227,3 +227,12 @@ class Fence:
     position: Position
     pending: PendingTakeProfit
     attempt_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class FillEvent:
+    """A new buy fill announced for settlement: its (session, pair) needs covering."""
+
+    event_id: str
+    session_id: str
+    symbol: str

@@ -15,7 +15,16 @@ from typing import Annotated
 
 import typer
 
-from mmops.entrypoints import cli_db, cli_migrate, cli_paper, cli_serve, cli_settle, cli_status
+from mmops.entrypoints import (
+    cli_db,
+    cli_migrate,
+    cli_paper,
+    cli_reconcile,
+    cli_serve,
+    cli_settle,
+    cli_status,
+    cli_watch,
+)
 from mmops.entrypoints.cli_common import Context
 
 
@@ -49,6 +58,8 @@ def build_app() -> typer.Typer:
     app.command("serve")(cli_serve.serve)
     app.command("settle")(cli_settle.settle)
     app.command("status")(cli_status.status)
+    app.command("reconcile")(cli_reconcile.reconcile)
+    app.command("watch")(cli_watch.watch)
     return app
 
 

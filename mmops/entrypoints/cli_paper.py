@@ -14,7 +14,7 @@ from rich.table import Table
 
 from mmops import logs
 from mmops.adapters.paper.catalog import SYMBOLS
-from mmops.bootstrap import Runtime, exchange_markets, open_runtime
+from mmops.bootstrap import Runtime, build_reconciler, open_exchange, open_runtime
 from mmops.entrypoints.cli_common import (
     JsonOption,
     console,
@@ -266,10 +266,13 @@ async def _coverage(rt: Runtime, session_id: str | None) -> list[dict[str, Any]]
         sessions = await rt.registry.recent_sessions(
             s.settlement_hours_back, s.settlement_session_limit, rt.clock.now()
         )
-    markets = await exchange_markets(rt)
-    service = CoverageService(rt.positions)
     rows = []
-    for sess in sessions:
-        for c in await service.session(sess, markets, rt.clock.now()):
-            rows.append({"session": sess.id, **c.to_dict()})
+    # Measured against the exchange: a take-profit it does not show open or filled does not
+    # count as covering (a read-only reconciliation; nothing is changed or placed).
+    async with open_exchange(rt, dry_run=True) as exchange:
+        markets = await exchange.markets()
+        service = CoverageService(rt.positions, build_reconciler(rt, exchange, dry_run=True))
+        for sess in sessions:
+            for c in await service.session(sess, markets, rt.clock.now()):
+                rows.append({"session": sess.id, **c.to_dict()})
     return rows

@@ -40,6 +40,7 @@ from mmops.config import Settings
 from mmops.entrypoints.http import Probes, create_app
 from mmops.entrypoints.metrics import Metrics
 from mmops.entrypoints.status_view import collect_status
+from mmops.entrypoints.watchers import Watchers, open_watchers
 from mmops.errors import (
     RECOVERABLE,
     AuthenticationFailed,
@@ -284,30 +285,43 @@ async def serve(settings: Settings, urls: Urls, listener: socket.socket) -> None
         open_exchange(rt, dry_run=settings.dry_run) as exchange,
     ):
         daemon = Daemon(rt, exchange)
-        probes = Probes(daemon.alive, daemon.readiness, daemon.metrics.render, daemon.status)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(probes),  # host and port: the listener's
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
+        async with open_watchers(
+            rt, exchange, daemon.settlement, feed=settings.feed, observe=daemon.metrics.settlement
+        ) as w:
+            await _serve(daemon, w, listener)
+
+
+async def _serve(daemon: Daemon, w: Watchers, listener: socket.socket) -> None:
+    """HTTP, the schedules and the exchange-truth loops, until a signal stops uvicorn."""
+    settings = daemon.settings
+    probes = Probes(daemon.alive, daemon.readiness, daemon.metrics.render, daemon.status)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(probes),  # host and port: the listener's
+            log_config=None,
+            access_log=False,
+            lifespan="off",
         )
-        daemon.schedule()
-        log.info(
-            "serve.started",
-            host=settings.http_host,
-            port=settings.http_port,
-            settlement_interval=settings.settlement_interval,
-            migration_interval=settings.migration_interval,
-            dry_run=settings.dry_run,
-        )
-        # uvicorn captures SIGTERM/SIGINT while it serves and raises them again when it stops;
-        # these no-op handlers receive that re-raise so the process can drain and exit 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
-        try:
-            await server.serve(sockets=[listener])
-        finally:
-            await daemon.stop()
-            log.info("serve.stopped")
+    )
+    daemon.schedule()
+    log.info(
+        "serve.started",
+        host=settings.http_host,
+        port=settings.http_port,
+        settlement_interval=settings.settlement_interval,
+        migration_interval=settings.migration_interval,
+        dry_run=settings.dry_run,
+    )
+    # uvicorn captures SIGTERM/SIGINT while it serves and raises them again when it stops;
+    # these no-op handlers receive that re-raise so the process can drain and exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    stop_watching = asyncio.Event()
+    watching = asyncio.create_task(w.run(stop_watching))
+    try:
+        await server.serve(sockets=[listener])
+    finally:
+        stop_watching.set()
+        await daemon.stop()
+        await w.stopped(watching)
+        log.info("serve.stopped")

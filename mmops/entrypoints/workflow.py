@@ -26,7 +26,13 @@ from mmops.adapters.clock import SimulatedClock, SystemClock
 from mmops.adapters.paper.catalog import CATALOG
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.postgres.analysis import pair_pnl
-from mmops.bootstrap import Runtime, build_migration, build_settlement, open_paper_venue
+from mmops.bootstrap import (
+    Runtime,
+    build_migration,
+    build_reconciler,
+    build_settlement,
+    open_paper_venue,
+)
 from mmops.domain.models import Market
 from mmops.services.coverage import CoverageService
 from mmops.services.migration import MigrationService, SessionMigration
@@ -245,7 +251,10 @@ async def report(rt: Runtime, plan: WorkflowPlan, result: WorkflowResult) -> dic
         raise LookupError(f"no session {result.session_id!r} in the registry")
     markets = {listing.market.symbol: listing.market for listing in CATALOG}
     end = plan.start + timedelta(seconds=result.sim_seconds)
-    coverage = await CoverageService(rt.positions).session(session, markets, end)
+    # Measured against the venue: only take-profits it shows open or filled count as covering.
+    async with open_paper_venue(rt, rt.clock, venue=result.venue) as venue:
+        reconciler = build_reconciler(rt, venue, dry_run=True)
+        coverage = await CoverageService(rt.positions, reconciler).session(session, markets, end)
     analysis = await pair_pnl(rt.pool, result.session_id)
     by_pair = {row["symbol"]: row for row in analysis}
     pairs = []

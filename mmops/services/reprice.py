@@ -9,15 +9,14 @@ anew. Cancel first, replace after: a failed cancel leaves the old order covering
 cancel answered *pending* is not a release (the order may still fill) until a later run sees it
 cancelled; a failed replacement leaves it uncovered for the next run. Never covered twice.
 
-Every run also checks the take-profits it believes open against the exchange's open orders:
-one the exchange cancelled on its own (a post-only that would have crossed is accepted, then
-cancelled by the engine) is released so the run covers its position again; one that filled is
-marked filled.
+Whether a take-profit is still live on the exchange is reconciliation's question
+(``mmops.services.reconcile``), which settlement asks before repricing: the take-profits a
+repricer sees are those the exchange showed open, or had not yet been checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
 
@@ -26,7 +25,7 @@ from mmops.domain.models import ZERO, OrderStatus, Position
 from mmops.domain.pricing import Dust, age_in_minutes, price_take_profit
 from mmops.domain.records import TakeProfitRecord, TpStatus
 from mmops.domain.tiers import TierPolicy
-from mmops.errors import RECOVERABLE, OrderNotFound
+from mmops.errors import RECOVERABLE
 from mmops.ports import Clock, Exchange, Positions, cancel_or_fetch
 from mmops.services.tp_results import MarketData, PairReport
 
@@ -46,8 +45,8 @@ class Repricer:
         self, positions: Sequence[Position], report: PairReport, data: MarketData | None = None
     ) -> set[str]:
         """Reprice take-profits whose position has aged into a lower tier (amended in place
-        with ``data``, else cancelled) and release those the exchange no longer shows; return
-        the ids of the positions whose coverage was released (they need a fresh read)."""
+        with ``data``, else cancelled); return the ids of the positions whose coverage was
+        released (they need a fresh read)."""
         candidates = [
             (p, order_id) for p in positions if not p.pending for order_id, _ in p.take_profits
         ]
@@ -61,13 +60,12 @@ class Repricer:
             log.error("tp.bad_record", key=bad.key, reason=bad.reason)
         records = {oid: r for oid, r in read.items if r.status is TpStatus.OPEN}
         live = [(p, oid) for p, oid in candidates if oid in records]
-        known_open = data.open_order_ids if data is not None else None
-        released = await self._check_live(live, report, known_open)
+        released: set[str] = set()
         now = self._clock.now()
         for position, order_id in live:
             record = records[order_id]
-            if position.position_id in released or record.tier is None:
-                continue  # gone from the exchange, or recovered without its tier
+            if record.tier is None:
+                continue  # recovered without its tier
             table = self._tiers.for_pair(position.symbol)
             tier_now, _ = table.markup_at(age_in_minutes(position.opened_at, now))
             if record.tier >= tier_now:
@@ -83,49 +81,6 @@ class Repricer:
                 report.repriced += 1
                 report.released += freed
                 released.add(position.position_id)
-        return released
-
-    async def _check_live(
-        self,
-        live: Sequence[tuple[Position, str]],
-        report: PairReport,
-        known_open: frozenset[str] | None,
-    ) -> set[str]:
-        """Compare the take-profits believed open with the open orders (the run's snapshot,
-        else the pair's, asked now); release those the exchange cancelled, mark those it
-        filled. An order missing from the open ones is fetched before anything is concluded,
-        so a snapshot older than the order only costs a call. Returns the released ids."""
-        if not live:
-            return set()
-        open_ids: Collection[str] | None = known_open
-        if open_ids is None:
-            try:
-                open_ids = {o.id for o in await self._exchange.open_orders(live[0][0].symbol)}
-            except RECOVERABLE as e:
-                log.warning("tp.check_failed", pair=live[0][0].symbol, error=str(e))
-                return set()
-        released: set[str] = set()
-        for position, order_id in live:
-            if order_id in open_ids:
-                continue
-            try:
-                order = await self._exchange.fetch_order(position.symbol, order_id)
-            except OrderNotFound:
-                continue  # unknown to the exchange: reported by reconciliation, left alone
-            except RECOVERABLE as e:
-                log.warning("tp.check_failed", position=position.position_id, error=str(e))
-                continue
-            if order.status is OrderStatus.FILLED:
-                await self._positions.set_tp_status(position.session_id, order_id, TpStatus.FILLED)
-            elif order.status is not OrderStatus.OPEN:
-                await self._positions.release_coverage(
-                    position, order_id, TpStatus.GONE, order.filled
-                )
-                # Not added to what the run may spend: the exchange freed it before the run's
-                # balance snapshot, or after it (then the next run sees it): never twice.
-                released.add(position.position_id)
-                log.warning("tp.gone", session=position.session_id, pair=position.symbol,
-                            position=position.position_id, order=order_id)  # fmt: skip
         return released
 
     async def _amend(

@@ -2,7 +2,8 @@
 the outcome recorded.
 
 One run: discover sessions (PostgreSQL) → fetch markets, tickers and balances once → per
-session, under ``lock:settlement:{S}``: reprice stale take-profits, read uncovered positions,
+session, under ``lock:settlement:{S}``: reconcile the take-profits believed live with the
+exchange (``mmops.services.reconcile``), reprice stale ones, read uncovered positions,
 create take-profits (pairs concurrently, isolated), check the portfolio stop-loss, write
 ``settlement:status:{S}`` / ``settlement:last_run:{S}`` and a ``settlement_runs`` row. Several
 workers may run at once: the locks share the sessions out.
@@ -11,12 +12,14 @@ workers may run at once: the locks share the sessions out.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from mmops import logs
+from mmops.domain.exchange import ExchangeOrder
 from mmops.domain.models import ZERO, Balance, Position, Session
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import (
@@ -36,6 +39,7 @@ from mmops.errors import (
     UnknownSession,
 )
 from mmops.ports import Clock, Exchange, Positions, SessionLocks, SettlementRecords, SettlementRuns
+from mmops.services.reconcile import Reconciler
 from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry
 from mmops.services.stoploss import StopLossReport, StopLossService
@@ -111,6 +115,7 @@ class SettlementService:
         hours_back: int,
         session_limit: int,
         worker: str,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self._registry = registry
         self._positions = positions
@@ -121,15 +126,26 @@ class SettlementService:
         self._tp = take_profits
         self._stoploss = stoploss
         self._repricer = repricer
+        self._reconciler = reconciler
         self._clock = clock
         self._hours_back = hours_back
         self._limit = session_limit
         self.worker = worker
 
-    async def run(self, session_id: str | None = None) -> list[SessionResult]:
+    async def run(
+        self, session_id: str | None = None, pairs: Sequence[str] | None = None
+    ) -> list[SessionResult]:
         """Settle one session, or every recent one. Per-session failures are in the results;
-        StoreUnavailable (Redis or PostgreSQL down) ends the whole run at once."""
+        StoreUnavailable (Redis or PostgreSQL down) ends the whole run at once.
+
+        ``pairs`` (with ``session_id``) narrows the run to those pairs of the session: the
+        quick run a new fill triggers. It covers and reprices them under the same lock and
+        fence, and leaves the stop-loss (which needs every pair's mark) to the full runs.
+        """
         sessions = await self._sessions(session_id)
+        if pairs is not None:
+            sessions = [_narrowed(s, pairs) for s in sessions]
+            sessions = [s for s in sessions if s.pairs]
         if not sessions:
             return []
         started = self._clock.now()
@@ -142,8 +158,9 @@ class SettlementService:
                 await self._record(r, dry_run=self._tp.dry_run)
             return results
         results = []
+        full = pairs is None
         for session in sessions:
-            result = await self._settle(session, data)
+            result = await self._settle(session, data, full)
             data = _after_placements(data, result)
             results.append(result)
         return results
@@ -163,25 +180,25 @@ class SettlementService:
         markets, tickers, balances = await asyncio.gather(
             self._exchange.markets(), self._exchange.tickers(pairs), self._exchange.balances()
         )
-        return MarketData(markets, tickers, balances, await self._open_order_ids())
+        return MarketData(markets, tickers, balances, await self._open_orders())
 
-    async def _open_order_ids(self) -> frozenset[str] | None:
-        """The account's open orders in one call, for repricing to check its take-profits
-        against; None (each pair then asks for its own) when repricing is off or it fails."""
-        if self._repricer is None or self._tp.dry_run:
+    async def _open_orders(self) -> tuple[ExchangeOrder, ...] | None:
+        """The account's open orders in one call, for reconciliation to check every
+        session's take-profits against; None (each session then asks) if it fails."""
+        if self._reconciler is None:
             return None
         try:
-            return frozenset(o.id for o in await self._exchange.open_orders())
+            return tuple(await self._exchange.open_orders())
         except RECOVERABLE as e:
             log.warning("settlement.open_orders_failed", error=str(e))
             return None
 
-    async def _settle(self, session: Session, data: MarketData) -> SessionResult:
+    async def _settle(self, session: Session, data: MarketData, full: bool) -> SessionResult:
         started = self._clock.now()
         log.info("settlement.started", session=session.id, pairs=len(session.pairs))
         try:
             async with self._locks.hold(session.id) as lease:
-                result = await self._settle_locked(session, data, started, lease)
+                result = await self._settle_locked(session, data, started, lease, full)
         except LockNotAcquired:
             log.info("settlement.skipped_locked", session=session.id)
             return SessionResult(session.id, RunState.LOCKED, started, self._clock.now())
@@ -197,10 +214,20 @@ class SettlementService:
         return result
 
     async def _settle_locked(
-        self, session: Session, data: MarketData, started: datetime, lease: SessionLease
+        self,
+        session: Session,
+        data: MarketData,
+        started: datetime,
+        lease: SessionLease,
+        full: bool,
     ) -> SessionResult:
+        """Cover the session's pairs; a ``full`` run (not one narrowed to some pairs) also
+        checks the stop-loss, which needs every pair's mark."""
         reports = {pair: PairReport(pair) for pair in session.pairs}
+        await self._reconcile(session, data, reports)
         if await self._flattened(session.id):
+            if not full:
+                return SessionResult(session.id, RunState.OK, started, self._clock.now(), reports)
             return await self._only_stoploss(session, data, started, reports)
         reads = await asyncio.gather(
             *(self._coverable(session.id, pair, reports[pair], data) for pair in session.pairs),
@@ -218,7 +245,10 @@ class SettlementService:
         reports = await self._tp.create_batch(session.id, by_pair, data, reports, lease)
         if lease.lost:  # found lost after the last send: say so, and do nothing more
             raise LockLost(session.id)
-        stop, stop_error = await self._check_stoploss(session, data)
+        stop: StopLossReport | None = None
+        stop_error: str | None = None
+        if full:
+            stop, stop_error = await self._check_stoploss(session, data)
         errors = sum(r.error is not None for r in reports.values())
         ok = all(r.ok for r in reports.values()) and not stop_error and not (stop and stop.bad)
         state = RunState.OK if ok else RunState.PARTIAL
@@ -264,6 +294,19 @@ class SettlementService:
             stop_error = f"stop-loss: {type(e).__name__}: {e}"
             log.error("stoploss.failed", session=session.id, error=stop_error)
             return None, stop_error
+
+    async def _reconcile(
+        self, session: Session, data: MarketData, reports: dict[str, PairReport]
+    ) -> None:
+        """Believe the exchange before anything is read: fills recorded, take-profits it no
+        longer shows released (so this run covers their positions again); counts per pair."""
+        if self._reconciler is None:
+            return
+        report = await self._reconciler.session(
+            session, open_orders=data.open_orders, dry_run=self._tp.dry_run
+        )
+        for pair, pair_report in reports.items():
+            pair_report.reconciled = report.counts(pair)
 
     async def _coverable(
         self, session_id: str, pair: str, report: PairReport, data: MarketData
@@ -373,6 +416,11 @@ def _after_placements(data: MarketData, result: SessionResult) -> MarketData:
         if b is not None:
             held[market.base] = replace(b, free=max(b.free - amount, ZERO), used=b.used + amount)
     return replace(data, balances=held)
+
+
+def _narrowed(session: Session, pairs: Sequence[str]) -> Session:
+    wanted = set(pairs)
+    return replace(session, pairs=tuple(p for p in session.pairs if p in wanted))
 
 
 def _stray(session_id: str, pair: str, p: Position) -> BadRecordError:

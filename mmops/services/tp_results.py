@@ -8,6 +8,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from mmops.domain.exchange import ExchangeOrder
 from mmops.domain.models import Balance, Market, Ticker
 from mmops.errors import BadRecordError
 
@@ -41,9 +42,13 @@ class MarketData:
     markets: dict[str, Market]
     tickers: dict[str, Ticker]
     balances: dict[str, Balance]
-    # Ids of the account's open orders at the fetch (all pairs, one call), against which
-    # repricing checks the take-profits it believes open; None: not fetched, ask per pair.
-    open_order_ids: frozenset[str] | None = None
+    # The account's open orders at the fetch (all pairs, one call), against which
+    # reconciliation checks the take-profits mmops believes open; None: not fetched.
+    open_orders: tuple[ExchangeOrder, ...] | None = None
+
+    @property
+    def open_order_ids(self) -> frozenset[str] | None:
+        return None if self.open_orders is None else frozenset(o.id for o in self.open_orders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,9 @@ class PairReport:
     repriced: int = 0  # take-profits cancelled to be replaced at a lower tier
     released: Decimal = Decimal(0)  # base quantity those cancels freed on the exchange
     bad_records: int = 0  # positions that did not parse (quarantined, reported)
+    # What reconciliation found and did (``ReconcileReport.counts`` of the pair): take-profits
+    # checked, and one count per action (released, recorded_fill, absent, ...).
+    reconciled: dict[str, int] = field(default_factory=dict)
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) of those
     error: str | None = None  # the whole pair failed
 
@@ -88,7 +96,7 @@ class PairReport:
         """A report of its own: adding to the copy's lists leaves this one as it is."""
         return replace(
             self, placed=list(self.placed), skipped=list(self.skipped), failed=list(self.failed),
-            quarantined=list(self.quarantined),
+            quarantined=list(self.quarantined), reconciled=dict(self.reconciled),
         )  # fmt: skip
 
     def quarantine(self, bad: Sequence[BadRecordError]) -> None:
@@ -116,6 +124,12 @@ class PairReport:
             "recovered": self.recovered,
             "repriced": self.repriced,
             "bad_records": self.bad_records,
+            "reconciled": self.reconciled.get("reconciled", 0),
+            "released": self.reconciled.get("released", 0),
+            "recorded_fill": self.reconciled.get("recorded_fill", 0),
+            "unknown_orders": self.reconciled.get("reported_unknown", 0),
+            "absent": self.reconciled.get("absent", 0),
+            "lookup_failed": self.reconciled.get("lookup_failed", 0),
             **{f"skipped_{reason}": n for reason, n in sorted(by_reason.items())},
         }
 

@@ -372,3 +372,44 @@ async def test_a_throttled_call_is_temporary_not_a_rejection(venue: venues.Venue
     with pytest.raises(TemporaryError):
         await throttled.balances()
     assert isinstance(await venue.exchange.balances(), dict)
+
+
+async def test_fetch_orders_answers_open_and_closed_orders_by_id_and_leaves_unknown_ones_out(
+    venue: venues.Venue,
+) -> None:
+    filled_id, _ = await resting(venue, "0.1")
+    await venue.fill(SYMBOL, filled_id)  # (on paper: the price path lifts over every sell)
+    cancelled_id, _ = await resting(venue, "0.1")
+    await venue.exchange.cancel(SYMBOL, cancelled_id)
+    open_id, _ = await resting(venue, "0.1")
+    unknown = "OUNKNO-WNORD-ER0000"
+
+    found = await venue.exchange.fetch_orders([open_id, cancelled_id, filled_id, unknown])
+
+    assert {oid: o.status for oid, o in found.items()} == {
+        open_id: OrderStatus.OPEN,
+        cancelled_id: OrderStatus.CANCELED,
+        filled_id: OrderStatus.FILLED,
+    }
+    assert await venue.exchange.fetch_orders([]) == {}
+
+
+async def test_order_trades_lists_a_filled_orders_executions_under_stable_trade_ids(
+    venue: venues.Venue,
+) -> None:
+    """What reconciliation records as fills: the executions add up to the filled amount,
+    and a second look gives the same trade ids (a replay is recognised)."""
+    order_id, price = await resting(venue, "0.1")
+    assert await venue.exchange.order_trades(SYMBOL, order_id) == []
+    await venue.fill(SYMBOL, order_id)
+
+    trades = await venue.exchange.order_trades(SYMBOL, order_id)
+
+    assert trades and {t.order_id for t in trades} == {order_id}
+    assert sum(t.amount for t in trades) == Decimal("0.1")
+    assert all(t.side is Side.SELL and t.price >= price for t in trades)
+    assert [t.id for t in await venue.exchange.order_trades(SYMBOL, order_id)] == [
+        t.id for t in trades
+    ]
+    with pytest.raises(OrderNotFound):
+        await venue.exchange.order_trades(SYMBOL, "OUNKNO-WNORD-ER0000")

@@ -1,6 +1,7 @@
 """Repricing and coverage against the Kraken test server: an aged take-profit is amended in
-place (one AmendOrder, same txid, never uncovered), an engine-cancelled post-only take-profit
-is found and covered anew, and a cancel answered pending is not a release."""
+place (one AmendOrder, same txid, never uncovered), and a cancel answered pending is not a
+release. (An engine-cancelled post-only take-profit is reconciliation's: tests/integration/
+test_reconcile.py.)"""
 
 from __future__ import annotations
 
@@ -131,25 +132,6 @@ async def test_a_refused_amend_falls_back_to_cancel_and_replace(kraken_desk: Des
     record = await d.store.tp_order("s1", placed.order_id)
     assert record is not None and record.status is TpStatus.REPLACED
     assert (await d.position()).uncovered == Decimal("0.01")
-
-
-async def test_an_engine_cancelled_take_profit_is_found_and_the_position_covered_again(
-    kraken_desk: Desk,
-) -> None:
-    d = kraken_desk
-    stale = await d.data()
-    d.server.set_quote(SYMBOL, "70000", "70000.1")  # the book moved through the TP's price
-    [placed] = (await d.cover(stale)).placed  # accepted with a txid ...
-    assert d.server.order(placed.order_id)["reason"] == "Post only order"  # ... then cancelled
-
-    assert await d.reprice() == {"b1"}  # the next run's check finds it gone
-
-    record = await d.store.tp_order("s1", placed.order_id)
-    assert record is not None and record.status is TpStatus.GONE
-    assert (await d.position()).uncovered == Decimal("0.01")
-    [again] = (await d.cover()).placed
-    assert again.client_order_id != placed.client_order_id  # the generation moved on
-    assert d.server.order(again.order_id)["status"] == "open"
 
 
 async def test_a_pending_cancel_keeps_covering_and_a_fill_meanwhile_is_recorded(

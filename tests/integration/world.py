@@ -126,6 +126,7 @@ async def world(redis_url: str, database_url: str, **settings: object) -> AsyncI
         redis_url=redis_url,  # type: ignore[arg-type]
         database_url=database_url,  # type: ignore[arg-type]
         paper_venue=venue,
+        fill_events_stream=f"events:{venue}",  # this world's own: other tests' fills stay theirs
         **settings,  # type: ignore[arg-type]
     )
     async with open_runtime(config, Urls(redis_url, database_url)) as rt:
@@ -137,6 +138,7 @@ async def world(redis_url: str, database_url: str, **settings: object) -> AsyncI
             yield w
         finally:
             await exchange.reset()
+            await rt.redis.delete(config.fill_events_stream)
             from tests.conftest import SessionIds
 
             ids = SessionIds()

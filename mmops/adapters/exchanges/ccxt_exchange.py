@@ -61,6 +61,7 @@ from ccxt.base import errors as cx
 from mmops import logs
 from mmops.adapters.exchanges.ccxt_convert import (
     ORDER_STATUS,
+    as_dict,
     markets_from,
     order_from,
     ticker_from,
@@ -77,12 +78,13 @@ from mmops.domain.exchange import (
     MarketRule,
     OrderRequest,
     PlacementResult,
+    Trade,
     broken_rule,
     check_batch,
     deadline_fault,
     preferred,
 )
-from mmops.domain.models import ZERO, Balance, Market, OrderStatus, Ticker
+from mmops.domain.models import ZERO, Balance, Market, OrderStatus, Side, Ticker
 from mmops.domain.ratelimit import (
     KRAKEN_TIERS,
     CounterState,
@@ -109,6 +111,8 @@ DRY_RUN_PREFIX = "dry-run-"
 _PLACED_MEMORY = 300.0  # seconds: older orders cost nothing to cancel
 CLOSED_PAGE = 50  # Kraken's ClosedOrders answers 50 orders a page
 CLOSED_PAGES = 10  # a lookup by client id reads at most the newest 500 closed orders
+QUERY_ORDERS_BATCH = 50  # Kraken's QueryOrders: "50 maximum" txids a call
+QUERY_TRADES_BATCH = 20  # Kraken's QueryTrades: "20 maximum" txids a call
 _WIRE = logging.getLogger("mmops.exchange.ccxt.wire")
 REWARDS_SUFFIX = ".F"  # Kraken Rewards balances, spent through their base asset
 FEE_IN_QUOTE = "fciq"
@@ -120,6 +124,8 @@ _ENDPOINTS = {
     "fetch_open_orders": "OpenOrders",
     "fetch_closed_orders": "ClosedOrders",
     "fetch_my_trades": "TradesHistory",
+    "fetch_orders_by_ids": "QueryOrders",
+    "fetch_order_trades": "QueryTrades",
     "create_order": "AddOrder",
     "create_orders": "AddOrderBatch",
     "edit_order": "AmendOrder",
@@ -254,6 +260,62 @@ class CcxtExchange:
         orders = self._readable(raw, symbol)
         dry = [o for o in self._dry_orders.values() if o.status is OrderStatus.OPEN]
         return orders + [o for o in dry if symbol is None or o.symbol == symbol]
+
+    async def fetch_orders(self, order_ids: Sequence[str]) -> dict[str, ExchangeOrder]:
+        """Orders of any pair and state by id; ids the exchange does not know are absent.
+
+        On Kraken one ``QueryOrders`` per ``QUERY_ORDERS_BATCH`` ids ("Comma delimited list of
+        transaction IDs to query info about (50 maximum)",
+        https://docs.kraken.com/api-reference/account-data/get-orders-info), through ccxt's
+        ``fetch_orders_by_ids``; elsewhere one ``fetch_order`` per id. An order reported
+        garbled is left out (logged), as by ``open_orders``."""
+        found = {oid: self._dry_orders[oid] for oid in order_ids if oid in self._dry_orders}
+        wanted = [oid for oid in dict.fromkeys(order_ids) if oid not in found]
+        if self.name != "kraken":
+            for oid in wanted:
+                try:
+                    raw = await self._call(True, self._client.fetch_order, oid)
+                except OrderNotFound:
+                    continue
+                found.update((o.id, o) for o in self._readable([raw], None))
+            return found
+        await self.markets()
+        for start in range(0, len(wanted), QUERY_ORDERS_BATCH):
+            chunk = wanted[start : start + QUERY_ORDERS_BATCH]
+            raw = await self._call(True, self._client.fetch_orders_by_ids, chunk)
+            found.update((o.id, o) for o in self._readable(raw, None) if o.id in chunk)
+        return found
+
+    async def order_trades(self, symbol: str, order_id: str) -> list[Trade]:
+        """The order's executions, oldest first, each by its trade id (Kraken: the trade's
+        txid, as the execution feed reports it). On Kraken: ``QueryOrders`` with
+        ``trades=true`` names the order's trades, ``QueryTrades`` reads them, up to
+        ``QUERY_TRADES_BATCH`` a call (https://docs.kraken.com/api-reference/account-data/
+        get-orders-info, .../get-trades-info); elsewhere ccxt's ``fetch_order_trades``.
+        Raises OrderNotFound for an order the exchange does not know on ``symbol``."""
+        if order_id in self._dry_orders:
+            return []
+        order = await self.fetch_order(symbol, order_id)  # OrderNotFound
+        if self.name != "kraken":
+            raw = await self._call(True, self._client.fetch_order_trades, order_id, symbol)
+            return sorted((_ccxt_trade(t, order) for t in raw or []), key=lambda t: t.timestamp)
+        client = self._client
+        answer = await self._call(
+            True, client.privatePostQueryOrders, {"txid": order_id, "trades": True}
+        )
+        info = as_dict(as_dict(as_dict(answer).get("result")).get(order_id))
+        trade_ids = [str(t) for t in info.get("trades") or []]
+        trades: list[Trade] = []
+        for start in range(0, len(trade_ids), QUERY_TRADES_BATCH):
+            chunk = trade_ids[start : start + QUERY_TRADES_BATCH]
+
+            async def fetch_order_trades(txids: str) -> Any:  # _ENDPOINTS: QueryTrades
+                return await client.privatePostQueryTrades({"txid": txids})
+
+            answer = await self._call(True, fetch_order_trades, ",".join(chunk))
+            raw = as_dict(as_dict(answer).get("result"))
+            trades.extend(_kraken_trade(txid, t, order) for txid, t in raw.items())
+        return sorted(trades, key=lambda t: t.timestamp)
 
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
         """The open order placed with ``client_order_id``, else the most recently created
@@ -418,6 +480,37 @@ class CcxtExchange:
             {"postOnly": True},
         )
         return await self.fetch_order(symbol, order_id)
+
+    async def websocket_token(self) -> str:
+        """A fresh Kraken WebSocket token (REST ``GetWebSocketsToken``: "should be used within
+        15 minutes of creation", https://docs.kraken.com/api-reference/trading/get-websockets-token).
+        The token is a credential: never log it. Raises what every private call raises."""
+        raw = await self._call(True, self._client.privatePostGetWebSocketsToken)
+        token = (raw.get("result") or {}).get("token") if isinstance(raw, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ExchangeUnavailable(f"{self.name}: GetWebSocketsToken answered no token")
+        return token
+
+    async def trades_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """One page of Kraken's ``TradesHistory`` (``start``, ``end``, ``ofs``) as Kraken
+        answers it: ``trades`` keyed by trade txid, values as sent (strings stay strings),
+        ``count``. Each trade gains ``symbol``, its pair's unified symbol from ccxt's markets.
+        Counts +2 on the REST call counter model, as a history call."""
+        await self.markets()
+        client = self._client
+
+        async def fetch_my_trades() -> Any:  # the name _ENDPOINTS maps to TradesHistory
+            return await client.privatePostTradesHistory(params)
+
+        raw = await self._call(True, fetch_my_trades)
+        result = raw.get("result") if isinstance(raw, dict) else None
+        trades = result.get("trades") if isinstance(result, dict) else None
+        if not isinstance(trades, dict):
+            raise ExchangeUnavailable(f"{self.name}: TradesHistory answered no trades")
+        for trade in trades.values():
+            if isinstance(trade, dict):
+                trade["symbol"] = client.safe_market(trade.get("pair"))["symbol"]
+        return result  # type: ignore[return-value]  # a dict, checked above
 
     async def close(self) -> None:
         """Close ccxt's HTTP session (safe to call twice)."""
@@ -829,3 +922,40 @@ def rfc3339(moment: datetime) -> str:
     (not rounded) to the millisecond, so the deadline sent is never later than the one asked."""
     utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _kraken_trade(txid: str, t: Any, order: ExchangeOrder) -> Trade:
+    """A QueryTrades entry (TradesHistory's shape) of ``order`` as a Trade, by its txid."""
+    try:
+        return Trade(
+            id=txid,
+            order_id=order.id,
+            symbol=order.symbol,
+            side=Side(t["type"]),
+            price=Decimal(str(t["price"])),
+            amount=Decimal(str(t["vol"])),
+            fee=Decimal(str(t.get("fee") or 0)),
+            timestamp=datetime.fromtimestamp(float(t["time"]), UTC),
+            client_order_id=order.client_order_id,
+        )
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
+        raise ExchangeUnavailable(f"trade {txid} of {order.id} unreadable: {e}") from e
+
+
+def _ccxt_trade(t: Any, order: ExchangeOrder) -> Trade:
+    """A ccxt trade structure of ``order`` as a Trade (fee taken as quote currency)."""
+    try:
+        fee = as_dict(t.get("fee")).get("cost")
+        return Trade(
+            id=str(t["id"]),
+            order_id=order.id,
+            symbol=order.symbol,
+            side=Side(t.get("side") or order.side),
+            price=Decimal(str(t["price"])),
+            amount=Decimal(str(t["amount"])),
+            fee=Decimal(str(fee or 0)),
+            timestamp=datetime.fromtimestamp(float(t["timestamp"]) / 1000, UTC),
+            client_order_id=order.client_order_id,
+        )
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
+        raise ExchangeUnavailable(f"a trade of {order.id} unreadable: {e}") from e

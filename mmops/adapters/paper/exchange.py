@@ -378,6 +378,25 @@ class PaperExchange:
         return [o for o in orders if symbol is None or o.symbol == symbol]
 
     @redis_errors
+    async def fetch_orders(self, order_ids: Sequence[str]) -> dict[str, ExchangeOrder]:
+        """Orders of any pair and state by id, one call; unknown ids are left out."""
+        await self._call()
+        if not order_ids:
+            return {}
+        raws = await self._r.hmget(self.keys.orders, list(order_ids))
+        orders = [PaperOrder.decode(str(raw)).order for raw in raws if raw]
+        return {o.id: o for o in orders}
+
+    @redis_errors
+    async def order_trades(self, symbol: str, order_id: str) -> list[Trade]:
+        """The order's executions from the venue's trade list (the ids ``trades`` gives)."""
+        await self._read_order(self._r, order_id, symbol)  # OrderNotFound
+        await self._call()
+        raws = cast(list[str], await self._r.lrange(self.keys.trades, 0, -1))
+        trades = [decode_trade(raw) for raw in raws]
+        return [t for t in trades if t.order_id == order_id]
+
+    @redis_errors
     async def find_by_client_id(self, symbol: str, client_order_id: str) -> ExchangeOrder | None:
         """The open order with this client id, else the most recent closed one, or None.
 
@@ -519,6 +538,11 @@ class PaperExchange:
         """Trades from index ``start`` on, and the index to read from next time."""
         raws = cast(list[str], await self._r.lrange(self.keys.trades, start, -1))
         return [decode_trade(raw) for raw in raws], start + len(raws)
+
+    @redis_errors
+    async def trade_count(self) -> int:
+        """How many trades the venue has made: the index the next one will have."""
+        return int(await self._r.llen(self.keys.trades))
 
     @redis_errors
     async def reset(self) -> None:

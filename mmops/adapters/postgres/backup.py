@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from mmops.adapters.postgres.schema import MIGRATIONS_DIR
 from mmops.errors import ConfigurationError, OperationalError
 
 MAGIC = b"PGDMP"
@@ -208,9 +211,11 @@ def restore(
     One transaction (``--single-transaction``, which stops at the first error): a restore
     that fails changes nothing. ``--clean --if-exists`` drops each object of the archive
     before recreating it, so the yoyo bookkeeping comes back with the tables it describes;
-    objects the archive does not hold are left alone. ``--no-owner``: everything belongs to
-    the role of the URL. Raises ConfigurationError when ``pg_restore`` is too old for the
-    file, OperationalError with pg_restore's message when the restore fails.
+    then the tables of migrations newer than the archive are dropped (the restored
+    bookkeeping says they were never applied); other objects are left alone.
+    ``--no-owner``: everything belongs to the role of the URL. Raises ConfigurationError
+    when ``pg_restore`` is too old for the file, OperationalError with pg_restore's message
+    when the restore fails.
     """
     if pg_restore.major < dump.major:
         raise ConfigurationError(
@@ -221,6 +226,42 @@ def restore(
         )
     options = ["--clean", "--if-exists", "--no-owner", "--single-transaction"]
     _run(pg_restore, [*options, "-d"], database_url, timeout, after=[str(file)])
+    _drop_newer_tables(database_url, file, pg_restore)
+
+
+def _drop_newer_tables(database_url: str, file: Path, pg_restore: Tool) -> None:
+    """Drop the tables of mmops migrations newer than the archive (an older backup restored
+    over an upgraded schema): ``--clean`` leaves objects the archive does not hold, and the
+    restored migration state says they do not exist, so the next upgrade would fail on them.
+    Only tables mmops's own migrations create are dropped; after the restore, so a restore
+    that fails still changes nothing."""
+    listing = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [pg_restore.path, "--list", str(file)], capture_output=True, text=True, check=False
+    )
+    if listing.returncode != 0:
+        raise OperationalError(f"pg_restore --list failed: {_one_line(listing.stderr)}")
+    archived = set(re.findall(r"^\S+; \d+ \d+ TABLE \S+ (\w+)", listing.stdout, re.MULTILINE))
+    newer = sorted(migration_tables() - archived)
+    if not newer:
+        return
+    try:
+        with psycopg.connect(database_url, autocommit=False) as conn:
+            for table in newer:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+    except psycopg.Error as e:
+        raise OperationalError(f"dropping tables newer than the backup failed: {e}") from None
+
+
+def migration_tables() -> set[str]:
+    """The tables mmops's migrations create."""
+    found: set[str] = set()
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if not path.name.endswith(".rollback.sql"):
+            found |= set(_CREATE_TABLE.findall(path.read_text()))
+    return found
+
+
+_CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECASE)
 
 
 def _run(

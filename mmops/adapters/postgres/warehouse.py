@@ -12,7 +12,7 @@ chunk.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -402,3 +402,25 @@ class Warehouse:
                 "UPDATE sessions SET migrated_at = %s, updated_at = now() WHERE id = %s",
                 (at, session_id),
             )
+
+    async def record_ingest_reject(
+        self,
+        stream: str,
+        message_id: str,
+        session_id: str | None,
+        raw: Mapping[str, str],
+        reason: str,
+        received_at: datetime,
+    ) -> bool:
+        """Quarantine one ingest message in ``ingest_rejects``; False if it already was (a
+        redelivered message is recorded once). Text PostgreSQL cannot store (a NUL, lone
+        surrogates) is kept with backslash escapes. Raises StoreUnavailable."""
+        fields = {_storable(k): _storable(v) for k, v in raw.items()}
+        async with pg_errors(), self._pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO ingest_rejects (stream, message_id, session_id, raw, reason,"
+                " received_at) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (stream, message_id) DO NOTHING",
+                (stream, message_id, session_id, Jsonb(fields), _storable(reason), received_at),
+            )
+            return cur.rowcount == 1

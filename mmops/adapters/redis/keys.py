@@ -12,6 +12,16 @@ from __future__ import annotations
 from mmops.domain.models import check_order_id, check_session_id, check_symbol
 
 SESSIONS_INDEX = "sessions"  # ZSET of every session id by start time (the one untagged key)
+# Untagged single keys of the account, not of a session (each a key of its own, so any slot):
+FILL_EVENTS = "events:fills"  # STREAM: new buy fills (session, pair) to settle (the default)
+FILL_EVENTS_GROUP = "settle"  # its consumer group: the settle triggers of every worker
+INGEST_STREAM = "mmops:ingest"  # STREAM: a user's own market maker feeds mmops (docs/INGEST.md)
+INGEST_GROUP = "mmops"  # its consumer group: the ingest consumers of every worker
+
+
+def feed_cursor(account: str) -> str:
+    """STRING: the fill feed's position in the account's trade history."""
+    return f"feed:cursor:{account}"
 
 
 def _tag(session_id: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 from mmops.adapters.redis import codec, keys
 from mmops.adapters.redis.client import Redis, redis_errors
+from mmops.adapters.redis.events import publish_fill
 from mmops.domain.models import (
     ZERO,
     Fill,
@@ -22,6 +23,7 @@ from mmops.domain.models import (
     Position,
     Session,
     SessionStatus,
+    Side,
 )
 from mmops.domain.records import (
     Coverage,
@@ -180,8 +182,9 @@ class FillStore(_MigrationReads):
     _hash = staticmethod(keys.fills)
     _layout = codec.FILLS
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, events: str = keys.FILL_EVENTS) -> None:
         self._r = redis
+        self._events = events  # the stream new buy fills are announced on
         self._record = redis.register_script(_RECORD_FILL)
 
     @redis_errors
@@ -189,7 +192,10 @@ class FillStore(_MigrationReads):
         """Record a fill; True if new, False if this execution was already recorded.
 
         A buy fill grows the position of its order (position id = buy order id) in the same
-        atomic step, so a replayed execution can never count twice.
+        atomic step, so a replayed execution can never count twice. A new buy fill is then
+        announced on ``events:fills`` so settlement covers it within a second (after the
+        record, in a call of its own: the stream is not in the session's slot; an
+        announcement lost to a crash in between leaves the fill to the scheduled run).
         """
         s, sym = fill.session_id, fill.symbol
         opened = fill.timestamp
@@ -211,6 +217,8 @@ class FillStore(_MigrationReads):
                 codec.fill_contribution(fill),
             ],
         )
+        if result and fill.side is Side.BUY:
+            await publish_fill(self._r, self._events, s, sym)
         return bool(result)
 
     async def scan(
