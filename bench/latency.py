@@ -122,6 +122,97 @@ async def wait_for_take_profits(
     return latencies
 
 
+async def kraken_case(
+    redis_url: str, database_url: str, case: Case, tier: str
+) -> dict[str, object]:
+    """The same path against the local Kraken server (REST with ``case.latency_ms`` per call,
+    WebSocket v2 executions): resting bids recorded as the session's orders (as a market
+    maker records its quotes), filled by the server one every ``case.every`` seconds."""
+    from mmops.adapters.exchanges.kraken_feed import KrakenFeed
+    from tests.kraken_server import KrakenServer, make_ccxt_exchange
+
+    with KrakenServer(rest_tier=tier) as server:
+        async with (
+            world(redis_url, database_url, settle_debounce=DEBOUNCE) as w,
+            make_ccxt_exchange(server, ticker_ttl=0.0) as kraken,
+        ):
+            pairs = PAIRS[: case.pairs]
+            sid = await w.start_session(pairs)
+            server.fund("USD", "10000000")
+            server.fund("EUR", "10000000")
+            bids = await _resting_bids(w, server, kraken, sid, pairs, case.fills)
+            server.latency = case.latency_ms / 1000
+            feed = KrakenFeed(kraken, ws_url=server.ws_url)
+            service = build_feed(w.rt, kraken, feed)
+            trigger = build_trigger(w.rt, w.settlement(kraken))
+            stop = asyncio.Event()
+            loops = [asyncio.create_task(service.run(stop)), asyncio.create_task(trigger.run(stop))]
+            while server.ws_subscribers() == 0:
+                await asyncio.sleep(0.05)
+            filled_at: dict[str, float] = {}
+            for order_id in bids:
+                server.fill(order_id)
+                filled_at[order_id] = time.time()
+                await asyncio.sleep(case.every)
+            latencies = await _kraken_latencies(w, kraken, sid, filled_at, timeout=60)
+            stop.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await feed.close()
+            result = summary(case, latencies, filled_at, trigger.stats.runs)
+            result["rest_tier"] = tier
+            result["rest_refusals"] = server.stats.rest_refusals
+            return result
+
+
+async def _resting_bids(
+    w: World, server: object, kraken: object, sid: str, pairs: tuple[str, ...], n: int
+) -> list[str]:
+    """``n`` post-only bids below the book, spread over ``pairs``, recorded in the session."""
+    from mmops.domain.models import Order
+
+    markets = await kraken.markets()  # type: ignore[attr-defined]
+    tickers = await kraken.tickers(list(pairs))  # type: ignore[attr-defined]
+    by_pair: dict[str, list[OrderRequest]] = {p: [] for p in pairs}
+    for i in range(n):
+        pair = pairs[i % len(pairs)]
+        market = markets[pair]
+        price = round_price_up(tickers[pair].bid * Decimal("0.99"), market.tick)
+        amount = max(round_amount_down(Decimal(40) / price, market.lot), market.min_amount)
+        cid = client_order_id(sid, f"bench-bid-{i}", 0)
+        by_pair[pair].append(OrderRequest(pair, Side.BUY, amount, price, cid))
+    ids: list[str] = []
+    for pair, requests in by_pair.items():
+        for start in range(0, len(requests), 15):
+            for r in await kraken.place_batch(requests[start : start + 15]):  # type: ignore[attr-defined]
+                if r.order is None:
+                    raise RuntimeError(f"bench bid refused: {r.error}")
+                o = r.order
+                await w.rt.orders.save(Order(sid, o.id, pair, Side.BUY, o.price, o.amount,
+                                             o.created_at, client_order_id=o.client_order_id))  # fmt: skip
+                ids.append(o.id)
+    # Interleave the pairs, as fills of a multi-pair market maker arrive.
+    return sorted(ids, key=lambda oid: ids.index(oid) % (n // len(pairs) or 1))
+
+
+async def _kraken_latencies(
+    w: World, kraken: object, sid: str, filled_at: dict[str, float], timeout: float
+) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    tp_of: dict[str, str] = {}
+    while time.monotonic() < deadline and len(tp_of) < len(filled_at):
+        pending = [pid for pid in filled_at if pid not in tp_of]
+        for position in (await w.rt.positions.read_many(sid, pending)).items:
+            if position.take_profits:
+                tp_of[position.position_id] = position.take_profits[0][0]
+        await asyncio.sleep(0.2)
+    orders = await kraken.fetch_orders(list(tp_of.values()))  # type: ignore[attr-defined]
+    return {
+        pid: orders[oid].created_at.timestamp() - filled_at[pid]
+        for pid, oid in tp_of.items()
+        if oid in orders
+    }
+
+
 def summary(
     case: Case, latencies: dict[str, float], filled_at: dict[str, float], runs: int
 ) -> dict[str, object]:
@@ -146,9 +237,14 @@ def summary(
 async def main(args: argparse.Namespace) -> None:
     logs.configure("ERROR", "console")
     with bench_servers() as (redis_url, database_url):
-        for latency_ms in args.latency_ms:
-            case = Case("paper", latency_ms, args.fills, args.pairs, args.every)
-            print(json.dumps(await paper_case(redis_url, database_url, case)), flush=True)
+        if "paper" in args.venue:
+            for latency_ms in args.latency_ms:
+                case = Case("paper", latency_ms, args.fills, args.pairs, args.every)
+                print(json.dumps(await paper_case(redis_url, database_url, case)), flush=True)
+        if "kraken" in args.venue:
+            case = Case("kraken", args.kraken_latency_ms, args.fills, args.pairs, args.every)
+            result = await kraken_case(redis_url, database_url, case, args.tier)
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
@@ -156,6 +252,9 @@ if __name__ == "__main__":
     parser.add_argument("--fills", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--every", type=float, default=0.1, help="seconds between fills")
-    parser.add_argument("--latency-ms", type=int, nargs="+", default=[0, 50])
+    parser.add_argument("--latency-ms", type=int, nargs="+", default=[0, 50], help="paper")
+    parser.add_argument("--venue", nargs="+", default=["paper", "kraken"])
+    parser.add_argument("--kraken-latency-ms", type=int, default=50)
+    parser.add_argument("--tier", default="intermediate", help="the Kraken REST counter tier")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(parser.parse_args()))

@@ -108,6 +108,10 @@ def _print_demo(data: dict[str, Any]) -> None:
                       f"{m['rejects']} rejects")  # fmt: skip
     console.print(f"analysis query (docs/MONITORING_QUERIES.md, per-pair P&L): "
                   f"{len(data['analysis_query'])} rows")  # fmt: skip
+    f = data["feed"]
+    console.print(f"fill feed: {f['executions']} executions read, {f['recorded']} recorded, "
+                  f"{f['unattributed']} unattributed; {data['take_profits_on_fill']} take-profits "
+                  "placed in the step of their fill")  # fmt: skip
     console.print(f"{data['simulated_hours']} simulated hours in {t['wall_seconds']} s")
 
 
@@ -165,7 +169,8 @@ def sim(
                 "session": sid,
                 "fills": result.loop.fills,
                 "settlements": len(result.settle_ms),
-                "duplicates_recorded": result.loop.duplicates_recorded,
+                "feed": result.feed.to_dict(),
+                "take_profits_on_fill": result.triggered_placed,
             }
 
         data = run_async(go())

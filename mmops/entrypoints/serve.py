@@ -31,6 +31,7 @@ from mmops.bootstrap import (
     Runtime,
     Urls,
     build_migration,
+    build_reconciler,
     build_settlement,
     open_exchange,
     open_runtime,
@@ -182,14 +183,20 @@ class Daemon:
         except RECOVERABLE as e:
             log.warning("metrics.coverage_skipped", error=str(e))
             return
-        coverage = CoverageService(self.rt.positions)
+        # Measured against the exchange: a read-only reconciliation, nothing changed.
+        reconciler = build_reconciler(self.rt, self.exchange, dry_run=True)
+        coverage = CoverageService(self.rt.positions, reconciler)
         now = self.rt.clock.now()
         for result in results:
             session = await self.rt.registry.get(result.session_id)
             if session is None:
                 continue
             pairs = [p for p in session.pairs if p in markets]
-            covered = [await coverage.pair(session.id, p, markets[p], now) for p in pairs]
+            try:
+                covered = await coverage.session(session, markets, now, pairs)
+            except RECOVERABLE as e:
+                log.warning("metrics.coverage_skipped", session=session.id, error=str(e))
+                continue
             self.metrics.coverage_of(session.id, covered)
 
     # -- probes ---------------------------------------------------------------------------

@@ -25,16 +25,19 @@ from typing import Any
 from mmops.adapters.clock import SimulatedClock, SystemClock
 from mmops.adapters.paper.catalog import CATALOG
 from mmops.adapters.paper.exchange import PaperExchange
+from mmops.adapters.paper.feed import PaperFeed
 from mmops.adapters.postgres.analysis import pair_pnl
 from mmops.bootstrap import (
     Runtime,
+    build_feed,
     build_migration,
     build_reconciler,
     build_settlement,
     open_paper_venue,
 )
-from mmops.domain.models import Market
+from mmops.domain.models import Fill, Market, Side
 from mmops.services.coverage import CoverageService
+from mmops.services.feed import FeedCounts, FeedService
 from mmops.services.migration import MigrationService, SessionMigration
 from mmops.services.settlement import SettlementService
 from mmops.sim.loop import LoopConfig, LoopStats, TradingLoop
@@ -52,6 +55,8 @@ class WorkflowResult:
     settle_positions: list[int] = field(default_factory=list)
     migrations: list[SessionMigration] = field(default_factory=list)
     loop: LoopStats = field(default_factory=LoopStats)
+    feed: FeedCounts = field(default_factory=FeedCounts)
+    triggered_placed: int = 0  # take-profits placed by runs a new fill triggered
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +152,11 @@ async def _trade(
         order_reader=rt.orders,
         fills=rt.fills,
         clock=clock,
-        config=LoopConfig(plan.pairs, capital=plan.capital, seed=plan.seed),
+        # The venue's executions are recorded by mmops's fill feed, as on a live account.
+        config=LoopConfig(plan.pairs, capital=plan.capital, seed=plan.seed, record_fills=False),
         session_id=session_id,
     )
+    feed = build_feed(rt, exchange, PaperFeed(exchange))
     settlement = build_settlement(rt, exchange, dry_run=False, clock=clock)
     migration = build_migration(rt) if plan.migrate else None
     result = WorkflowResult(session_id, exchange.venue, plan.hours * 3600)
@@ -162,16 +169,22 @@ async def _trade(
         else:
             await asyncio.sleep(plan.step_seconds)
         await loop.step()
+        new = await feed.catch_up()
         elapsed = n * plan.step_seconds
         if plan.settle and elapsed % plan.settle_every == 0:
             await _settle(settlement, session_id, result)
             if progress is not None:
                 await progress.settled(result.settle_positions[-1])
+        elif plan.settle and (filled := _bought(new, session_id)):
+            # What the settle trigger does on a live account, on this clock: the pairs that
+            # just filled are settled now, not at the next interval.
+            for run in await settlement.run(session_id, filled):
+                result.triggered_placed += run.totals().get("placed", 0)
         if migration is not None and elapsed % plan.migrate_every == 0:
             result.migrations += await migration.run(session_id)
         if progress is not None:
             progress.stepped(elapsed, loop.stats.fills, len(result.settle_ms))
-    await _finish(loop, settlement if plan.settle else None, migration, result)
+    await _finish(loop, feed, settlement if plan.settle else None, migration, result)
     result.wall_seconds = time.perf_counter() - started
     result.loop = loop.stats
     return result
@@ -179,16 +192,24 @@ async def _trade(
 
 async def _finish(
     loop: TradingLoop,
+    feed: FeedService,
     settlement: SettlementService | None,
     migration: MigrationService | None,
     result: WorkflowResult,
 ) -> None:
-    """End the session, then settle and migrate once more."""
+    """End the session, record its last executions, then settle and migrate once more."""
     await loop.end()
+    await feed.catch_up()
+    result.feed = feed.counts
     if settlement is not None:
         await _settle(settlement, result.session_id, result)
     if migration is not None:
         result.migrations += await migration.run(result.session_id)
+
+
+def _bought(fills: list[Fill], session_id: str) -> list[str]:
+    """The pairs of the session that new buy fills are in."""
+    return sorted({f.symbol for f in fills if f.side is Side.BUY and f.session_id == session_id})
 
 
 async def _settle(settlement: SettlementService, session_id: str, result: WorkflowResult) -> None:
@@ -276,7 +297,13 @@ async def report(rt: Runtime, plan: WorkflowPlan, result: WorkflowResult) -> dic
         "pairs": pairs,
         "simulated_hours": plan.hours,
         "seed": plan.seed,
-        "fills_recorded_twice": result.loop.duplicates_recorded,
+        # The venue's executions as mmops's fill feed recorded them (the live path).
+        "feed": {
+            "executions": result.feed.received,
+            "recorded": result.feed.recorded,
+            "unattributed": result.feed.unattributed,
+        },
+        "take_profits_on_fill": result.triggered_placed,
         "migration": None if last is None else {
             "state": last.state,
             "complete": last.state == "verified",

@@ -116,7 +116,7 @@ class FeedService:
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    async def catch_up(self) -> int:
+    async def catch_up(self) -> list[Fill]:
         """Record what the history holds after the persisted cursor; returns the new fills."""
         account = self._feed.account
         cursor = await self._cursors.get(account)
@@ -126,7 +126,7 @@ class FeedService:
         recorded = await self.record(trades)
         await self._cursors.set(account, after)  # only once everything before it is recorded
         if recorded:
-            log.info("feed.caught_up", recorded=recorded, read=len(trades))
+            log.info("feed.caught_up", recorded=len(recorded), read=len(trades))
         return recorded
 
     async def _follow(self, stop: asyncio.Event) -> None:
@@ -178,9 +178,9 @@ class FeedService:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
 
-    async def record(self, trades: Sequence[Trade]) -> int:
-        """Record executions as fills of their sessions; returns how many were new."""
-        new = 0
+    async def record(self, trades: Sequence[Trade]) -> list[Fill]:
+        """Record executions as fills of their sessions; returns the new ones."""
+        new: list[Fill] = []
         for trade in trades:
             self.counts.received += 1
             session = await self._attribute(trade)
@@ -194,7 +194,7 @@ class FeedService:
             if not await self._fills.record(fill):
                 self.counts.duplicates += 1
                 continue
-            new += 1
+            new.append(fill)
             self.counts.recorded += 1
             await self._order_known(session, trade)
         return new

@@ -140,7 +140,9 @@ class SettlementService:
 
         ``pairs`` (with ``session_id``) narrows the run to those pairs of the session: the
         quick run a new fill triggers. It covers and reprices them under the same lock and
-        fence, and leaves the stop-loss (which needs every pair's mark) to the full runs.
+        fence, and leaves two things to the full runs: the stop-loss (it needs every pair's
+        mark) and reconciliation (its open-orders snapshot costs a REST call that Kraken's
+        call counter would make every quick run wait for).
         """
         sessions = await self._sessions(session_id)
         if pairs is not None:
@@ -149,8 +151,9 @@ class SettlementService:
         if not sessions:
             return []
         started = self._clock.now()
+        full = pairs is None
         try:
-            data = await self._market_data(sessions)
+            data = await self._market_data(sessions, reconcile=full)
         except RECOVERABLE as e:
             log.error("settlement.market_data_failed", error=str(e))
             results = [self._failed(s, started, f"market data: {e}") for s in sessions]
@@ -158,7 +161,6 @@ class SettlementService:
                 await self._record(r, dry_run=self._tp.dry_run)
             return results
         results = []
-        full = pairs is None
         for session in sessions:
             result = await self._settle(session, data, full)
             data = _after_placements(data, result)
@@ -175,12 +177,13 @@ class SettlementService:
             raise UnknownSession(session_id)
         return [session]
 
-    async def _market_data(self, sessions: list[Session]) -> MarketData:
+    async def _market_data(self, sessions: list[Session], reconcile: bool) -> MarketData:
         pairs = sorted({pair for s in sessions for pair in s.pairs})
         markets, tickers, balances = await asyncio.gather(
             self._exchange.markets(), self._exchange.tickers(pairs), self._exchange.balances()
         )
-        return MarketData(markets, tickers, balances, await self._open_orders())
+        open_orders = await self._open_orders() if reconcile else None
+        return MarketData(markets, tickers, balances, open_orders)
 
     async def _open_orders(self) -> tuple[ExchangeOrder, ...] | None:
         """The account's open orders in one call, for reconciliation to check every
@@ -221,10 +224,11 @@ class SettlementService:
         lease: SessionLease,
         full: bool,
     ) -> SessionResult:
-        """Cover the session's pairs; a ``full`` run (not one narrowed to some pairs) also
-        checks the stop-loss, which needs every pair's mark."""
+        """Cover the session's pairs; a ``full`` run (not one narrowed to some pairs) first
+        reconciles them with the exchange and ends with the stop-loss check."""
         reports = {pair: PairReport(pair) for pair in session.pairs}
-        await self._reconcile(session, data, reports)
+        if full:
+            await self._reconcile(session, data, reports)
         if await self._flattened(session.id):
             if not full:
                 return SessionResult(session.id, RunState.OK, started, self._clock.now(), reports)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from mmops import logs
-from mmops.domain.exchange import OrderRequest
+from mmops.domain.exchange import OrderRequest, Trade
 from mmops.domain.ids import client_order_id
 from mmops.domain.models import (
     Fill,
@@ -51,6 +51,9 @@ class LoopConfig:
     recenter: Decimal = Decimal("0.01")  # re-place the ladder when the mid moved this much
     duplicate_rate: float = 0.05  # share of executions recorded twice
     seed: int = 7
+    # False: the loop keeps its own books but records no fill; mmops's fill feed records the
+    # venue's executions instead (the live path: the demo and `sim` run it).
+    record_fills: bool = True
 
 
 @dataclass(slots=True)
@@ -145,13 +148,9 @@ class TradingLoop:
             order = await self._order_of(t.symbol, t.order_id)
             if order is None:
                 continue  # another session's order on a shared venue: not ours to record
-            fill = Fill(self.session_id, t.order_id, t.symbol, t.side, t.price, t.amount,
-                        t.fee, t.timestamp, trade_id=t.id)  # fmt: skip
-            await self._fills.record(fill)
             self.stats.fills += 1
-            if self._rng.random() < self.config.duplicate_rate:
-                await self._fills.record(fill)  # a replayed execution: the store keeps one
-                self.stats.duplicates_recorded += 1
+            if self.config.record_fills:
+                await self._record_fill(t)
             filled = order.filled + t.amount
             status = OrderStatus.FILLED if filled >= order.amount else order.status
             updated = replace(order, filled=filled, status=status)
@@ -162,6 +161,14 @@ class TradingLoop:
                     del ladder.bids[t.order_id]
                 else:
                     ladder.bids[t.order_id] = updated
+
+    async def _record_fill(self, t: Trade) -> None:
+        fill = Fill(self.session_id, t.order_id, t.symbol, t.side, t.price, t.amount,
+                    t.fee, t.timestamp, trade_id=t.id)  # fmt: skip
+        await self._fills.record(fill)
+        if self._rng.random() < self.config.duplicate_rate:
+            await self._fills.record(fill)  # a replayed execution: the store keeps one
+            self.stats.duplicates_recorded += 1
 
     async def _order_of(self, symbol: str, order_id: str) -> Order | None:
         bid = self._ladders[symbol].bids.get(order_id) if symbol in self._ladders else None

@@ -104,7 +104,7 @@ async def test_each_execution_is_recorded_once_even_across_a_dropped_stream(w: W
     assert await _fills(w, sid) == expected  # partial fills included, none twice
     replay = feed_of(w)[1]
     trades, _ = await w.exchange.trades(0)
-    assert await replay.record([t for t in trades if t.order_id in ids]) == 0  # nothing new
+    assert await replay.record([t for t in trades if t.order_id in ids]) == []  # nothing new
 
 
 async def test_a_new_buy_fill_gets_its_take_profit_within_a_second(w: World) -> None:

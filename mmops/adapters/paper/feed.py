@@ -26,8 +26,11 @@ class PaperFeed:
         self.account = f"paper:{venue.venue}"
 
     async def history(self, cursor: str | None, since: datetime) -> tuple[list[Trade], str]:
-        """Trades after ``cursor`` (a list index); with none, every trade from ``since``."""
+        """Trades after ``cursor`` (a list index); with none, every trade from ``since``. A
+        cursor past the list's end means the venue was reset: its trades are read anew."""
         start = _index(cursor)
+        if start > await self._venue.trade_count():
+            start, cursor = 0, None
         trades, after = await self._venue.trades(start)
         if cursor is None:
             trades = [t for t in trades if t.timestamp >= since]

@@ -61,13 +61,12 @@ class FillEventStream:
 
     async def _read(self, consumer: str, block_ms: int, count: int) -> list[FillEvent]:
         await self._ensure_group()
-        _, claimed, _ = cast(
-            tuple[Any, list[Any], Any],
-            await self._r.xautoclaim(
-                self._stream, keys.FILL_EVENTS_GROUP, consumer,
-                min_idle_time=self._claim_after_ms, start_id="0-0", count=count,
-            ),
+        # [next id, claimed entries] (Redis 6.2), then a list of deleted ids too (7.0 on).
+        claim: Any = await self._r.xautoclaim(
+            self._stream, keys.FILL_EVENTS_GROUP, consumer,
+            min_idle_time=self._claim_after_ms, start_id="0-0", count=count,
         )  # fmt: skip
+        claimed: list[Any] = claim[1]
         entries: list[tuple[str, dict[str, str]]] = [(i, f) for i, f in claimed if f]
         if not entries:
             reply = cast(
