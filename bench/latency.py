@@ -35,7 +35,7 @@ from mmops.adapters.paper.feed import PaperFeed
 from mmops.bootstrap import build_feed, build_trigger
 from mmops.domain.exchange import OrderRequest
 from mmops.domain.ids import client_order_id
-from mmops.domain.models import Side
+from mmops.domain.models import Order, Side
 from mmops.domain.rounding import round_amount_down, round_price_up
 from tests.integration.world import PAIRS, World, world
 from tests.servers import bench_servers
@@ -97,8 +97,11 @@ async def drive_fills(
         )
         if result.order is None:
             raise RuntimeError(f"bench buy refused: {result.error}")
+        o = result.order  # recorded as the session's order, as a market maker records it
+        await w.rt.orders.save(Order(sid, o.id, pair, Side.BUY, o.price, o.amount, o.created_at,
+                                     client_order_id=cid))  # fmt: skip
         await w.exchange.match(w.rt.clock.now(), step_seconds=3600)
-        filled_at[result.order.id] = time.time()
+        filled_at[o.id] = time.time()
         await asyncio.sleep(case.every)
     return filled_at
 
@@ -168,8 +171,6 @@ async def _resting_bids(
     w: World, server: object, kraken: object, sid: str, pairs: tuple[str, ...], n: int
 ) -> list[str]:
     """``n`` post-only bids below the book, spread over ``pairs``, recorded in the session."""
-    from mmops.domain.models import Order
-
     markets = await kraken.markets()  # type: ignore[attr-defined]
     tickers = await kraken.tickers(list(pairs))  # type: ignore[attr-defined]
     by_pair: dict[str, list[OrderRequest]] = {p: [] for p in pairs}
@@ -187,8 +188,10 @@ async def _resting_bids(
                 if r.order is None:
                     raise RuntimeError(f"bench bid refused: {r.error}")
                 o = r.order
-                await w.rt.orders.save(Order(sid, o.id, pair, Side.BUY, o.price, o.amount,
-                                             o.created_at, client_order_id=o.client_order_id))  # fmt: skip
+                cid = o.client_order_id
+                order = Order(sid, o.id, pair, Side.BUY, o.price, o.amount, o.created_at,
+                              client_order_id=cid)  # fmt: skip
+                await w.rt.orders.save(order)
                 ids.append(o.id)
     # Interleave the pairs, as fills of a multi-pair market maker arrive.
     return sorted(ids, key=lambda oid: ids.index(oid) % (n // len(pairs) or 1))

@@ -363,6 +363,8 @@ def build_feed(rt: Runtime, exchange: Exchange, feed: ExecutionFeed) -> FeedServ
         # Attribution looks through every recent session, not one run's share of them.
         session_limit=max(FEED_SESSION_LIMIT, s.settlement_session_limit),
         quiet=float(s.feed_quiet),
+        attribution=s.feed_attribution,
+        grace=float(s.feed_grace),
     )
 
 

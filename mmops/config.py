@@ -110,7 +110,12 @@ class Settings(BaseSettings):
 
     # Fill feed (`mmops watch`, and inside `serve`): the account's executions.
     feed: bool = True  # run the feed inside `serve`
-    feed_quiet: int = Field(default=60, ge=5, le=3600)  # seconds of silence before a REST poll
+    feed_quiet: int = Field(default=60, ge=5, le=3600)  # seconds between trade-history reads
+    # Which session an execution belongs to: "order" (the session that recorded its order) or
+    # "pair" (that, else the one active session on its pair). docs/INGEST.md, Fill feed.
+    feed_attribution: Literal["order", "pair"] = "order"
+    # Seconds an execution no session can be named for is tried again before it is reported.
+    feed_grace: int = Field(default=60, ge=1, le=3600)
     # The venue's private WebSocket (Kraken WS v2); unset: Kraken's wss://ws-auth.kraken.com/v2.
     feed_ws_url: str | None = Field(default=None, pattern=r"^wss?://")
 

@@ -413,6 +413,7 @@ class KrakenServer:
         self.deadline_errors = deadline_errors
         self.clock_offset = 0.0  # seconds added to the host's clock (see advance)
         self.latency = 0.0  # seconds added to every call
+        self.unknown_txid_fails = False  # QueryOrders: an unknown txid fails the whole call
         self.stats = Stats()
         self.api_key = api_key or "test-key-" + secrets.token_hex(8)
         self.api_secret = api_secret or base64.b64encode(secrets.token_bytes(64)).decode()
@@ -969,6 +970,10 @@ class KrakenServer:
             raise KrakenError("EGeneral:Invalid arguments:txid")
         if len(ids) > QUERY_ORDERS_MAX:
             raise KrakenError("EGeneral:Invalid arguments:txid")
+        if self.unknown_txid_fails and any(t not in self._orders for t in ids):
+            # Whether Kraken answers an unknown txid with an error for the whole call or
+            # leaves it out is not documented; both are modelled (``unknown_txid_fails``).
+            raise KrakenError("EOrder:Invalid order")
         result = {}
         for txid in ids:
             order = self._orders.get(txid)

@@ -37,7 +37,14 @@ from mmops.domain.models import (
     check_session_id,
 )
 from mmops.errors import BadDataError, StoreUnavailable
-from mmops.ports import Clock, FillWriter, LiveSessions, OrderWriter, SessionLifecycle
+from mmops.ports import (
+    Clock,
+    FillWriter,
+    LiveSessions,
+    Orders,
+    OrderWriter,
+    SessionLifecycle,
+)
 
 log = logs.get_logger("mmops.ingest")
 
@@ -123,6 +130,10 @@ class IngestStream(Protocol):
         ...
 
     async def ack(self, message_ids: Sequence[str]) -> None: ...
+
+
+class OrderBook(Orders, OrderWriter, Protocol):
+    """Recorded orders, read and written (``OrderStore``)."""
 
 
 class IngestRejects(Protocol):
@@ -267,13 +278,22 @@ def parse_order(fields: Mapping[str, str]) -> Order:
     )  # fmt: skip
 
 
+def _behind(order: Order, known: Order) -> bool:
+    """Whether ``order`` is an older state of ``known``: less filled, or open again after a
+    final status. A redelivered message never moves an order backwards."""
+    final = known.status is not OrderStatus.OPEN
+    return order.filled < known.filled or (final and order.status is OrderStatus.OPEN)
+
+
 def parse_fill(fields: Mapping[str, str]) -> Fill:
     sid, pair, oid = (_required(fields, n) for n in ("session", "pair", "order_id"))
     side = _choice(fields, "side", Side)
     price, quantity = _decimal(fields, "price"), _decimal(fields, "quantity")
     fee = _decimal(fields, "fee", ZERO)
     at = _time(fields, "time")
-    trade_id = _text(fields, "trade_id")
+    # Required: the venue's id is what makes the fill feed's copy of this execution, or a
+    # replay, harmless. Without it the two would be two fills and the position counted twice.
+    trade_id = _required(fields, "trade_id")
     return _build(lambda: Fill(sid, oid, pair, side, price, quantity, fee, at, trade_id))
 
 
@@ -293,7 +313,7 @@ class IngestService:
         stream: IngestStream,
         sessions: IngestSessions,
         live: LiveSessions,
-        orders: OrderWriter,
+        orders: OrderBook,
         fills: FillWriter,
         rejects: IngestRejects,
         clock: Clock,
@@ -365,6 +385,9 @@ class IngestService:
         except Rejected as e:
             await self._quarantine(message, str(e))
             return Outcome.QUARANTINED
+        except BadDataError as e:  # a stored record it needs is unreadable: this message only
+            await self._quarantine(message, f"{type(e).__name__}: {e}")
+            return Outcome.QUARANTINED
 
     async def _apply(self, fields: Mapping[str, str]) -> Outcome:
         kind = parse_type(fields)
@@ -376,6 +399,9 @@ class IngestService:
         if kind is IngestType.ORDER:
             order = parse_order(fields)
             await self._check_pair(order.session_id, order.symbol)
+            known = await self._orders.get(order.session_id, order.symbol, order.order_id)
+            if known is not None and _behind(order, known):
+                return Outcome.DUPLICATE  # a stale message delivered late: not a step back
             await self._orders.save(order)
             return Outcome.APPLIED
         fill = parse_fill(fields)

@@ -12,7 +12,7 @@ workers may run at once: the locks share the sessions out.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -158,7 +158,7 @@ class SettlementService:
             log.error("settlement.market_data_failed", error=str(e))
             results = [self._failed(s, started, f"market data: {e}") for s in sessions]
             for r in results:
-                await self._record(r, dry_run=self._tp.dry_run)
+                await self._record(r, dry_run=self._tp.dry_run, full=full)
             return results
         results = []
         for session in sessions:
@@ -211,7 +211,7 @@ class SettlementService:
         except RECOVERABLE as e:  # anything else (a store down, the key refused) ends the run
             log.error("settlement.failed", session=session.id, error=str(e))
             result = self._failed(session, started, f"{type(e).__name__}: {e}")
-        await self._record(result, dry_run=self._tp.dry_run)
+        await self._record(result, dry_run=self._tp.dry_run, full=full)
         log.info("settlement.finished", session=session.id, state=result.state,
                  duration_ms=result.duration_ms, **result.totals())  # fmt: skip
         return result
@@ -340,8 +340,10 @@ class SettlementService:
     def _failed(self, session: Session, started: datetime, error: str) -> SessionResult:
         return SessionResult(session.id, RunState.FAILED, started, self._clock.now(), error=error)
 
-    async def _record(self, result: SessionResult, dry_run: bool) -> None:
-        """Status in Redis and a row in PostgreSQL; a failure to record is logged, not raised."""
+    async def _record(self, result: SessionResult, dry_run: bool, full: bool = True) -> None:
+        """A row in PostgreSQL and, for a full run, the status in Redis (a narrowed run's
+        status would say the session was just settled while the schedule may have stopped);
+        a failure to record is logged, not raised."""
         totals = result.totals()
         stoploss: StopLossFigures | None
         if result.stoploss is not None:
@@ -372,12 +374,13 @@ class SettlementService:
             dry_run=dry_run,
             details=result.to_dict(),
         )
-        for write in (
-            self._records.write_settlement_status(result.session_id, status),
-            self._runs.record(row),
-        ):
+        writes: list[Callable[[], Awaitable[None]]] = [lambda: self._runs.record(row)]
+        if full:
+            sid = result.session_id
+            writes.insert(0, lambda: self._records.write_settlement_status(sid, status))
+        for write in writes:
             try:
-                await write
+                await write()
             except MmopsError as e:
                 log.error("settlement.record_failed", session=result.session_id, error=str(e))
 

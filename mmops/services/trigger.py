@@ -51,7 +51,8 @@ class SettleTrigger:
         consumer: str,
         debounce: float = 0.2,
         retry_every: float = 0.25,
-        give_up_after: float = 60.0,
+        retry_max: float = 4.0,
+        give_up_after: float = 25.0,
         block_ms: int = 500,
     ) -> None:
         self._events = events
@@ -59,6 +60,8 @@ class SettleTrigger:
         self._consumer = consumer
         self._debounce = debounce
         self._retry_every = retry_every
+        self._retry_max = retry_max
+        # Below the events' claim time (30 s), so another worker does not take them meanwhile.
         self._give_up_after = give_up_after
         self._block_ms = block_ms
         self._due: dict[str, _Due] = {}
@@ -110,18 +113,27 @@ class SettleTrigger:
     async def _settle_session(self, session_id: str) -> None:
         try:
             await self._settle_due(session_id)
+        except Exception as e:  # a bug or an error no run handles: logged, events left
+            # unacknowledged (claimed again after the claim time) and never lost silently
+            log.error("trigger.crashed", session=session_id, error=f"{type(e).__name__}: {e}")
+            self._due.pop(session_id, None)
         finally:  # at once, with no await between the last check of _due and this
             self._running.pop(session_id, None)
 
     async def _settle_due(self, session_id: str) -> None:
         waited = 0.0
+        pause = self._retry_every
         await asyncio.sleep(self._debounce)
         while session_id in self._due:
             due = self._due.pop(session_id)
-            state = await self._run(session_id, sorted(due.pairs))
+            try:
+                state = await self._run(session_id, sorted(due.pairs))
+            except BaseException:
+                self._merge(session_id, due)  # whatever was taken goes back before raising
+                raise
             if state is not RunState.LOCKED:
                 await self._ack(due.event_ids)
-                waited = 0.0
+                waited, pause = 0.0, self._retry_every
                 continue
             if self._stopping:  # left unacknowledged: delivered again after the restart
                 return
@@ -131,11 +143,16 @@ class SettleTrigger:
                 await self._ack(due.event_ids)
                 continue
             self.stats.retried += 1
-            again = self._due.setdefault(session_id, _Due())
-            again.pairs |= due.pairs
-            again.event_ids[:0] = due.event_ids
-            await asyncio.sleep(self._retry_every)
-            waited += self._retry_every
+            self._merge(session_id, due)
+            # Backing off: each try reads the venue (balances, tickers) before the lock.
+            await asyncio.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, self._retry_max)
+
+    def _merge(self, session_id: str, due: _Due) -> None:
+        again = self._due.setdefault(session_id, _Due())
+        again.pairs |= due.pairs
+        again.event_ids[:0] = due.event_ids
 
     async def _run(self, session_id: str, pairs: list[str]) -> RunState | None:
         """The run's state (LOCKED: try again), or None when there is nothing to retry."""

@@ -727,3 +727,17 @@ async def test_where_the_server_applies_the_cl_ord_id_filter_one_page_is_enough(
     found = await exchange.find_by_client_id(BTC, request.client_order_id)
     assert found is not None and found.id == result.order.id
     assert server.stats.calls["ClosedOrders"] - before == 1
+
+
+@pytest.mark.parametrize("unknown_fails", [False, True])
+async def test_an_unknown_txid_never_hides_the_orders_asked_with_it(
+    server: KrakenServer, exchange: CcxtExchange, unknown_fails: bool
+) -> None:
+    """Kraken does not document whether QueryOrders leaves an unknown txid out or fails the
+    whole call; either way the known orders of the batch are found."""
+    server.fund("BTC", "1")
+    placed = await exchange.place_batch([sell(p) for p in asks(3)])
+    ids = [r.order.id for r in placed if r.order is not None]
+    server.unknown_txid_fails = unknown_fails
+    found = await exchange.fetch_orders([ids[0], "OUNKNO-WN000-TXID00", *ids[1:]])
+    assert sorted(found) == sorted(ids)

@@ -12,7 +12,7 @@ import pytest
 from mmops.domain.exchange import Trade
 from mmops.domain.models import Order, OrderKind, OrderStatus, Side
 from mmops.errors import StoreUnavailable
-from mmops.services.feed import FeedService
+from mmops.services.feed import Attribution, FeedService
 from tests.unit.desk import BTC_USD, ETH_USD, T0, Desk
 
 
@@ -52,10 +52,16 @@ def trade(n: int, order_id: str, pair: str = BTC_USD, side: Side = Side.BUY) -> 
                  T0 + timedelta(minutes=n))  # fmt: skip
 
 
-def service(desk: Desk, trades: list[Trade], cursors: Cursors | None = None) -> FeedService:
+def service(
+    desk: Desk,
+    trades: list[Trade],
+    cursors: Cursors | None = None,
+    attribution: Attribution = "order",
+    grace: float = 60.0,
+) -> FeedService:
     return FeedService(History(trades), cursors or Cursors(), desk.registry, desk.store,
                        desk.store, desk.exchange, desk.clock, hours_back=24,
-                       session_limit=100)  # fmt: skip
+                       session_limit=100, attribution=attribution, grace=grace)  # fmt: skip
 
 
 async def order(desk: Desk, sid: str, order_id: str, pair: str = BTC_USD) -> None:
@@ -76,11 +82,11 @@ async def test_an_execution_goes_to_the_session_that_recorded_its_order() -> Non
     assert await fills_of(desk, "s2") == 1 and await fills_of(desk, "s1") == 0
 
 
-async def test_an_unrecorded_order_goes_to_the_one_active_session_on_its_pair() -> None:
+async def test_with_the_pair_rule_an_unrecorded_order_goes_to_the_one_active_session() -> None:
     desk = Desk()
     await desk.start("s1", ETH_USD)
     await desk.start("s2", BTC_USD)
-    feed = service(desk, [])
+    feed = service(desk, [], attribution="pair")
     assert len(await feed.record([trade(1, "o9")])) == 1
     assert await fills_of(desk, "s2") == 1
     made = await desk.store.get("s2", BTC_USD, "o9")
@@ -89,14 +95,43 @@ async def test_an_unrecorded_order_goes_to_the_one_active_session_on_its_pair() 
     assert feed.counts.orders_written == 1
 
 
-async def test_an_execution_two_active_sessions_could_own_is_reported_not_guessed() -> None:
+async def test_an_execution_two_active_sessions_could_own_is_not_guessed() -> None:
     desk = Desk()
     await desk.start("s1", BTC_USD)
     await desk.start("s2", BTC_USD)
-    feed = service(desk, [])
+    feed = service(desk, [], attribution="pair", grace=0)
     assert len(await feed.record([trade(1, "o9")])) == 0
-    assert feed.counts.unattributed == 1
+    assert feed.counts.waiting == 1
+    await feed.retry_waiting()
+    assert (feed.counts.waiting, feed.counts.unattributed) == (0, 1)  # reported, left alone
     assert await fills_of(desk, "s1") == 0 and await fills_of(desk, "s2") == 0
+
+
+async def test_by_default_an_unrecorded_order_waits_for_its_record_and_is_then_recorded() -> None:
+    desk = Desk()
+    await desk.start("s1", BTC_USD)
+    feed = service(desk, [])
+    assert await feed.record([trade(1, "o9")]) == []  # the venue's message came first
+    assert feed.counts.waiting == 1 and await fills_of(desk, "s1") == 0
+    await order(desk, "s1", "o9")  # the market maker's order arrives through ingest
+    [fill] = await feed.retry_waiting()
+    assert fill.session_id == "s1" and feed.counts.waiting == 0
+    assert feed.counts.unattributed == 0
+
+
+async def test_a_manual_buy_is_reported_after_the_grace_and_never_read_again() -> None:
+    desk = Desk()
+    await desk.start("s1", BTC_USD)
+    cursors = Cursors()
+    history = [trade(1, "manual")]
+    feed = service(desk, history, cursors, grace=0)
+    assert await feed.catch_up() == []
+    assert cursors.saved == {}  # not past an execution still waiting
+    await feed.retry_waiting()
+    assert feed.counts.unattributed == 1
+    assert await feed.catch_up() == [] and cursors.saved == {"test-account": "1"}
+    assert feed.counts.unattributed == 1 and feed.counts.waiting == 0
+    assert await fills_of(desk, "s1") == 0
 
 
 async def test_an_ended_session_keeps_its_own_orders_but_takes_no_stranger() -> None:
@@ -105,7 +140,7 @@ async def test_an_ended_session_keeps_its_own_orders_but_takes_no_stranger() -> 
     await order(desk, "old", "tp-1")
     await desk.registry.end("old", T0 + timedelta(minutes=5))
     await desk.start("new", BTC_USD)
-    feed = service(desk, [])
+    feed = service(desk, [], attribution="pair")
     await feed.record([trade(1, "tp-1", side=Side.SELL), trade(2, "o9")])
     assert await fills_of(desk, "old") == 1  # its take-profit's fill, by the recorded order
     assert await fills_of(desk, "new") == 1  # the stranger: the one active session
@@ -114,6 +149,7 @@ async def test_an_ended_session_keeps_its_own_orders_but_takes_no_stranger() -> 
 async def test_a_replayed_execution_is_recorded_once() -> None:
     desk = Desk()
     await desk.start("s1", BTC_USD)
+    await order(desk, "s1", "o1")
     feed = service(desk, [])
     assert len(await feed.record([trade(1, "o1"), trade(1, "o1")])) == 1
     assert len(await feed.record([trade(1, "o1")])) == 0
@@ -126,6 +162,8 @@ async def test_catching_up_records_the_history_and_moves_the_cursor_past_it() ->
     desk = Desk()
     await desk.start("s1", BTC_USD)
     cursors = Cursors()
+    for oid in ("o1", "o2", "o3"):
+        await order(desk, "s1", oid)
     history = [trade(1, "o1"), trade(2, "o2")]
     feed = service(desk, history, cursors)
     assert len(await feed.catch_up()) == 2
@@ -139,6 +177,7 @@ async def test_the_cursor_stays_when_recording_fails() -> None:
     desk = Desk()
     await desk.start("s1", BTC_USD)
     cursors = Cursors()
+    await order(desk, "s1", "o1")
     feed = service(desk, [trade(1, "o1")], cursors)
 
     async def down(fill: object) -> bool:

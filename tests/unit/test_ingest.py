@@ -256,14 +256,20 @@ def test_malformed_fill_fields_are_refused_with_a_reason(
 
 
 def test_optional_fields_take_their_defaults_and_ccxt_status_words_are_understood() -> None:
-    fill = parse_fill({k: v for k, v in FILL.items() if k not in ("fee", "trade_id")})
-    assert fill.fee == 0 and fill.trade_id is None
+    fill = parse_fill({k: v for k, v in FILL.items() if k != "fee"})
+    assert fill.fee == 0
     order = parse_order({**ORDER, "status": "closed", "filled": "0.02", "client_order_id": ""})
     assert order.status is OrderStatus.FILLED and order.side is Side.BUY
     assert order.client_order_id is None and order.filled == Decimal("0.02")
     assert parse_order({**ORDER, "status": "expired"}).status is OrderStatus.CANCELED
     session = parse_session_start({**START, "pairs": "BTC/USD, ETH/USD"}, T0, "kraken")
     assert session.pairs == ("BTC/USD", "ETH/USD") and session.exchange == "kraken"
+
+
+def test_a_fill_without_the_venues_trade_id_is_refused() -> None:
+    """Without it the fill feed's copy of the execution would be a second fill."""
+    with pytest.raises(Rejected, match="trade_id"):
+        parse_fill({k: v for k, v in FILL.items() if k != "trade_id"})
 
 
 @pytest.mark.parametrize(

@@ -281,10 +281,22 @@ class CcxtExchange:
             return found
         await self.markets()
         for start in range(0, len(wanted), QUERY_ORDERS_BATCH):
-            chunk = wanted[start : start + QUERY_ORDERS_BATCH]
-            raw = await self._call(True, self._client.fetch_orders_by_ids, chunk)
-            found.update((o.id, o) for o in self._readable(raw, None) if o.id in chunk)
+            found.update(await self._query_orders(wanted[start : start + QUERY_ORDERS_BATCH]))
         return found
+
+    async def _query_orders(self, chunk: list[str]) -> dict[str, ExchangeOrder]:
+        """One QueryOrders; if the venue refuses the whole call for an id it does not know
+        (Kraken does not say whether it leaves such an id out or fails the call), the chunk is
+        halved until the unknown id stands alone and is left out, so one id never hides 49."""
+        try:
+            raw = await self._call(True, self._client.fetch_orders_by_ids, chunk)
+        except (OrderNotFound, ExchangeRejected):  # "EOrder:Invalid order" is an InvalidOrder
+            if len(chunk) == 1:
+                return {}
+            half = len(chunk) // 2
+            return {**await self._query_orders(chunk[:half]),
+                    **await self._query_orders(chunk[half:])}  # fmt: skip
+        return {o.id: o for o in self._readable(raw, None) if o.id in chunk}
 
     async def order_trades(self, symbol: str, order_id: str) -> list[Trade]:
         """The order's executions, oldest first, each by its trade id (Kraken: the trade's

@@ -69,7 +69,8 @@ WS_URL = "wss://ws-auth.kraken.com/v2"
 IDLE_TIMEOUT = 10.0  # seconds without any message (heartbeats come about every second)
 CONNECT_TIMEOUT = 10.0  # seconds
 HISTORY_PAGE = 50  # TradesHistory answers 50 trades a page
-HISTORY_OVERLAP = 1  # seconds read again before the cursor: equal timestamps are not skipped
+HISTORY_OVERLAP = 60  # seconds read again before the cursor: equal timestamps, and a trade
+# TradesHistory shows a little later than the ones after it, are read again, never skipped
 _ASSETS = {"XBT": "BTC", "XDG": "DOGE"}  # Kraken's v1 / REST altnames → unified codes (ccxt's)
 
 
@@ -129,7 +130,13 @@ class KrakenFeed:
         found: dict[str, Trade] = {}
         offset = 0
         while True:
-            page = await self._exchange.trades_history({"start": start, "ofs": offset})
+            # consolidate_taker=false: one entry per fill, as the WebSocket's executions send
+            # them (TradesHistory "consolidate_taker: Whether or not to consolidate trades by
+            # individual taker trades", default true: https://docs.kraken.com/api-reference/
+            # account-data/get-trades-history). Consolidated, a taker buy that swept several
+            # makers would be one id here and several on the stream: counted twice.
+            params = {"start": start, "ofs": offset, "consolidate_taker": False}
+            page = await self._exchange.trades_history(params)
             raw = page["trades"]
             for txid, entry in raw.items():
                 trade = _history_trade(str(txid), entry)

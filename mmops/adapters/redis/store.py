@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
+from mmops import logs
 from mmops.adapters.redis import codec, keys
 from mmops.adapters.redis.client import Redis, redis_errors
 from mmops.adapters.redis.events import publish_fill
@@ -33,12 +34,14 @@ from mmops.domain.records import (
     TakeProfitRecord,
     TpStatus,
 )
-from mmops.errors import BadRecordError, LockLost
+from mmops.errors import BadRecordError, LockLost, StoreUnavailable
 
 T = TypeVar("T")
 
 PIPELINE_CHUNK = 500  # commands per round trip on bulk reads
 SCAN_COUNT = 1000
+
+log = logs.get_logger("mmops.store")
 
 
 class SessionStore:
@@ -218,7 +221,10 @@ class FillStore(_MigrationReads):
             ],
         )
         if result and fill.side is Side.BUY:
-            await publish_fill(self._r, self._events, s, sym)
+            try:
+                await publish_fill(self._r, self._events, s, sym)
+            except StoreUnavailable as e:  # recorded: the scheduled run covers it instead
+                log.warning("events.publish_failed", session=s, pair=sym, error=str(e))
         return bool(result)
 
     async def scan(
