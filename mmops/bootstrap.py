@@ -336,8 +336,8 @@ async def open_feed(rt: Runtime, exchange: Exchange) -> AsyncIterator[ExecutionF
 
     if not isinstance(exchange, CcxtExchange) or exchange.name != "kraken":
         raise ConfigurationError(
-            f"MMOPS_EXCHANGE={rt.settings.exchange!r}: the fill feed speaks Kraken only;"
-            " set MMOPS_FEED=false"
+            f"MMOPS_EXCHANGE={rt.settings.exchange!r}: the fill feed speaks Kraken and the"
+            " paper venue only (MMOPS_FEED=false, or `watch --no-feed`, says so quietly)"
         )
     feed = KrakenFeed(exchange, ws_url=rt.settings.feed_ws_url)
     try:

@@ -16,6 +16,7 @@ from typing import Any
 
 from mmops import logs
 from mmops.bootstrap import Runtime, build_feed, build_ingest, build_trigger, open_feed, worker_name
+from mmops.errors import ConfigurationError
 from mmops.ports import Exchange
 from mmops.services.feed import FeedService
 from mmops.services.ingest import IngestService
@@ -103,8 +104,12 @@ async def open_watchers(
     async with contextlib.AsyncExitStack() as stack:
         feed_service = None
         if feed:
-            execution_feed = await stack.enter_async_context(open_feed(rt, exchange))
-            feed_service = build_feed(rt, exchange, execution_feed)
+            try:
+                execution_feed = await stack.enter_async_context(open_feed(rt, exchange))
+            except ConfigurationError as e:  # a venue with no feed: the rest still runs
+                log.warning("feed.unsupported", error=str(e))
+            else:
+                feed_service = build_feed(rt, exchange, execution_feed)
         yield Watchers(
             feed=feed_service,
             ingest=build_ingest(rt) if ingest else None,

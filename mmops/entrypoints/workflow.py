@@ -69,6 +69,9 @@ class WorkflowPlan:
     settle_every: int = 180
     migrate_every: int = 3600
     settle: bool = True
+    # Settle the pairs a step's new buy fills are in, in that step (what the settle trigger
+    # does live); False leaves them to the interval (the load benchmark's scheduled runs).
+    settle_on_fill: bool = True
     migrate: bool = True
     capital: Decimal = Decimal("50000")
     real_clock: bool = False  # trade on the system clock, sleeping step_seconds between steps
@@ -175,7 +178,7 @@ async def _trade(
             await _settle(settlement, session_id, result)
             if progress is not None:
                 await progress.settled(result.settle_positions[-1])
-        elif plan.settle and (filled := _bought(new, session_id)):
+        elif plan.settle and plan.settle_on_fill and (filled := _bought(new, session_id)):
             # What the settle trigger does on a live account, on this clock: the pairs that
             # just filled are settled now, not at the next interval.
             for run in await settlement.run(session_id, filled):

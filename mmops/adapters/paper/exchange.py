@@ -23,6 +23,7 @@ order stays open, holding and fillable, until :meth:`PaperExchange.settle_cancel
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -393,7 +394,9 @@ class PaperExchange:
         await self._read_order(self._r, order_id, symbol)  # OrderNotFound
         await self._call()
         raws = cast(list[str], await self._r.lrange(self.keys.trades, 0, -1))
-        trades = [decode_trade(raw) for raw in raws]
+        # Only entries that name the order are decoded (the exact JSON key and value).
+        needle = f'"order_id":{json.dumps(order_id)}'
+        trades = [decode_trade(raw) for raw in raws if needle in raw]
         return [t for t in trades if t.order_id == order_id]
 
     @redis_errors
