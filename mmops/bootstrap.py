@@ -270,6 +270,7 @@ def build_settlement(
         dry_run=dry_run,
         clock=clock,
         deadline=timedelta(seconds=s.tp_deadline),
+        orders=rt.orders,
     )
     repricer = (
         Repricer(positions=rt.positions, exchange=exchange, tiers=tiers, clock=clock)

@@ -15,7 +15,15 @@ from decimal import Decimal
 from mmops import logs
 from mmops.domain.exchange import DEFAULT_DEADLINE, MAX_BATCH, OrderRequest
 from mmops.domain.ids import client_order_id
-from mmops.domain.models import OrderStatus, Position, Session, SessionStatus, Side
+from mmops.domain.models import (
+    Order,
+    OrderKind,
+    OrderStatus,
+    Position,
+    Session,
+    SessionStatus,
+    Side,
+)
 from mmops.domain.pnl import (
     PairPnL,
     StopLossLevel,
@@ -33,6 +41,7 @@ from mmops.ports import (
     Exchange,
     Fills,
     Notifier,
+    OrderWriter,
     Positions,
     SettlementRecords,
     cancel_or_fetch,
@@ -83,6 +92,7 @@ class StopLossService:
         dry_run: bool = False,
         clock: Clock | None = None,
         deadline: timedelta = DEFAULT_DEADLINE,
+        orders: OrderWriter | None = None,
     ) -> None:
         # Exits carry a deadline to the exchange like take-profits: a worker paused mid-send
         # cannot land an exit late (``clock`` None: no deadline, as a venue without one).
@@ -95,6 +105,7 @@ class StopLossService:
         self._exchange = exchange
         self._notifier = notifier
         self._thresholds = thresholds
+        self._orders = orders  # exits are recorded as the session's orders (kind ``exit``)
         self.dry_run = dry_run
 
     async def check(self, session: Session, data: MarketData) -> StopLossReport | None:
@@ -247,3 +258,9 @@ class StopLossService:
                 )
                 continue
             await self._positions.record_exit(position, result.order.id, amount)
+            if self._orders is not None:  # so its fills are the session's (feed, migration)
+                o = result.order
+                exit_order = Order(position.session_id, o.id, o.symbol, Side.SELL, o.price,
+                                   o.amount, o.created_at, o.status, o.filled, OrderKind.EXIT,
+                                   o.client_order_id)  # fmt: skip
+                await self._orders.save(exit_order)

@@ -139,3 +139,15 @@ async def _fills(w: World, sid: str) -> int:
 
 async def _count(w: World, sid: str, n: int) -> bool:
     return await _fills(w, sid) >= n
+
+
+async def test_the_paper_feed_reads_a_reset_venue_from_its_start(w: World) -> None:
+    """A cursor past the trade list's end (the venue was reset since) reads every trade: a
+    cursor kept from an earlier venue of that name never hides the new one's trades."""
+    sid = await w.start_session([BTC])
+    feed = PaperFeed(w.exchange)
+    await buy(w, sid, BTC)
+    trades, after = await feed.history("100000", w.rt.clock.now())
+    assert trades and after == str(await w.exchange.trade_count())
+    again, same = await feed.history(after, w.rt.clock.now())
+    assert (again, same) == ([], after)

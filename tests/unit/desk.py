@@ -94,6 +94,7 @@ class Desk:
             notifier=self.notifier,
             thresholds=StopLossThresholds(Decimal("0.05"), Decimal("0.10"), Decimal("0.15")),
             dry_run=dry_run,
+            orders=self.store,
         )
         self.settlement = SettlementService(
             registry=self.registry,

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from mmops.domain.models import Fill, OrderStatus, Session, SessionStatus, Side
+from mmops.domain.models import Fill, OrderKind, OrderStatus, Session, SessionStatus, Side
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import RunState, SettlementStatus, StopLossFigures, TpStatus
 from mmops.services.stoploss import StopLossReport
@@ -145,6 +145,19 @@ async def test_flatten_cancels_take_profits_and_exits_what_the_positions_hold() 
     p = await desk.position("b1")
     assert (p.closed, p.uncovered) == (Decimal("10"), Decimal(0))
     assert [level for _, _, level in desk.notifier.sent] == ["failure"]
+
+
+async def test_an_exit_is_recorded_as_an_order_of_its_session() -> None:
+    """So the fill feed attributes its fills to the session and migration counts them."""
+    desk, session = await long_ten_btc()
+    await check(desk, session, "84")
+    [exit_request] = desk.exchange.batches[-1]
+    [exit_order] = [o for o in desk.exchange.orders.values()
+                    if o.client_order_id == exit_request.client_order_id]  # fmt: skip
+    recorded = await desk.store.get("s1", BTC_USD, exit_order.id)
+    assert recorded is not None
+    assert (recorded.kind, recorded.side, recorded.amount) == (
+        OrderKind.EXIT, Side.SELL, Decimal("10"))  # fmt: skip
 
 
 async def test_dry_run_reports_the_level_and_does_nothing() -> None:

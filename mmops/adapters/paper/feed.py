@@ -26,14 +26,14 @@ class PaperFeed:
         self.account = f"paper:{venue.venue}"
 
     async def history(self, cursor: str | None, since: datetime) -> tuple[list[Trade], str]:
-        """Trades after ``cursor`` (a list index); with none, every trade from ``since``. A
-        cursor past the list's end means the venue was reset: its trades are read anew."""
+        """Trades after ``cursor`` (a list index); with none, all of them: the paper venue's
+        list is its whole history (``since`` is for venues that keep years). A cursor past
+        the list's end means the venue was reset: its trades are read anew. Reading some
+        twice is harmless (trade ids)."""
         start = _index(cursor)
         if start > await self._venue.trade_count():
-            start, cursor = 0, None
+            start = 0
         trades, after = await self._venue.trades(start)
-        if cursor is None:
-            trades = [t for t in trades if t.timestamp >= since]
         return trades, str(after)
 
     async def stream(self) -> AsyncIterator[list[Trade]]:
