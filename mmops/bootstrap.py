@@ -26,18 +26,21 @@ from mmops.adapters.notify import AppriseNotifier
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.paper.faults import FaultPlan
 from mmops.adapters.paper.feed import PaperFeed
+from mmops.adapters.postgres.leases import PostgresWorkLeases
 from mmops.adapters.postgres.pool import create_pool, open_pool
 from mmops.adapters.postgres.sessions import SessionRepository
 from mmops.adapters.postgres.settlement_runs import SettlementRunRepository
 from mmops.adapters.postgres.warehouse import Warehouse
-from mmops.adapters.redis.client import Redis, create_client, redis_errors
+from mmops.adapters.redis.client import Redis, create_client, ping_nodes
 from mmops.adapters.redis.events import FeedCursorStore, FillEventStream
 from mmops.adapters.redis.locks import Attempts, SettlementLocks
 from mmops.adapters.redis.ops import OpsStore
+from mmops.adapters.redis.reservations import BalanceReservations
 from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
 from mmops.config import Settings, redact_url
 from mmops.domain.models import Market
 from mmops.domain.pnl import StopLossThresholds
+from mmops.domain.ratelimit import TradingCounter
 from mmops.domain.records import RunState
 from mmops.errors import ConfigurationError
 from mmops.ports import Clock, Exchange, ExecutionFeed
@@ -45,7 +48,7 @@ from mmops.services.feed import FeedService
 from mmops.services.migration import MigrationService
 from mmops.services.reconcile import Reconciler
 from mmops.services.reprice import Repricer
-from mmops.services.sessions import SessionRegistry
+from mmops.services.sessions import SessionRegistry, WorkSharing
 from mmops.services.settlement import SessionResult, SettlementService
 from mmops.services.stoploss import StopLossService
 from mmops.services.take_profit import TakeProfitService
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
     from mmops.services.ingest import IngestService
 
 log = logs.get_logger("mmops.bootstrap")
+
+UNLIMITED = TradingCounter(threshold=1e12, decay=1e12)  # MMOPS_PAPER_COUNTER=off
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +108,13 @@ class Runtime:
     ops: OpsStore
     warehouse: Warehouse
     notifier: AppriseNotifier
+    leases: PostgresWorkLeases
 
 
-@redis_errors
 async def ping_redis(redis: Redis) -> None:
-    """Raise StoreUnavailable (naming Redis) unless the server answers."""
-    await redis.ping()
+    """Raise StoreUnavailable (naming Redis) unless the server (every node of a cluster)
+    answers."""
+    await ping_nodes(redis)
 
 
 @contextlib.asynccontextmanager
@@ -121,7 +127,7 @@ async def open_runtime(
     does not; without it (the daemon) the pool connects in the background, so the process can
     start, report not-ready and recover when the server comes back.
     """
-    redis = create_client(urls.redis)
+    redis = create_client(urls.redis, cluster=settings.redis_cluster)
     pool = create_pool(urls.database, settings.db_pool_max_size)
     try:
         if require:
@@ -147,6 +153,7 @@ async def open_runtime(
             ops=OpsStore(redis),
             warehouse=Warehouse(pool),
             notifier=AppriseNotifier(settings.alert_url_list()),
+            leases=PostgresWorkLeases(pool),
         )
     finally:
         await pool.close()
@@ -205,6 +212,7 @@ def _build_exchange(
             venue=settings.paper_venue,
             seed=settings.paper_seed,
             faults=FaultPlan.from_dict(settings.paper_faults),
+            counter=UNLIMITED if settings.paper_counter == "off" else None,
         )
     if settings.api_key is None or settings.api_secret is None:
         raise ConfigurationError(
@@ -258,6 +266,10 @@ def build_settlement(
         dry_run=dry_run,
         deadline=timedelta(seconds=s.tp_deadline),
         clock_skew=timedelta(seconds=s.tp_clock_skew),
+        reservations=BalanceReservations(rt.redis) if s.balance_reservations else None,
+        account=account_name(exchange),
+        reservation_ttl=timedelta(seconds=s.balance_reservation_ttl),
+        pending_ttl=timedelta(seconds=s.settlement_lock_ttl + s.tp_deadline + s.tp_clock_skew),
     )
     stoploss = StopLossService(
         fills=rt.fills,
@@ -292,7 +304,20 @@ def build_settlement(
         session_limit=s.settlement_session_limit,
         worker=worker_name(s),
         reconciler=build_reconciler(rt, exchange, dry_run=dry_run),
+        sharing=WorkSharing(
+            leases=rt.leases,
+            interval=timedelta(seconds=s.settlement_interval),
+            ttl=timedelta(seconds=s.settlement_lease_ttl or 2 * s.settlement_lock_ttl),
+            batch=s.settlement_claim_batch,
+            stale_after=timedelta(seconds=s.session_stale_after),
+            stale_every=s.session_stale_every,
+        ),
     )
+
+
+def account_name(exchange: Exchange) -> str:
+    """The account's stable, non-secret name (the adapter's ``account``, else its name)."""
+    return str(getattr(exchange, "account", None) or exchange.name)
 
 
 def build_reconciler(rt: Runtime, exchange: Exchange, *, dry_run: bool) -> Reconciler:
@@ -321,6 +346,8 @@ def build_migration(rt: Runtime, batch_size: int | None = None) -> MigrationServ
         clock=rt.clock,
         batch_size=batch_size or s.migration_batch_size,
         retention_seconds=s.migration_retention_grace if s.migration_retention else None,
+        leases=rt.leases,
+        worker=worker_name(s),
     )
 
 
@@ -410,3 +437,10 @@ def build_ingest(rt: Runtime) -> IngestService:
         clock=rt.clock,
         exchange=s.exchange,
     )
+
+
+async def reset_paper_venue(rt: Runtime, venue: PaperExchange) -> None:
+    """Empty a paper venue and forget the balance its account had reserved: the demo's venue
+    starts anew each run, and no order of the old one is left to hold anything."""
+    await venue.reset()
+    await BalanceReservations(rt.redis).clear(venue.account)

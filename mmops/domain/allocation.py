@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
 
@@ -121,3 +122,73 @@ def _check_unique(quotes: list[TakeProfitQuote]) -> None:
         if key in seen:
             raise ValueError(f"position {quote.position_id} ({quote.symbol}) is quoted twice")
         seen.add(key)
+
+
+# -- reservations: one account's free balance shared by several workers ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRequest:
+    """Ask the account's ledger for ``amount`` of ``asset`` out of a free-balance snapshot.
+
+    ``free`` is what this worker's snapshot (taken at ``snapshot``) says it may spend, after
+    its own placements since. The ledger subtracts every reservation the snapshot cannot
+    reflect: those still pending (their orders not sent yet), and those another owner placed
+    at or after ``snapshot``. ``ttl`` bounds how long a pending reservation outlives a dead
+    worker, and how long a placed one is kept for snapshots older than its placement.
+    """
+
+    account: str
+    asset: str
+    reservation_id: str
+    amount: Decimal
+    free: Decimal
+    snapshot: datetime
+    now: datetime
+    ttl: timedelta
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationAnswer:
+    """``granted``: the whole amount is reserved. Else nothing is, and ``available`` is what
+    the ledger left of ``free`` (never below zero): ask again for at most that much."""
+
+    granted: bool
+    available: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One reservation as the ledger keeps it; ``placed`` None while its orders are unsent."""
+
+    asset: str
+    amount: Decimal
+    expires: datetime
+    placed: datetime | None
+    owner: str
+
+    def counts_against(self, asset: str, snapshot: datetime, owner: str, now: datetime) -> bool:
+        """Whether a snapshot taken at ``snapshot`` by ``owner`` must subtract this entry: it
+        is live, of the asset, and either unsent or placed by another owner at or after the
+        snapshot (an owner's own placements are already out of its snapshot's figure)."""
+        if self.asset != asset or self.expires <= now:
+            return False
+        if self.placed is None:
+            return True
+        return self.owner != owner and self.placed >= snapshot
+
+
+def reservation_available(
+    free: Decimal,
+    live: Iterable[LedgerEntry],
+    request_asset: str,
+    snapshot: datetime,
+    owner: str,
+    now: datetime,
+) -> Decimal:
+    """What is left of ``free`` for a new reservation (≥ 0): the ledger's arithmetic."""
+    held = sum(
+        (e.amount for e in live if e.counts_against(request_asset, snapshot, owner, now)), ZERO
+    )
+    return max(ZERO, free - held)

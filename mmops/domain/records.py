@@ -130,6 +130,13 @@ class SettlementRun:
         return int((self.finished_at - self.started_at).total_seconds() * 1000)
 
 
+class WorkKind(StrEnum):
+    """The work shared between workers through leases (``work_leases.kind``)."""
+
+    SETTLEMENT = "settlement"
+    MIGRATION = "migration"
+
+
 class RejectKind(StrEnum):
     """The kind of record migration quarantined (``migration_rejects.kind``)."""
 

@@ -76,6 +76,7 @@ class Daemon:
         self.running: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self.last_settlement_ok = time.time()
+        self.crashed: dict[str, str] = {}  # job → error of its last run, if that run crashed
         self._schema_ok: tuple[float, bool] = (0.0, False)
 
     # -- schedules ------------------------------------------------------------------------
@@ -118,8 +119,10 @@ class Daemon:
             except Exception as e:  # a job never takes the daemon down; it is logged and alerted
                 error = logs.scrub(f"{type(e).__name__}: {e}")
                 log.error("job.crashed", job=name, error=error)
+                self.crashed[name] = error
                 await self.alerts.update(f"{name}_crashed", True, error)
             else:
+                self.crashed.pop(name, None)
                 await self.alerts.update(f"{name}_crashed", False)
             finally:
                 if task is not None:
@@ -134,7 +137,7 @@ class Daemon:
         results: list[SessionResult] = []
         error: MmopsError | None = None
         try:
-            results = await self.settlement.run()
+            results = await self.settlement.run(scheduled=True)
         except MmopsError as e:
             error = e
         failed = [r for r in results if not r.ok]
@@ -205,7 +208,9 @@ class Daemon:
         return not self.stopping and bool(self.scheduler.running)
 
     async def readiness(self) -> list[str]:
-        reasons = []
+        """Why the daemon is not ready: Redis (every node of a cluster) or PostgreSQL not
+        answering, the schema behind, or a job whose last run crashed."""
+        reasons = [f"job {name} crashed: {error}" for name, error in sorted(self.crashed.items())]
         try:
             await ping_redis(self.rt.redis)
         except MmopsError as e:

@@ -1,6 +1,7 @@
 """The status view shared by ``mmops status`` and ``GET /status``: per session, the last
-settlement (state, age, counts, stop-loss level), coverage per pair and migration state. It
-carries no URL, key or secret."""
+settlement (state, age, counts, stop-loss level), coverage per pair, migration state and
+``stale`` (a running session with no fill for MMOPS_SESSION_STALE_AFTER seconds). It carries
+no URL, key or secret."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ async def collect_status(rt: Runtime) -> list[dict[str, Any]]:
     async with open_exchange(rt, dry_run=True) as exchange:
         markets = await exchange.markets()
         coverage = CoverageService(rt.positions, build_reconciler(rt, exchange, dry_run=True))
-        return [await _row(rt, session, coverage, markets, now) for session in sessions]
+        stale = await rt.leases.stale([session.id for session in sessions])
+        return [
+            {**await _row(rt, session, coverage, markets, now), "stale": session.id in stale}
+            for session in sessions
+        ]
 
 
 async def _row(

@@ -34,6 +34,7 @@ from mmops.bootstrap import (
     build_reconciler,
     build_settlement,
     open_paper_venue,
+    reset_paper_venue,
 )
 from mmops.domain.models import Fill, Market, Side
 from mmops.services.coverage import CoverageService
@@ -110,7 +111,7 @@ async def run_workflow(
         if venue is None:
             await _top_up(exchange, quotes, plan.capital)
         else:
-            await exchange.reset()
+            await reset_paper_venue(rt, exchange)
             for quote in quotes:
                 await exchange.fund(quote, plan.capital)
         return await _trade(rt, plan, session_id, exchange, clock, on_progress)

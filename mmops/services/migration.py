@@ -1,6 +1,9 @@
 """The migration run: Redis → PostgreSQL, completely and exactly once.
 
-Sessions whose migration is not complete are taken in batches. Each is migrated in one
+Sessions whose migration is not complete are shared between workers: each run takes them one
+at a time through a ``WorkLeases`` row lock (PostgreSQL ``FOR UPDATE SKIP LOCKED``, held while
+the session migrates), so concurrent runs split the sessions instead of each migrating them
+all, and a killed worker's sessions are free again at once. Each is migrated in one
 PostgreSQL transaction: the session upserted, its orders and fills streamed from Redis pair by
 pair in chunks, every record validated (a bad one quarantined in ``migration_rejects`` with its
 raw payload, key and reason), fills inserted de-duplicated, ``session_pair_stats`` recomputed
@@ -20,7 +23,7 @@ from typing import Any
 
 from mmops import logs
 from mmops.domain.models import Session, SessionStatus
-from mmops.domain.records import ReadResult, Reject, RejectKind, Stray
+from mmops.domain.records import ReadResult, Reject, RejectKind, Stray, WorkKind
 from mmops.errors import RECOVERABLE_INPUT, UnknownSession
 from mmops.ports import (
     Clock,
@@ -30,6 +33,7 @@ from mmops.ports import (
     MigrationTransaction,
     RecordLines,
     SessionRecords,
+    WorkLeases,
 )
 
 log = logs.get_logger("mmops.migration")
@@ -112,6 +116,8 @@ class MigrationService:
         *,
         batch_size: int = 10,
         retention_seconds: int | None = None,
+        leases: WorkLeases | None = None,
+        worker: str = "migration",
     ) -> None:
         self._live = live
         self._records = records
@@ -122,18 +128,23 @@ class MigrationService:
         self._clock = clock
         self.batch_size = batch_size
         self._retention = retention_seconds
+        self._leases = leases
+        self.worker = worker
 
     async def run(
         self,
         session_id: str | None = None,
         on_done: Callable[[SessionMigration], None] | None = None,
     ) -> list[SessionMigration]:
-        """Migrate one session, or every session not yet complete: discovered batch by batch,
-        CONCURRENT_SESSIONS in flight at any time (a session starts as soon as another ends,
-        not when a whole batch has). An OperationalError cancels the rest and is raised."""
+        """Migrate one session, or every session not yet complete (with leases: those no
+        other run is migrating or has migrated since this run started), CONCURRENT_SESSIONS
+        in flight at any time (a session starts as soon as another ends). An OperationalError
+        cancels the rest and is raised."""
         if session_id is not None:
             await self._session(session_id)  # an unknown id is the caller's mistake: raised
             return [await self._reported(session_id, on_done)]
+        if self._leases is not None:
+            return await self._run_shared(self._leases, on_done)
         gate = asyncio.Semaphore(CONCURRENT_SESSIONS)
         tasks: list[asyncio.Task[SessionMigration]] = []
         try:
@@ -146,6 +157,28 @@ class MigrationService:
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None  # the first failure; the rest were cancelled
         return [task.result() for task in tasks]
+
+    async def _run_shared(
+        self, leases: WorkLeases, on_done: Callable[[SessionMigration], None] | None
+    ) -> list[SessionMigration]:
+        """CONCURRENT_SESSIONS takers, each holding one session's lease while migrating it."""
+        round_started = await leases.discover(WorkKind.MIGRATION, self._clock.now())
+        results: list[SessionMigration] = []
+
+        async def take() -> None:
+            while True:
+                async with leases.hold(WorkKind.MIGRATION, self.worker, round_started) as sid:
+                    if sid is None:
+                        return
+                    results.append(await self._reported(sid, on_done))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(CONCURRENT_SESSIONS):
+                    group.create_task(take())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return results
 
     async def _pending(self) -> AsyncIterator[str]:
         after: str | None = None

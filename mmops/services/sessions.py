@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from mmops.domain.models import Session, SessionStatus
-from mmops.ports import LiveSessions, SessionRecords
+from mmops.ports import LiveSessions, SessionRecords, WorkLeases
 
 
 class SessionRegistry:
@@ -41,3 +42,35 @@ class SessionRegistry:
 
     async def recent_sessions(self, hours_back: int, limit: int, now: datetime) -> list[Session]:
         return await self._records.recent(hours_back, limit, now)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkSharing:
+    """How a worker takes its share of the sessions (docs/ARCHITECTURE.md, "Work sharing").
+
+    A round is ``interval``: a session is due when it was last done more than
+    ``DUE_FRACTION * interval`` ago (so every running session is done once per round,
+    by one worker, whatever the number of workers or sessions). ``batch`` sessions are claimed
+    at a time, each leased for ``ttl`` (a worker that dies keeps them that long). A stale
+    session (no fill for ``stale_after``) is due only every ``stale_every`` rounds.
+    """
+
+    leases: WorkLeases
+    interval: timedelta
+    ttl: timedelta
+    batch: int = 10
+    stale_after: timedelta = timedelta(hours=6)
+    stale_every: int = 10
+
+    @property
+    def due_age(self) -> timedelta:
+        return self.interval * DUE_FRACTION
+
+    @property
+    def stale_due_age(self) -> timedelta:
+        return self.interval * (self.stale_every - 1 + DUE_FRACTION)
+
+
+# Due a little before a full interval has passed: a run that starts a few seconds early
+# (scheduler jitter) still finds the sessions of the previous round due.
+DUE_FRACTION = 0.9

@@ -6,15 +6,17 @@ session, under ``lock:settlement:{S}``: reconcile the take-profits believed live
 exchange (``mmops.services.reconcile``), reprice stale ones, read uncovered positions,
 create take-profits (pairs concurrently, isolated), check the portfolio stop-loss, write
 ``settlement:status:{S}`` / ``settlement:last_run:{S}`` and a ``settlement_runs`` row. Several
-workers may run at once: the locks share the sessions out.
+workers may run at once: leases (``WorkSharing``) share the sessions out, each due session to
+one worker per round, and the session lock still guards each one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +30,7 @@ from mmops.domain.records import (
     SettlementRun,
     SettlementStatus,
     StopLossFigures,
+    WorkKind,
 )
 from mmops.errors import (
     RECOVERABLE,
@@ -41,7 +44,7 @@ from mmops.errors import (
 from mmops.ports import Clock, Exchange, Positions, SessionLocks, SettlementRecords, SettlementRuns
 from mmops.services.reconcile import Reconciler
 from mmops.services.reprice import Repricer
-from mmops.services.sessions import SessionRegistry
+from mmops.services.sessions import SessionRegistry, WorkSharing
 from mmops.services.stoploss import StopLossReport, StopLossService
 from mmops.services.take_profit import TakeProfitService
 from mmops.services.tp_results import MarketData, PairReport
@@ -116,6 +119,7 @@ class SettlementService:
         session_limit: int,
         worker: str,
         reconciler: Reconciler | None = None,
+        sharing: WorkSharing | None = None,
     ) -> None:
         self._registry = registry
         self._positions = positions
@@ -131,11 +135,21 @@ class SettlementService:
         self._hours_back = hours_back
         self._limit = session_limit
         self.worker = worker
+        self._sharing = sharing
 
     async def run(
-        self, session_id: str | None = None, pairs: Sequence[str] | None = None
+        self,
+        session_id: str | None = None,
+        pairs: Sequence[str] | None = None,
+        *,
+        scheduled: bool = False,
     ) -> list[SessionResult]:
-        """Settle one session, or every recent one. Per-session failures are in the results;
+        """Settle one session; or, without one, this worker's share of the due sessions
+        (with ``sharing``; without it, the ``session_limit`` newest recent ones). A
+        ``scheduled`` run (the daemon's) takes the sessions not done within the round (the
+        interval); a one-off run (``mmops settle``) those not done since it started, so
+        processes started together split them and a later run settles them all again.
+        Per-session failures are in the results;
         StoreUnavailable (Redis or PostgreSQL down) ends the whole run at once.
 
         ``pairs`` (with ``session_id``) narrows the run to those pairs of the session: the
@@ -144,14 +158,18 @@ class SettlementService:
         mark) and reconciliation (its open-orders snapshot costs a REST call that Kraken's
         call counter would make every quick run wait for).
         """
+        if session_id is None and self._sharing is not None:
+            return await self._run_shared(self._sharing, scheduled)
         sessions = await self._sessions(session_id)
         if pairs is not None:
             sessions = [_narrowed(s, pairs) for s in sessions]
             sessions = [s for s in sessions if s.pairs]
+        return await self._settle_all(sessions, full=pairs is None)
+
+    async def _settle_all(self, sessions: list[Session], full: bool) -> list[SessionResult]:
         if not sessions:
             return []
         started = self._clock.now()
-        full = pairs is None
         try:
             data = await self._market_data(sessions, reconcile=full)
         except RECOVERABLE as e:
@@ -167,6 +185,68 @@ class SettlementService:
             results.append(result)
         return results
 
+    async def _run_shared(self, sharing: WorkSharing, scheduled: bool) -> list[SessionResult]:
+        """This worker's share of the round: due sessions claimed batch by batch (SKIP
+        LOCKED, the longest-waiting first) until none is due, each marked done once settled
+        (also when it failed or was locked by a quick run: the next round tries again). A
+        batch cut short by an exception is released for another worker to take at once."""
+        leases, kind = sharing.leases, WorkKind.SETTLEMENT
+        since = self._clock.now() - timedelta(hours=self._hours_back)
+        await leases.discover(kind, since)
+        await self._flag_stale(sharing)
+        # A scheduled run's round is the interval; a one-off run's, the earliest start among
+        # the one-off runs in progress (processes started together split the sessions).
+        round_started = (
+            None if scheduled else await leases.begin_run(kind, self.worker, sharing.ttl)
+        )
+        results: list[SessionResult] = []
+        try:
+            while claimed := await leases.claim(
+                kind, self.worker, sharing.batch, sharing.ttl, sharing.due_age,
+                since=since, stale_due_age=sharing.stale_due_age, round_started=round_started,
+            ):  # fmt: skip
+                results.extend(await self._settle_claimed(sharing, claimed))
+                if round_started is not None:
+                    await leases.beat(kind, self.worker)
+        finally:
+            if round_started is not None:
+                with contextlib.suppress(MmopsError):
+                    await leases.end_run(kind, self.worker)
+        return results
+
+    async def _settle_claimed(
+        self, sharing: WorkSharing, claimed: list[str]
+    ) -> list[SessionResult]:
+        """Settle the claimed sessions and mark each done; a batch cut short by an exception
+        is released for another worker to take at once."""
+        leases, kind = sharing.leases, WorkKind.SETTLEMENT
+        pending = set(claimed)
+        try:
+            sessions = await self._claimed_sessions(claimed)
+            results = await self._settle_all(sessions, full=True)
+            for sid in claimed:
+                await leases.done(kind, sid, self.worker)
+                pending.discard(sid)
+        finally:
+            for sid in pending:  # best effort: on failure the lease expires anyway
+                with contextlib.suppress(MmopsError):
+                    await leases.release(kind, sid, self.worker)
+        return results
+
+    async def _claimed_sessions(self, claimed: list[str]) -> list[Session]:
+        found = [await self._registry.get(sid) for sid in claimed]
+        return [s for s in found if s is not None]
+
+    async def _flag_stale(self, sharing: WorkSharing) -> None:
+        """Flag running sessions with no fill for ``stale_after`` (logged once, by the worker
+        that flags it); they are settled only every ``stale_every`` rounds from then on."""
+        stale, fresh = await sharing.leases.mark_stale(sharing.stale_after)
+        for sid in stale:
+            log.warning("session.stale", session=sid, after_s=sharing.stale_after.total_seconds(),
+                        settled_every_rounds=sharing.stale_every)  # fmt: skip
+        for sid in fresh:
+            log.info("session.not_stale", session=sid)
+
     async def _sessions(self, session_id: str | None) -> list[Session]:
         if session_id is None:
             return await self._registry.recent_sessions(
@@ -179,11 +259,14 @@ class SettlementService:
 
     async def _market_data(self, sessions: list[Session], reconcile: bool) -> MarketData:
         pairs = sorted({pair for s in sessions for pair in s.pairs})
+        # Stamped before the balances are asked for: every order the snapshot may show was
+        # placed before this time (what balance reservations count against it).
+        fetched_at = self._clock.now()
         markets, tickers, balances = await asyncio.gather(
             self._exchange.markets(), self._exchange.tickers(pairs), self._exchange.balances()
         )
         open_orders = await self._open_orders() if reconcile else None
-        return MarketData(markets, tickers, balances, open_orders)
+        return MarketData(markets, tickers, balances, open_orders, fetched_at=fetched_at)
 
     async def _open_orders(self) -> tuple[ExchangeOrder, ...] | None:
         """The account's open orders in one call, for reconciliation to check every

@@ -20,6 +20,7 @@ client order id is derived from them, and claimed before it is sent).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from mmops import logs
-from mmops.domain.allocation import Grant, allocate
+from mmops.domain.allocation import Allocation, Grant, ReservationRequest, Shortfall, allocate
 from mmops.domain.exchange import (
     DEFAULT_DEADLINE,
     MAX_BATCH,
@@ -36,7 +37,7 @@ from mmops.domain.exchange import (
     PlacementResult,
 )
 from mmops.domain.ids import client_order_id
-from mmops.domain.models import Order, OrderKind, PendingTakeProfit, Position, Side
+from mmops.domain.models import ZERO, Balance, Order, OrderKind, PendingTakeProfit, Position, Side
 from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_take_profit
 from mmops.domain.records import Coverage, Fence, SessionLease, TakeProfitRecord, TpStatus
 from mmops.domain.tiers import TierPolicy
@@ -50,7 +51,7 @@ from mmops.errors import (
     PostOnlyWouldTake,
     RateLimited,
 )
-from mmops.ports import Clock, Exchange, Positions, TakeProfitClaims
+from mmops.ports import BalanceReservations, Clock, Exchange, Positions, TakeProfitClaims
 from mmops.services.tp_results import (
     Failed,
     MarketData,
@@ -64,6 +65,7 @@ log = logs.get_logger("mmops.take_profit")
 T = TypeVar("T")
 
 DEFAULT_CLOCK_SKEW = timedelta(seconds=2)  # how far this host's clock may be off the venue's
+DEFAULT_RESERVATION_TTL = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,21 @@ class TakeProfitService:
         dry_run: bool = False,
         deadline: timedelta = DEFAULT_DEADLINE,
         clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+        reservations: BalanceReservations | None = None,
+        account: str = "",
+        reservation_ttl: timedelta = DEFAULT_RESERVATION_TTL,
+        pending_ttl: timedelta | None = None,
     ) -> None:
+        if reservations is not None and not account:
+            raise ConfigurationError("balance reservations need the account's name")
+        self._ledger = reservations
+        self._account = account
+        self._reservation_ttl = reservation_ttl
+        # How long an unsent reservation holds the balance: a worker that dies before sending
+        # frees it then. The settlement lock's TTL plus the deadline and skew is enough: past
+        # its lock a worker fences nothing more, and an order fenced before lands by then.
+        self._pending_ttl = pending_ttl or reservation_ttl
+        self._owner = uuid.uuid4().hex  # this service's placements are out of its snapshots
         self._deadline = deadline
         self._skew = clock_skew
         self._positions = positions
@@ -140,6 +156,9 @@ class TakeProfitService:
         now = self._clock.now()
         quotes = self._price(ready, data, reports, now)
         allocation = allocate(quotes, data.balances, data.markets, self._reserve)
+        held: dict[str, tuple[str, Decimal]] = {}  # asset → (reservation id, amount)
+        if self._ledger is not None and not self.dry_run:
+            allocation, held = await self._reserve_balance(quotes, allocation, data, now)
         grants: dict[str, list[Grant]] = {pair: [] for pair in ready}
         for grant in allocation.granted:
             grants[grant.quote.symbol].append(grant)
@@ -148,14 +167,144 @@ class TakeProfitService:
             reports[short.quote.symbol].skipped.append(
                 Skipped(short.quote.position_id, SkipReason.INSUFFICIENT_BALANCE, detail)
             )
-        await self._per_pair(
-            reports,
-            {
-                p: self._place_pair(session_id, p, g, data, reports[p], now, lease)
-                for p, g in grants.items()
-            },
-        )
+        sent: dict[str, Decimal] | None = None
+        try:
+            sent = await self._per_pair(
+                reports,
+                {
+                    p: self._place_pair(session_id, p, g, data, reports[p], now, lease)
+                    for p, g in grants.items()
+                },
+            )
+        finally:
+            if held:
+                await self._settle_reservations(held, grants, sent, data)
         return reports
+
+    # -- 3b. reserve (one account, many workers) ----------------------------------------
+
+    async def _reserve_balance(
+        self,
+        quotes: Sequence[TakeProfitQuote],
+        allocation: Allocation,
+        data: MarketData,
+        now: datetime,
+    ) -> tuple[Allocation, dict[str, tuple[str, Decimal]]]:
+        """Reserve each base asset's granted total in the account's ledger, so a worker
+        settling another session on the account cannot spend it too. An asset whose total
+        no longer fits is allocated again within what the ledger left, and asked once more;
+        what still does not fit is reported short (insufficient balance), never retried here.
+        Returns the allocation that may be placed and, per asset, the reservation held."""
+        assert self._ledger is not None
+        if not allocation.granted:
+            return allocation, {}
+        snapshot = data.fetched_at
+        if snapshot is None:  # a snapshot of unknown age: take a fresh one, stamped before
+            snapshot, allocation = await self._fresh_allocation(quotes, allocation, data, now)
+        demand: dict[str, Decimal] = {}
+        for g in allocation.granted:
+            base = data.markets[g.quote.symbol].base
+            demand[base] = demand.get(base, ZERO) + g.amount
+        held: dict[str, tuple[str, Decimal]] = {}
+        try:
+            for asset, amount in demand.items():
+                allocation = await self._reserve_asset(
+                    quotes, allocation, data, asset, amount, snapshot, now, held
+                )
+        except BaseException:
+            await self._release_all(held)  # nothing was sent yet: give it all back
+            raise
+        return allocation, held
+
+    async def _reserve_asset(
+        self,
+        quotes: Sequence[TakeProfitQuote],
+        allocation: Allocation,
+        data: MarketData,
+        asset: str,
+        amount: Decimal,
+        snapshot: datetime,
+        now: datetime,
+        held: dict[str, tuple[str, Decimal]],
+    ) -> Allocation:
+        """Reserve ``amount`` of ``asset`` (into ``held``), or less after one reallocation
+        within what the ledger left, or nothing; return the allocation to place."""
+        assert self._ledger is not None
+        free = allocation.available[asset]
+        for _ in range(2):
+            rid = uuid.uuid4().hex
+            answer = await self._ledger.reserve(
+                ReservationRequest(
+                    self._account, asset, rid, amount, free, snapshot, now,
+                    self._pending_ttl, self._owner,
+                )
+            )  # fmt: skip
+            if answer.granted:
+                held[asset] = (rid, amount)
+                return allocation
+            log.info("tp.balance_reserved_elsewhere", asset=asset, available=str(answer.available))
+            allocation = _reallocated(allocation, quotes, asset, answer.available, data)
+            amount = _granted_of(allocation, asset, data)  # asked of the same snapshot
+            if not amount:
+                return allocation
+        return _reallocated(allocation, quotes, asset, ZERO, data)
+
+    async def _release_all(self, held: Mapping[str, tuple[str, Decimal]]) -> None:
+        assert self._ledger is not None
+        for asset, (rid, _) in held.items():
+            try:
+                await self._ledger.release(self._account, rid)
+            except MmopsError as e:  # it expires by its TTL
+                log.warning("tp.reservation_not_released", asset=asset, error=str(e))
+
+    async def _fresh_allocation(
+        self,
+        quotes: Sequence[TakeProfitQuote],
+        allocation: Allocation,
+        data: MarketData,
+        now: datetime,
+    ) -> tuple[datetime, Allocation]:
+        """Allocate again from balances fetched now, stamped before the call (one more
+        balance call, only when the caller's snapshot carries no ``fetched_at``). If the fetch
+        fails, keep the allocation and assume the snapshot is as old as a reservation lives:
+        placed reservations of that window count against it (safe, maybe short)."""
+        stamp = self._clock.now()
+        try:
+            balances = await self._exchange.balances()
+        except RECOVERABLE as e:
+            log.warning("tp.balance_refresh_failed", error=str(e))
+            return now - self._reservation_ttl, allocation
+        return stamp, allocate(quotes, balances, data.markets, self._reserve)
+
+    async def _settle_reservations(
+        self,
+        held: Mapping[str, tuple[str, Decimal]],
+        grants: Mapping[str, Sequence[Grant]],
+        sent: Mapping[str, Decimal] | None,
+        data: MarketData,
+    ) -> None:
+        """After the batches: keep each reservation as what its orders may hold on the
+        exchange (placed, or sent with the answer lost); drop what was refused or never sent.
+        A pair that failed as a whole keeps its whole grant (its outcome is unknown)."""
+        assert self._ledger is not None
+        kept: dict[str, Decimal] = {asset: ZERO for asset in held}
+        for pair, pair_grants in grants.items():
+            if not pair_grants:
+                continue
+            base = data.markets[pair].base
+            if base not in kept:
+                continue
+            outcome = None if sent is None else sent.get(pair)
+            amount = sum((g.amount for g in pair_grants), ZERO) if outcome is None else outcome
+            kept[base] += amount
+        at = self._clock.now()
+        for asset, (rid, _) in held.items():
+            try:
+                await self._ledger.placed(
+                    self._account, rid, kept[asset], at, self._reservation_ttl
+                )
+            except MmopsError as e:  # it expires by its TTL
+                log.warning("tp.reservation_not_settled", asset=asset, error=str(e))
 
     async def _per_pair(
         self, reports: dict[str, PairReport], work: Mapping[str, Coroutine[Any, Any, T]]
@@ -307,7 +456,8 @@ class TakeProfitService:
         report: PairReport,
         now: datetime,
         lease: SessionLease | None,
-    ) -> None:
+    ) -> Decimal:
+        """Place the pair's grants; return the amount its orders may hold on the exchange."""
         if self.dry_run:
             for g in grants:
                 cid = client_order_id(session_id, g.quote.position_id, 0)
@@ -322,7 +472,8 @@ class TakeProfitService:
                         dry_run=True,
                     )
                 )
-            return
+            return ZERO
+        sent = ZERO
         tokens = await self._attempts.acquire(session_id, [g.quote.position_id for g in grants])
         try:
             orders = await self._claimed_orders(session_id, grants, tokens, data, report, now)
@@ -332,9 +483,10 @@ class TakeProfitService:
                 # a pair, -1/s): wait here, so the fence stamps the deadline after the wait.
                 await self._exchange.admit(pair, len(chunk))
                 fenced, deadline = await self._fence(session_id, chunk, tokens, lease, report)
-                await self._place_chunk(fenced, report, now, deadline)
+                sent += await self._place_chunk(fenced, report, now, deadline)
         finally:
             await self._attempts.release(session_id, tokens)
+        return sent
 
     async def _fence(
         self,
@@ -400,9 +552,11 @@ class TakeProfitService:
 
     async def _place_chunk(
         self, chunk: Sequence[_Order], report: PairReport, now: datetime, deadline: datetime
-    ) -> None:
+    ) -> Decimal:
+        """Send one fenced batch; return the amount it may hold (placed or answer lost)."""
         if not chunk:
-            return
+            return ZERO
+        sent = ZERO
         requests = [o.request(deadline) for o in chunk]
         try:
             results = await self._exchange.place_batch(requests)
@@ -418,6 +572,7 @@ class TakeProfitService:
             if order is None and not _refused(r.error):
                 order = await self._lookup(o)  # the answer was lost: did it land?
                 if order is None:
+                    sent += o.amount  # it may still be resting on the exchange
                     report.failed.append(
                         Failed(
                             o.position.position_id,
@@ -427,6 +582,7 @@ class TakeProfitService:
                     )
                     continue
             if order is not None:
+                sent += order.amount
                 meta = _metadata(
                     o.position,
                     cid=o.client_order_id,
@@ -481,6 +637,7 @@ class TakeProfitService:
                 )
         await self._positions.record_coverage([_with_order(c, now) for c in coverages])
         await self._positions.clear_pending(clears)
+        return sent
 
     async def _lookup(self, o: _Order) -> ExchangeOrder | None:
         try:
@@ -488,6 +645,35 @@ class TakeProfitService:
         except RECOVERABLE:
             return None
         return found if found is not None and found.live else None
+
+
+def _base(quote: TakeProfitQuote, data: MarketData) -> str:
+    return data.markets[quote.symbol].base
+
+
+def _granted_of(allocation: Allocation, asset: str, data: MarketData) -> Decimal:
+    return sum((g.amount for g in allocation.granted if _base(g.quote, data) == asset), ZERO)
+
+
+def _reallocated(
+    allocation: Allocation,
+    quotes: Sequence[TakeProfitQuote],
+    asset: str,
+    available: Decimal,
+    data: MarketData,
+) -> Allocation:
+    """``allocation`` with ``asset``'s quotes funded again, oldest first, from ``available``
+    (what the account's ledger leaves): the rest of them become shortfalls."""
+    mine = [q for q in quotes if _base(q, data) == asset]
+    again = allocate(mine, {asset: Balance(asset, available, ZERO, available)}, data.markets)
+    granted = [g for g in allocation.granted if _base(g.quote, data) != asset]
+    short: list[Shortfall] = [s for s in allocation.insufficient if _base(s.quote, data) != asset]
+    return Allocation(
+        (*granted, *again.granted),
+        (*short, *again.insufficient),
+        {**allocation.available, asset: available},
+        {**allocation.remaining, asset: again.remaining.get(asset, available)},
+    )
 
 
 def _with_order(c: Coverage, now: datetime) -> Coverage:

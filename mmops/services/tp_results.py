@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -45,6 +46,10 @@ class MarketData:
     # The account's open orders at the fetch (all pairs, one call), against which
     # reconciliation checks the take-profits mmops believes open; None: not fetched.
     open_orders: tuple[ExchangeOrder, ...] | None = None
+    # When the balances were fetched (stamped before the call): other workers' reservations
+    # placed at or after it are not in this snapshot. None: unknown, so the take-profit
+    # service fetches the balances again before reserving (one more call).
+    fetched_at: datetime | None = None
 
     @property
     def open_order_ids(self) -> frozenset[str] | None:

@@ -21,7 +21,9 @@ from mmops.adapters.postgres.sessions import SessionRepository
 from mmops.adapters.redis import keys
 from mmops.adapters.redis.locks import Attempts, SettlementLocks
 from mmops.adapters.redis.ops import OpsStore
+from mmops.adapters.redis.reservations import BalanceReservations as RedisReservations
 from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
+from mmops.domain.allocation import ReservationRequest
 from mmops.domain.models import (
     Fill,
     Order,
@@ -45,6 +47,7 @@ from mmops.domain.records import (
 )
 from mmops.errors import LockLost, LockNotAcquired
 from mmops.ports import (
+    BalanceReservations,
     Fills,
     FillWriter,
     LiveSessions,
@@ -583,3 +586,77 @@ async def test_recent_sessions_are_newest_first_and_old_ended_ones_are_left_out(
         assert [s.id for s in latest] == [f"{prefix}-0"]
     finally:
         await forget(repo, [row.id for row in rows])
+
+
+# -- BalanceReservations: one account's ledger ---------------------------------------------
+
+TTL = timedelta(seconds=30)  # the real key expires by itself (twice the TTL) after the test
+
+
+@pytest.fixture(params=["fake", pytest.param("redis", marks=pytest.mark.integration)])
+def ledger(request: pytest.FixtureRequest) -> tuple[BalanceReservations, str]:
+    """A ledger and an account name of this test's own."""
+    account = f"contract:{uuid.uuid4().hex[:12]}"
+    if request.param == "fake":
+        return fakes.FakeReservations(), account
+    return RedisReservations(request.getfixturevalue("redis")), account
+
+
+def ask(
+    account: str,
+    rid: str,
+    amount: str,
+    free: str = "1.0",
+    *,
+    asset: str = "BTC",
+    snapshot: datetime = T0,
+    now: datetime = T0,
+    owner: str = "w1",
+) -> ReservationRequest:
+    return ReservationRequest(account, asset, rid, Decimal(amount), Decimal(free), snapshot,
+                              now, TTL, owner)  # fmt: skip
+
+
+async def test_a_reservation_is_all_or_nothing_and_pending_ones_count_for_everyone(
+    ledger: tuple[BalanceReservations, str],
+) -> None:
+    store, account = ledger
+    assert (await store.reserve(ask(account, "r1", "0.6"))).granted
+    refused = await store.reserve(ask(account, "r2", "0.6", owner="w2"))
+    again = await store.reserve(ask(account, "r3", "0.6"))  # its own pending counts too
+    assert (refused.granted, refused.available) == (False, Decimal("0.4"))
+    assert not again.granted
+    assert (await store.reserve(ask(account, "r4", "0.4", owner="w2"))).granted
+    assert (await store.reserve(ask(account, "r5", "1", asset="ETH"))).granted  # its own asset
+
+
+async def test_a_placed_reservation_counts_only_for_other_owners_older_snapshots(
+    ledger: tuple[BalanceReservations, str],
+) -> None:
+    store, account = ledger
+    assert (await store.reserve(ask(account, "r1", "0.8"))).granted
+    placed_at = T0 + timedelta(seconds=5)
+    await store.placed(account, "r1", Decimal("0.5"), placed_at, TTL)  # 0.3 was not sent
+    later = T0 + timedelta(seconds=10)
+
+    older = await store.reserve(ask(account, "a", "0.6", now=later, owner="w2"))
+    newer = await store.reserve(ask(account, "b", "0.6", snapshot=later, now=later, owner="w3"))
+    own = await store.reserve(ask(account, "c", "0.4", now=later, owner="w1"))
+
+    assert (older.granted, older.available) == (False, Decimal("0.5"))
+    assert newer.granted  # a snapshot after the placement already shows the order
+    assert (own.granted, own.available) == (True, Decimal("0.4"))  # less w3's pending 0.6
+
+
+async def test_a_reservation_expires_after_its_ttl_and_release_or_nothing_placed_drops_it(
+    ledger: tuple[BalanceReservations, str],
+) -> None:
+    store, account = ledger
+    assert (await store.reserve(ask(account, "dead", "1.0"))).granted
+    after = T0 + TTL + timedelta(seconds=1)
+    assert (await store.reserve(ask(account, "r1", "0.5", now=after, owner="w2"))).granted
+    assert (await store.reserve(ask(account, "r2", "0.5", now=after, owner="w2"))).granted
+    await store.release(account, "r1")
+    await store.placed(account, "r2", Decimal(0), after, TTL)
+    await store.placed(account, "unknown", Decimal(1), after, TTL)  # a no-op
+    assert (await store.reserve(ask(account, "r3", "1.0", now=after, owner="w3"))).granted

@@ -33,6 +33,8 @@ BASE_TABLES = {
     "migration_rejects",
     "settlement_runs",
     "ingest_rejects",
+    "work_leases",
+    "work_runs",
 }
 
 
@@ -44,6 +46,7 @@ def test_upgrade_downgrade_to_zero_and_upgrade_again(empty_database_url: str) ->
     assert schema.upgrade(url) == []
 
     assert schema.downgrade(url, "001-add-multi-pair-support") == [
+        "006-work-leases",
         "005-ingest-rejects",
         "004-reject-kind",
         "003-migration-keys",
@@ -52,7 +55,7 @@ def test_upgrade_downgrade_to_zero_and_upgrade_again(empty_database_url: str) ->
     assert not schema.is_current(url)
     assert schema.downgrade(url, schema.ZERO) == ["001-add-multi-pair-support", "000-base"]
     assert tables(url) == set()
-    assert [s.applied for s in schema.status(url)] == [False] * 6
+    assert [s.applied for s in schema.status(url)] == [False] * 7
 
     assert schema.upgrade(url) == schema.migration_ids()
     assert tables(url) == BASE_TABLES
@@ -74,7 +77,11 @@ def test_004_backfills_each_reject_kind_from_its_key_once_and_rolls_back(
 ) -> None:
     url = empty_database_url
     schema.upgrade(url)
-    assert schema.downgrade(url, "003-migration-keys") == ["005-ingest-rejects", "004-reject-kind"]
+    assert schema.downgrade(url, "003-migration-keys") == [
+        "006-work-leases",
+        "005-ingest-rejects",
+        "004-reject-kind",
+    ]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)"
@@ -82,7 +89,7 @@ def test_004_backfills_each_reject_kind_from_its_key_once_and_rolls_back(
             "        ('s1', 'BTC/USD', 'fills:{s1}:BTC/USD#t:1', '{', 'bad'),"
             "        ('s1', NULL, 'other:{s1}:BTC/USD#x', '{', 'bad')"
         )
-    assert schema.upgrade(url) == ["004-reject-kind", "005-ingest-rejects"]
+    assert schema.upgrade(url) == ["004-reject-kind", "005-ingest-rejects", "006-work-leases"]
     with psycopg.connect(url) as conn:
         kinds = conn.execute("SELECT redis_key, kind FROM migration_rejects ORDER BY id").fetchall()
     assert kinds == [
@@ -96,7 +103,11 @@ def test_004_backfills_each_reject_kind_from_its_key_once_and_rolls_back(
             "INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)"
             " VALUES ('s1', 'BTC/USD', 'orders:{s1}:BTC/USD#o2', '{', 'bad')"
         )
-    assert schema.downgrade(url, "003-migration-keys") == ["005-ingest-rejects", "004-reject-kind"]
+    assert schema.downgrade(url, "003-migration-keys") == [
+        "006-work-leases",
+        "005-ingest-rejects",
+        "004-reject-kind",
+    ]
     with psycopg.connect(url) as conn:
         columns = conn.execute(
             "SELECT column_name FROM information_schema.columns"

@@ -107,6 +107,8 @@ async def test_redis_stopped_during_settlement_then_the_next_run_completes(
             "MMOPS_PAPER_FAULTS": '{"latency_ms": 500}',  # the run takes ~2.5 s
             "MMOPS_SETTLEMENT_LOCK_TTL": "2",
             "MMOPS_TP_ATTEMPT_TTL": "2",
+            "MMOPS_TP_DEADLINE": "3",
+            "MMOPS_TP_CLOCK_SKEW": "0",
         }
         proc = mmops_process(env, "settle", "--session", sid)
         await _until(lambda: w.rt.redis.exists(f"lock:settlement:{{{sid}}}"))
@@ -120,7 +122,9 @@ async def test_redis_stopped_during_settlement_then_the_next_run_completes(
         s.holds(f"it gives up within {FAST:g} s", time.monotonic() - stopped < FAST)
 
         own_redis.start()  # the append-only file brings the data back
-        await asyncio.sleep(2.2)  # the killed run's lock and attempts expire (TTL 2 s)
+        # The killed run's lock and attempts expire (TTL 2 s), and the balance it had reserved
+        # but not sent is free again (lock TTL + deadline + skew: 5 s).
+        await asyncio.sleep(5.2)
         env.pop("MMOPS_PAPER_FAULTS")
         code, _, err = finish(mmops_process(env, "settle", "--session", sid))
         s.holds("the next run completes normally", code == 0)

@@ -3,6 +3,7 @@ recovery of placements whose outcome was lost."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -11,11 +12,14 @@ from typing import Any
 import pytest
 
 from mmops.adapters.clock import SimulatedClock
+from mmops.domain.allocation import ReservationRequest
 from mmops.domain.exchange import OrderRequest
 from mmops.domain.models import OrderStatus, PairStatus, Side
 from mmops.domain.records import TpStatus
+from mmops.domain.tiers import TierPolicy
 from mmops.errors import ExchangeRejected, LockLost, PostOnlyWouldTake
-from mmops.services.tp_results import PairReport, SkipReason
+from mmops.services.take_profit import TakeProfitService
+from mmops.services.tp_results import MarketData, PairReport, SkipReason
 from tests import fakes
 from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, Desk, cid
 
@@ -349,3 +353,158 @@ async def test_an_order_cancelled_after_selling_part_keeps_that_part_covered() -
     assert placed(report) == {"b1": Decimal("0.3")}  # only what was not sold: never 0.5 again
     p = await desk.position("b1")
     assert p.covered == Decimal("0.5") and p.uncovered == 0
+
+
+# -- one account, many workers: balance reservations ---------------------------------------
+
+
+def worker(desk: Desk, ledger: fakes.FakeReservations | None) -> TakeProfitService:
+    """Another worker on the desk's account: its own service, the same stores and venue."""
+    return TakeProfitService(
+        positions=desk.store,
+        attempts=desk.claims,
+        exchange=desk.exchange,
+        tiers=TierPolicy(),
+        clock=desk.clock,
+        reservations=ledger,
+        account=desk.exchange.account,
+        reservation_ttl=timedelta(minutes=5),
+    )
+
+
+async def snapshot(desk: Desk) -> MarketData:
+    return replace(await desk.data(), fetched_at=desk.clock.now())
+
+
+def placed_total(*reports: dict[str, PairReport]) -> Decimal:
+    return sum((p.amount for r in reports for rep in r.values() for p in rep.placed), Decimal(0))
+
+
+async def two_sessions_wanting(desk: Desk, qty: str) -> None:
+    await desk.buy("a1", qty, sid="s1")
+    await desk.buy("b1", qty, sid="s2")
+    desk.at(5)
+
+
+async def test_two_workers_with_one_snapshot_never_spend_the_same_balance() -> None:
+    desk = Desk(balances={"BTC": "1.0"})
+    await two_sessions_wanting(desk, "0.8")
+    ledger = fakes.FakeReservations()
+    data = await snapshot(desk)  # both workers fetched before either placed
+
+    first = await worker(desk, ledger).create_batch("s1", await desk.uncovered(), data)
+    second = await worker(desk, ledger).create_batch("s2", await desk.uncovered(sid="s2"), data)
+
+    assert placed(first[BTC_USD]) == {"a1": Decimal("0.8")}
+    assert placed(second[BTC_USD]) == {"b1": Decimal("0.2")}  # what the first left
+    assert skips(second[BTC_USD]) == {"b1": SkipReason.INSUFFICIENT_BALANCE}
+    assert second[BTC_USD].failed == []  # the venue refused nothing
+    assert placed_total(first, second) == Decimal("1.0")
+
+
+async def test_without_a_ledger_the_same_race_over_allocates() -> None:
+    """The rule above needs the ledger: two workers on one snapshot both spend 0.8 of 1.0."""
+    desk = Desk(balances={"BTC": "1.0"})
+    await two_sessions_wanting(desk, "0.8")
+    data = await snapshot(desk)
+
+    await worker(desk, None).create_batch("s1", await desk.uncovered(), data)
+    second = await worker(desk, None).create_batch("s2", await desk.uncovered(sid="s2"), data)
+
+    assert [f.position_id for f in second[BTC_USD].failed] == ["b1"]  # refused by the venue
+
+
+async def test_concurrent_workers_together_place_at_most_the_free_balance() -> None:
+    desk = Desk(balances={"BTC": "1.0"})
+    await two_sessions_wanting(desk, "0.6")
+    ledger = fakes.FakeReservations()
+    data = await snapshot(desk)
+    a, b = worker(desk, ledger), worker(desk, ledger)
+
+    reports = await asyncio.gather(
+        a.create_batch("s1", await desk.uncovered(), data),
+        b.create_batch("s2", await desk.uncovered(sid="s2"), data),
+    )
+
+    assert placed_total(*reports) == Decimal("1.0")
+    assert all(r[BTC_USD].failed == [] for r in reports)
+
+
+async def test_a_dead_workers_pending_reservation_holds_the_balance_until_its_ttl() -> None:
+    desk = Desk(balances={"BTC": "1.0"})
+    await desk.buy("a1", "0.8")
+    desk.at(5)
+    ledger = fakes.FakeReservations()
+    request = ReservationRequest(desk.exchange.account, "BTC", "dead", Decimal("0.5"),
+                                 Decimal("1.0"), desk.clock.now(), desk.clock.now(),
+                                 timedelta(minutes=5), "another")  # fmt: skip
+    assert (await ledger.reserve(request)).granted
+
+    early = await worker(desk, ledger).create_batch(
+        "s1", await desk.uncovered(), await snapshot(desk)
+    )
+    desk.at(11)  # past the dead worker's TTL
+    late = await worker(desk, ledger).create_batch(
+        "s1", await desk.uncovered(), await snapshot(desk)
+    )
+
+    assert placed(early[BTC_USD]) == {"a1": Decimal("0.5")}
+    assert placed(late[BTC_USD]) == {"a1": Decimal("0.3")}  # the rest, once it expired
+
+
+async def test_a_refused_batch_releases_its_reservation() -> None:
+    desk = Desk(balances={"BTC": "1.0"})
+    await two_sessions_wanting(desk, "0.8")
+    desk.exchange.refuse[cid("a1")] = ExchangeRejected("EOrder:Unknown")
+    ledger = fakes.FakeReservations()
+    data = await snapshot(desk)
+
+    first = await worker(desk, ledger).create_batch("s1", await desk.uncovered(), data)
+    second = await worker(desk, ledger).create_batch("s2", await desk.uncovered(sid="s2"), data)
+
+    assert [f.position_id for f in first[BTC_USD].failed] == ["a1"]
+    assert placed(second[BTC_USD]) == {"b1": Decimal("0.8")}
+    assert ledger.live(desk.exchange.account, desk.clock.now())[0].placed is not None
+
+
+async def test_a_snapshot_taken_after_a_placement_does_not_count_it_twice() -> None:
+    desk = Desk(balances={"BTC": "1.0"})
+    await two_sessions_wanting(desk, "0.4")
+    ledger = fakes.FakeReservations()
+
+    await worker(desk, ledger).create_batch("s1", await desk.uncovered(), await snapshot(desk))
+    desk.clock.advance(timedelta(seconds=1))
+    fresh = await snapshot(desk)  # the venue now holds 0.4 for the first order
+    second = await worker(desk, ledger).create_batch("s2", await desk.uncovered(sid="s2"), fresh)
+
+    assert fresh.balances["BTC"].free == Decimal("0.6")
+    assert placed(second[BTC_USD]) == {"b1": Decimal("0.4")}
+
+
+async def test_a_workers_own_placements_are_already_out_of_its_adjusted_snapshot() -> None:
+    """Settlement takes what a worker placed out of its snapshot for its next session; the
+    ledger does not take it out a second time."""
+    desk = Desk(balances={"BTC": "1.0"})
+    await two_sessions_wanting(desk, "0.5")
+    ledger = fakes.FakeReservations()
+    me = worker(desk, ledger)
+    data = await snapshot(desk)
+
+    await me.create_batch("s1", await desk.uncovered(), data)
+    btc = data.balances["BTC"]
+    after = replace(data, balances={"BTC": replace(btc, free=btc.free - Decimal("0.5"))})
+    second = await me.create_batch("s2", await desk.uncovered(sid="s2"), after)
+
+    assert placed(second[BTC_USD]) == {"b1": Decimal("0.5")}
+
+
+async def test_a_dry_run_reserves_nothing() -> None:
+    desk = Desk(balances={"BTC": "1.0"})
+    await desk.buy("a1", "0.8")
+    ledger = fakes.FakeReservations()
+    service = worker(desk, ledger)
+    service.dry_run = True
+
+    await service.create_batch("s1", await desk.uncovered(), await snapshot(desk))
+
+    assert ledger.ledgers == {}

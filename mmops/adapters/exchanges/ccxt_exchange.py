@@ -47,6 +47,7 @@ What it adds on top of ccxt:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -171,6 +172,10 @@ class CcxtExchange:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.name = exchange_id
+        # A stable, non-secret account name: the exchange id and 8 hex digits of the key's
+        # SHA-256 (as the fill feed's ``account_of``), for the balance reservation ledger.
+        key_digest = hashlib.sha256((api_key or "").encode()).hexdigest()[:8]
+        self.account = f"{exchange_id}:{key_digest}"
         self.dry_run = dry_run
         self._secrets = tuple(s for s in (api_key, api_secret) if s)
         logs.register_secrets(self._secrets)

@@ -112,8 +112,9 @@ class PaperExchange:
         self.client_ids = client_ids
         self._clock = clock
         self.venue = venue
+        self.account = f"paper:{venue}"  # the one account of the venue (balance ledger)
         self.keys = VenueKeys(venue)
-        self._cancelling = f"{self.keys.open}:cancelling"  # ids whose cancel is pending
+        self._cancelling = self.keys.cancelling  # ids whose cancel is pending
         self.prices = PricePath(seed, volatility, price_origin)
         self.counter = counter or TradingCounter()
         self.faults = faults or FaultPlan()
@@ -186,9 +187,10 @@ class PaperExchange:
 
         async def place(pipe: Pipe) -> list[PlacementResult]:
             now = self._clock.now()
-            adjust, rate, *values = await pipe.mget(
+            adjust, rate, *values = await _mget(
+                pipe,
                 [self.keys.adjust(symbol), self.keys.rate(symbol)]
-                + [self.keys.balance(a) for a in assets]
+                + [self.keys.balance(a) for a in assets],
             )
             multiplier = {symbol: Decimal(adjust)} if adjust else {}
             quote = self._quote(symbol, now.timestamp(), multiplier)
@@ -506,7 +508,7 @@ class PaperExchange:
             assets = sorted(cast(set[str], await self._r.smembers(self.keys.assets)))
             assets = sorted(set(assets) | {a for m in self._markets() for a in (m.base, m.quote)})
             await pipe.watch(*[self.keys.balance(a) for a in assets])
-            values = await pipe.mget([self.keys.balance(a) for a in assets])
+            values = await _mget(pipe, [self.keys.balance(a) for a in assets])
             holdings = {a: Holding.decode(v) for a, v in zip(assets, values, strict=True)}
             adjust = await self._adjustments(pipe)
             outcome = match_orders(
@@ -549,10 +551,14 @@ class PaperExchange:
 
     @redis_errors
     async def reset(self) -> None:
-        """Delete every key of this venue."""
-        keys = [key async for key in self._r.scan_iter(match=self.keys.pattern, count=1000)]
-        if keys:
-            await self._r.delete(*keys)
+        """Delete every key of this venue, by name: the fixed ones, a balance per asset it
+        knows (its assets set and every listed asset) and the keys of every listed pair, in
+        one DEL (all share the venue's tag, so one slot on a cluster)."""
+        known = cast(set[str], await self._r.smembers(self.keys.assets))
+        listings = [*CATALOG, *self._listings.values()]
+        assets = known | {a for item in listings for a in (item.market.base, item.market.quote)}
+        symbols = {item.market.symbol for item in listings}
+        await self._r.delete(*self.keys.all(sorted(assets), sorted(symbols)))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -573,7 +579,7 @@ class PaperExchange:
                 try:
                     await pipe.watch(*watch)
                     result = await body(pipe)
-                    if pipe.explicit_transaction:
+                    if len(pipe):  # the body queued writes after MULTI
                         await pipe.execute()
                     return result
                 except rex.WatchError:
@@ -599,7 +605,7 @@ class PaperExchange:
 
     async def _adjustments(self, reader: Any = None) -> dict[str, Decimal]:
         symbols = list(self._listings)
-        values = await (reader or self._r).mget([self.keys.adjust(s) for s in symbols])
+        values = await _mget(reader or self._r, [self.keys.adjust(s) for s in symbols])
         return {s: Decimal(v) for s, v in zip(symbols, values, strict=True) if v}
 
     async def _read_order(self, reader: Any, order_id: str, symbol: str | None) -> PaperOrder:
@@ -640,6 +646,14 @@ class PaperExchange:
         if holdings[asset].free < need:
             return InsufficientFunds("EOrder:Insufficient funds")
         return None
+
+
+async def _mget(reader: Any, names: list[str]) -> list[Any]:
+    """MGET of keys of the venue's tag, on the client or on a transaction's pipeline in its
+    WATCH phase. Sent as a raw command: redis-py's cluster pipeline refuses its ``mget``
+    method (keys of several slots cannot be batched), but in the WATCH phase the command runs
+    at once on the connection of the venue's one slot, as on a single server."""
+    return cast(list[Any], await reader.execute_command("MGET", *names))
 
 
 def _held_asset(side: Side, market: Market) -> str:

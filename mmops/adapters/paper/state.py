@@ -15,6 +15,8 @@ All keys of one venue share the hash tag ``{V}`` so a transaction may span them 
 | ``paper:{V}:seq`` | STRING | counter for order and trade ids |
 | ``paper:{V}:down`` | STRING | while it exists, ``tickers`` fails as if the venue were down |
 | ``paper:{V}:matched_at`` | STRING | epoch seconds up to which resting orders were matched |
+| ``paper:{V}:status`` | HASH | pair → its mode when not online |
+| ``paper:{V}:open:cancelling`` | SET | ids of open orders whose cancel is pending |
 
 Balances, client ids and counters are split per asset and per pair so that placements on
 pairs sharing nothing never conflict (a transaction WATCHes only what it touches).
@@ -23,6 +25,7 @@ pairs sharing nothing never conflict (a transaction WATCHes only what it touches
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -43,7 +46,17 @@ class VenueKeys:
         self.matched_at = f"{self._prefix}:matched_at"
         self.down = f"{self._prefix}:down"
         self.status = f"{self._prefix}:status"  # hash: pair → PairStatus other than online
+        self.cancelling = f"{self.open}:cancelling"  # set: ids whose cancel is pending
         self.pattern = "paper:\\{" + venue + "\\}:*"
+
+    def all(self, assets: Iterable[str], symbols: Iterable[str]) -> list[str]:
+        """Every key the venue may have written for these assets and pairs: what ``reset``
+        deletes, by name (no SCAN, so it works on a cluster, where all of them share the
+        venue's slot)."""
+        fixed = [self.assets, self.orders, self.open, self.trades, self.seq, self.matched_at,
+                 self.down, self.status, self.cancelling]  # fmt: skip
+        per_pair = [k for s in symbols for k in (self.clients(s), self.adjust(s), self.rate(s))]
+        return fixed + [self.balance(a) for a in assets] + per_pair
 
     def balance(self, asset: str) -> str:
         return f"{self._prefix}:balance:{asset}"

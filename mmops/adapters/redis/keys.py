@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from mmops.domain.models import check_order_id, check_session_id, check_symbol
 
-SESSIONS_INDEX = "sessions"  # ZSET of every session id by start time (the one untagged key)
+# ZSET of every session id by start time: untagged, so it is written in a command of its own,
+# never in a session's MULTI or script.
+SESSIONS_INDEX = "sessions"
 # Untagged single keys of the account, not of a session (each a key of its own, so any slot):
 FILL_EVENTS = "events:fills"  # STREAM: new buy fills (session, pair) to settle (the default)
 FILL_EVENTS_GROUP = "settle"  # its consumer group: the settle triggers of every worker
@@ -79,8 +81,36 @@ def migration_completed(session_id: str) -> str:
     return f"migration:completed:{_tag(session_id)}"
 
 
+def registry(session_id: str) -> str:
+    """SET: the names of the session's keys whose names vary (per pair, per position, per
+    order, per attempt), added by each writer in the same atomic step as the key itself, so
+    deleting or expiring a session needs no SCAN (and works on a cluster)."""
+    return f"keys:{_tag(session_id)}"
+
+
+def fixed(session_id: str) -> list[str]:
+    """The session's keys with fixed names (not in its registry), the registry included."""
+    return [
+        session(session_id),
+        settlement_status(session_id),
+        settlement_last_run(session_id),
+        settlement_lock(session_id),
+        migration_completed(session_id),
+        registry(session_id),
+    ]
+
+
 def session_pattern(session_id: str) -> str:
     """A SCAN pattern matching every tagged key of one session (glob metacharacters escaped)."""
     tag = _tag(session_id)
     escaped = "".join("\\" + c if c in "*?[]\\{}" else c for c in tag)
     return f"*{escaped}*"
+
+
+def reservations(account: str) -> str:
+    """HASH: the account's balance reservations, one field per reservation id (see
+    ``mmops.adapters.redis.reservations``). The account is the hash tag: one slot, so one
+    Lua script updates the whole ledger atomically on a cluster too."""
+    if not account or any(c in account for c in "{}\r\n"):
+        raise ValueError(f"an account name without braces or line breaks, got {account!r}")
+    return "reserve:{" + account + "}"

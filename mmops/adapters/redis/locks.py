@@ -25,11 +25,15 @@ from mmops.errors import LockNotAcquired
 log = logs.get_logger("mmops.locks")
 
 # Claim many attempts of one session in one call (their keys share the session's slot).
-# KEYS: attempt keys   ARGV: ttl ms, then one token per key   → 1/0 per key
+# Each attempt taken is added to the session's key registry (so deleting a session finds it).
+# KEYS: the session's key registry, then attempt keys   ARGV: ttl ms, then one token per
+# attempt key   → 1/0 per attempt key
 _ACQUIRE_MANY = """
 local acquired = {}
-for i, key in ipairs(KEYS) do
-  acquired[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1]) and 1 or 0
+for i = 2, #KEYS do
+  local ok = redis.call('SET', KEYS[i], ARGV[i], 'NX', 'PX', ARGV[1])
+  if ok then redis.call('SADD', KEYS[1], KEYS[i]) end
+  acquired[i - 1] = ok and 1 or 0
 end
 return acquired
 """
@@ -126,7 +130,7 @@ class Attempts:
             return {}
         tokens = {pid: secrets.token_hex(12) for pid in position_ids}
         acquired = await self._acquire(
-            keys=[keys.tp_attempt(session_id, pid) for pid in tokens],
+            keys=[keys.registry(session_id), *[keys.tp_attempt(session_id, p) for p in tokens]],
             args=[self._ttl_ms, *tokens.values()],
         )
         return {pid: token for (pid, token), ok in zip(tokens.items(), acquired, strict=True) if ok}

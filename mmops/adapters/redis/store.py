@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 from mmops import logs
 from mmops.adapters.redis import codec, keys
-from mmops.adapters.redis.client import Redis, redis_errors
+from mmops.adapters.redis.client import Redis, redis_errors, scan_slot
 from mmops.adapters.redis.events import publish_fill
 from mmops.domain.models import (
     ZERO,
@@ -45,18 +45,23 @@ log = logs.get_logger("mmops.store")
 
 
 class SessionStore:
-    """Live state of sessions: ``session:{S}`` and the ``sessions`` index."""
+    """Live state of sessions: ``session:{S}``, its key registry ``keys:{S}`` and the
+    ``sessions`` index."""
 
     def __init__(self, redis: Redis) -> None:
         self._r = redis
 
     @redis_errors
     async def save(self, s: Session) -> None:
+        """Write the session hash and mark its registry complete (the session's own key in
+        it: every key of the session is registered from now on) in one MULTI on the session's
+        slot; then index it in ``sessions``, a key of no session, in a command of its own."""
+        mapping: dict[Any, Any] = codec.session_to_fields(s)
         async with self._r.pipeline(transaction=True) as pipe:
-            mapping: dict[Any, Any] = codec.session_to_fields(s)
             pipe.hset(keys.session(s.id), mapping=mapping)
-            pipe.zadd(keys.SESSIONS_INDEX, {s.id: s.started_at.timestamp()})
+            pipe.sadd(keys.registry(s.id), keys.session(s.id))
             await pipe.execute()
+        await self._r.zadd(keys.SESSIONS_INDEX, {s.id: s.started_at.timestamp()})
 
     @redis_errors
     async def get(self, session_id: str) -> Session | None:
@@ -82,8 +87,9 @@ class SessionStore:
     async def delete_all(self, session_id: str) -> int:
         """Delete every key of the session (the demo replaces its previous run with this)."""
         count = 0
-        async for key in self._r.scan_iter(match=keys.session_pattern(session_id), count=1000):
-            count += int(await self._r.delete(key))
+        names = await self._key_names(session_id)
+        for start in range(0, len(names), PIPELINE_CHUNK):
+            count += int(await self._r.delete(*names[start : start + PIPELINE_CHUNK]))
         await self._r.zrem(keys.SESSIONS_INDEX, session_id)
         return count
 
@@ -91,9 +97,26 @@ class SessionStore:
     async def expire_all(self, session_id: str, seconds: int) -> int:
         """Give every key of the session a time to live (retention after migration)."""
         count = 0
-        async for key in self._r.scan_iter(match=keys.session_pattern(session_id), count=1000):
-            count += int(await self._r.expire(key, seconds))
+        names = await self._key_names(session_id)
+        for start in range(0, len(names), PIPELINE_CHUNK):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for name in names[start : start + PIPELINE_CHUNK]:
+                    pipe.expire(name, seconds)
+                count += sum(bool(done) for done in await pipe.execute())
         return count
+
+    async def _key_names(self, session_id: str) -> list[str]:
+        """The session's keys: those of its registry and those with fixed names. A session
+        saved before the registry existed (its registry lacks ``session:{S}``) may have keys
+        written before it too: those are found by SCAN, the one SCAN left (on a cluster, of
+        the one node that holds the session's slot)."""
+        registered = cast(set[str], await self._r.smembers(keys.registry(session_id)))
+        names = set(registered) | set(keys.fixed(session_id))
+        if keys.session(session_id) not in registered:
+            names |= await scan_slot(
+                self._r, keys.session(session_id), keys.session_pattern(session_id)
+            )
+        return sorted(names)
 
     @redis_errors
     async def ids(self) -> list[str]:
@@ -139,11 +162,20 @@ class OrderStore(_MigrationReads):
     async def save(self, order: Order) -> None:
         """Insert or replace the order (the trading loop re-saves it as it fills)."""
         key = keys.orders(order.session_id, order.symbol)
-        await self._r.hset(key, order.order_id, codec.order_to_json(order))
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(key, order.order_id, codec.order_to_json(order))
+            pipe.sadd(keys.registry(order.session_id), key)
+            await pipe.execute()
 
     @redis_errors
     async def save_many(self, orders: Sequence[Order]) -> None:
+        """Save orders of any sessions, pipelined; each pair's hash is registered in the
+        same round trip (a crash in between leaves a registered hash, never an unknown one:
+        the registration is queued first)."""
+        hashes = {(o.session_id, keys.orders(o.session_id, o.symbol)) for o in orders}
         async with self._r.pipeline(transaction=False) as pipe:
+            for session_id, key in sorted(hashes):
+                pipe.sadd(keys.registry(session_id), key)
             for order in orders:
                 key = keys.orders(order.session_id, order.symbol)
                 pipe.hset(key, order.order_id, codec.order_to_json(order))
@@ -163,11 +195,13 @@ class OrderStore(_MigrationReads):
 
 
 # Record a fill once, and for a buy grow its position and (re)index it as uncovered.
-# KEYS: fills hash, position hash, positions zset, uncovered zset
+# KEYS: fills hash, position hash, positions zset, uncovered zset, the session's key registry
 # ARGV: fill key, fill json, side, position id, symbol, opened_at iso, opened_at ms, contribution
 _RECORD_FILL = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('SADD', KEYS[5], KEYS[1])
 if ARGV[3] == 'buy' then
+  redis.call('SADD', KEYS[5], KEYS[2], KEYS[3], KEYS[4])
   redis.call('HSETNX', KEYS[2], 'symbol', ARGV[5])
   redis.call('HSETNX', KEYS[2], 'opened_at', ARGV[6])
   redis.call('HSET', KEYS[2], 'f:' .. ARGV[1], ARGV[8])
@@ -208,6 +242,7 @@ class FillStore(_MigrationReads):
                 keys.position(s, fill.order_id),
                 keys.positions(s, sym),
                 keys.uncovered(s, sym),
+                keys.registry(s),
             ],
             args=[
                 fill.key,
@@ -250,14 +285,16 @@ class FillStore(_MigrationReads):
 # no fill arrived since it was read (version). One call records a whole batch.
 # The take-profit's order record goes into the pair's orders hash in the same step, so a crash
 # can never leave coverage without the order its fills will belong to.
-# KEYS: per take-profit: tp_order key, position hash, uncovered zset, orders hash
+# KEYS: the session's key registry, then per take-profit: tp_order key, position hash,
+#       uncovered zset, orders hash
 # ARGV: per take-profit: order id, amount, expected version, fully covered (1/0), position id,
 #       generation, covered-at time, order JSON ('' for none), number of metadata fields n,
 #       then n field/value pairs (``codec.take_profit_to_fields``)
 _RECORD_COVERAGE = """
 local a = 1
-for k = 1, #KEYS, 4 do
+for k = 2, #KEYS, 4 do
   local tp, pos, unc, orders = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  redis.call('SADD', KEYS[1], tp, pos, unc, orders)
   local order, amount, version, fully, pid, gen = ARGV[a], ARGV[a + 1], ARGV[a + 2],
     ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
   local at, record, n = ARGV[a + 6], ARGV[a + 7], tonumber(ARGV[a + 8])
@@ -280,9 +317,10 @@ return 1
 
 # Release the coverage of a take-profit that is no longer live (cancelled or rejected). What
 # it sold before it was cancelled (``kept``) stays covered.
-# KEYS: tp_order key, position hash, uncovered zset
+# KEYS: tp_order key, position hash, uncovered zset, the session's key registry
 # ARGV: order id, position id, score, status, kept amount ('0' = none)
 _RELEASE_COVERAGE = """
+redis.call('SADD', KEYS[4], KEYS[2], KEYS[3])
 if ARGV[5] == '0' then
   redis.call('HDEL', KEYS[2], 'tp:' .. ARGV[1])
 else
@@ -295,18 +333,20 @@ return 1
 
 
 # The fence before sending (see ``PositionStore.fence``).
-# KEYS: the session's lock, then per order: its position's attempt key, the position hash
+# KEYS: the session's lock, the session's key registry, then per order: its position's attempt
+#       key, the position hash
 # ARGV: the lock token ('' = not checked), then per order: attempt token, generation, marker
 # Returns -1 when the lock is not the caller's (nothing written), else 1/0 per order.
 _FENCE = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local fenced = {}
-for i = 2, #KEYS, 2 do
-  local a = 2 + (i - 2) / 2 * 3
+for i = 3, #KEYS, 2 do
+  local a = 2 + (i - 3) / 2 * 3
   local token, gen, marker = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
   local current = tonumber(redis.call('HGET', KEYS[i + 1], 'g') or '0')
   if redis.call('GET', KEYS[i]) == token and current == gen then
     redis.call('HSET', KEYS[i + 1], 'p:' .. gen, marker, 'g', gen + 1)
+    redis.call('SADD', KEYS[2], KEYS[i + 1])
     fenced[#fenced + 1] = 1
   else
     fenced[#fenced + 1] = 0
@@ -382,7 +422,7 @@ class PositionStore:
         for c in coverages:
             by_session.setdefault(c.position.session_id, []).append(c)
         for session_id, group in by_session.items():
-            script_keys: list[str] = []
+            script_keys: list[str] = [keys.registry(session_id)]
             args: list[str] = []
             for c in group:
                 p = c.position
@@ -415,7 +455,7 @@ class PositionStore:
         LockLost, writing nothing, when the session's lock is no longer this worker's."""
         if not marks:
             return set()
-        script_keys = [keys.settlement_lock(session_id)]
+        script_keys = [keys.settlement_lock(session_id), keys.registry(session_id)]
         args = [lease.token if lease is not None else ""]
         for m in marks:
             script_keys += [
@@ -453,6 +493,7 @@ class PositionStore:
                 keys.tp_order(s, order_id),
                 keys.position(s, position.position_id),
                 keys.uncovered(s, position.symbol),
+                keys.registry(s),
             ],
             args=[
                 order_id,
@@ -470,6 +511,7 @@ class PositionStore:
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(keys.position(s, position.position_id), f"x:{order_id}", str(amount))
             pipe.zrem(keys.uncovered(s, position.symbol), position.position_id)
+            pipe.sadd(keys.registry(s), keys.position(s, position.position_id))
             await pipe.execute()
 
     @redis_errors

@@ -1,0 +1,198 @@
+"""Work leases on real PostgreSQL: concurrent claimers split the sessions, each due session is
+claimed once per round, a lease not marked done is taken over after its TTL, the
+longest-waiting sessions go first, and stale sessions are flagged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from mmops.adapters.postgres import schema
+from mmops.adapters.postgres.leases import PostgresWorkLeases
+from mmops.adapters.postgres.pool import Pool, create_pool, open_pool
+from mmops.domain.records import WorkKind
+
+pytestmark = pytest.mark.integration
+
+SETTLE = WorkKind.SETTLEMENT
+ROUND = timedelta(seconds=30)
+TTL = timedelta(seconds=30)
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def db(empty_database_url: str) -> AsyncIterator[tuple[str, Pool]]:
+    schema.upgrade(empty_database_url)
+    pool = create_pool(empty_database_url, max_size=8)
+    await open_pool(pool)
+    try:
+        yield empty_database_url, pool
+    finally:
+        await pool.close()
+
+
+def add_sessions(url: str, n: int, started: timedelta = timedelta(0)) -> list[str]:
+    ids = [f"s{i:03}" for i in range(n)]
+    with psycopg.connect(url) as conn:
+        for sid in ids:
+            conn.execute(
+                "INSERT INTO sessions (id, status, mode, exchange, started_at)"
+                " VALUES (%s, 'active', 'paper', 'paper', now() - %s)",
+                (sid, started),
+            )
+    return ids
+
+
+async def round_of(leases: PostgresWorkLeases, workers: int, batch: int = 3) -> dict[str, str]:
+    """``workers`` claimers at once, each claiming and finishing until none is due; who did
+    what (a session claimed twice fails the test)."""
+    done: dict[str, str] = {}
+
+    async def work(name: str) -> None:
+        while claimed := await leases.claim(SETTLE, name, batch, TTL, ROUND, since=LONG_AGO):
+            for sid in claimed:
+                assert sid not in done, f"{sid} claimed by {done[sid]} and {name}"
+                done[sid] = name
+                await asyncio.sleep(0.001)
+                assert await leases.done(SETTLE, sid, name)
+
+    await leases.discover(SETTLE, LONG_AGO)
+    await asyncio.gather(*(work(f"w{i}") for i in range(workers)))
+    return done
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+async def test_concurrent_claimers_split_the_sessions_each_once_per_round(
+    db: tuple[str, Pool], workers: int
+) -> None:
+    url, pool = db
+    ids = add_sessions(url, 40)
+    leases = PostgresWorkLeases(pool)
+
+    done = await round_of(leases, workers)
+
+    assert sorted(done) == ids
+    assert len(set(done.values())) == workers  # everyone got a share
+    assert await round_of(leases, workers) == {}  # the round is done: nothing due again
+
+
+async def test_a_lease_not_marked_done_is_taken_over_after_its_ttl(db: tuple[str, Pool]) -> None:
+    url, pool = db
+    add_sessions(url, 1)
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    short = timedelta(milliseconds=300)
+
+    assert await leases.claim(SETTLE, "dead", 5, short, ROUND, since=LONG_AGO) == ["s000"]
+    assert await leases.claim(SETTLE, "other", 5, TTL, ROUND, since=LONG_AGO) == []
+    await asyncio.sleep(0.4)
+    assert await leases.claim(SETTLE, "other", 5, TTL, ROUND, since=LONG_AGO) == ["s000"]
+    assert not await leases.done(SETTLE, "s000", "dead")  # the lease is no longer its own
+    assert await leases.done(SETTLE, "s000", "other")
+
+
+async def test_a_released_lease_is_due_again_at_once(db: tuple[str, Pool]) -> None:
+    url, pool = db
+    add_sessions(url, 1)
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    assert await leases.claim(SETTLE, "a", 5, TTL, ROUND, since=LONG_AGO) == ["s000"]
+    assert await leases.release(SETTLE, "s000", "a")
+    assert await leases.claim(SETTLE, "b", 5, TTL, ROUND, since=LONG_AGO) == ["s000"]
+
+
+async def test_the_longest_waiting_sessions_are_claimed_first(db: tuple[str, Pool]) -> None:
+    url, pool = db
+    ids = add_sessions(url, 10)
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    with psycopg.connect(url) as conn:  # done 10, 9, ... 1 minutes ago: s009 waited longest
+        for i, sid in enumerate(ids):
+            conn.execute(
+                "UPDATE work_leases SET last_done = now() - make_interval(mins => %s)"
+                " WHERE session_id = %s",
+                (i + 1, sid),
+            )
+        conn.execute("UPDATE work_leases SET last_done = NULL WHERE session_id = 's004'")
+
+    first = await leases.claim(SETTLE, "w", 4, TTL, ROUND, since=LONG_AGO)
+
+    assert first == ["s004", "s009", "s008", "s007"]  # never done first, then the oldest
+
+
+async def test_a_session_no_longer_recent_is_not_claimed(db: tuple[str, Pool]) -> None:
+    url, pool = db
+    add_sessions(url, 1)
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE sessions SET status = 'ended', started_at = now() - interval '3 days',"
+            " ended_at = now() - interval '2 days'"
+        )
+    since = datetime.now(UTC) - timedelta(hours=24)
+    assert await leases.claim(SETTLE, "w", 5, TTL, ROUND, since=since) == []
+
+
+async def test_a_silent_session_is_flagged_stale_once_and_settled_less_often(
+    db: tuple[str, Pool],
+) -> None:
+    url, pool = db
+    quiet, busy = add_sessions(url, 2, started=timedelta(hours=8))
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO fills (session_id, order_id, symbol, side, price, quantity, timestamp)"
+            " VALUES (%s, 'o1', 'BTC/USD', 'buy', 1, 1, now() - interval '5 minutes')",
+            (busy,),
+        )
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    after = timedelta(hours=6)
+
+    assert await leases.mark_stale(after) == ([quiet], [])
+    assert await leases.mark_stale(after) == ([], [])  # flagged (and logged) once
+    assert await leases.stale([quiet, busy]) == {quiet}
+
+    with psycopg.connect(url) as conn:  # both done a round and a half ago
+        conn.execute("UPDATE work_leases SET last_done = now() - interval '45 seconds'")
+    claimed = await leases.claim(
+        SETTLE, "w", 5, TTL, ROUND, since=LONG_AGO, stale_due_age=ROUND * 10
+    )
+    assert claimed == [busy]
+
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE sessions SET status = 'ended', ended_at = now() WHERE id = %s", (quiet,)
+        )
+    assert await leases.mark_stale(after) == ([], [quiet])
+
+
+async def test_migration_holds_split_pending_sessions_and_a_failed_one_stays_due(
+    db: tuple[str, Pool],
+) -> None:
+    url, pool = db
+    ids = add_sessions(url, 12)
+    leases = PostgresWorkLeases(pool)
+    started = await leases.discover(WorkKind.MIGRATION, LONG_AGO)
+    taken: Counter[str] = Counter()
+
+    async def take(name: str) -> None:
+        while True:
+            async with leases.hold(WorkKind.MIGRATION, name, started) as sid:
+                if sid is None:
+                    return
+                taken[sid] += 1
+                await asyncio.sleep(0.005)
+
+    with pytest.raises(RuntimeError):
+        async with leases.hold(WorkKind.MIGRATION, "crash", started) as sid:
+            assert sid == ids[0]
+            raise RuntimeError("killed")
+    await asyncio.gather(*(take(f"w{i}") for i in range(4)))
+
+    assert taken == Counter(dict.fromkeys(ids, 1))
