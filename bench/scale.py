@@ -3,11 +3,12 @@ pairs x 20 positions on one paper venue (one account) with 50 ms per venue call.
 
 Each case seeds fresh sessions (so every case has the same uncovered work), starts the worker
 processes at once against the same Redis and PostgreSQL, and waits for all to exit. Printed as
-JSON per case: wall time, sessions per second, CPU used by the workers (user + system, and as a
-share of the machine's cores), positions covered, duplicate take-profits, how many workers
-settled each session (from ``settlement_runs``), and the speed-up over one worker in the same
-run. The venue's per-pair trading counter is lifted (``MMOPS_PAPER_COUNTER=off``): 800 orders
-per pair would otherwise wait on it whatever the worker count.
+JSON per case: wall time, sessions per second, CPU used by the workers (user + system, and
+as a share of the machine's cores), positions covered, positions sold more than they hold,
+how many workers settled each session (from ``settlement_runs``), and the speed-up over one
+worker in the same run. The venue's per-pair trading counter is lifted
+(``MMOPS_PAPER_COUNTER=off``): 800 orders per pair would otherwise wait on it whatever the
+worker count.
 
 Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
 Run: .venv/bin/python bench/scale.py [--sessions 40 --pairs 10 --positions 20 --workers 1 2 4]
@@ -69,16 +70,23 @@ def run_workers(n: int, env: dict[str, str]) -> tuple[float, float, list[int]]:
     return wall, cpu, codes
 
 
-async def outcome(w: World, ids: list[str]) -> dict[str, Any]:
-    covered = duplicates = total = 0
+async def outcome(w: World, ids: list[str], pairs: int) -> dict[str, Any]:
+    """Coverage, positions sold more than they hold (live take-profits on the venue over their
+    filled quantity: a duplicate), and how many workers settled each session."""
+    from mmops.adapters.paper.state import PaperOrder
+
+    venue = {
+        oid: PaperOrder.decode(str(v)).order
+        for oid, v in (await w.rt.redis.hgetall(w.exchange.keys.orders)).items()
+    }
+    covered = total = oversold = 0
     for sid in ids:
-        for pair in PAIRS:
+        for pair in PAIRS[:pairs]:
             for p in await w.positions(sid, pair):
                 total += 1
                 covered += p.uncovered == 0
-            tps = await w.take_profit_orders(sid, pair)
-            counts = Counter(position for position, _, _ in tps)
-            duplicates += sum(n - 1 for n in counts.values() if n > 1)
+                live = [venue[oid] for oid, _ in p.take_profits if oid in venue]
+                oversold += sum((o.amount for o in live if o.live), Decimal(0)) > p.filled
     async with w.rt.pool.connection() as conn:
         rows = await (
             await conn.execute(
@@ -91,7 +99,7 @@ async def outcome(w: World, ids: list[str]) -> dict[str, Any]:
     return {
         "positions": total,
         "covered": covered,
-        "duplicate_take_profits": duplicates,
+        "positions_oversold": oversold,
         "sessions_settled": len(rows),
         "workers_per_session": {str(k): v for k, v in sorted(workers_per_session.items())},
         "runs_per_session_max": max((int(r[2]) for r in rows), default=0),
@@ -108,7 +116,7 @@ async def main(args: argparse.Namespace) -> None:
             env.update({
                 "MMOPS_REDIS_URL": redis_url, "MMOPS_DATABASE_URL": database_url,
                 "MMOPS_DATA_DIR": tmp, "MMOPS_PAPER_VENUE": w.exchange.venue,
-                "MMOPS_PAPER_FAULTS": json.dumps({"latency": LATENCY}),
+                "MMOPS_PAPER_FAULTS": json.dumps({"latency_ms": int(LATENCY * 1000)}),
                 "MMOPS_PAPER_COUNTER": "off", "MMOPS_LOG_LEVEL": "ERROR",
                 "MMOPS_FILL_EVENTS_STREAM": w.rt.settings.fill_events_stream,
             })  # fmt: skip
@@ -116,7 +124,7 @@ async def main(args: argparse.Namespace) -> None:
             for n in args.workers:
                 ids = await seed(w, args.sessions, args.pairs, args.positions)
                 wall, cpu, codes = run_workers(n, env)
-                result = await outcome(w, ids)
+                result = await outcome(w, ids, args.pairs)
                 rate = len(ids) / wall
                 base_rate = base_rate or rate
                 print(json.dumps({

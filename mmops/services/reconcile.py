@@ -193,11 +193,15 @@ class Reconciler:
         *,
         open_orders: Sequence[ExchangeOrder] | None = None,
         dry_run: bool | None = None,
+        report_unknown: bool = True,
     ) -> ReconcileReport:
         """Reconcile a session's take-profits (of ``pairs``, default all) with the exchange.
 
         ``open_orders`` is the account's open orders (all pairs) if the caller fetched them
-        already; otherwise they are asked for once. ``dry_run`` (default: the reconciler's)
+        already; otherwise they are asked for once. ``report_unknown`` also lists the open
+        sells of the pairs that are no order of this session (one look-up each: with many
+        sessions on one account, every other session's take-profits are such sells, so
+        settlement runs leave it to ``mmops reconcile``). ``dry_run`` (default: the reconciler's)
         reports and changes nothing. A look-up that fails is reported, never raised; raises
         only what the stores raise (StoreUnavailable).
         """
@@ -221,8 +225,9 @@ class Reconciler:
             else:
                 missing.append(b)
         await self._settle_missing(run, missing)
-        known = {b.order_id for b in believed}
-        await self._unknown(run, wanted, [o for o in open_orders if o.id not in known])
+        if report_unknown:
+            known = {b.order_id for b in believed}
+            await self._unknown(run, wanted, [o for o in open_orders if o.id not in known])
         report = ReconcileReport.of(run.rows, run.dry_run, run.fills)
         if any(r.action is not ReconcileAction.NONE for r in report.rows):
             log.info("reconcile.done", session=session.id, dry_run=run.dry_run,

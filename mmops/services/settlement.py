@@ -390,7 +390,7 @@ class SettlementService:
         if self._reconciler is None:
             return
         report = await self._reconciler.session(
-            session, open_orders=data.open_orders, dry_run=self._tp.dry_run
+            session, open_orders=data.open_orders, dry_run=self._tp.dry_run, report_unknown=False
         )
         for pair, pair_report in reports.items():
             pair_report.reconciled = report.counts(pair)
