@@ -526,3 +526,14 @@ async def test_a_worker_whose_lock_is_taken_away_mid_run_places_nothing_more(
         a = await audit(w, v.sessions, await v.sells())
         check_single_sends(s, a, duplicate_refusals([run]))
         a.settled(s)
+
+
+async def test_paused_workers_on_a_redis_cluster_never_send_a_client_id_twice(
+    redis_cluster_url: str, admin_database_url: str, scenario: MakeScenario
+) -> None:
+    """The paper venue's pauses, every key on a 3-master Redis Cluster."""
+    s = scenario(8, "Paused workers: paper venue")
+    async with private_world(redis_cluster_url, admin_database_url) as w:
+        v = Venue("paper", w)
+        await seed(v, PAPER_LAYOUT)
+        await pause_scenario(v, s, PAPER_MOMENTS)

@@ -39,6 +39,7 @@ from tests.reliability.harness import (
 from tests.reliability.ledger import Scenario
 
 KILLS = 21
+CLUSTER_KILLS = 6  # the same kills on a Redis Cluster (test_killed_workers_on_a_redis_cluster_...)
 SEED = 20261123  # the kill points are drawn from this; the timings around them are real
 GROUPS = (PAIRS[0:3], PAIRS[3:6], PAIRS[6:9])  # one per session: Kraken-like per-pair counters
 # The shortest deadline mmops allows, and no clock skew (one host): an order a killed worker
@@ -234,3 +235,27 @@ async def check_take_profits_are_orders(s: Scenario, w: World, sid: str, pair: s
         "every recorded take-profit is also an order of its session (its fills have an order)",
         not missing,
     )
+
+
+async def test_killed_workers_on_a_redis_cluster_never_place_twice(
+    redis_cluster_url: str, admin_database_url: str, scenario: MakeScenario
+) -> None:
+    """The same kills, fewer of them, with every key on a 3-master Redis Cluster."""
+    s = scenario(2, "Settlement crashes")
+    rng = random.Random(SEED + 1)
+    async with private_world(redis_cluster_url, admin_database_url) as w:
+        layout = {await w.start_session(pairs): pairs for pairs in GROUPS}
+        sessions = list(layout)
+        for i in range(CLUSTER_KILLS):
+            sid = sessions[i % len(sessions)]
+            await claims_expired(w, [sid])
+            await new_work(w, sid, layout[sid], rng)
+            await crash_once(w, sid, MODES[i % len(MODES)], rng)
+            s.ran()
+            (await audit(w, layout, await paper_sells(w))).always(s)
+        await claims_expired(w, sessions)
+        await asyncio.sleep(3.1)  # the last killed worker's orders are past their deadline
+        run = await finish(await spawn(cli_env(w, **SHORT_TTLS), "settle", "--json"))
+        s.ran()
+        assert run.rc == 0, run.out + run.err
+        (await audit(w, layout, await paper_sells(w))).settled(s)

@@ -1,6 +1,7 @@
 """Work shared, not repeated: two and four ``mmops settle`` processes started together over 40
 sessions settle each session exactly once in the round (one ``settlement_runs`` row, by one
-worker), every worker takes a share, and no take-profit is placed twice."""
+worker), more than one worker takes a share, and no take-profit is placed twice; on one Redis
+server and on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ pytestmark = pytest.mark.reliability
 SESSIONS = 40
 
 
-@pytest.mark.parametrize("workers", [2, 4])
+@pytest.mark.parametrize(("workers", "redis"), [(2, "single"), (4, "single"), (4, "cluster")])
 async def test_workers_split_the_sessions_each_settled_once_per_round(
-    redis_url: str, admin_database_url: str, workers: int
+    request: pytest.FixtureRequest, admin_database_url: str, workers: int, redis: str
 ) -> None:
+    """On one Redis server and on a 3-master Redis Cluster alike."""
+    fixture = "redis_url" if redis == "single" else "redis_cluster_url"
+    redis_url: str = request.getfixturevalue(fixture)
     async with private_world(redis_url, admin_database_url) as w:
         layout: dict[str, list[str]] = {}
         for i in range(SESSIONS):
