@@ -663,16 +663,19 @@ def _reallocated(
     data: MarketData,
 ) -> Allocation:
     """``allocation`` with ``asset``'s quotes funded again, oldest first, from ``available``
-    (what the account's ledger leaves): the rest of them become shortfalls."""
+    (what the account's ledger leaves): the rest of them become shortfalls. Only whole quotes
+    are granted here: a position cut short by another worker's reservation would keep a
+    remainder that may be dust, never placeable; whole, it is covered by a later run."""
     mine = [q for q in quotes if _base(q, data) == asset]
     again = allocate(mine, {asset: Balance(asset, available, ZERO, available)}, data.markets)
+    whole = [g for g in again.granted if g.amount == g.quote.amount]
     granted = [g for g in allocation.granted if _base(g.quote, data) != asset]
     short: list[Shortfall] = [s for s in allocation.insufficient if _base(s.quote, data) != asset]
     return Allocation(
-        (*granted, *again.granted),
+        (*granted, *whole),
         (*short, *again.insufficient),
         {**allocation.available, asset: available},
-        {**allocation.remaining, asset: again.remaining.get(asset, available)},
+        {**allocation.remaining, asset: available - sum((g.amount for g in whole), ZERO)},
     )
 
 

@@ -170,7 +170,9 @@ async def test_killed_workers_never_place_twice_and_the_next_run_covers_everythi
         )
 
         await claims_expired(w, sessions)
-        await asyncio.sleep(3.1)  # the last killed worker's orders are past their deadline
+        # The last killed worker's orders are past their deadline, and what it had reserved but
+        # not sent is free again (lock TTL + deadline + skew = 4 s after it reserved).
+        await asyncio.sleep(4.2)
         env = cli_env(w, **SHORT_TTLS)
         run = await finish(await spawn(env, "settle", "--json"))
         s.ran()
@@ -254,7 +256,9 @@ async def test_killed_workers_on_a_redis_cluster_never_place_twice(
             s.ran()
             (await audit(w, layout, await paper_sells(w))).always(s)
         await claims_expired(w, sessions)
-        await asyncio.sleep(3.1)  # the last killed worker's orders are past their deadline
+        # The last killed worker's orders are past their deadline, and what it had reserved but
+        # not sent is free again (lock TTL + deadline + skew = 4 s after it reserved).
+        await asyncio.sleep(4.2)
         run = await finish(await spawn(cli_env(w, **SHORT_TTLS), "settle", "--json"))
         s.ran()
         assert run.rc == 0, run.out + run.err
