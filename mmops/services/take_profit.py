@@ -663,12 +663,12 @@ def _reallocated(
     data: MarketData,
 ) -> Allocation:
     """``allocation`` with ``asset``'s quotes funded again, oldest first, from ``available``
-    (what the account's ledger leaves): the rest of them become shortfalls. Only whole quotes
-    are granted here: a position cut short by another worker's reservation would keep a
-    remainder that may be dust, never placeable; whole, it is covered by a later run."""
+    (what the account's ledger leaves): the rest of them become shortfalls. A quote cut short
+    is granted only if what it leaves could be placed later: a remainder below the market's
+    minimum (dust) could never be, so such a position waits, whole, for a later run."""
     mine = [q for q in quotes if _base(q, data) == asset]
     again = allocate(mine, {asset: Balance(asset, available, ZERO, available)}, data.markets)
-    whole = [g for g in again.granted if g.amount == g.quote.amount]
+    whole = [g for g in again.granted if not _leaves_dust(g, data)]
     granted = [g for g in allocation.granted if _base(g.quote, data) != asset]
     short: list[Shortfall] = [s for s in allocation.insufficient if _base(s.quote, data) != asset]
     return Allocation(
@@ -677,6 +677,13 @@ def _reallocated(
         {**allocation.available, asset: available},
         {**allocation.remaining, asset: available - sum((g.amount for g in whole), ZERO)},
     )
+
+
+def _leaves_dust(g: Grant, data: MarketData) -> bool:
+    """Whether a grant cut short leaves a remainder below the market's minimums."""
+    rest = g.quote.amount - g.amount
+    market = data.markets[g.quote.symbol]
+    return rest > 0 and (rest < market.min_amount or rest * g.quote.price < market.min_cost)
 
 
 def _with_order(c: Coverage, now: datetime) -> Coverage:
