@@ -243,6 +243,10 @@ class Orders(Protocol):
     async def get(self, session_id: str, symbol: str, order_id: str) -> Order | None: ...
 
 
+class OrderBook(Orders, OrderWriter, Protocol):
+    """Recorded orders, read and written (``OrderStore``)."""
+
+
 class Notifier(Protocol):
     """Where alerts go (apprise URLs in production). Must never raise into a job."""
 

@@ -21,6 +21,7 @@ from mmops.ports import Exchange
 from mmops.services.feed import FeedService
 from mmops.services.ingest import IngestService
 from mmops.services.settlement import SessionResult, SettlementService
+from mmops.services.stopping import sleep_or_stop
 from mmops.services.trigger import SettleTrigger
 
 log = logs.get_logger("mmops.watch")
@@ -64,8 +65,7 @@ class Watchers:
                 self.crashes[name] = self.crashes.get(name, 0) + 1
                 log.error("watch.loop_crashed", loop=name,
                           error=logs.scrub(f"{type(e).__name__}: {e}"))  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), RESTART_AFTER)
+                await sleep_or_stop(stop, RESTART_AFTER)
 
     async def stopped(self, running: asyncio.Task[None]) -> None:
         """Wait for ``running`` (this object's ``run``, already told to stop) at most

@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from mmops import logs
 from mmops.domain.exchange import ExchangeOrder, Trade
@@ -42,8 +42,9 @@ from mmops.errors import (
     OperationalError,
     StoreUnavailable,
 )
-from mmops.ports import Clock, Exchange, ExecutionFeed, FeedCursors, FillWriter, Orders, OrderWriter
+from mmops.ports import Clock, Exchange, ExecutionFeed, FeedCursors, FillWriter, OrderBook
 from mmops.services.sessions import SessionRegistry
+from mmops.services.stopping import sleep_or_stop
 
 log = logs.get_logger("mmops.feed")
 
@@ -69,10 +70,6 @@ class FeedCounts:
 
     def to_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-class OrderBook(Orders, OrderWriter, Protocol):
-    """Recorded orders, read and written (``OrderStore``)."""
 
 
 class FeedService:
@@ -128,7 +125,7 @@ class FeedService:
             except OperationalError as e:  # the API key refused: say it, keep trying slowly
                 log.error("feed.failed", error=f"{type(e).__name__}: {e}", retry_in=backoff)
             if not stop.is_set():
-                await _sleep_or_stop(stop, backoff)
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 30.0)
 
     async def catch_up(self) -> list[Fill]:
@@ -307,8 +304,3 @@ def _order_from_exchange(session_id: str, o: ExchangeOrder, fallback: Order) -> 
         created_at=o.created_at,
         client_order_id=o.client_order_id or fallback.client_order_id,
     )
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

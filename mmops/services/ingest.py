@@ -14,7 +14,6 @@ of the batch pending too, to be retried after a backoff.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -41,10 +40,10 @@ from mmops.ports import (
     Clock,
     FillWriter,
     LiveSessions,
-    Orders,
-    OrderWriter,
+    OrderBook,
     SessionLifecycle,
 )
+from mmops.services.stopping import sleep_or_stop
 
 log = logs.get_logger("mmops.ingest")
 
@@ -130,10 +129,6 @@ class IngestStream(Protocol):
         ...
 
     async def ack(self, message_ids: Sequence[str]) -> None: ...
-
-
-class OrderBook(Orders, OrderWriter, Protocol):
-    """Recorded orders, read and written (``OrderStore``)."""
 
 
 class IngestRejects(Protocol):
@@ -366,7 +361,7 @@ class IngestService:
                 wait = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
                 failures += 1
                 log.warning("ingest.store_unavailable", error=str(e), retry_in=wait)
-                await self._wait(stop, wait)
+                await sleep_or_stop(stop, wait)
                 continue
             failures = 0
             if counts.total:
@@ -374,10 +369,6 @@ class IngestService:
                     "ingest.batch", consumer=consumer, applied=counts.applied,
                     duplicates=counts.duplicates, quarantined=counts.quarantined,
                 )  # fmt: skip
-
-    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
 
     async def _handle(self, message: IngestMessage) -> Outcome:
         try:

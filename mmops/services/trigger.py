@@ -12,7 +12,6 @@ long run is not left to the next interval. The schedule stays the safety net.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ from mmops import logs
 from mmops.domain.records import FillEvent, RunState
 from mmops.errors import RECOVERABLE, ConfigurationError, StoreUnavailable, UnknownSession
 from mmops.ports import FillEvents
+from mmops.services.stopping import sleep_or_stop
 
 log = logs.get_logger("mmops.trigger")
 
@@ -88,7 +88,7 @@ class SettleTrigger:
                 events = await self._events.read(self._consumer, self._block_ms, 500)
             except StoreUnavailable as e:
                 log.warning("trigger.read_failed", error=str(e), retry_in=backoff)
-                await _sleep_or_stop(stop, backoff)
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
             backoff = 0.5
@@ -177,8 +177,3 @@ class SettleTrigger:
             await self._events.ack(event_ids)
         except StoreUnavailable as e:  # unacknowledged events are delivered again: harmless
             log.warning("trigger.ack_failed", error=str(e))
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
