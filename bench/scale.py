@@ -10,8 +10,13 @@ worker in the same run. The venue's per-pair trading counter is lifted
 (``MMOPS_PAPER_COUNTER=off``): 800 orders per pair would otherwise wait on it whatever the
 worker count.
 
+``--group-pairs N`` settles each session in groups of at most N pairs sharing no base asset
+(``MMOPS_SETTLE_GROUP_PAIRS``), so several workers can share one big session: e.g.
+``--sessions 1 --positions 100 --group-pairs 3 --workers 1 2``.
+
 Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
 Run: .venv/bin/python bench/scale.py [--sessions 40 --pairs 10 --positions 20 --workers 1 2 4]
+     [--group-pairs N]
 """
 
 from __future__ import annotations
@@ -139,6 +144,7 @@ async def one_case(
                 "MMOPS_PAPER_FAULTS": json.dumps({"latency_ms": int(LATENCY * 1000)}),
                 "MMOPS_PAPER_COUNTER": "off", "MMOPS_LOG_LEVEL": "ERROR",
                 "MMOPS_FILL_EVENTS_STREAM": w.rt.settings.fill_events_stream,
+                "MMOPS_SETTLE_GROUP_PAIRS": str(args.group_pairs),
             })  # fmt: skip
             ids = await seed(w, args.sessions, args.pairs, args.positions)
             wall, cpu, codes = run_workers(n, env)
@@ -147,6 +153,7 @@ async def one_case(
             return {
                 "bench": "scale", "workers": n, "sessions": len(ids),
                 "pairs": args.pairs, "positions_per_pair": args.positions,
+                "group_pairs": args.group_pairs,
                 "latency_ms": int(LATENCY * 1000), "wall_s": round(wall, 2),
                 "sessions_per_s": round(rate, 3), "cpu_s": round(cpu, 2),
                 "cpu_share_of_cores": round(cpu / wall / cores, 3),
@@ -160,4 +167,5 @@ if __name__ == "__main__":
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--positions", type=int, default=20)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--group-pairs", type=int, default=0, help="0: never split a session")
     asyncio.run(main(parser.parse_args()))

@@ -5,8 +5,14 @@ to the batching lower bound = (1 + ceil(positions per pair / 15)) x exchange lat
 of market data, then the batches of the busiest pair, pairs running concurrently). Rate
 limiting is off (the lower bound assumes no waiting).
 
+Where the time goes, per position (medians): ``py_cpu_ms_per_position`` is this process's CPU
+time during the run (settlement, the paper venue it calls, redis-py); ``redis_commands_per_
+position`` and ``redis_cpu_ms_per_position`` are the server's ``INFO commandstats`` calls and
+microseconds over the run (commands inside Lua scripts included). Those two count every
+client of the server: exact on the embedded server or one of your own, not on a shared one.
+
 Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
-Run: .venv/bin/python bench/settlement.py [--repeat 3]
+Run: .venv/bin/python bench/settlement.py [--repeat 3] [--case 10x100x0]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sys
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,19 +50,37 @@ async def one_run(
             )
         venue = w.venue(counter=NO_LIMIT, latency=latency_ms / 1000)
         service = w.settlement(venue)
-        started = time.perf_counter()
+        before = await command_stats(w.rt.redis)
+        started, cpu_started = time.perf_counter(), time.process_time()
         [result] = await service.run(sid)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        after = await command_stats(w.rt.redis)
         placed = result.totals().get("placed", 0)
         if placed != pairs * per_pair:
             raise RuntimeError(f"placed {placed} of {pairs * per_pair}: {result.errors()[:3]}")
-        return {"wall_s": wall, "exchange_calls": venue._calls}
+        return {
+            "positions": pairs * per_pair,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "exchange_calls": venue._calls,
+            "redis_calls": after[0] - before[0],
+            "redis_usec": after[1] - before[1],
+        }
 
 
-async def main(repeat: int) -> None:
+async def command_stats(redis: Any) -> tuple[int, int]:
+    """(commands, microseconds) the Redis server has run so far, all clients and commands."""
+    stats = await redis.info("commandstats")
+    return (
+        sum(int(s["calls"]) for s in stats.values()),
+        sum(int(s["usec"]) for s in stats.values()),
+    )
+
+
+async def main(repeat: int, cases: list[tuple[int, int, int]]) -> None:
     logs.configure("ERROR", "console")
     with bench_servers() as (redis_url, database_url):
-        for pairs, per_pair, latency_ms in CASES:
+        for pairs, per_pair, latency_ms in cases:
             runs = [
                 await one_run(redis_url, database_url, pairs, per_pair, latency_ms)
                 for _ in range(repeat)
@@ -76,6 +101,9 @@ async def main(repeat: int) -> None:
                         "wall_s_min": round(min(r["wall_s"] for r in runs), 4),
                         "exchange_calls": runs[0]["exchange_calls"],
                         "ms_per_position": round(wall * 1000 / positions, 4),
+                        "py_cpu_ms_per_position": per_position(runs, "cpu_s", 1000),
+                        "redis_commands_per_position": per_position(runs, "redis_calls", 1),
+                        "redis_cpu_ms_per_position": per_position(runs, "redis_usec", 0.001),
                         "lower_bound_s": bound,
                         "ratio_to_lower_bound": round(wall / bound, 3) if bound else None,
                     }
@@ -84,7 +112,23 @@ async def main(repeat: int) -> None:
             )
 
 
+def per_position(runs: list[dict[str, float]], name: str, scale: float) -> float:
+    """The median of ``name`` over the runs, times ``scale``, per position."""
+    positions = runs[0]["positions"]
+    return round(statistics.median(r[name] for r in runs) * scale / positions, 4)
+
+
+def case(text: str) -> tuple[int, int, int]:
+    """``PAIRSxPER_PAIRxLATENCY_MS``, e.g. ``10x100x0``."""
+    pairs, per_pair, latency = (int(part) for part in text.split("x"))
+    return pairs, per_pair, latency
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
-    asyncio.run(main(parser.parse_args().repeat))
+    parser.add_argument(
+        "--case", type=case, action="append", help="PAIRSxPER_PAIRxLATENCY_MS (repeatable)"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.repeat, args.case or CASES))

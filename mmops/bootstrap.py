@@ -35,6 +35,7 @@ from mmops.adapters.redis.client import Redis, create_client, ping_nodes
 from mmops.adapters.redis.events import FeedCursorStore, FillEventStream
 from mmops.adapters.redis.locks import Attempts, SettlementLocks
 from mmops.adapters.redis.ops import OpsStore
+from mmops.adapters.redis.prices import PriceStore
 from mmops.adapters.redis.reservations import BalanceReservations
 from mmops.adapters.redis.store import FillStore, OrderStore, PositionStore, SessionStore
 from mmops.config import Settings, redact_url
@@ -312,6 +313,8 @@ def build_settlement(
             stale_after=timedelta(seconds=s.session_stale_after),
             stale_every=s.session_stale_every,
         ),
+        group_pairs=s.settle_group_pairs,
+        prices=PriceStore(rt.redis),
     )
 
 

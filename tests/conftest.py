@@ -102,6 +102,25 @@ async def session_ids(redis: Redis) -> AsyncIterator[SessionIds]:
 
 
 @pytest.fixture
+async def cluster_redis(redis_cluster_url: str) -> AsyncIterator[Redis]:
+    """A client of the local 3-master Redis Cluster."""
+    client = create_client(redis_cluster_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def cluster_session_ids(cluster_redis: Redis) -> AsyncIterator[SessionIds]:
+    ids = SessionIds()
+    try:
+        yield ids
+    finally:
+        await ids.cleanup(cluster_redis)
+
+
+@pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
     p = create_pool(database_url, max_size=4)
     await open_pool(p)

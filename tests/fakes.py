@@ -111,6 +111,7 @@ class MemoryStore:
 
     def __init__(self, claims: FakeClaims | None = None, locks: FakeLocks | None = None) -> None:
         # What the fence checks: the attempt tokens and the session locks (same Redis slot).
+        self._claims: FakeClaims | None = None
         self.claims = claims
         self.locks = locks
         self.fills: dict[tuple[str, str], dict[str, Fill]] = {}  # (session, pair) → key → fill
@@ -120,6 +121,17 @@ class MemoryStore:
         self.uncovered_index: dict[tuple[str, str], dict[str, int]] = {}
         self.take_profits: dict[tuple[str, str], TakeProfitRecord] = {}  # (session, order id)
         self.orders: dict[tuple[str, str, str], Order] = {}  # (session, pair, order id)
+
+    @property
+    def claims(self) -> FakeClaims | None:
+        return self._claims
+
+    @claims.setter
+    def claims(self, claims: FakeClaims | None) -> None:
+        """The claims the fence checks; they read their positions here (``acquire_reading``)."""
+        self._claims = claims
+        if claims is not None:
+            claims.store = self
 
     # -- FillWriter, Fills ---------------------------------------------------------------
 
@@ -184,7 +196,8 @@ class MemoryStore:
         """As the fence script: nothing if the lock is not the lease's; else a marker (and the
         generation moved on) where the attempt token is still the holder's and the generation
         is the one the position was read at."""
-        holder = self.locks.token(session_id) if self.locks is not None else None
+        scope = lease.scope if lease is not None else ""
+        holder = self.locks.token(session_id, scope) if self.locks is not None else None
         if lease is not None and holder != lease.token:
             lease.lost = True
             raise LockLost(session_id)
@@ -272,15 +285,28 @@ class FakeClaims:
         self._clock = clock
         self._ttl = timedelta(seconds=ttl_seconds)
         self.held: dict[tuple[str, str], tuple[str, datetime]] = {}  # → (token, expires)
+        self.store: MemoryStore | None = None  # where positions are read (set by the store)
 
     async def acquire(self, session_id: str, position_ids: Sequence[str]) -> dict[str, str]:
-        now, tokens = self._clock.now(), {}
+        """One token for the call, as the Redis claims: it is the caller's, whatever the
+        position."""
+        now, tokens, token = self._clock.now(), {}, secrets.token_hex(12)
         for pid in position_ids:
             held = self.held.get((session_id, pid))
             if held is None or held[1] <= now:
-                tokens[pid] = secrets.token_hex(12)
-                self.held[(session_id, pid)] = (tokens[pid], now + self._ttl)
+                tokens[pid] = token
+                self.held[(session_id, pid)] = (token, now + self._ttl)
         return tokens
+
+    async def acquire_reading(
+        self, session_id: str, position_ids: Sequence[str]
+    ) -> tuple[dict[str, str], ReadResult[Position]]:
+        """Claim, then read the positions claimed (one atomic step in Redis; nothing runs in
+        between here either)."""
+        if self.store is None:
+            raise RuntimeError("FakeClaims reads positions through a MemoryStore: give it one")
+        tokens = await self.acquire(session_id, position_ids)
+        return tokens, await self.store.read_many(session_id, list(tokens))
 
     def token(self, session_id: str, position_id: str) -> str | None:
         """The live token of a position's attempt (what ``GET tp_attempt:{S}:{P}`` returns)."""
@@ -336,30 +362,41 @@ class FakeReservations:
 
 
 class FakeLocks:
-    """``lock:settlement:{S}`` (``SessionLocks``): one holder per session, released on exit.
-    ``hold`` raises LockNotAcquired at once when the session is held."""
+    """``lock:settlement:{S}`` and its group locks (``SessionLocks``): one holder per lock,
+    released on exit. ``hold`` raises LockNotAcquired at once when the lock is held; ``hold_all``
+    when any of them is."""
 
     def __init__(self) -> None:
-        self.held: dict[str, str] = {}  # session → the holder's token
+        self.held: dict[tuple[str, str], str] = {}  # (session, scope) → the holder's token
 
-    def token(self, session_id: str) -> str | None:
-        return self.held.get(session_id)
+    def token(self, session_id: str, scope: str = "") -> str | None:
+        return self.held.get((session_id, scope))
 
-    def take_away(self, session_id: str) -> None:
+    def take_away(self, session_id: str, scope: str = "") -> None:
         """What a TTL lapsing during a pause does: another worker may now take the lock."""
-        self.held[session_id] = secrets.token_hex(12)
+        self.held[(session_id, scope)] = secrets.token_hex(12)
 
     @contextlib.asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[SessionLease]:
-        if session_id in self.held:
+    async def hold(self, session_id: str, scope: str = "") -> AsyncIterator[SessionLease]:
+        async with self.hold_all(session_id, (scope,), wait=0) as lease:
+            yield lease
+
+    @contextlib.asynccontextmanager
+    async def hold_all(
+        self, session_id: str, scopes: Sequence[str], wait: float
+    ) -> AsyncIterator[SessionLease]:
+        names = [(session_id, scope) for scope in sorted(set(scopes))]
+        if any(name in self.held for name in names):
             raise LockNotAcquired(f"session {session_id} is being settled by another worker")
-        lease = SessionLease(session_id, secrets.token_hex(12))
-        self.held[session_id] = lease.token
+        lease = SessionLease(session_id, secrets.token_hex(12), scope=scopes[0] if scopes else "")
+        for name in names:
+            self.held[name] = lease.token
         try:
             yield lease
         finally:
-            if self.held.get(session_id) == lease.token:
-                del self.held[session_id]
+            for name in names:
+                if self.held.get(name) == lease.token:
+                    del self.held[name]
 
 
 class FakeOps:

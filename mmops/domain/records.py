@@ -137,6 +137,16 @@ class WorkKind(StrEnum):
     MIGRATION = "migration"
 
 
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One lease: a session, or one part of a big one (``work_leases.part``): ``g0``, ``g1``,
+    ... a group of its pairs; ``''`` the whole session (or, for a split one, the work that
+    needs all of it: reconciliation, the stop-loss and the status)."""
+
+    session_id: str
+    part: str = ""
+
+
 class RejectKind(StrEnum):
     """The kind of record migration quarantined (``migration_rejects.kind``)."""
 
@@ -224,6 +234,7 @@ class SessionLease:
     session_id: str
     token: str
     lost: bool = False
+    scope: str = ""  # the group of pairs whose lock this is ('' the whole session's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,11 @@ from mmops.entrypoints import (
     cli_migrate,
     cli_paper,
     cli_reconcile,
+    cli_report,
     cli_serve,
     cli_settle,
     cli_status,
+    cli_tiers,
     cli_watch,
 )
 from mmops.entrypoints.cli_common import Context
@@ -60,6 +62,8 @@ def build_app() -> typer.Typer:
     app.command("status")(cli_status.status)
     app.command("reconcile")(cli_reconcile.reconcile)
     app.command("watch")(cli_watch.watch)
+    app.command("report")(cli_report.report)
+    app.add_typer(cli_tiers.tiers, name="tiers")
     return app
 
 

@@ -25,6 +25,7 @@ from mmops.entrypoints.cli_common import (
     run_async,
     upgrade_outdated_schema,
 )
+from mmops.entrypoints.cli_report import print_tier_table
 from mmops.entrypoints.workflow import SimFigures, WorkflowPlan, report, run_workflow
 from mmops.errors import ConfigurationError, UnknownSession
 from mmops.services.coverage import CoverageService
@@ -98,6 +99,7 @@ def _print_demo(data: dict[str, Any]) -> None:
                       str(p["take_profits_filled"]), _money(p["fees"]),
                       _money(p["realized_pnl"]), _qty(p["open_quantity"]))  # fmt: skip
     Console(highlight=False, width=max(console.width, 120)).print(table)  # never truncate
+    print_tier_table(data["tiers"])
     t, m = data["timings"], data["migration"]
     console.print(
         f"settlement: {t['settlement_runs']} runs, p50 {t['settlement_ms_p50']} ms, "

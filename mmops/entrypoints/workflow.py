@@ -26,7 +26,7 @@ from mmops.adapters.clock import SimulatedClock, SystemClock
 from mmops.adapters.paper.catalog import CATALOG
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.paper.feed import PaperFeed
-from mmops.adapters.postgres.analysis import pair_pnl
+from mmops.adapters.postgres.analysis import pair_pnl, tier_report
 from mmops.bootstrap import (
     Runtime,
     build_feed,
@@ -37,6 +37,7 @@ from mmops.bootstrap import (
     reset_paper_venue,
 )
 from mmops.domain.models import Fill, Market, Side
+from mmops.entrypoints.cli_report import rows_json
 from mmops.services.coverage import CoverageService
 from mmops.services.feed import FeedCounts, FeedService
 from mmops.services.migration import MigrationService, SessionMigration
@@ -318,6 +319,8 @@ async def report(rt: Runtime, plan: WorkflowPlan, result: WorkflowResult) -> dic
             {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
             for row in analysis
         ],
+        # Take-profits per tier (mmops report; docs/MONITORING_QUERIES.md), JSON-ready.
+        "tiers": rows_json(await tier_report(rt.pool, result.session_id)),
         "timings": {
             "wall_seconds": round(result.wall_seconds, 2),
             "settlement_runs": len(result.settle_ms),

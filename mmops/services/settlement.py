@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -22,6 +23,7 @@ from typing import Any
 
 from mmops import logs
 from mmops.domain.exchange import ExchangeOrder
+from mmops.domain.groups import group_names, pair_groups
 from mmops.domain.models import ZERO, Balance, Position, Session
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import (
@@ -30,6 +32,7 @@ from mmops.domain.records import (
     SettlementRun,
     SettlementStatus,
     StopLossFigures,
+    WorkItem,
     WorkKind,
 )
 from mmops.errors import (
@@ -41,7 +44,16 @@ from mmops.errors import (
     MmopsError,
     UnknownSession,
 )
-from mmops.ports import Clock, Exchange, Positions, SessionLocks, SettlementRecords, SettlementRuns
+from mmops.ports import (
+    Clock,
+    Exchange,
+    Positions,
+    PriceRecorder,
+    SessionLocks,
+    SettlementRecords,
+    SettlementRuns,
+)
+from mmops.services.price_history import record_prices
 from mmops.services.reconcile import Reconciler
 from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry, WorkSharing
@@ -50,6 +62,38 @@ from mmops.services.take_profit import TakeProfitService
 from mmops.services.tp_results import MarketData, PairReport
 
 log = logs.get_logger("mmops.settlement")
+
+# How long a part of a split session waits for the locks it needs: the whole part (reconciliation,
+# the stop-loss, the status) for its groups' runs to end, a group for the whole part's.
+PART_WAIT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """What one locked run does for a session (docs/ARCHITECTURE.md, "Work sharing").
+
+    A session that fits in one group is one part: the whole session under its lock, covered,
+    and (a full run) reconciled, stop-loss checked and its status written. A session with more
+    pairs than the group size is split into groups of pairs that share no base asset: each
+    group is covered under the group's own lock (so several workers settle one big session at
+    once), and the whole part (``cover`` off) reconciles, checks the stop-loss and writes the
+    status holding every lock of the session."""
+
+    session: Session  # narrowed to the pairs this part covers
+    cover: bool
+    whole: bool
+    name: str = ""
+    scopes: tuple[str, ...] = ("",)
+    wait: float = 0.0  # seconds to wait for the locks (0: a held lock skips the run)
+
+    @property
+    def split(self) -> bool:
+        return self.scopes != ("",)
+
+    def lock(self, locks: SessionLocks) -> AbstractAsyncContextManager[SessionLease]:
+        if len(self.scopes) == 1 and not self.wait:
+            return locks.hold(self.session.id, self.scopes[0])
+        return locks.hold_all(self.session.id, self.scopes, wait=self.wait)
 
 
 @dataclass(slots=True)
@@ -61,6 +105,7 @@ class SessionResult:
     pairs: dict[str, PairReport] = field(default_factory=dict)
     stoploss: StopLossReport | None = None
     error: str | None = None
+    part: str = ""  # a split session's part this run settled ('' the whole session)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +137,7 @@ class SessionResult:
         stop = self.stoploss
         return {
             "session": self.session_id,
+            **({"part": self.part} if self.part else {}),
             "state": self.state,
             "duration_ms": self.duration_ms,
             "totals": self.totals(),
@@ -120,6 +166,8 @@ class SettlementService:
         worker: str,
         reconciler: Reconciler | None = None,
         sharing: WorkSharing | None = None,
+        group_pairs: int = 0,
+        prices: PriceRecorder | None = None,
     ) -> None:
         self._registry = registry
         self._positions = positions
@@ -136,6 +184,8 @@ class SettlementService:
         self._limit = session_limit
         self.worker = worker
         self._sharing = sharing
+        self._group_pairs = group_pairs
+        self._prices = prices  # price history for analytics (None: not recorded)
 
     async def run(
         self,
@@ -157,30 +207,84 @@ class SettlementService:
         fence, and leaves two things to the full runs: the stop-loss (it needs every pair's
         mark) and reconciliation (its open-orders snapshot costs a REST call that Kraken's
         call counter would make every quick run wait for).
+
+        A session with more than ``group_pairs`` pairs is settled in parts (see ``_Part``):
+        here one after another; shared, by whichever workers claim them.
         """
         if session_id is None and self._sharing is not None:
             return await self._run_shared(self._sharing, scheduled)
         sessions = await self._sessions(session_id)
-        if pairs is not None:
-            sessions = [_narrowed(s, pairs) for s in sessions]
-            sessions = [s for s in sessions if s.pairs]
-        return await self._settle_all(sessions, full=pairs is None)
+        parts: list[_Part] = []
+        for session in sessions:
+            if pairs is None:
+                parts.extend(self._parts(session))
+            else:
+                parts.extend(self._narrowed_parts(session, pairs))
+        return await self._settle_all(parts)
 
-    async def _settle_all(self, sessions: list[Session], full: bool) -> list[SessionResult]:
-        if not sessions:
+    def _groups(self, session: Session) -> tuple[tuple[str, ...], ...]:
+        return pair_groups(session.pairs, self._group_pairs)
+
+    def _parts(self, session: Session) -> list[_Part]:
+        """A full run's parts of the session: its groups, then the whole part."""
+        groups = self._groups(session)
+        names = group_names(groups)
+        if not names:
+            return [_Part(session, cover=True, whole=True)]
+        return [
+            *(self._group_part(session, g, n) for g, n in zip(groups, names, strict=True)),
+            _Part(session, cover=False, whole=True, scopes=("", *names), wait=PART_WAIT_S),
+        ]
+
+    def _group_part(
+        self, session: Session, group: Sequence[str], name: str, wait: float = PART_WAIT_S
+    ) -> _Part:
+        narrowed = _narrowed(session, group)
+        return _Part(narrowed, cover=True, whole=False, name=name, scopes=(name,), wait=wait)
+
+    def _narrowed_parts(self, session: Session, pairs: Sequence[str]) -> list[_Part]:
+        """A quick run's parts: the session narrowed to ``pairs``, one part per group."""
+        groups = self._groups(session)
+        names = group_names(groups)
+        if not names:
+            narrowed = _narrowed(session, pairs)
+            return [_Part(narrowed, cover=True, whole=False)] if narrowed.pairs else []
+        wanted = set(pairs)
+        return [  # a quick run does not wait: the trigger retries a held lock, backing off
+            self._group_part(session, [p for p in group if p in wanted], name, wait=0)
+            for group, name in zip(groups, names, strict=True)
+            if wanted.intersection(group)
+        ]
+
+    def _claimed_part(self, session: Session, part: str) -> _Part | None:
+        """The part a lease names, as this session's pairs group today (None: the session no
+        longer has that part; its lease is dropped at the next discovery)."""
+        groups = self._groups(session)
+        names = group_names(groups)
+        if part == "":
+            if not names:
+                return _Part(session, cover=True, whole=True)
+            return _Part(session, cover=False, whole=True, scopes=("", *names), wait=PART_WAIT_S)
+        if part not in names:
+            return None
+        return self._group_part(session, groups[names.index(part)], part)
+
+    async def _settle_all(self, parts: list[_Part]) -> list[SessionResult]:
+        if not parts:
             return []
         started = self._clock.now()
+        sessions = [p.session for p in parts]
         try:
-            data = await self._market_data(sessions, reconcile=full)
+            data = await self._market_data(sessions, reconcile=any(p.whole for p in parts))
         except RECOVERABLE as e:
             log.error("settlement.market_data_failed", error=str(e))
-            results = [self._failed(s, started, f"market data: {e}") for s in sessions]
-            for r in results:
-                await self._record(r, dry_run=self._tp.dry_run, full=full)
+            results = [self._failed(p, started, f"market data: {e}") for p in parts]
+            for part, r in zip(parts, results, strict=True):
+                await self._record(r, dry_run=self._tp.dry_run, full=part.whole)
             return results
         results = []
-        for session in sessions:
-            result = await self._settle(session, data, full)
+        for part in parts:
+            result = await self._settle(part, data)
             data = _after_placements(data, result)
             results.append(result)
         return results
@@ -193,6 +297,7 @@ class SettlementService:
         leases, kind = sharing.leases, WorkKind.SETTLEMENT
         since = self._clock.now() - timedelta(hours=self._hours_back)
         await leases.discover(kind, since)
+        await self._split(sharing, since)
         await self._flag_stale(sharing)
         # A scheduled run's round is the interval; a one-off run's, the earliest start among
         # the one-off runs in progress (processes started together split the sessions).
@@ -214,28 +319,54 @@ class SettlementService:
                     await leases.end_run(kind, self.worker)
         return results
 
+    async def _split(self, sharing: WorkSharing, since: datetime) -> None:
+        """Give each big session one lease per group of its pairs (and drop the group leases
+        of a session that no longer needs them)."""
+        if self._group_pairs <= 0:
+            return
+        leases = sharing.leases
+        for sid, pairs in (await leases.splittable(since, self._group_pairs)).items():
+            names = group_names(pair_groups(pairs, self._group_pairs))
+            await leases.set_parts(WorkKind.SETTLEMENT, sid, names)
+
     async def _settle_claimed(
-        self, sharing: WorkSharing, claimed: list[str]
+        self, sharing: WorkSharing, claimed: list[WorkItem]
     ) -> list[SessionResult]:
-        """Settle the claimed sessions and mark each done; a batch cut short by an exception
-        is released for another worker to take at once."""
+        """Settle the claimed parts and mark each done; a batch cut short by an exception is
+        released for another worker to take at once, and so is a part of a split session that
+        could not have its locks in time (its group, or its stop-loss, must not wait a
+        round; an unsplit session locked by a quick run is done: that run covered it)."""
         leases, kind = sharing.leases, WorkKind.SETTLEMENT
         pending = set(claimed)
         try:
-            sessions = await self._claimed_sessions(claimed)
-            results = await self._settle_all(sessions, full=True)
-            for sid in claimed:
-                await leases.done(kind, sid, self.worker)
-                pending.discard(sid)
+            parts = await self._claimed_parts(claimed)
+            results = await self._settle_all([part for _, part in parts])
+            retry = {
+                item
+                for (item, part), result in zip(parts, results, strict=True)
+                if part.split and result.state is RunState.LOCKED
+            }
+            for item in claimed:
+                if item not in retry:
+                    await leases.done(kind, item, self.worker)
+                    pending.discard(item)
         finally:
-            for sid in pending:  # best effort: on failure the lease expires anyway
+            for item in pending:  # best effort: on failure the lease expires anyway
                 with contextlib.suppress(MmopsError):
-                    await leases.release(kind, sid, self.worker)
+                    await leases.release(kind, item, self.worker)
         return results
 
-    async def _claimed_sessions(self, claimed: list[str]) -> list[Session]:
-        found = [await self._registry.get(sid) for sid in claimed]
-        return [s for s in found if s is not None]
+    async def _claimed_parts(self, claimed: list[WorkItem]) -> list[tuple[WorkItem, _Part]]:
+        sessions: dict[str, Session | None] = {}
+        parts = []
+        for item in claimed:
+            if item.session_id not in sessions:
+                sessions[item.session_id] = await self._registry.get(item.session_id)
+            session = sessions[item.session_id]
+            part = None if session is None else self._claimed_part(session, item.part)
+            if part is not None:
+                parts.append((item, part))
+        return parts
 
     async def _flag_stale(self, sharing: WorkSharing) -> None:
         """Flag running sessions with no fill for ``stale_after`` (logged once, by the worker
@@ -262,10 +393,12 @@ class SettlementService:
         # Stamped before the balances are asked for: every order the snapshot may show was
         # placed before this time (what balance reservations count against it).
         fetched_at = self._clock.now()
-        markets, tickers, balances = await asyncio.gather(
-            self._exchange.markets(), self._exchange.tickers(pairs), self._exchange.balances()
+        markets, tickers, balances, open_orders = await asyncio.gather(
+            self._exchange.markets(),
+            self._exchange.tickers(pairs),
+            self._exchange.balances(),
+            self._open_orders() if reconcile else _nothing(),
         )
-        open_orders = await self._open_orders() if reconcile else None
         return MarketData(markets, tickers, balances, open_orders, fetched_at=fetched_at)
 
     async def _open_orders(self) -> tuple[ExchangeOrder, ...] | None:
@@ -279,42 +412,46 @@ class SettlementService:
             log.warning("settlement.open_orders_failed", error=str(e))
             return None
 
-    async def _settle(self, session: Session, data: MarketData, full: bool) -> SessionResult:
+    async def _settle(self, part: _Part, data: MarketData) -> SessionResult:
+        session = part.session
         started = self._clock.now()
-        log.info("settlement.started", session=session.id, pairs=len(session.pairs))
+        log.info("settlement.started", session=session.id, pairs=len(session.pairs),
+                 **({"part": part.name} if part.name else {}))  # fmt: skip
         try:
-            async with self._locks.hold(session.id) as lease:
-                result = await self._settle_locked(session, data, started, lease, full)
+            async with part.lock(self._locks) as lease:
+                result = await self._settle_locked(part, data, started, lease)
         except LockNotAcquired:
             log.info("settlement.skipped_locked", session=session.id)
-            return SessionResult(session.id, RunState.LOCKED, started, self._clock.now())
+            return SessionResult(
+                session.id, RunState.LOCKED, started, self._clock.now(), part=part.name
+            )
         except LockLost as e:  # paused past the lock's TTL: the new holder carries on
             log.error("settlement.lock_lost", session=session.id, error=str(e))
-            result = self._failed(session, started, str(e))
+            result = self._failed(part, started, str(e))
         except RECOVERABLE as e:  # anything else (a store down, the key refused) ends the run
             log.error("settlement.failed", session=session.id, error=str(e))
-            result = self._failed(session, started, f"{type(e).__name__}: {e}")
-        await self._record(result, dry_run=self._tp.dry_run, full=full)
+            result = self._failed(part, started, f"{type(e).__name__}: {e}")
+        await self._record(result, dry_run=self._tp.dry_run, full=part.whole)
         log.info("settlement.finished", session=session.id, state=result.state,
                  duration_ms=result.duration_ms, **result.totals())  # fmt: skip
         return result
 
     async def _settle_locked(
-        self,
-        session: Session,
-        data: MarketData,
-        started: datetime,
-        lease: SessionLease,
-        full: bool,
+        self, part: _Part, data: MarketData, started: datetime, lease: SessionLease
     ) -> SessionResult:
-        """Cover the session's pairs; a ``full`` run (not one narrowed to some pairs) first
+        """Cover the part's pairs; a ``whole`` part (not a run narrowed to some pairs) first
         reconciles them with the exchange and ends with the stop-loss check."""
+        session, full = part.session, part.whole
+        # Price history (analytics), once per session and full run; never fails the run.
+        await record_prices(self._prices, session, data.tickers, whole=full)
         reports = {pair: PairReport(pair) for pair in session.pairs}
         if full:
             await self._reconcile(session, data, reports)
-        if await self._flattened(session.id):
+        if not part.cover or await self._flattened(session.id):
             if not full:
-                return SessionResult(session.id, RunState.OK, started, self._clock.now(), reports)
+                return SessionResult(
+                    session.id, RunState.OK, started, self._clock.now(), reports, part=part.name
+                )
             return await self._only_stoploss(session, data, started, reports)
         reads = await asyncio.gather(
             *(self._coverable(session.id, pair, reports[pair], data) for pair in session.pairs),
@@ -349,6 +486,7 @@ class SettlementService:
             pairs=reports,
             stoploss=stop,
             error=stop_error,
+            part=part.name,
         )
 
     async def _flattened(self, session_id: str) -> bool:
@@ -420,8 +558,11 @@ class SettlementService:
                 positions = [by_id.get(p.position_id, p) for p in positions]
         return [p for p in positions if p.uncovered > 0 or p.pending]
 
-    def _failed(self, session: Session, started: datetime, error: str) -> SessionResult:
-        return SessionResult(session.id, RunState.FAILED, started, self._clock.now(), error=error)
+    def _failed(self, part: _Part, started: datetime, error: str) -> SessionResult:
+        return SessionResult(
+            part.session.id, RunState.FAILED, started, self._clock.now(), error=error,
+            part=part.name,
+        )  # fmt: skip
 
     async def _record(self, result: SessionResult, dry_run: bool, full: bool = True) -> None:
         """A row in PostgreSQL and, for a full run, the status in Redis (a narrowed run's
@@ -506,6 +647,10 @@ def _after_placements(data: MarketData, result: SessionResult) -> MarketData:
         if b is not None:
             held[market.base] = replace(b, free=max(b.free - amount, ZERO), used=b.used + amount)
     return replace(data, balances=held)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _narrowed(session: Session, pairs: Sequence[str]) -> Session:

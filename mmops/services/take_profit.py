@@ -8,9 +8,10 @@
 2. **price** every position (pure domain pricing; dust is reported, never placed).
 3. **allocate** the free balance per base asset across all pairs, oldest first.
 4. **place** (per pair, concurrently, each pair's failure isolated): claim ``tp_attempt`` for
-   each position (one round trip), re-read the claimed positions, write pending markers,
-   send batches of at most 15, record each placed order with its coverage atomically, and
-   look up the client id of any order whose answer was lost.
+   each position and re-read the claimed positions in the same atomic step (one round trip),
+   then per batch of at most 15: write the pending markers (one round trip), send, record
+   every placed order with its coverage (one round trip), and look up the client id of any
+   order whose answer was lost.
 
 Invariants: the sum of a position's take-profits never exceeds its filled quantity (pending
 markers count as covering), and one (position, generation) never has two live orders (the
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -39,7 +40,14 @@ from mmops.domain.exchange import (
 from mmops.domain.ids import client_order_id
 from mmops.domain.models import ZERO, Balance, Order, OrderKind, PendingTakeProfit, Position, Side
 from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_take_profit
-from mmops.domain.records import Coverage, Fence, SessionLease, TakeProfitRecord, TpStatus
+from mmops.domain.records import (
+    Coverage,
+    Fence,
+    ReadResult,
+    SessionLease,
+    TakeProfitRecord,
+    TpStatus,
+)
 from mmops.domain.tiers import TierPolicy
 from mmops.errors import (
     RECOVERABLE,
@@ -75,6 +83,7 @@ class _Order:
     amount: Decimal
     generation: int
     client_order_id: str
+    uncovered: Decimal  # the position's, as claimed (what a take-profit must hold to cover it)
 
     def request(self, deadline: datetime) -> OrderRequest:
         return OrderRequest(
@@ -387,15 +396,10 @@ class TakeProfitService:
                     now=self._clock.now(),
                 )
                 fully = amount >= position.uncovered + pending.amount
-                coverage = Coverage(
-                    position=position,
-                    generation=pending.generation,
-                    order_id=order.id,
-                    amount=amount,
-                    take_profit=meta,
-                    fully_covered=fully,
+                coverage = _coverage(
+                    position, pending.generation, order.id, amount, meta, fully, order.created_at
                 )
-                await self._positions.record_coverage([_with_order(coverage, order.created_at)])
+                await self._positions.record_coverage([coverage])
                 report.recovered += 1
                 log.info(
                     "tp.recovered",
@@ -474,9 +478,12 @@ class TakeProfitService:
                 )
             return ZERO
         sent = ZERO
-        tokens = await self._attempts.acquire(session_id, [g.quote.position_id for g in grants])
+        # Claimed and read in one atomic step: the orders are built from the state they hold.
+        tokens, fresh = await self._attempts.acquire_reading(
+            session_id, [g.quote.position_id for g in grants]
+        )
         try:
-            orders = await self._claimed_orders(session_id, grants, tokens, data, report, now)
+            orders = self._claimed_orders(session_id, grants, tokens, fresh, data, report, now)
             for start in range(0, len(orders), MAX_BATCH):
                 chunk = orders[start : start + MAX_BATCH]
                 # The venue's trading counter may hold a batch back (Kraken Starter: 60 orders
@@ -511,20 +518,21 @@ class TakeProfitService:
                 )
         return [o for o in chunk if o.position.position_id in fenced], deadline
 
-    async def _claimed_orders(
+    def _claimed_orders(
         self,
         session_id: str,
         grants: Sequence[Grant],
         tokens: Mapping[str, str],
+        fresh: ReadResult[Position],
         data: MarketData,
         report: PairReport,
         now: datetime,
     ) -> list[_Order]:
-        """Re-read the positions this worker claimed and build their orders from fresh state."""
+        """Build the orders of the positions this worker claimed from their state as read
+        with the claim (``fresh``), not as priced before it."""
         for g in grants:
             if g.quote.position_id not in tokens:
                 report.skipped.append(Skipped(g.quote.position_id, SkipReason.ATTEMPT_IN_PROGRESS))
-        fresh = await self._positions.read_many(session_id, list(tokens))
         report.bad_records += len(fresh.bad)
         by_id = {p.position_id: p for p in fresh.items}
         orders = []
@@ -532,12 +540,13 @@ class TakeProfitService:
             p = by_id.get(g.quote.position_id)
             if p is None or g.quote.position_id not in tokens:
                 continue
-            if p.pending or p.uncovered == 0:
+            uncovered = p.uncovered
+            if p.pending or uncovered == 0:
                 reason = SkipReason.AWAITING_LOOKUP if p.pending else SkipReason.ALREADY_COVERED
                 report.skipped.append(Skipped(p.position_id, reason))
                 continue
             quote = g.quote
-            if p.uncovered != g.quote.uncovered:  # a fill or a TP since it was priced
+            if uncovered != g.quote.uncovered:  # a fill or a TP since it was priced
                 repriced = self._quote(p, now, data)
                 if isinstance(repriced, Dust):
                     report.skipped.append(
@@ -547,7 +556,7 @@ class TakeProfitService:
                 quote = repriced
             amount = min(quote.amount, g.amount)
             cid = client_order_id(session_id, p.position_id, p.generation)
-            orders.append(_Order(p, quote, amount, p.generation, cid))
+            orders.append(_Order(p, quote, amount, p.generation, cid, uncovered))
         return orders
 
     async def _place_chunk(
@@ -564,6 +573,10 @@ class TakeProfitService:
             results = [PlacementResult(r, error=e) for r in requests]
         coverages: list[Coverage] = []
         clears: list[tuple[Position, int]] = []
+        # One bound logger for the batch (one pair of one session): binding per event costs
+        # more than the event when its level is off.
+        first = chunk[0].position
+        pair_log = log.bind(session=first.session_id, pair=first.symbol)
         for o, r in zip(chunk, results, strict=True):
             order = r.order
             if order is not None and not order.live:  # accepted, then cancelled by the engine
@@ -592,16 +605,9 @@ class TakeProfitService:
                     quote=o.quote,
                     now=now,
                 )
-                fully = order.amount >= o.position.uncovered
+                fully = order.amount >= o.uncovered
                 coverages.append(
-                    Coverage(
-                        position=o.position,
-                        generation=o.generation,
-                        order_id=order.id,
-                        amount=order.amount,
-                        take_profit=meta,
-                        fully_covered=fully,
-                    )
+                    _coverage(o.position, o.generation, order.id, order.amount, meta, fully, now)
                 )
                 report.placed.append(
                     Placed(
@@ -613,10 +619,8 @@ class TakeProfitService:
                         tier_minutes=o.quote.tier_minutes,
                     )
                 )
-                log.info(
+                pair_log.info(
                     "tp.placed",
-                    session=o.position.session_id,
-                    pair=o.position.symbol,
                     position=o.position.position_id,
                     order=order.id,
                     price=str(order.price),
@@ -628,14 +632,8 @@ class TakeProfitService:
                 report.failed.append(
                     Failed(o.position.position_id, type(r.error).__name__, str(r.error))
                 )
-                log.warning(
-                    "tp.rejected",
-                    session=o.position.session_id,
-                    pair=o.position.symbol,
-                    position=o.position.position_id,
-                    error=str(r.error),
-                )
-        await self._positions.record_coverage([_with_order(c, now) for c in coverages])
+                pair_log.warning("tp.rejected", position=o.position.position_id, error=str(r.error))
+        await self._positions.record_coverage(coverages)
         await self._positions.clear_pending(clears)
         return sent
 
@@ -686,22 +684,29 @@ def _leaves_dust(g: Grant, data: MarketData) -> bool:
     return rest > 0 and (rest < market.min_amount or rest * g.quote.price < market.min_cost)
 
 
-def _with_order(c: Coverage, now: datetime) -> Coverage:
-    """The coverage with its take-profit as an order of the session, recorded in the same
-    atomic step, so the take-profit's fills always have an order to belong to."""
-    p = c.position
+def _coverage(
+    p: Position,
+    generation: int,
+    order_id: str,
+    amount: Decimal,
+    take_profit: TakeProfitRecord,
+    fully_covered: bool,
+    now: datetime,
+) -> Coverage:
+    """The coverage of a take-profit placed for ``p``, with the take-profit as an order of the
+    session, recorded in the same atomic step, so its fills always have an order to belong to."""
     order = Order(
         session_id=p.session_id,
-        order_id=c.order_id,
+        order_id=order_id,
         symbol=p.symbol,
         side=Side.SELL,
-        price=c.take_profit.price,
-        amount=c.amount,
+        price=take_profit.price,
+        amount=amount,
         created_at=now,
         kind=OrderKind.TAKE_PROFIT,
-        client_order_id=c.take_profit.client_order_id,
+        client_order_id=take_profit.client_order_id,
     )
-    return replace(c, order=order)
+    return Coverage(p, generation, order_id, amount, take_profit, fully_covered, order)
 
 
 def _voided(order: ExchangeOrder) -> ExchangeRejected:

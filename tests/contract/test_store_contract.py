@@ -38,6 +38,7 @@ from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import (
     Coverage,
     Fence,
+    ReadResult,
     RunState,
     SessionLease,
     SettlementStatus,
@@ -82,10 +83,17 @@ class Stores:
     take_lock: Callable[[], Awaitable[object]]  # what a lapsed TTL and a new holder do
 
 
-@pytest.fixture(params=["fake", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("cluster", marks=pytest.mark.integration),
+    ]
+)
 def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
-    """A plain fixture: it builds the real stores from the async ``redis`` fixture through
-    ``getfixturevalue``, which an async fixture cannot call inside the running loop."""
+    """A plain fixture: it builds the real stores from the async ``redis`` fixture (or, for
+    ``cluster``, a client of a local 3-master Redis Cluster) through ``getfixturevalue``,
+    which an async fixture cannot call inside the running loop."""
     if request.param == "fake":
         clock = SimulatedClock(T0)
         claims, locks = fakes.FakeClaims(clock, CLAIM_TTL), fakes.FakeLocks()
@@ -113,8 +121,9 @@ def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
             take_lock=take_lock,
         )
         return
-    redis = request.getfixturevalue("redis")
-    session_ids = request.getfixturevalue("session_ids")
+    cluster = request.param == "cluster"
+    redis = request.getfixturevalue("cluster_redis" if cluster else "redis")
+    session_ids = request.getfixturevalue("cluster_session_ids" if cluster else "session_ids")
     fill_store = FillStore(redis)
     session_id = session_ids.new("contract")
 
@@ -448,6 +457,29 @@ async def test_a_claim_lapses_after_its_ttl(stores: Stores) -> None:
     assert await stores.claims.acquire(sid, ["p1"]) == {}
 
 
+async def test_claiming_reads_the_positions_claimed_as_they_are_and_only_those(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    for pid in ("b1", "b2", "b3"):
+        await stores.fills.record(buy(sid, pid, "1", T0))
+    await stores.positions.record_coverage([coverage(await one(stores, "b2"), "tp2", "0.4")])
+    other = await stores.claims.acquire(sid, ["b3"])
+    tokens, read = await stores.claims.acquire_reading(sid, ["b1", "b2", "b3", "b4"])
+    assert set(tokens) == {"b1", "b2", "b4"}  # b3 is another worker's; b4 has no record
+    assert [p.position_id for p in read.items] == ["b1", "b2"]
+    assert read.items == (await stores.positions.read_many(sid, ["b1", "b2"])).items
+    assert read.items[1].covered == Decimal("0.4") and read.bad == []
+    # What was claimed is held: nobody else claims it, and the holder's tokens fence it.
+    assert await stores.claims.acquire_reading(sid, ["b1", "b2"]) == ({}, ReadResult())
+    pending = PendingTakeProfit(0, "cid-0", Decimal("1"), DEADLINE)
+    fenced = await stores.positions.fence(sid, None, [Fence(read.items[0], pending, tokens["b1"])])
+    assert fenced == {"b1"}
+    await stores.claims.release(sid, tokens)
+    await stores.claims.release(sid, other)
+    assert set(await stores.claims.acquire(sid, ["b1", "b2", "b3"])) == {"b1", "b2", "b3"}
+
+
 # -- SessionLocks ----------------------------------------------------------------------------
 
 
@@ -593,13 +625,20 @@ async def test_recent_sessions_are_newest_first_and_old_ended_ones_are_left_out(
 TTL = timedelta(seconds=30)  # the real key expires by itself (twice the TTL) after the test
 
 
-@pytest.fixture(params=["fake", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("cluster", marks=pytest.mark.integration),
+    ]
+)
 def ledger(request: pytest.FixtureRequest) -> tuple[BalanceReservations, str]:
-    """A ledger and an account name of this test's own."""
+    """A ledger and an account name of this test's own (on one server or a cluster)."""
     account = f"contract:{uuid.uuid4().hex[:12]}"
     if request.param == "fake":
         return fakes.FakeReservations(), account
-    return RedisReservations(request.getfixturevalue("redis")), account
+    client = "cluster_redis" if request.param == "cluster" else "redis"
+    return RedisReservations(request.getfixturevalue(client)), account
 
 
 def ask(

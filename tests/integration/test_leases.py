@@ -5,6 +5,7 @@ longest-waiting sessions go first, and stale sessions are flagged."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ import pytest
 from mmops.adapters.postgres import schema
 from mmops.adapters.postgres.leases import PostgresWorkLeases
 from mmops.adapters.postgres.pool import Pool, create_pool, open_pool
-from mmops.domain.records import WorkKind
+from mmops.domain.records import WorkItem, WorkKind
 
 pytestmark = pytest.mark.integration
 
@@ -55,11 +56,12 @@ async def round_of(leases: PostgresWorkLeases, workers: int, batch: int = 3) -> 
 
     async def work(name: str) -> None:
         while claimed := await leases.claim(SETTLE, name, batch, TTL, ROUND, since=LONG_AGO):
-            for sid in claimed:
+            for item in claimed:
+                sid = item.session_id
                 assert sid not in done, f"{sid} claimed by {done[sid]} and {name}"
                 done[sid] = name
                 await asyncio.sleep(0.001)
-                assert await leases.done(SETTLE, sid, name)
+                assert await leases.done(SETTLE, item, name)
 
     await leases.discover(SETTLE, LONG_AGO)
     await asyncio.gather(*(work(f"w{i}") for i in range(workers)))
@@ -88,12 +90,12 @@ async def test_a_lease_not_marked_done_is_taken_over_after_its_ttl(db: tuple[str
     await leases.discover(SETTLE, LONG_AGO)
     short = timedelta(milliseconds=300)
 
-    assert await leases.claim(SETTLE, "dead", 5, short, ROUND, since=LONG_AGO) == ["s000"]
+    assert await leases.claim(SETTLE, "dead", 5, short, ROUND, since=LONG_AGO) == [WorkItem("s000")]
     assert await leases.claim(SETTLE, "other", 5, TTL, ROUND, since=LONG_AGO) == []
     await asyncio.sleep(0.4)
-    assert await leases.claim(SETTLE, "other", 5, TTL, ROUND, since=LONG_AGO) == ["s000"]
-    assert not await leases.done(SETTLE, "s000", "dead")  # the lease is no longer its own
-    assert await leases.done(SETTLE, "s000", "other")
+    assert await leases.claim(SETTLE, "other", 5, TTL, ROUND, since=LONG_AGO) == [WorkItem("s000")]
+    assert not await leases.done(SETTLE, WorkItem("s000"), "dead")  # the lease is no longer its own
+    assert await leases.done(SETTLE, WorkItem("s000"), "other")
 
 
 async def test_a_released_lease_is_due_again_at_once(db: tuple[str, Pool]) -> None:
@@ -101,9 +103,9 @@ async def test_a_released_lease_is_due_again_at_once(db: tuple[str, Pool]) -> No
     add_sessions(url, 1)
     leases = PostgresWorkLeases(pool)
     await leases.discover(SETTLE, LONG_AGO)
-    assert await leases.claim(SETTLE, "a", 5, TTL, ROUND, since=LONG_AGO) == ["s000"]
-    assert await leases.release(SETTLE, "s000", "a")
-    assert await leases.claim(SETTLE, "b", 5, TTL, ROUND, since=LONG_AGO) == ["s000"]
+    assert await leases.claim(SETTLE, "a", 5, TTL, ROUND, since=LONG_AGO) == [WorkItem("s000")]
+    assert await leases.release(SETTLE, WorkItem("s000"), "a")
+    assert await leases.claim(SETTLE, "b", 5, TTL, ROUND, since=LONG_AGO) == [WorkItem("s000")]
 
 
 async def test_the_longest_waiting_sessions_are_claimed_first(db: tuple[str, Pool]) -> None:
@@ -122,7 +124,12 @@ async def test_the_longest_waiting_sessions_are_claimed_first(db: tuple[str, Poo
 
     first = await leases.claim(SETTLE, "w", 4, TTL, ROUND, since=LONG_AGO)
 
-    assert first == ["s004", "s009", "s008", "s007"]  # never done first, then the oldest
+    assert [i.session_id for i in first] == [
+        "s004",
+        "s009",
+        "s008",
+        "s007",
+    ]  # never done first, then the oldest
 
 
 async def test_a_session_no_longer_recent_is_not_claimed(db: tuple[str, Pool]) -> None:
@@ -163,7 +170,7 @@ async def test_a_silent_session_is_flagged_stale_once_and_settled_less_often(
     claimed = await leases.claim(
         SETTLE, "w", 5, TTL, ROUND, since=LONG_AGO, stale_due_age=ROUND * 10
     )
-    assert claimed == [busy]
+    assert claimed == [WorkItem(busy)]
 
     with psycopg.connect(url) as conn:
         conn.execute(
@@ -196,3 +203,62 @@ async def test_migration_holds_split_pending_sessions_and_a_failed_one_stays_due
     await asyncio.gather(*(take(f"w{i}") for i in range(4)))
 
     assert taken == Counter(dict.fromkeys(ids, 1))
+
+
+def set_pairs(url: str, sid: str, pairs: list[str]) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE sessions SET pairs = %s::jsonb, pair_count = %s WHERE id = %s",
+            (json.dumps(pairs), len(pairs), sid),
+        )
+
+
+async def test_a_big_session_is_claimed_in_parts_each_once_per_round(
+    db: tuple[str, Pool],
+) -> None:
+    url, pool = db
+    big, small = add_sessions(url, 2)
+    set_pairs(url, big, [f"A{i}/USD" for i in range(5)])
+    set_pairs(url, small, ["BTC/USD"])
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+
+    assert await leases.splittable(LONG_AGO, 3) == {big: tuple(f"A{i}/USD" for i in range(5))}
+    await leases.set_parts(SETTLE, big, ["g0", "g1"])
+    await leases.set_parts(SETTLE, big, ["g0", "g1"])  # again: nothing more
+
+    claimed: list[tuple[str, WorkItem]] = []
+    for turn in range(10):  # two workers taking turns, a part at a time, until none is due
+        worker = f"w{turn % 2}"
+        got = await leases.claim(SETTLE, worker, 1, TTL, ROUND, since=LONG_AGO)
+        if not got:
+            break
+        claimed.append((worker, got[0]))
+        assert await leases.done(SETTLE, got[0], worker)
+    assert {w for w, _ in claimed} == {"w0", "w1"}
+    claimed_items = [item for _, item in claimed]
+    assert sorted((i.session_id, i.part) for i in claimed_items) == [
+        (big, ""), (big, "g0"), (big, "g1"), (small, ""),
+    ]  # fmt: skip
+
+    # Fewer pairs: its group leases go (and it is splittable once more, to drop them).
+    set_pairs(url, big, ["A0/USD"])
+    assert await leases.splittable(LONG_AGO, 3) == {big: ("A0/USD",)}
+    await leases.set_parts(SETTLE, big, [])
+    assert await leases.splittable(LONG_AGO, 3) == {}
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT part FROM work_leases WHERE session_id = %s", (big,))
+        assert [r[0] for r in rows] == [""]
+
+
+async def test_a_stale_flag_covers_every_part_and_is_reported_once(db: tuple[str, Pool]) -> None:
+    url, pool = db
+    (sid,) = add_sessions(url, 1, started=timedelta(hours=8))
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    await leases.set_parts(SETTLE, sid, ["g0", "g1"])
+
+    assert await leases.mark_stale(timedelta(hours=6)) == ([sid], [])
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT count(*) FROM work_leases WHERE stale_since IS NOT NULL")
+        assert rows.fetchone() == (3,)

@@ -35,7 +35,20 @@ BASE_TABLES = {
     "ingest_rejects",
     "work_leases",
     "work_runs",
+    "prices",
+    "take_profits",
 }
+
+
+def after(migration: str) -> list[str]:
+    """The migrations after ``migration``, in the order an upgrade applies them."""
+    ids = schema.migration_ids()
+    return ids[ids.index(migration) + 1 :]
+
+
+def down_to(migration: str) -> list[str]:
+    """What a downgrade to ``migration`` rolls back, newest first."""
+    return list(reversed(after(migration)))
 
 
 def test_upgrade_downgrade_to_zero_and_upgrade_again(empty_database_url: str) -> None:
@@ -45,17 +58,13 @@ def test_upgrade_downgrade_to_zero_and_upgrade_again(empty_database_url: str) ->
     assert schema.is_current(url)
     assert schema.upgrade(url) == []
 
-    assert schema.downgrade(url, "001-add-multi-pair-support") == [
-        "006-work-leases",
-        "005-ingest-rejects",
-        "004-reject-kind",
-        "003-migration-keys",
-        "002-add-symbol-indexes",
-    ]
+    rolled_back = schema.downgrade(url, "001-add-multi-pair-support")
+    assert rolled_back == down_to("001-add-multi-pair-support")
+    assert rolled_back[-1] == "002-add-symbol-indexes"
     assert not schema.is_current(url)
     assert schema.downgrade(url, schema.ZERO) == ["001-add-multi-pair-support", "000-base"]
     assert tables(url) == set()
-    assert [s.applied for s in schema.status(url)] == [False] * 7
+    assert [s.applied for s in schema.status(url)] == [False] * len(schema.migration_ids())
 
     assert schema.upgrade(url) == schema.migration_ids()
     assert tables(url) == BASE_TABLES
@@ -77,11 +86,7 @@ def test_004_backfills_each_reject_kind_from_its_key_once_and_rolls_back(
 ) -> None:
     url = empty_database_url
     schema.upgrade(url)
-    assert schema.downgrade(url, "003-migration-keys") == [
-        "006-work-leases",
-        "005-ingest-rejects",
-        "004-reject-kind",
-    ]
+    assert schema.downgrade(url, "003-migration-keys") == down_to("003-migration-keys")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)"
@@ -89,7 +94,7 @@ def test_004_backfills_each_reject_kind_from_its_key_once_and_rolls_back(
             "        ('s1', 'BTC/USD', 'fills:{s1}:BTC/USD#t:1', '{', 'bad'),"
             "        ('s1', NULL, 'other:{s1}:BTC/USD#x', '{', 'bad')"
         )
-    assert schema.upgrade(url) == ["004-reject-kind", "005-ingest-rejects", "006-work-leases"]
+    assert schema.upgrade(url) == after("003-migration-keys")
     with psycopg.connect(url) as conn:
         kinds = conn.execute("SELECT redis_key, kind FROM migration_rejects ORDER BY id").fetchall()
     assert kinds == [
@@ -103,11 +108,7 @@ def test_004_backfills_each_reject_kind_from_its_key_once_and_rolls_back(
             "INSERT INTO migration_rejects (session_id, symbol, redis_key, raw_payload, reason)"
             " VALUES ('s1', 'BTC/USD', 'orders:{s1}:BTC/USD#o2', '{', 'bad')"
         )
-    assert schema.downgrade(url, "003-migration-keys") == [
-        "006-work-leases",
-        "005-ingest-rejects",
-        "004-reject-kind",
-    ]
+    assert schema.downgrade(url, "003-migration-keys") == down_to("003-migration-keys")
     with psycopg.connect(url) as conn:
         columns = conn.execute(
             "SELECT column_name FROM information_schema.columns"

@@ -23,6 +23,7 @@ from mmops.adapters.redis.store import (
 from mmops.domain.models import (
     Fill,
     Order,
+    OrderKind,
     OrderStatus,
     PendingTakeProfit,
     Session,
@@ -272,7 +273,7 @@ async def test_thousand_positions_read_in_a_handful_of_round_trips(
     assert len(result.items) == 1000
     assert result.bad == []
     assert [p.position_id for p in result.items][:2] == ["b0000", "b0001"]
-    # One ZRANGE, then one pipelined round trip per 500 positions.
+    # One ZRANGE, then one script call per 500 positions.
     assert counter.round_trips == 3, counter.round_trips
 
 
@@ -497,3 +498,69 @@ async def test_settlement_status_replaces_the_hash_and_sets_the_last_run(
     await redis.hset(keys.settlement_status(sid), "state", "sideways")
     with pytest.raises(BadRecordError):
         await ops.settlement_status(sid)
+
+
+async def test_a_batch_of_take_profits_over_two_pairs_is_recorded_in_one_round_trip(
+    redis_url: str, redis: Redis, session_ids: SessionIds
+) -> None:
+    """Each take-profit's metadata, order, coverage and index change land, every key is in
+    the session's registry, and the whole batch is one script call (one round trip)."""
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    pairs = {"b1": "BTC/USD", "e1": "ETH/USD", "b2": "BTC/USD"}
+    for pid, pair in pairs.items():
+        await fills.record(buy_fill(sid, pid, "1", "10", T0, symbol=pair))
+    coverages = []
+    for n, pid in enumerate(pairs):
+        [p] = (await positions.read_many(sid, [pid])).items
+        record = replace(take_profit(pid, amount="0.4" if pid == "b2" else "1"), pair=p.symbol)
+        cid = record.client_order_id
+        order = Order(sid, f"tp-{n}", p.symbol, Side.SELL, record.price, record.amount, T0,
+                      kind=OrderKind.TAKE_PROFIT, client_order_id=cid)  # fmt: skip
+        coverages.append(Coverage(p, 0, f"tp-{n}", record.amount, record, pid != "b2", order))
+    counted = create_client(redis_url)
+    counter = CountingConnections(counted)
+    try:
+        await counted.ping()
+        counter.round_trips = 0
+        await PositionStore(counted).record_coverage(coverages)
+        assert counter.round_trips == 1
+    finally:
+        await counted.aclose()
+    assert await positions.uncovered_ids(sid, "BTC/USD") == ["b2"]  # only partly covered
+    assert await positions.uncovered_ids(sid, "ETH/USD") == []
+    read = await positions.read_many(sid, list(pairs))
+    assert [(p.covered, p.generation, p.first_covered_at) for p in read.items] == [
+        (Decimal("1"), 1, T0), (Decimal("1"), 1, T0), (Decimal("0.4"), 1, T0),
+    ]  # fmt: skip
+    for c in coverages:
+        assert await positions.tp_order(sid, c.order_id) == c.take_profit
+        assert c.order is not None
+        assert await OrderStore(redis).get(sid, c.position.symbol, c.order_id) == c.order
+    registered = await redis.smembers(keys.registry(sid))
+    for c in coverages:
+        s, p = sid, c.position
+        assert {keys.tp_order(s, c.order_id), keys.position(s, p.position_id),
+                keys.uncovered(s, p.symbol), keys.orders(s, p.symbol)} <= registered  # fmt: skip
+
+
+async def test_claiming_reads_in_the_same_round_trip_and_registers_the_attempts(
+    redis_url: str, redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new()
+    fills = FillStore(redis)
+    for pid in ("b1", "b2"):
+        await fills.record(buy_fill(sid, pid, "1", "10", T0))
+    counted = create_client(redis_url)
+    counter = CountingConnections(counted)
+    try:
+        await counted.ping()
+        counter.round_trips = 0
+        tokens, read = await Attempts(counted, 5).acquire_reading(sid, ["b1", "b2", "b2"])
+        assert counter.round_trips == 1
+    finally:
+        await counted.aclose()
+    assert set(tokens) == {"b1", "b2"} and [p.position_id for p in read.items] == ["b1", "b2"]
+    registered = await redis.smembers(keys.registry(sid))
+    assert {keys.tp_attempt(sid, "b1"), keys.tp_attempt(sid, "b2")} <= registered
+    assert await redis.get(keys.tp_attempt(sid, "b1")) == tokens["b1"]

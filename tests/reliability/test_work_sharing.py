@@ -70,3 +70,53 @@ async def test_workers_split_the_sessions_each_settled_once_per_round(
         settled = again.json()["sessions"]
         assert len(settled) == SESSIONS
         assert sum(s["totals"].get("placed", 0) for s in settled) == 0
+
+
+@pytest.mark.parametrize("redis", ["single", "cluster"])
+async def test_a_big_session_is_settled_in_groups_by_several_workers(
+    request: pytest.FixtureRequest, admin_database_url: str, redis: str
+) -> None:
+    """One session of all ten pairs, in groups of at most three that share no base asset
+    (BTC/USD and BTC/EUR together): two workers started together settle each group and the
+    whole part (reconciliation, stop-loss, status) exactly once, and every position gets
+    exactly one take-profit."""
+    fixture = "redis_url" if redis == "single" else "redis_cluster_url"
+    redis_url: str = request.getfixturevalue(fixture)
+    async with private_world(redis_url, admin_database_url) as w:
+        sid = await w.start_session(list(PAIRS))
+        for pair in PAIRS:
+            for _ in range(3):
+                await buy(w, sid, pair, timedelta(minutes=70))
+            await w.exchange.fund(pair.split("/")[0], Decimal(1000))
+        env = cli_env(
+            w,
+            MMOPS_PAPER_FAULTS='{"latency_ms": 100}',
+            MMOPS_SETTLEMENT_CLAIM_BATCH="1",
+            MMOPS_SETTLE_GROUP_PAIRS="3",
+        )
+        procs = [
+            await spawn(env | {"MMOPS_WORKER_ID": f"w{i}"}, "settle", "--json") for i in range(2)
+        ]
+        runs = await asyncio.gather(*(finish(p) for p in procs))
+        for run in runs:
+            assert run.rc == 0, run.out + run.err
+
+        async with w.rt.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT coalesce(details->>'part', ''), worker, state, details->'pairs'"
+                " FROM settlement_runs WHERE session_id = %s",
+                (sid,),
+            )
+            rows = await cur.fetchall()
+        parts = Counter(part for part, _, _, _ in rows)
+        assert parts == Counter({"": 1, "g0": 1, "g1": 1, "g2": 1, "g3": 1})
+        assert {state for _, _, state, _ in rows} == {"ok"}
+        groups = [set(pairs) for part, _, _, pairs in rows if part]
+        assert sorted(len(g) for g in groups) == [1, 3, 3, 3]
+        assert set().union(*groups) == set(PAIRS)
+        assert any({"BTC/USD", "BTC/EUR"} <= g for g in groups)  # one base, one group
+        print(f"parts settled per worker: {Counter(worker for _, worker, _, _ in rows)}")
+
+        a = await audit(w, {sid: list(PAIRS)}, await paper_sells(w))
+        assert a.duplicate_client_ids == [] and a.doubled == []
+        assert a.live == 3 * len(PAIRS)  # one take-profit per position, none twice

@@ -52,6 +52,7 @@ class Desk:
         balances: dict[str, str] | None = None,
         dry_run: bool = False,
         venue: type[fakes.MemoryExchange] = fakes.MemoryExchange,
+        group_pairs: int = 0,
     ) -> None:
         self.clock = SimulatedClock(T0)
         self.claims = fakes.FakeClaims(self.clock)
@@ -110,6 +111,7 @@ class Desk:
             hours_back=24,
             session_limit=10,
             worker="w-test",
+            group_pairs=group_pairs,
         )
 
     async def start(self, sid: str = "s1", *pairs: str, capital: str = "0") -> Session:

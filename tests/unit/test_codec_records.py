@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmops.adapters.redis import codec
+from mmops.domain.models import Order, OrderKind, OrderStatus, Side
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import (
     RunState,
@@ -227,3 +228,73 @@ def test_a_settlement_status_hash_that_does_not_parse_is_a_bad_record(
     with pytest.raises(BadRecordError) as raised:
         codec.decode("settlement:status:{s}", fields, codec.settlement_status_from_fields)
     assert raised.value.key == "settlement:status:{s}"
+
+
+# -- the order record of a take-profit, and script arguments -------------------------------
+
+
+def _order_json_the_plain_way(o: Order) -> str:
+    """What ``order_to_json`` wrote before it was written by hand: json.dumps of the fields."""
+    return json.dumps(
+        {
+            "order_id": o.order_id,
+            "session_id": o.session_id,
+            "symbol": o.symbol,
+            "side": o.side.value,
+            "price": str(o.price),
+            "amount": str(o.amount),
+            "filled": str(o.filled),
+            "status": o.status.value,
+            "kind": o.kind.value,
+            "client_order_id": o.client_order_id,
+            "created_at": codec.iso(o.created_at),
+        },
+        separators=(",", ":"),
+    )
+
+
+POSITIVE = st.decimals(min_value=D("1E-30"), max_value=D("1E+30"), places=None).filter(
+    lambda d: d.is_finite() and d > 0
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    price=POSITIVE,
+    amount=POSITIVE,
+    filled=st.one_of(st.just(D(0)), POSITIVE),
+    client_order_id=st.one_of(st.none(), st.text(max_size=40), st.uuids().map(str)),
+    kind=st.sampled_from(OrderKind),
+    status=st.sampled_from(OrderStatus),
+    offset=st.integers(-12, 14),
+)
+def test_an_order_is_written_byte_for_byte_as_json_dumps_writes_it(
+    price: D,
+    amount: D,
+    filled: D,
+    client_order_id: str | None,
+    kind: OrderKind,
+    status: OrderStatus,
+    offset: int,
+) -> None:
+    """Migration's fast path reads the exact layout: the hand-written JSON must not drift."""
+    at = AT.astimezone(timezone(timedelta(hours=offset)))
+    order = Order(
+        "s-1", "o-1", "BTC/USD", Side.SELL, price, amount, at, status, filled, kind,
+        client_order_id,
+    )  # fmt: skip
+    written = codec.order_to_json(order)
+    assert written == _order_json_the_plain_way(order)
+    assert codec.order_from_json(written) == replace(order, created_at=at.astimezone(UTC))
+
+
+def test_script_arguments_join_values_and_refuse_one_holding_the_separator() -> None:
+    assert codec.joined(["a", "", "1.5"]) == "a||1.5"
+    with pytest.raises(ValueError, match="holds"):
+        codec.joined(["a", "b|c"])
+
+
+def test_take_profit_values_follow_the_field_names() -> None:
+    assert dict(zip(codec.TAKE_PROFIT_FIELDS, codec.take_profit_values(PLACED), strict=True)) == (
+        PLACED_FIELDS
+    )

@@ -10,7 +10,7 @@ import pytest
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import RunState
 from mmops.errors import UnknownSession
-from tests.unit.desk import BTC_EUR, BTC_USD, Desk
+from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, Desk
 
 
 async def test_a_run_covers_the_session_and_records_its_status_and_a_run_row() -> None:
@@ -110,3 +110,54 @@ async def test_an_unknown_session_is_refused() -> None:
 
     with pytest.raises(UnknownSession):
         await desk.settlement.run("nope")
+
+
+async def test_a_big_session_is_settled_in_groups_sharing_no_base_then_as_a_whole() -> None:
+    desk = Desk(group_pairs=1)  # BTC/USD and BTC/EUR sell one BTC: one group; ETH/USD another
+    await desk.start("s1", BTC_USD, BTC_EUR, ETH_USD, capital="1000")
+    await desk.buy("b1", "0.5")
+    await desk.buy("e1", "0.5", pair=BTC_EUR, price="90")
+    await desk.buy("h1", "1", pair=ETH_USD, price="10")
+
+    results = await desk.settlement.run("s1")
+
+    assert [(r.part, sorted(r.pairs), r.state) for r in results] == [
+        ("g0", [BTC_EUR, BTC_USD], RunState.OK),
+        ("g1", [ETH_USD], RunState.OK),
+        ("", [BTC_EUR, BTC_USD, ETH_USD], RunState.OK),  # reconciled, stop-loss checked
+    ]
+    assert [r.totals().get("placed", 0) for r in results] == [2, 1, 0]
+    assert results[2].stoploss is not None
+    assert len(desk.exchange.orders) == 3
+    assert [row.details.get("part", "") for row in desk.runs.rows] == ["g0", "g1", ""]
+    assert desk.ops.statuses["s1"].stoploss is not None  # the status: the whole part's
+
+
+async def test_a_held_group_skips_that_group_and_the_whole_part_only() -> None:
+    desk = Desk(group_pairs=1)
+    await desk.start("s1", BTC_USD, ETH_USD)
+    await desk.buy("b1", "0.5")
+    await desk.buy("h1", "1", pair=ETH_USD, price="10")
+
+    async with desk.locks.hold("s1", "g1"):  # another worker settles the ETH group
+        results = await desk.settlement.run("s1")
+
+    assert [(r.part, r.state) for r in results] == [
+        ("g0", RunState.OK), ("g1", RunState.LOCKED), ("", RunState.LOCKED),
+    ]  # fmt: skip
+    assert [o.symbol for o in desk.exchange.orders.values()] == [BTC_USD]
+    assert "s1" not in desk.ops.statuses
+
+
+async def test_a_quick_run_of_a_big_session_takes_only_the_groups_of_its_pairs() -> None:
+    desk = Desk(group_pairs=1)
+    await desk.start("s1", BTC_USD, ETH_USD)
+    await desk.buy("b1", "0.5")
+    await desk.buy("h1", "1", pair=ETH_USD, price="10")
+
+    async with desk.locks.hold("s1", "g0"):  # the BTC group is busy: the ETH one goes on
+        results = await desk.settlement.run("s1", [ETH_USD])
+
+    assert [(r.part, sorted(r.pairs), r.state) for r in results] == [("g1", [ETH_USD], RunState.OK)]
+    assert [o.symbol for o in desk.exchange.orders.values()] == [ETH_USD]
+    assert "s1" not in desk.ops.statuses  # a narrowed run writes no status

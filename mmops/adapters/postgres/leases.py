@@ -11,13 +11,13 @@ connection drops and the row is free at once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
 from mmops.adapters.postgres.pool import pg_errors
-from mmops.domain.records import WorkKind
+from mmops.domain.records import WorkItem, WorkKind
 
 # The sessions each kind takes work for: settlement the recent or running ones (as the old
 # newest-first discovery did, without its limit), migration those not yet complete.
@@ -36,7 +36,7 @@ ON CONFLICT DO NOTHING
 
 _CLAIM = """
 WITH due AS (
-    SELECT l.session_id FROM work_leases l JOIN sessions s ON s.id = l.session_id
+    SELECT l.session_id, l.part FROM work_leases l JOIN sessions s ON s.id = l.session_id
     WHERE l.kind = %(kind)s AND {wanted} AND l.leased_until < now()
       AND (l.last_done IS NULL OR l.last_done < CASE
            WHEN %(round_started)s::timestamptz IS NOT NULL THEN %(round_started)s::timestamptz
@@ -47,40 +47,56 @@ WITH due AS (
     FOR UPDATE OF l SKIP LOCKED
 )
 UPDATE work_leases l SET worker = %(worker)s, leased_until = now() + %(ttl)s
-FROM due WHERE l.kind = %(kind)s AND l.session_id = due.session_id
-RETURNING l.session_id, l.last_done
+FROM due WHERE l.kind = %(kind)s AND l.session_id = due.session_id AND l.part = due.part
+RETURNING l.session_id, l.part, l.last_done
 """
 
 _HOLD = """
 SELECT l.session_id FROM work_leases l JOIN sessions s ON s.id = l.session_id
-WHERE l.kind = %(kind)s AND {wanted} AND l.leased_until < now()
+WHERE l.kind = %(kind)s AND l.part = '' AND {wanted} AND l.leased_until < now()
   AND (l.last_done IS NULL OR l.last_done < %(round_started)s)
 ORDER BY l.last_done NULLS FIRST, l.session_id
 LIMIT 1
 FOR UPDATE OF l SKIP LOCKED
 """
 
+# The sessions settlement may split into parts: more pairs than the group size, or split
+# before (their parts are dropped when they no longer need any).
+_SPLITTABLE = f"""
+SELECT s.id, s.pairs FROM sessions s
+WHERE {_WANTED[WorkKind.SETTLEMENT]}
+  AND (jsonb_array_length(s.pairs) > %(max_pairs)s
+       OR EXISTS (SELECT 1 FROM work_leases l WHERE l.kind = 'settlement'
+                  AND l.session_id = s.id AND l.part <> ''))
+ORDER BY s.id
+"""  # noqa: S608 - constant SQL
+
 # An active session's activity: its newest fill in PostgreSQL (migrated), else its start.
 _ACTIVITY = """
 SELECT s.id, GREATEST(s.started_at, (SELECT max(f.timestamp) FROM fills f
                                     WHERE f.session_id = s.id)) AS at
-FROM sessions s JOIN work_leases l ON l.kind = 'settlement' AND l.session_id = s.id
+FROM sessions s JOIN work_leases l
+  ON l.kind = 'settlement' AND l.session_id = s.id AND l.part = ''
 WHERE s.ended_at IS NULL AND s.status <> 'ended'
 """
 
+# Every part of a session is flagged (and unflagged) with it; each session is returned once.
 _MARK_STALE = f"""
-WITH activity AS ({_ACTIVITY})
-UPDATE work_leases l SET stale_since = now() FROM activity a
-WHERE l.kind = 'settlement' AND l.session_id = a.id AND l.stale_since IS NULL
-  AND a.at < now() - %(after)s
-RETURNING l.session_id
+WITH activity AS ({_ACTIVITY}), flagged AS (
+    UPDATE work_leases l SET stale_since = now() FROM activity a
+    WHERE l.kind = 'settlement' AND l.session_id = a.id AND l.stale_since IS NULL
+      AND a.at < now() - %(after)s
+    RETURNING l.session_id)
+SELECT DISTINCT session_id FROM flagged
 """  # noqa: S608 - constant SQL
 
 _UNMARK_STALE = f"""
-UPDATE work_leases l SET stale_since = NULL
-WHERE l.kind = 'settlement' AND l.stale_since IS NOT NULL
-  AND l.session_id NOT IN (SELECT a.id FROM ({_ACTIVITY}) a WHERE a.at < now() - %(after)s)
-RETURNING l.session_id
+WITH cleared AS (
+    UPDATE work_leases l SET stale_since = NULL
+    WHERE l.kind = 'settlement' AND l.stale_since IS NOT NULL
+      AND l.session_id NOT IN (SELECT a.id FROM ({_ACTIVITY}) a WHERE a.at < now() - %(after)s)
+    RETURNING l.session_id)
+SELECT DISTINCT session_id FROM cleared
 """  # noqa: S608 - constant SQL
 
 
@@ -146,8 +162,9 @@ class PostgresWorkLeases:
         since: datetime,
         stale_due_age: timedelta | None = None,
         round_started: datetime | None = None,
-    ) -> list[str]:
-        """Lease up to ``limit`` due sessions to ``worker`` for ``ttl``, longest-waiting first.
+    ) -> list[WorkItem]:
+        """Lease up to ``limit`` due parts of sessions to ``worker`` for ``ttl``,
+        longest-waiting first.
 
         Due: not leased now, and not done within ``due_age`` (``stale_due_age`` for a stale
         session; by default the same) — or, with ``round_started`` (a one-off run), not done
@@ -165,27 +182,53 @@ class PostgresWorkLeases:
         async with pg_errors(), self._pool.connection() as conn:
             cur = await conn.execute(_CLAIM.format(wanted=_WANTED[kind]), params)
             rows = await cur.fetchall()
-        rows.sort(key=lambda r: (r[1] is not None, r[1].timestamp() if r[1] else 0.0, r[0]))
-        return [r[0] for r in rows]
+        rows.sort(key=lambda r: (r[2] is not None, r[2].timestamp() if r[2] else 0.0, r[0], r[1]))
+        return [WorkItem(r[0], r[1]) for r in rows]
 
-    async def done(self, kind: WorkKind, session_id: str, worker: str) -> bool:
-        """Mark the session done in this round and end the lease, if ``worker`` still holds it
+    async def done(self, kind: WorkKind, item: WorkItem, worker: str) -> bool:
+        """Mark the part done in this round and end the lease, if ``worker`` still holds it
         (False when the lease expired and another worker took it)."""
-        return await self._end(kind, session_id, worker, done=True)
+        return await self._end(kind, item, worker, done=True)
 
-    async def release(self, kind: WorkKind, session_id: str, worker: str) -> bool:
-        """End ``worker``'s lease without marking it done: the session is due again at once."""
-        return await self._end(kind, session_id, worker, done=False)
+    async def release(self, kind: WorkKind, item: WorkItem, worker: str) -> bool:
+        """End ``worker``'s lease without marking it done: the part is due again at once."""
+        return await self._end(kind, item, worker, done=False)
 
-    async def _end(self, kind: WorkKind, session_id: str, worker: str, *, done: bool) -> bool:
+    async def _end(self, kind: WorkKind, item: WorkItem, worker: str, *, done: bool) -> bool:
         async with pg_errors(), self._pool.connection() as conn:
             cur = await conn.execute(
                 "UPDATE work_leases SET leased_until = now(),"
                 " last_done = CASE WHEN %s THEN now() ELSE last_done END"
-                " WHERE kind = %s AND session_id = %s AND worker = %s AND leased_until > now()",
-                (done, kind.value, session_id, worker),
+                " WHERE kind = %s AND session_id = %s AND part = %s AND worker = %s"
+                " AND leased_until > now()",
+                (done, kind.value, item.session_id, item.part, worker),
             )
             return cur.rowcount == 1
+
+    async def splittable(self, since: datetime, max_pairs: int) -> dict[str, tuple[str, ...]]:
+        """The pairs of the sessions settlement may split (more than ``max_pairs`` pairs, or
+        split before), by session id."""
+        async with pg_errors(), self._pool.connection() as conn:
+            cur = await conn.execute(_SPLITTABLE, {"since": since, "max_pairs": max_pairs})
+            rows = await cur.fetchall()
+        return {sid: tuple(str(p) for p in pairs) for sid, pairs in rows}
+
+    async def set_parts(self, kind: WorkKind, session_id: str, parts: Sequence[str]) -> None:
+        """Give the session exactly these parts besides its part '' (new ones are due at once;
+        a stale flag is copied from the session's part '')."""
+        async with pg_errors(), self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO work_leases (kind, session_id, part, stale_since)"
+                " SELECT %(kind)s, %(sid)s, p, (SELECT stale_since FROM work_leases"
+                "   WHERE kind = %(kind)s AND session_id = %(sid)s AND part = '')"
+                " FROM unnest(%(parts)s::text[]) AS p ON CONFLICT DO NOTHING",
+                {"kind": kind.value, "sid": session_id, "parts": list(parts)},
+            )
+            await conn.execute(
+                "DELETE FROM work_leases WHERE kind = %s AND session_id = %s"
+                " AND part <> '' AND NOT (part = ANY(%s::text[]))",
+                (kind.value, session_id, list(parts)),
+            )
 
     @contextlib.asynccontextmanager
     async def hold(

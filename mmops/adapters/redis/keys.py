@@ -73,8 +73,18 @@ def settlement_last_run(session_id: str) -> str:
     return f"settlement:last_run:{_tag(session_id)}"
 
 
-def settlement_lock(session_id: str) -> str:
-    return f"lock:settlement:{_tag(session_id)}"
+def prices(session_id: str) -> str:
+    """STREAM: the session's recorded tickers, one entry per settlement run (in the key
+    registry; see ``mmops.adapters.redis.prices``)."""
+    return f"prices:{_tag(session_id)}"
+
+
+def settlement_lock(session_id: str, scope: str = "") -> str:
+    """The session's settlement lock; with ``scope``, the lock of one group of its pairs (a
+    big session settled in parts). A group lock is not in the key registry: it lives only
+    the lock's TTL."""
+    base = f"lock:settlement:{_tag(session_id)}"
+    return f"{base}:{scope}" if scope else base
 
 
 def migration_completed(session_id: str) -> str:

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from mmops import logs
-from mmops.adapters.redis import codec, keys
+from mmops.adapters.redis import codec, keys, scripts
 from mmops.adapters.redis.client import Redis, redis_errors, scan_slot
 from mmops.adapters.redis.events import publish_fill
 from mmops.domain.models import (
@@ -38,7 +38,9 @@ from mmops.errors import BadRecordError, LockLost, StoreUnavailable
 
 T = TypeVar("T")
 
-PIPELINE_CHUNK = 500  # commands per round trip on bulk reads
+PIPELINE_CHUNK = 500  # commands (or keys of one script call) per round trip on bulk reads
+COVERAGE_CHUNK = 200  # take-profits recorded per script call
+_TAKE_PROFIT_NAMES = codec.joined(codec.TAKE_PROFIT_FIELDS)
 SCAN_COUNT = 1000
 
 log = logs.get_logger("mmops.store")
@@ -280,39 +282,65 @@ class FillStore(_MigrationReads):
 
 
 # Record placed take-profits of one session, each atomically with its position's coverage:
-# its tp_order metadata, the position's tp:<order> field, the pending marker of its generation
-# gone, the generation counter past it, and the position out of the uncovered index only if
-# no fill arrived since it was read (version). One call records a whole batch.
-# The take-profit's order record goes into the pair's orders hash in the same step, so a crash
-# can never leave coverage without the order its fills will belong to.
-# KEYS: the session's key registry, then per take-profit: tp_order key, position hash,
-#       uncovered zset, orders hash
-# ARGV: per take-profit: order id, amount, expected version, fully covered (1/0), position id,
-#       generation, covered-at time, order JSON ('' for none), number of metadata fields n,
-#       then n field/value pairs (``codec.take_profit_to_fields``)
-_RECORD_COVERAGE = """
-local a = 1
-for k = 2, #KEYS, 4 do
-  local tp, pos, unc, orders = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  redis.call('SADD', KEYS[1], tp, pos, unc, orders)
-  local order, amount, version, fully, pid, gen = ARGV[a], ARGV[a + 1], ARGV[a + 2],
-    ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
-  local at, record, n = ARGV[a + 6], ARGV[a + 7], tonumber(ARGV[a + 8])
-  a = a + 9
-  if record ~= '' then redis.call('HSET', orders, order, record) end
-  for i = 0, n - 1 do redis.call('HSET', tp, ARGV[a + 2 * i], ARGV[a + 2 * i + 1]) end
-  a = a + 2 * n
-  redis.call('HSET', pos, 'tp:' .. order, amount)
-  redis.call('HSETNX', pos, 'c', at)
+# its tp_order metadata (one HSET of every field), the position's tp:<order> field, the
+# pending marker of its generation gone, the generation counter past it, and the position out
+# of the uncovered index only if no fill arrived since it was read (version). One call records
+# a whole batch. The take-profit's order record goes into the pair's orders hash in the same
+# step, so a crash can never leave coverage without the order its fills will belong to.
+# KEYS: the session's key registry, then per pair: uncovered zset, orders hash; then per
+#       take-profit: tp_order key, position hash (every key is registered)
+# ARGV: the number of pairs, the metadata field names (``codec.TAKE_PROFIT_FIELDS``, joined),
+#       then per take-profit one: its values joined by '|' (pair number from 1, order id,
+#       amount, expected version, fully covered 1/0, position id, generation, covered-at time,
+#       the metadata values, and last its order JSON, '' for none: the rest of the argument)
+_RECORD_COVERAGE = (
+    scripts.SPLIT
+    + scripts.REGISTER
+    + """
+register(KEYS[1], KEYS, 2)
+local names = split(ARGV[2], 0)
+local record_at = 9 + #names
+local a = 3
+for k = 2 + 2 * tonumber(ARGV[1]), #KEYS, 2 do
+  local tp, pos = KEYS[k], KEYS[k + 1]
+  local v = split(ARGV[a], record_at)
+  local record = v[record_at]
+  a = a + 1
+  local slot = 2 * tonumber(v[1])
+  local order, amount, version, fully, pid, gen, at = v[2], v[3], v[4], v[5], v[6],
+    tonumber(v[7]), v[8]
+  if record ~= '' then redis.call('HSET', KEYS[slot + 1], order, record) end
+  local meta = {}
+  for i, name in ipairs(names) do
+    meta[2 * i - 1] = name
+    meta[2 * i] = v[8 + i]
+  end
+  redis.call('HSET', tp, unpack(meta))
+  local now = redis.call('HMGET', pos, 'g', 'v', 'c')
+  local set = {'tp:' .. order, amount}
+  if tonumber(now[1] or '0') <= gen then
+    set[#set + 1] = 'g'
+    set[#set + 1] = gen + 1
+  end
+  if not now[3] then
+    set[#set + 1] = 'c'
+    set[#set + 1] = at
+  end
+  redis.call('HSET', pos, unpack(set))
   redis.call('HDEL', pos, 'p:' .. gen)
-  if tonumber(redis.call('HGET', pos, 'g') or '0') <= gen then
-    redis.call('HSET', pos, 'g', gen + 1)
-  end
-  if fully == '1' and redis.call('HGET', pos, 'v') == version then
-    redis.call('ZREM', unc, pid)
-  end
+  if fully == '1' and now[2] == version then redis.call('ZREM', KEYS[slot], pid) end
 end
 return 1
+"""
+)
+
+# Read many hashes of one session at once: per key, its field/value pairs (empty if none).
+# One call instead of a pipelined HGETALL per key: redis-py's per-command cost dominates.
+# KEYS: the hashes
+_READ_HASHES = """
+local rows = {}
+for i, key in ipairs(KEYS) do rows[i] = redis.call('HGETALL', key) end
+return rows
 """
 
 # Release the coverage of a take-profit that is no longer live (cancelled or rejected). What
@@ -335,25 +363,33 @@ return 1
 # The fence before sending (see ``PositionStore.fence``).
 # KEYS: the session's lock, the session's key registry, then per order: its position's attempt
 #       key, the position hash
-# ARGV: the lock token ('' = not checked), then per order: attempt token, generation, marker
+# ARGV: the lock token ('' = not checked), then per order: generation, attempt token and
+#       marker, joined by '|' (the marker is the rest: it holds '|' itself)
 # Returns -1 when the lock is not the caller's (nothing written), else 1/0 per order.
-_FENCE = """
+_FENCE = (
+    scripts.REGISTER
+    + """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local fenced = {}
+local fenced, written = {}, {}
 for i = 3, #KEYS, 2 do
-  local a = 2 + (i - 3) / 2 * 3
-  local token, gen, marker = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local arg = ARGV[(i - 1) / 2 + 1]
+  local j = string.find(arg, '|', 1, true)
+  local k = string.find(arg, '|', j + 1, true)
+  local gen, token, marker = tonumber(string.sub(arg, 1, j - 1)), string.sub(arg, j + 1, k - 1),
+    string.sub(arg, k + 1)
   local current = tonumber(redis.call('HGET', KEYS[i + 1], 'g') or '0')
   if redis.call('GET', KEYS[i]) == token and current == gen then
     redis.call('HSET', KEYS[i + 1], 'p:' .. gen, marker, 'g', gen + 1)
-    redis.call('SADD', KEYS[2], KEYS[i + 1])
+    written[#written + 1] = KEYS[i + 1]
     fenced[#fenced + 1] = 1
   else
     fenced[#fenced + 1] = 0
   end
 end
+register(KEYS[2], written, 1)
 return fenced
 """
+)
 
 
 class PositionStore:
@@ -364,6 +400,7 @@ class PositionStore:
         self._fence = redis.register_script(_FENCE)
         self._cover = redis.register_script(_RECORD_COVERAGE)
         self._release = redis.register_script(_RELEASE_COVERAGE)
+        self._hashes = redis.register_script(_READ_HASHES)
 
     @redis_errors
     async def get(self, session_id: str, position_id: str) -> Position | None:
@@ -400,48 +437,51 @@ class PositionStore:
         result: ReadResult[Position] = ReadResult()
         for start in range(0, len(ids), PIPELINE_CHUNK):
             chunk = ids[start : start + PIPELINE_CHUNK]
-            async with self._r.pipeline(transaction=False) as pipe:
-                for position_id in chunk:
-                    pipe.hgetall(keys.position(session_id, position_id))
-                rows: list[dict[str, str]] = await pipe.execute()
-            for position_id, fields in zip(chunk, rows, strict=True):
-                if not fields:
-                    continue  # gone (expired, or an id that never had a fill)
-                key = keys.position(session_id, position_id)
-                try:
-                    parse = _position_parser(session_id, position_id)
-                    result.items.append(codec.decode(key, fields, parse))
-                except BadRecordError as e:
-                    result.bad.append(e)
+            names = [keys.position(session_id, position_id) for position_id in chunk]
+            rows = cast(list[list[str]], await self._hashes(keys=names))
+            positions_from_rows(session_id, chunk, names, rows, result)
         return result
 
     @redis_errors
     async def record_coverage(self, coverages: Sequence[Coverage]) -> None:
-        """Record placed take-profits (see _RECORD_COVERAGE), one call per session."""
+        """Record placed take-profits (see _RECORD_COVERAGE), one call per session (per
+        COVERAGE_CHUNK take-profits)."""
         by_session: dict[str, list[Coverage]] = {}
         for c in coverages:
             by_session.setdefault(c.position.session_id, []).append(c)
         for session_id, group in by_session.items():
-            script_keys: list[str] = [keys.registry(session_id)]
-            args: list[str] = []
-            for c in group:
-                p = c.position
-                metadata = codec.take_profit_to_fields(c.take_profit)
-                script_keys += [
-                    keys.tp_order(session_id, c.order_id),
-                    keys.position(session_id, p.position_id),
+            for start in range(0, len(group), COVERAGE_CHUNK):
+                await self._record_coverage(session_id, group[start : start + COVERAGE_CHUNK])
+
+    async def _record_coverage(self, session_id: str, group: Sequence[Coverage]) -> None:
+        pairs: dict[str, str] = {}  # pair → its number in the script's keys, from 1
+        pair_keys: list[str] = []
+        tp_keys: list[str] = []
+        args: list[str] = []
+        for c in group:
+            p = c.position
+            number = pairs.get(p.symbol)
+            if number is None:
+                number = pairs[p.symbol] = str(len(pairs) + 1)
+                pair_keys += [
                     keys.uncovered(session_id, p.symbol),
                     keys.orders(session_id, p.symbol),
                 ]
-                args += [
-                    c.order_id, str(c.amount), str(p.version), "1" if c.fully_covered else "0",
-                    p.position_id, str(c.generation), metadata["created_at"],
-                    codec.order_to_json(c.order) if c.order is not None else "",
-                    str(len(metadata)),
-                ]  # fmt: skip
-                for name, value in metadata.items():
-                    args += [name, value]
-            await self._cover(keys=script_keys, args=args)
+            tp_keys += [
+                keys.tp_order(session_id, c.order_id),
+                keys.position(session_id, p.position_id),
+            ]
+            values = codec.joined([
+                number, c.order_id, str(c.amount), str(p.version), "1" if c.fully_covered else "0",
+                p.position_id, str(c.generation), c.take_profit.created_at.isoformat(),
+                *codec.take_profit_values(c.take_profit),
+            ])  # fmt: skip
+            record = codec.order_to_json(c.order) if c.order is not None else ""
+            args.append(f"{values}{codec.SEPARATOR}{record}")
+        await self._cover(
+            keys=[keys.registry(session_id), *pair_keys, *tp_keys],
+            args=[str(len(pairs)), _TAKE_PROFIT_NAMES, *args],
+        )
 
     @redis_errors
     async def fence(
@@ -455,14 +495,16 @@ class PositionStore:
         LockLost, writing nothing, when the session's lock is no longer this worker's."""
         if not marks:
             return set()
-        script_keys = [keys.settlement_lock(session_id), keys.registry(session_id)]
+        lock = keys.settlement_lock(session_id, lease.scope if lease is not None else "")
+        script_keys = [lock, keys.registry(session_id)]
         args = [lease.token if lease is not None else ""]
         for m in marks:
             script_keys += [
                 keys.tp_attempt(session_id, m.position.position_id),
                 keys.position(session_id, m.position.position_id),
             ]
-            args += [m.attempt_token, str(m.pending.generation), codec.pending_value(m.pending)]
+            head = codec.joined([str(m.pending.generation), m.attempt_token])
+            args.append(f"{head}{codec.SEPARATOR}{codec.pending_value(m.pending)}")
         fenced = await self._fence(keys=script_keys, args=args)
         if fenced == -1:
             if lease is not None:
@@ -557,21 +599,46 @@ class PositionStore:
         result: ReadResult[tuple[str, TakeProfitRecord]] = ReadResult()
         for start in range(0, len(order_ids), PIPELINE_CHUNK):
             chunk = order_ids[start : start + PIPELINE_CHUNK]
-            async with self._r.pipeline(transaction=False) as pipe:
-                for order_id in chunk:
-                    pipe.hgetall(keys.tp_order(session_id, order_id))
-                rows = cast(list[dict[str, str]], await pipe.execute())
-            for order_id, fields in zip(chunk, rows, strict=True):
-                if not fields:
+            names = [keys.tp_order(session_id, order_id) for order_id in chunk]
+            rows = cast(list[list[str]], await self._hashes(keys=names))
+            for order_id, key, row in zip(chunk, names, rows, strict=True):
+                if not row:
                     continue
-                key = keys.tp_order(session_id, order_id)
                 try:
-                    record = codec.decode(key, fields, codec.take_profit_from_fields)
+                    record = codec.decode(key, _fields(row), codec.take_profit_from_fields)
                 except BadRecordError as e:
                     result.bad.append(e)
                     continue
                 result.items.append((order_id, record))
         return result
+
+
+def positions_from_rows(
+    session_id: str,
+    ids: Sequence[str],
+    names: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    result: ReadResult[Position],
+) -> None:
+    """Add the positions ``ids`` (keys ``names``) read as field/value rows to ``result``: an
+    empty row (a position gone: expired, or an id that never had a fill) is left out, one that
+    does not parse is in ``bad``."""
+    for position_id, key, row in zip(ids, names, rows, strict=True):
+        if not row:
+            continue
+        fields = _fields(row)
+        try:
+            result.items.append(codec.position_from_fields(session_id, position_id, fields))
+        except BadRecordError as e:
+            result.bad.append(e)
+        except codec.PARSE_ERRORS as e:  # as codec.decode: quarantined with key and reason
+            result.bad.append(BadRecordError(key, fields, f"{type(e).__name__}: {e}"))
+
+
+def _fields(row: Sequence[str]) -> dict[str, str]:
+    """A hash's field/value pairs as a script returns them (flat), as a dict."""
+    values = iter(row)
+    return dict(zip(values, values, strict=True))
 
 
 def _decode_all(key: str, raw: dict[str, Any], parse: Any) -> ReadResult[Any]:

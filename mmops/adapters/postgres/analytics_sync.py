@@ -1,0 +1,245 @@
+"""Migration's analytics step: a session's recorded prices (Redis ``prices:{S}``) and take-profit
+metadata (``tp_order:{S}:{O}``) copied into PostgreSQL ``prices`` and ``take_profits``
+(migration 007), inside the session's migration transaction.
+
+One call, :func:`copy_analytics`, after the session's orders are in ``orders`` (the take-profits
+copied are those of its ``take_profit`` orders: a take-profit without an order record has no
+fills PostgreSQL keeps either). Idempotent: prices are inserted ON CONFLICT DO NOTHING (a price
+recorded is never revised), take-profits upserted (a later copy carries the later state). A
+record that does not parse goes to ``migration_rejects`` (kind ``price`` or ``take_profit``,
+which completeness counts as neither orders nor fills), nothing is dropped silently. Then the
+rows PostgreSQL holds are counted against what was read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from psycopg import AsyncConnection
+
+from mmops.domain.models import Ticker
+from mmops.domain.records import ReadResult, TakeProfitRecord
+from mmops.errors import BadRecordError
+
+TP_CHUNK = 500  # take-profit ids per Redis read
+
+
+class PriceSource(Protocol):
+    """``mmops.adapters.redis.prices.PriceStore``."""
+
+    def read(self, session_id: str, chunk: int = ...) -> AsyncIterator[ReadResult[Ticker]]: ...
+
+
+class TakeProfitSource(Protocol):
+    """``mmops.adapters.redis.store.PositionStore``."""
+
+    async def tp_orders(
+        self, session_id: str, order_ids: Sequence[str]
+    ) -> ReadResult[tuple[str, TakeProfitRecord]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsCopy:
+    """What the step read from Redis and what PostgreSQL holds of it afterwards."""
+
+    session_id: str
+    prices_read: int  # distinct (pair, time) points read
+    prices_held: int  # of those, rows in ``prices``
+    prices_rejected: int
+    take_profits_read: int
+    take_profits_held: int  # of those, rows in ``take_profits`` with the state read
+    take_profits_rejected: int
+
+    def mismatches(self) -> list[str]:
+        found = []
+        if self.prices_held != self.prices_read:
+            found.append(f"prices: {self.prices_read} read, {self.prices_held} in PostgreSQL")
+        if self.take_profits_held != self.take_profits_read:
+            found.append(
+                f"take_profits: {self.take_profits_read} read, "
+                f"{self.take_profits_held} in PostgreSQL"
+            )
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.session_id,
+            "prices": {"read": self.prices_read, "held": self.prices_held,
+                       "rejected": self.prices_rejected},
+            "take_profits": {"read": self.take_profits_read, "held": self.take_profits_held,
+                             "rejected": self.take_profits_rejected},
+            "mismatches": self.mismatches(),
+        }  # fmt: skip
+
+
+_INSERT_PRICES = """
+INSERT INTO prices (session_id, symbol, at, bid, ask)
+SELECT %(session)s, symbol, at, bid, ask
+FROM unnest(%(symbols)s::text[], %(ats)s::timestamptz[], %(bids)s::numeric[], %(asks)s::numeric[])
+     AS p(symbol, at, bid, ask)
+ON CONFLICT (session_id, symbol, at) DO NOTHING
+"""
+
+_COUNT_PRICES = """
+SELECT count(*) FROM prices p
+JOIN unnest(%(symbols)s::text[], %(ats)s::timestamptz[]) AS r(symbol, at)
+  ON (p.symbol, p.at) = (r.symbol, r.at)
+WHERE p.session_id = %(session)s
+"""
+
+_TP_ORDER_IDS = """
+SELECT order_id FROM orders WHERE session_id = %s AND kind = 'take_profit' ORDER BY order_id
+"""
+
+_UPSERT_TAKE_PROFITS = """
+INSERT INTO take_profits (session_id, order_id, symbol, position, tier, markup, price, amount,
+                          generation, created_at, status)
+SELECT %(session)s, * FROM unnest(
+    %(order_ids)s::text[], %(symbols)s::text[], %(positions)s::text[], %(tiers)s::int[],
+    %(markups)s::numeric[], %(prices)s::numeric[], %(amounts)s::numeric[],
+    %(generations)s::int[], %(created)s::timestamptz[], %(statuses)s::text[])
+ON CONFLICT (session_id, order_id) DO UPDATE SET
+    symbol = EXCLUDED.symbol, position = EXCLUDED.position, tier = EXCLUDED.tier,
+    markup = EXCLUDED.markup, price = EXCLUDED.price, amount = EXCLUDED.amount,
+    generation = EXCLUDED.generation, created_at = EXCLUDED.created_at, status = EXCLUDED.status
+"""
+
+_COUNT_TAKE_PROFITS = """
+SELECT count(*) FROM take_profits t
+JOIN unnest(%(order_ids)s::text[], %(statuses)s::text[]) AS r(order_id, status)
+  ON (t.order_id, t.status) = (r.order_id, r.status)
+WHERE t.session_id = %(session)s
+"""
+
+_REJECT = """
+INSERT INTO migration_rejects (session_id, kind, symbol, redis_key, raw_payload, reason)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (session_id, md5(redis_key)) DO UPDATE SET
+    kind = EXCLUDED.kind, symbol = EXCLUDED.symbol, raw_payload = EXCLUDED.raw_payload,
+    reason = EXCLUDED.reason
+"""
+
+
+async def copy_analytics(
+    conn: AsyncConnection[Any],
+    session_id: str,
+    *,
+    prices: PriceSource,
+    take_profits: TakeProfitSource,
+) -> AnalyticsCopy:
+    """Copy the session's prices and take-profit metadata on ``conn`` (the caller's transaction:
+    nothing is committed here) and count what PostgreSQL holds of them. Raises what the stores
+    raise (StoreUnavailable); psycopg errors are the caller's to map (``pg_errors``)."""
+    points, price_rejects = await _copy_prices(conn, session_id, prices)
+    tps, tp_rejects = await _copy_take_profits(conn, session_id, take_profits)
+    return AnalyticsCopy(
+        session_id=session_id,
+        prices_read=len(points),
+        prices_held=await _count_prices(conn, session_id, points),
+        prices_rejected=price_rejects,
+        take_profits_read=len(tps),
+        take_profits_held=await _count_take_profits(conn, session_id, tps),
+        take_profits_rejected=tp_rejects,
+    )
+
+
+async def _copy_prices(
+    conn: AsyncConnection[Any], session_id: str, source: PriceSource
+) -> tuple[dict[tuple[str, Any], Ticker], int]:
+    """Insert every recorded price (a chunk per statement); the distinct points read."""
+    points: dict[tuple[str, Any], Ticker] = {}
+    rejected = 0
+    async for chunk in source.read(session_id):
+        rejected += await _reject(conn, session_id, "price", chunk.bad)
+        fresh = {(t.symbol, t.timestamp): t for t in chunk.items}
+        points.update(fresh)
+        if fresh:
+            rows = list(fresh.values())
+            await conn.execute(
+                _INSERT_PRICES,
+                {
+                    "session": session_id,
+                    "symbols": [t.symbol for t in rows],
+                    "ats": [t.timestamp for t in rows],
+                    "bids": [t.bid for t in rows],
+                    "asks": [t.ask for t in rows],
+                },
+            )
+    return points, rejected
+
+
+async def _count_prices(
+    conn: AsyncConnection[Any], session_id: str, points: dict[tuple[str, Any], Ticker]
+) -> int:
+    if not points:
+        return 0
+    params = {
+        "session": session_id,
+        "symbols": [symbol for symbol, _ in points],
+        "ats": [at for _, at in points],
+    }
+    cur = await conn.execute(_COUNT_PRICES, params)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _copy_take_profits(
+    conn: AsyncConnection[Any], session_id: str, source: TakeProfitSource
+) -> tuple[list[tuple[str, TakeProfitRecord]], int]:
+    cur = await conn.execute(_TP_ORDER_IDS, (session_id,))
+    ids = [str(row[0]) for row in await cur.fetchall()]
+    copied: list[tuple[str, TakeProfitRecord]] = []
+    rejected = 0
+    for start in range(0, len(ids), TP_CHUNK):
+        read = await source.tp_orders(session_id, ids[start : start + TP_CHUNK])
+        rejected += await _reject(conn, session_id, "take_profit", read.bad)
+        if read.items:
+            await conn.execute(_UPSERT_TAKE_PROFITS, _tp_params(session_id, read.items))
+            copied.extend(read.items)
+    return copied, rejected
+
+
+def _tp_params(session_id: str, items: Sequence[tuple[str, TakeProfitRecord]]) -> dict[str, Any]:
+    return {
+        "session": session_id,
+        "order_ids": [oid for oid, _ in items],
+        "symbols": [r.pair for _, r in items],
+        "positions": [r.position for _, r in items],
+        "tiers": [r.tier for _, r in items],
+        "markups": [r.markup for _, r in items],
+        "prices": [r.price for _, r in items],
+        "amounts": [r.amount for _, r in items],
+        "generations": [r.generation for _, r in items],
+        "created": [r.created_at for _, r in items],
+        "statuses": [r.status.value for _, r in items],
+    }
+
+
+async def _count_take_profits(
+    conn: AsyncConnection[Any], session_id: str, items: Sequence[tuple[str, TakeProfitRecord]]
+) -> int:
+    if not items:
+        return 0
+    params = {
+        "session": session_id,
+        "order_ids": [oid for oid, _ in items],
+        "statuses": [r.status.value for _, r in items],
+    }
+    cur = await conn.execute(_COUNT_TAKE_PROFITS, params)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _reject(
+    conn: AsyncConnection[Any], session_id: str, kind: str, bad: Sequence[BadRecordError]
+) -> int:
+    for e in bad:
+        symbol = e.key.rsplit(":", 1)[-1] if kind == "price" else None
+        await conn.execute(_REJECT, (session_id, kind, symbol, e.key, str(e.raw), e.reason))
+    return len(bad)

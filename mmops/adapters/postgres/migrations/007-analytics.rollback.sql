@@ -1,0 +1,3 @@
+-- Rollback of 007-analytics.
+DROP TABLE IF EXISTS take_profits;
+DROP TABLE IF EXISTS prices;

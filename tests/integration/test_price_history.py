@@ -1,0 +1,169 @@
+"""Price history in Redis (``prices:{S}``) and migration's analytics step (prices and
+take-profit metadata into PostgreSQL), on real Redis and PostgreSQL with the paper venue."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from mmops.adapters.postgres.analytics_sync import copy_analytics
+from mmops.adapters.redis import keys
+from mmops.adapters.redis.client import Redis
+from mmops.adapters.redis.prices import PriceStore
+from mmops.bootstrap import build_migration
+from mmops.domain.models import Ticker
+from mmops.domain.records import TpStatus
+from tests.conftest import SessionIds
+from tests.integration.world import World, world
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+
+
+def tick(symbol: str, bid: str, ask: str, seconds: int) -> Ticker:
+    return Ticker(symbol, Decimal(bid), Decimal(ask), T0 + timedelta(seconds=seconds))
+
+
+async def read_all(store: PriceStore, sid: str, chunk: int = 1000) -> tuple[list[Ticker], int]:
+    items: list[Ticker] = []
+    bad = 0
+    async for part in store.read(sid, chunk=chunk):
+        items.extend(part.items)
+        bad += len(part.bad)
+    return items, bad
+
+
+async def test_recorded_tickers_read_back_in_order_and_the_key_is_registered(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new("px")
+    store = PriceStore(redis)
+    runs = [[tick("BTC/USD", "100", "101", i), tick("ETH/USD", "10", "10.1", i)] for i in range(7)]
+    for run in runs:
+        await store.record(sid, run)
+    await store.record(sid, [])  # nothing fetched: nothing written
+    items, bad = await read_all(store, sid, chunk=3)  # several chunks
+    assert items == [t for run in runs for t in run] and bad == 0
+    assert await store.runs(sid) == 7
+    assert keys.prices(sid) in await redis.smembers(keys.registry(sid))
+
+
+async def test_the_stream_is_bounded_oldest_runs_trimmed_first(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new("px")
+    store = PriceStore(redis, max_runs=10)
+    for i in range(500):
+        await store.record(sid, [tick("BTC/USD", "100", "101", i)])
+    items, _ = await read_all(store, sid)
+    # MAXLEN ~ trims whole macro nodes: bounded well below what was written, newest kept.
+    assert 10 <= len(items) < 250
+    assert items[-1].timestamp == T0 + timedelta(seconds=499)
+
+
+async def test_a_value_that_does_not_parse_is_reported_not_dropped(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    sid = session_ids.new("px")
+    store = PriceStore(redis)
+    await store.record(sid, [tick("BTC/USD", "100", "101", 0)])
+    await redis.xadd(keys.prices(sid), {"BTC/USD": "1e999999 oops", "ETH/USD": "-1 2 x"})
+    chunks = [c async for c in store.read(sid)]
+    assert [t.bid for c in chunks for t in c.items] == [Decimal(100)]
+    bad = [e for c in chunks for e in c.bad]
+    assert len(bad) == 2 and all(e.key.startswith(keys.prices(sid) + "#") for e in bad)
+
+
+async def test_recording_works_on_a_redis_cluster(redis_cluster_url: str) -> None:
+    from mmops.adapters.redis.client import create_client
+    from mmops.adapters.redis.store import SessionStore
+
+    client = create_client(redis_cluster_url)
+    sid = "px-cluster-1"
+    try:
+        store = PriceStore(client)
+        await store.record(sid, [tick("BTC/USD", "100", "101", 0), tick("ETH/USD", "9", "9.1", 0)])
+        items, _ = await read_all(store, sid)
+        assert len(items) == 2
+        assert keys.prices(sid) in await client.smembers(keys.registry(sid))
+    finally:
+        await SessionStore(client).delete_all(sid)
+        await client.aclose()
+
+
+@pytest.fixture
+async def w(redis_url: str, database_url: str) -> AsyncIterator[World]:
+    async with world(redis_url, database_url) as w:
+        yield w
+
+
+async def copy(w: World, sid: str) -> dict[str, int]:
+    async with w.rt.pool.connection() as conn, conn.transaction():
+        result = await copy_analytics(conn, sid, prices=PriceStore(w.rt.redis),
+                                      take_profits=w.rt.positions)  # fmt: skip
+    assert result.ok, result.mismatches()
+    return {
+        "prices": result.prices_read, "tps": result.take_profits_read,
+        "price_rejects": result.prices_rejected, "tp_rejects": result.take_profits_rejected,
+    }  # fmt: skip
+
+
+async def test_copy_moves_prices_and_take_profits_idempotently(w: World) -> None:
+    pairs = ("BTC/USD", "ETH/USD")
+    sid = await w.start_session(pairs)
+    for pair in pairs:
+        await w.seed_positions(sid, pair, [5, 90, 300])
+    [result] = await w.settlement().run(sid)
+    assert result.totals()["placed"] == 6
+    await build_migration(w.rt).migrate(sid)  # orders (the take-profits among them) in PG
+    store = PriceStore(w.rt.redis)
+    for i in range(4):
+        await store.record(sid, [tick(p, "100", "100.5", 60 * (i + 1)) for p in pairs])
+    first = await copy(w, sid)
+    again = await copy(w, sid)
+    # The settlement run recorded its tickers (one per pair), then the four runs above.
+    assert first == again == {"prices": 10, "tps": 6, "price_rejects": 0, "tp_rejects": 0}
+    async with w.rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT order_id, symbol, position, tier, markup, price, amount, generation,"
+            " created_at, status FROM take_profits WHERE session_id = %s",
+            (sid,),
+        )
+        rows = {r[0]: r[1:] for r in await cur.fetchall()}
+        cur = await conn.execute("SELECT count(*) FROM prices WHERE session_id = %s", (sid,))
+        assert (await cur.fetchone()) == (10,)
+    placed = [p for report in result.pairs.values() for p in report.placed]
+    assert sorted(rows) == sorted(p.order_id for p in placed)
+    for p in placed:
+        meta = await w.rt.positions.tp_order(sid, p.order_id)
+        assert meta is not None
+        assert rows[p.order_id] == (meta.pair, meta.position, meta.tier, meta.markup, meta.price,
+                                    meta.amount, meta.generation, meta.created_at,
+                                    meta.status.value)  # fmt: skip
+    # A later copy carries the later state.
+    await w.rt.positions.set_tp_status(sid, placed[0].order_id, TpStatus.FILLED)
+    await copy(w, sid)
+    async with w.rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT status FROM take_profits WHERE session_id = %s AND order_id = %s",
+            (sid, placed[0].order_id),
+        )
+        assert (await cur.fetchone()) == ("filled",)
+
+
+async def test_a_bad_price_is_quarantined_and_the_rest_copied(w: World) -> None:
+    sid = await w.start_session(("BTC/USD",))
+    store = PriceStore(w.rt.redis)
+    await store.record(sid, [tick("BTC/USD", "100", "101", 0)])
+    await w.rt.redis.xadd(keys.prices(sid), {"BTC/USD": "not a price"})
+    await store.record(sid, [tick("BTC/USD", "100", "101", 5)])
+    assert await copy(w, sid) == {"prices": 2, "tps": 0, "price_rejects": 1, "tp_rejects": 0}
+    async with w.rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT kind, raw_payload FROM migration_rejects WHERE session_id = %s", (sid,)
+        )
+        assert await cur.fetchall() == [("price", "not a price")]
