@@ -334,6 +334,7 @@ def build_reconciler(rt: Runtime, exchange: Exchange, *, dry_run: bool) -> Recon
         exchange=exchange,
         dry_run=dry_run,
         locks=SettlementLocks(rt.redis, rt.settings.settlement_lock_ttl),
+        group_pairs=rt.settings.settle_group_pairs,
     )
 
 

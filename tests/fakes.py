@@ -388,7 +388,7 @@ class FakeLocks:
         names = [(session_id, scope) for scope in sorted(set(scopes))]
         if any(name in self.held for name in names):
             raise LockNotAcquired(f"session {session_id} is being settled by another worker")
-        lease = SessionLease(session_id, secrets.token_hex(12), scope=scopes[0] if scopes else "")
+        lease = SessionLease(session_id, secrets.token_hex(12), scope=names[0][1])
         for name in names:
             self.held[name] = lease.token
         try:

@@ -46,3 +46,10 @@ def group_names(groups: Sequence[Sequence[str]]) -> tuple[str, ...]:
     """Each group's lease part and lock scope: ``g0``, ``g1``, ... (empty for an unsplit
     session, whose one part is the whole session)."""
     return tuple(f"g{i}" for i in range(len(groups))) if len(groups) > 1 else ()
+
+
+def lock_scopes(pairs: Sequence[str], max_pairs: int) -> tuple[str, ...]:
+    """Every settlement lock of a session with these pairs: its own (``''``) and one per group
+    when it is split. Whatever changes the whole session (``mmops reconcile``, a split
+    session's stop-loss) holds them all."""
+    return ("", *group_names(pair_groups(pairs, max_pairs)))

@@ -145,6 +145,8 @@ class WorkItem:
 
     session_id: str
     part: str = ""
+    pairs: tuple[str, ...] = ()  # a group's pairs, as its lease row holds them
+    groups: tuple[str, ...] = ()  # for part '': the session's group parts (none: not split)
 
 
 class RejectKind(StrEnum):

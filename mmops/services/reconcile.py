@@ -29,6 +29,7 @@ from typing import Any
 
 from mmops import logs
 from mmops.domain.exchange import ExchangeOrder
+from mmops.domain.groups import lock_scopes
 from mmops.domain.models import ZERO, Fill, OrderStatus, Position, Session, Side
 from mmops.domain.records import TpStatus
 from mmops.errors import RECOVERABLE
@@ -177,8 +178,10 @@ class Reconciler:
         *,
         dry_run: bool = False,
         locks: SessionLocks | None = None,
+        group_pairs: int = 0,
     ) -> None:
         self._locks = locks
+        self._group_pairs = group_pairs  # a split session has a lock per group too
         self._positions = positions
         self._orders = orders
         self._order_writer = order_writer
@@ -235,12 +238,13 @@ class Reconciler:
         return report
 
     async def locked(self, session: Session) -> ReconcileReport:
-        """Reconcile the whole session while holding its settlement lock, so no settlement
-        run changes it meanwhile (``mmops reconcile``). Raises LockNotAcquired when another
-        worker holds it."""
+        """Reconcile the whole session while holding its settlement locks (its own and, when
+        it is settled in groups, each group's), so no settlement run changes it meanwhile
+        (``mmops reconcile``). Raises LockNotAcquired when another worker holds one."""
         if self._locks is None:
             return await self.session(session)
-        async with self._locks.hold(session.id):
+        scopes = lock_scopes(session.pairs, self._group_pairs)
+        async with self._locks.hold_all(session.id, scopes, wait=0):
             return await self.session(session)
 
     async def _believed(self, session_id: str, pairs: Sequence[str]) -> list[_Believed]:

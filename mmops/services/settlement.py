@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -23,7 +22,6 @@ from typing import Any
 
 from mmops import logs
 from mmops.domain.exchange import ExchangeOrder
-from mmops.domain.groups import group_names, pair_groups
 from mmops.domain.models import ZERO, Balance, Position, Session
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import (
@@ -53,6 +51,7 @@ from mmops.ports import (
     SettlementRecords,
     SettlementRuns,
 )
+from mmops.services.parts import Part, Parts, Work
 from mmops.services.price_history import record_prices
 from mmops.services.reconcile import Reconciler
 from mmops.services.reprice import Repricer
@@ -63,37 +62,8 @@ from mmops.services.tp_results import MarketData, PairReport
 
 log = logs.get_logger("mmops.settlement")
 
-# How long a part of a split session waits for the locks it needs: the whole part (reconciliation,
-# the stop-loss, the status) for its groups' runs to end, a group for the whole part's.
-PART_WAIT_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Part:
-    """What one locked run does for a session (docs/ARCHITECTURE.md, "Work sharing").
-
-    A session that fits in one group is one part: the whole session under its lock, covered,
-    and (a full run) reconciled, stop-loss checked and its status written. A session with more
-    pairs than the group size is split into groups of pairs that share no base asset: each
-    group is covered under the group's own lock (so several workers settle one big session at
-    once), and the whole part (``cover`` off) reconciles, checks the stop-loss and writes the
-    status holding every lock of the session."""
-
-    session: Session  # narrowed to the pairs this part covers
-    cover: bool
-    whole: bool
-    name: str = ""
-    scopes: tuple[str, ...] = ("",)
-    wait: float = 0.0  # seconds to wait for the locks (0: a held lock skips the run)
-
-    @property
-    def split(self) -> bool:
-        return self.scopes != ("",)
-
-    def lock(self, locks: SessionLocks) -> AbstractAsyncContextManager[SessionLease]:
-        if len(self.scopes) == 1 and not self.wait:
-            return locks.hold(self.session.id, self.scopes[0])
-        return locks.hold_all(self.session.id, self.scopes, wait=self.wait)
+NEVER_SPLIT = 2**31 - 1  # a group size no session reaches
+_ENDS_RUN: tuple[type[Exception], ...] = (LockLost, *RECOVERABLE)
 
 
 @dataclass(slots=True)
@@ -184,7 +154,7 @@ class SettlementService:
         self._limit = session_limit
         self.worker = worker
         self._sharing = sharing
-        self._group_pairs = group_pairs
+        self._parts = Parts(group_pairs)
         self._prices = prices  # price history for analytics (None: not recorded)
 
     async def run(
@@ -208,68 +178,26 @@ class SettlementService:
         mark) and reconciliation (its open-orders snapshot costs a REST call that Kraken's
         call counter would make every quick run wait for).
 
-        A session with more than ``group_pairs`` pairs is settled in parts (see ``_Part``):
+        A session with more than ``group_pairs`` pairs is settled in parts (``parts.py``):
         here one after another; shared, by whichever workers claim them.
         """
         if session_id is None and self._sharing is not None:
             return await self._run_shared(self._sharing, scheduled)
         sessions = await self._sessions(session_id)
-        parts: list[_Part] = []
+        parts: list[Part] = []
         for session in sessions:
             if pairs is None:
-                parts.extend(self._parts(session))
+                parts.extend(self._parts.full(session))
             else:
-                parts.extend(self._narrowed_parts(session, pairs))
+                parts.extend(self._parts.quick(session, pairs))
         return await self._settle_all(parts)
 
-    def _groups(self, session: Session) -> tuple[tuple[str, ...], ...]:
-        return pair_groups(session.pairs, self._group_pairs)
-
-    def _parts(self, session: Session) -> list[_Part]:
-        """A full run's parts of the session: its groups, then the whole part."""
-        groups = self._groups(session)
-        names = group_names(groups)
-        if not names:
-            return [_Part(session, cover=True, whole=True)]
-        return [
-            *(self._group_part(session, g, n) for g, n in zip(groups, names, strict=True)),
-            _Part(session, cover=False, whole=True, scopes=("", *names), wait=PART_WAIT_S),
-        ]
-
-    def _group_part(
-        self, session: Session, group: Sequence[str], name: str, wait: float = PART_WAIT_S
-    ) -> _Part:
-        narrowed = _narrowed(session, group)
-        return _Part(narrowed, cover=True, whole=False, name=name, scopes=(name,), wait=wait)
-
-    def _narrowed_parts(self, session: Session, pairs: Sequence[str]) -> list[_Part]:
-        """A quick run's parts: the session narrowed to ``pairs``, one part per group."""
-        groups = self._groups(session)
-        names = group_names(groups)
-        if not names:
-            narrowed = _narrowed(session, pairs)
-            return [_Part(narrowed, cover=True, whole=False)] if narrowed.pairs else []
-        wanted = set(pairs)
-        return [  # a quick run does not wait: the trigger retries a held lock, backing off
-            self._group_part(session, [p for p in group if p in wanted], name, wait=0)
-            for group, name in zip(groups, names, strict=True)
-            if wanted.intersection(group)
-        ]
-
-    def _claimed_part(self, session: Session, part: str) -> _Part | None:
-        """The part a lease names, as this session's pairs group today (None: the session no
-        longer has that part; its lease is dropped at the next discovery)."""
-        groups = self._groups(session)
-        names = group_names(groups)
-        if part == "":
-            if not names:
-                return _Part(session, cover=True, whole=True)
-            return _Part(session, cover=False, whole=True, scopes=("", *names), wait=PART_WAIT_S)
-        if part not in names:
-            return None
-        return self._group_part(session, groups[names.index(part)], part)
-
-    async def _settle_all(self, parts: list[_Part]) -> list[SessionResult]:
+    async def _settle_all(
+        self, parts: list[Part], still_ours: Callable[[int], Awaitable[bool]] | None = None
+    ) -> list[SessionResult]:
+        """Settle the parts in order on one market-data snapshot, a result per part.
+        ``still_ours(i)`` (claimed parts) renews part i's lease first: a part whose lease
+        another worker took meanwhile is left to it (reported locked)."""
         if not parts:
             return []
         started = self._clock.now()
@@ -283,7 +211,10 @@ class SettlementService:
                 await self._record(r, dry_run=self._tp.dry_run, full=part.whole)
             return results
         results = []
-        for part in parts:
+        for i, part in enumerate(parts):
+            if still_ours is not None and not await still_ours(i):
+                results.append(self._locked(part, self._clock.now()))
+                continue
             result = await self._settle(part, data)
             data = _after_placements(data, result)
             results.append(result)
@@ -320,34 +251,36 @@ class SettlementService:
         return results
 
     async def _split(self, sharing: WorkSharing, since: datetime) -> None:
-        """Give each big session one lease per group of its pairs (and drop the group leases
-        of a session that no longer needs them)."""
-        if self._group_pairs <= 0:
-            return
-        leases = sharing.leases
-        for sid, pairs in (await leases.splittable(since, self._group_pairs)).items():
-            names = group_names(pair_groups(pairs, self._group_pairs))
-            await leases.set_parts(WorkKind.SETTLEMENT, sid, names)
+        """Give each big session one lease per group of its pairs, the groups in the rows (so
+        every worker settles the same ones), and drop the group leases of a session that no
+        longer needs them (with ``group_pairs`` 0, of every session split before)."""
+        max_pairs = self._parts.group_pairs or NEVER_SPLIT
+        for sid, pairs in (await sharing.leases.splittable(since, max_pairs)).items():
+            await sharing.leases.set_parts(WorkKind.SETTLEMENT, sid, self._parts.groups(pairs))
 
     async def _settle_claimed(
         self, sharing: WorkSharing, claimed: list[WorkItem]
     ) -> list[SessionResult]:
-        """Settle the claimed parts and mark each done; a batch cut short by an exception is
-        released for another worker to take at once, and so is a part of a split session that
-        could not have its locks in time (its group, or its stop-loss, must not wait a
-        round; an unsplit session locked by a quick run is done: that run covered it)."""
+        """Settle the claimed parts and mark each done. A part that could not have its locks
+        in time (a run of another worker or a quick run held them past the part's wait) is
+        released, due again at once: its stop-loss or its group must not wait a round. A
+        batch cut short by an exception is released for another worker to take at once."""
         leases, kind = sharing.leases, WorkKind.SETTLEMENT
         pending = set(claimed)
         try:
             parts = await self._claimed_parts(claimed)
-            results = await self._settle_all([part for _, part in parts])
-            retry = {
+
+            async def still_ours(i: int) -> bool:
+                return await leases.renew(kind, parts[i][0], self.worker, sharing.ttl)
+
+            results = await self._settle_all([part for _, part in parts], still_ours)
+            locked = {
                 item
-                for (item, part), result in zip(parts, results, strict=True)
-                if part.split and result.state is RunState.LOCKED
+                for (item, _), result in zip(parts, results, strict=True)
+                if result.state is RunState.LOCKED
             }
             for item in claimed:
-                if item not in retry:
+                if item not in locked:
                     await leases.done(kind, item, self.worker)
                     pending.discard(item)
         finally:
@@ -356,14 +289,16 @@ class SettlementService:
                     await leases.release(kind, item, self.worker)
         return results
 
-    async def _claimed_parts(self, claimed: list[WorkItem]) -> list[tuple[WorkItem, _Part]]:
+    async def _claimed_parts(self, claimed: list[WorkItem]) -> list[tuple[WorkItem, Part]]:
+        """The parts the leases name (a session gone, or a group none of whose pairs the
+        session still has, is nothing to do: marked done)."""
         sessions: dict[str, Session | None] = {}
         parts = []
         for item in claimed:
             if item.session_id not in sessions:
                 sessions[item.session_id] = await self._registry.get(item.session_id)
             session = sessions[item.session_id]
-            part = None if session is None else self._claimed_part(session, item.part)
+            part = None if session is None else Parts.claimed(session, item)
             if part is not None:
                 parts.append((item, part))
         return parts
@@ -412,53 +347,62 @@ class SettlementService:
             log.warning("settlement.open_orders_failed", error=str(e))
             return None
 
-    async def _settle(self, part: _Part, data: MarketData) -> SessionResult:
+    async def _settle(self, part: Part, data: MarketData) -> SessionResult:
         session = part.session
         started = self._clock.now()
-        log.info("settlement.started", session=session.id, pairs=len(session.pairs),
-                 **({"part": part.name} if part.name else {}))  # fmt: skip
+        plog = log.bind(session=session.id, **({"part": part.name} if part.name else {}))
+        plog.info("settlement.started", pairs=len(session.pairs))
         try:
             async with part.lock(self._locks) as lease:
                 result = await self._settle_locked(part, data, started, lease)
+                # Recorded under the locks: a stop-loss level (flatten) is saved before the
+                # run of a group can read the level it replaces.
+                await self._record(result, dry_run=self._tp.dry_run, full=part.whole)
         except LockNotAcquired:
-            log.info("settlement.skipped_locked", session=session.id)
-            return SessionResult(
-                session.id, RunState.LOCKED, started, self._clock.now(), part=part.name
-            )
-        except LockLost as e:  # paused past the lock's TTL: the new holder carries on
-            log.error("settlement.lock_lost", session=session.id, error=str(e))
-            result = self._failed(part, started, str(e))
-        except RECOVERABLE as e:  # anything else (a store down, the key refused) ends the run
-            log.error("settlement.failed", session=session.id, error=str(e))
-            result = self._failed(part, started, f"{type(e).__name__}: {e}")
-        await self._record(result, dry_run=self._tp.dry_run, full=part.whole)
-        log.info("settlement.finished", session=session.id, state=result.state,
-                 duration_ms=result.duration_ms, **result.totals())  # fmt: skip
+            plog.info("settlement.skipped_locked")
+            return self._locked(part, started)
+        except _ENDS_RUN as e:
+            # Lost: paused past the lock's TTL, the new holder carries on. Anything else (a
+            # store down, the key refused) ends the run.
+            error = str(e) if isinstance(e, LockLost) else f"{type(e).__name__}: {e}"
+            plog.error("settlement.lock_lost" if isinstance(e, LockLost) else "settlement.failed",
+                       error=error)  # fmt: skip
+            result = self._failed(part, started, error)
+            await self._record(result, dry_run=self._tp.dry_run, full=part.whole)
+        plog.info("settlement.finished", state=result.state, duration_ms=result.duration_ms,
+                  **result.totals())  # fmt: skip
         return result
 
+    def _locked(self, part: Part, started: datetime) -> SessionResult:
+        return SessionResult(
+            part.session.id, RunState.LOCKED, started, self._clock.now(), part=part.name
+        )
+
     async def _settle_locked(
-        self, part: _Part, data: MarketData, started: datetime, lease: SessionLease
+        self, part: Part, data: MarketData, started: datetime, lease: SessionLease
     ) -> SessionResult:
-        """Cover the part's pairs; a ``whole`` part (not a run narrowed to some pairs) first
-        reconciles them with the exchange and ends with the stop-loss check."""
+        """Under the part's locks. A whole part first reconciles the session with the
+        exchange and ends with the stop-loss check; the part covers its pairs (a split
+        session's part '' only those where reconciliation released a take-profit)."""
         session, full = part.session, part.whole
         # Price history (analytics), once per session and full run; never fails the run.
         await record_prices(self._prices, session, data.tickers, whole=full)
         reports = {pair: PairReport(pair) for pair in session.pairs}
         if full:
-            await self._reconcile(session, data, reports)
-        if not part.cover or await self._flattened(session.id):
+            data = await self._reconcile(part, data, reports)
+        pairs = _to_cover(part, reports)
+        if not pairs or await self._flattened(session.id):
             if not full:
                 return SessionResult(
                     session.id, RunState.OK, started, self._clock.now(), reports, part=part.name
                 )
-            return await self._only_stoploss(session, data, started, reports)
+            return await self._only_stoploss(session, data, started, reports, lease)
         reads = await asyncio.gather(
-            *(self._coverable(session.id, pair, reports[pair], data) for pair in session.pairs),
+            *(self._coverable(session.id, pair, reports[pair], data) for pair in pairs),
             return_exceptions=True,
         )
         by_pair: dict[str, list[Position]] = {}
-        for pair, read in zip(session.pairs, reads, strict=True):
+        for pair, read in zip(pairs, reads, strict=True):
             if isinstance(read, RECOVERABLE):
                 reports[pair].error = f"{type(read).__name__}: {read}"
             elif isinstance(read, BaseException):
@@ -496,8 +440,15 @@ class SettlementService:
         return level is StopLossLevel.FLATTEN and not self._tp.dry_run
 
     async def _only_stoploss(
-        self, session: Session, data: MarketData, started: datetime, reports: dict[str, PairReport]
+        self,
+        session: Session,
+        data: MarketData,
+        started: datetime,
+        reports: dict[str, PairReport],
+        lease: SessionLease,
     ) -> SessionResult:
+        if lease.lost:  # a flatten sends orders: never on a session another worker holds
+            raise LockLost(session.id)
         stop, stop_error = await self._check_stoploss(session, data)
         return SessionResult(
             session_id=session.id,
@@ -521,17 +472,23 @@ class SettlementService:
             return None, stop_error
 
     async def _reconcile(
-        self, session: Session, data: MarketData, reports: dict[str, PairReport]
-    ) -> None:
+        self, part: Part, data: MarketData, reports: dict[str, PairReport]
+    ) -> MarketData:
         """Believe the exchange before anything is read: fills recorded, take-profits it no
-        longer shows released (so this run covers their positions again); counts per pair."""
+        longer shows released (so this run covers their positions again); counts per pair.
+        A split session's part '' asks for the open orders again: its snapshot predates its
+        wait for the groups' runs, whose take-profits it would otherwise look up one by one."""
         if self._reconciler is None:
-            return
+            return data
+        session = part.session
+        if part.work is Work.CHECK:
+            data = replace(data, open_orders=await self._open_orders())
         report = await self._reconciler.session(
             session, open_orders=data.open_orders, dry_run=self._tp.dry_run, report_unknown=False
         )
         for pair, pair_report in reports.items():
             pair_report.reconciled = report.counts(pair)
+        return data
 
     async def _coverable(
         self, session_id: str, pair: str, report: PairReport, data: MarketData
@@ -558,7 +515,7 @@ class SettlementService:
                 positions = [by_id.get(p.position_id, p) for p in positions]
         return [p for p in positions if p.uncovered > 0 or p.pending]
 
-    def _failed(self, part: _Part, started: datetime, error: str) -> SessionResult:
+    def _failed(self, part: Part, started: datetime, error: str) -> SessionResult:
         return SessionResult(
             part.session.id, RunState.FAILED, started, self._clock.now(), error=error,
             part=part.name,
@@ -653,9 +610,12 @@ async def _nothing() -> None:
     return None
 
 
-def _narrowed(session: Session, pairs: Sequence[str]) -> Session:
-    wanted = set(pairs)
-    return replace(session, pairs=tuple(p for p in session.pairs if p in wanted))
+def _to_cover(part: Part, reports: dict[str, PairReport]) -> tuple[str, ...]:
+    """The pairs the part covers: a split session's part '' only those where reconciliation
+    released a take-profit (the exchange cancelled it), the other parts all theirs."""
+    if part.work is not Work.CHECK:
+        return part.session.pairs
+    return tuple(pair for pair, r in reports.items() if r.reconciled.get("released", 0))
 
 
 def _stray(session_id: str, pair: str, p: Position) -> BadRecordError:

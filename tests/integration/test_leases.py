@@ -224,27 +224,27 @@ async def test_a_big_session_is_claimed_in_parts_each_once_per_round(
     await leases.discover(SETTLE, LONG_AGO)
 
     assert await leases.splittable(LONG_AGO, 3) == {big: tuple(f"A{i}/USD" for i in range(5))}
-    await leases.set_parts(SETTLE, big, ["g0", "g1"])
-    await leases.set_parts(SETTLE, big, ["g0", "g1"])  # again: nothing more
+    groups = {"g0": ["A0/USD", "A1/USD", "A2/USD"], "g1": ["A3/USD", "A4/USD"]}
+    await leases.set_parts(SETTLE, big, groups)
+    await leases.set_parts(SETTLE, big, groups)  # again: nothing more
 
-    claimed: list[tuple[str, WorkItem]] = []
-    for turn in range(10):  # two workers taking turns, a part at a time, until none is due
-        worker = f"w{turn % 2}"
-        got = await leases.claim(SETTLE, worker, 1, TTL, ROUND, since=LONG_AGO)
-        if not got:
-            break
-        claimed.append((worker, got[0]))
-        assert await leases.done(SETTLE, got[0], worker)
-    assert {w for w, _ in claimed} == {"w0", "w1"}
-    claimed_items = [item for _, item in claimed]
-    assert sorted((i.session_id, i.part) for i in claimed_items) == [
-        (big, ""), (big, "g0"), (big, "g1"), (small, ""),
-    ]  # fmt: skip
-
+    # The default batch: one claim takes at most one part of a session, so the second
+    # worker gets the big session's next part while the first settles its first.
+    first = await leases.claim(SETTLE, "w0", 10, TTL, ROUND, since=LONG_AGO)
+    second = await leases.claim(SETTLE, "w1", 10, TTL, ROUND, since=LONG_AGO)
+    third = await leases.claim(SETTLE, "w0", 10, TTL, ROUND, since=LONG_AGO)
+    assert sorted(i.session_id for i in first) == sorted([big, small])
+    assert [i.session_id for i in second] == [big] and [i.session_id for i in third] == [big]
+    assert await leases.claim(SETTLE, "w1", 10, TTL, ROUND, since=LONG_AGO) == []
+    claimed_items = [*first, *second, *third]
+    by_part = {(i.session_id, i.part): i for i in claimed_items}
+    assert by_part[(big, "")].groups == ("g0", "g1")  # the part '' knows the groups
+    assert by_part[(big, "g1")].pairs == ("A3/USD", "A4/USD")  # a group, its pairs
+    assert by_part[(small, "")].groups == ()
     # Fewer pairs: its group leases go (and it is splittable once more, to drop them).
     set_pairs(url, big, ["A0/USD"])
     assert await leases.splittable(LONG_AGO, 3) == {big: ("A0/USD",)}
-    await leases.set_parts(SETTLE, big, [])
+    await leases.set_parts(SETTLE, big, {})
     assert await leases.splittable(LONG_AGO, 3) == {}
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT part FROM work_leases WHERE session_id = %s", (big,))
@@ -256,9 +256,41 @@ async def test_a_stale_flag_covers_every_part_and_is_reported_once(db: tuple[str
     (sid,) = add_sessions(url, 1, started=timedelta(hours=8))
     leases = PostgresWorkLeases(pool)
     await leases.discover(SETTLE, LONG_AGO)
-    await leases.set_parts(SETTLE, sid, ["g0", "g1"])
+    await leases.set_parts(SETTLE, sid, {"g0": ["A/USD"], "g1": ["B/USD"]})
 
     assert await leases.mark_stale(timedelta(hours=6)) == ([sid], [])
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT count(*) FROM work_leases WHERE stale_since IS NOT NULL")
         assert rows.fetchone() == (3,)
+
+
+async def test_a_lease_is_renewed_only_by_its_holder(db: tuple[str, Pool]) -> None:
+    url, pool = db
+    add_sessions(url, 1)
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    [item] = await leases.claim(SETTLE, "w0", 5, timedelta(milliseconds=200), ROUND,
+                                since=LONG_AGO)  # fmt: skip
+    assert await leases.renew(SETTLE, item, "w0", TTL)  # ours: now for 30 s
+    assert not await leases.renew(SETTLE, item, "w1", TTL)
+    await asyncio.sleep(0.3)
+    assert await leases.claim(SETTLE, "w1", 5, TTL, ROUND, since=LONG_AGO) == []  # renewed
+
+
+async def test_008_rolls_back_with_group_leases_present(db: tuple[str, Pool]) -> None:
+    url, pool = db
+    (sid,) = add_sessions(url, 1)
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    await leases.set_parts(SETTLE, sid, {"g0": ["A/USD"], "g1": ["B/USD"]})
+    await pool.close()
+
+    schema.downgrade(url, "007-analytics")
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT kind, session_id FROM work_leases").fetchall()
+        assert rows == [("settlement", sid)]
+        key = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'work_leases_pkey'"
+        ).fetchone()
+        assert key == ("PRIMARY KEY (kind, session_id)",)
+    assert "008-work-lease-parts" in schema.upgrade(url)

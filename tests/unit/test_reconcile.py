@@ -6,25 +6,28 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+
 from mmops.domain.exchange import ExchangeOrder
 from mmops.domain.models import Order, OrderStatus, Side
 from mmops.domain.records import TpStatus
-from mmops.errors import ExchangeUnavailable
+from mmops.errors import ExchangeUnavailable, LockNotAcquired
 from mmops.services.coverage import CoverageService
 from mmops.services.reconcile import FETCH_BATCH, ReconcileAction, Reconciler
 from mmops.services.settlement import SettlementService
-from tests.unit.desk import BTC_EUR, BTC_USD, T0, Desk, market
+from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, T0, Desk, market
 
 
-def reconciling(desk: Desk, *, dry_run: bool = False) -> Reconciler:
+def reconciling(desk: Desk, *, dry_run: bool = False, group_pairs: int = 0) -> Reconciler:
     """The desk's settlement with a reconciler (as bootstrap wires it); the reconciler."""
     s = desk.store
-    reconciler = Reconciler(s, s, s, s, desk.exchange, dry_run=dry_run, locks=desk.locks)
+    reconciler = Reconciler(s, s, s, s, desk.exchange, dry_run=dry_run, locks=desk.locks,
+                            group_pairs=group_pairs)  # fmt: skip
     desk.settlement = SettlementService(
         registry=desk.registry, positions=s, records=desk.ops, runs=desk.runs,
         locks=desk.locks, exchange=desk.exchange, take_profits=desk.take_profits,
         stoploss=desk.stoploss, repricer=desk.repricer, clock=desk.clock, hours_back=24,
-        session_limit=10, worker="w-test", reconciler=reconciler,
+        session_limit=10, worker="w-test", reconciler=reconciler, group_pairs=group_pairs,
     )  # fmt: skip
     return reconciler
 
@@ -69,6 +72,35 @@ async def test_a_take_profit_cancelled_on_the_venue_is_covered_again_within_one_
     counts = result.to_dict()["pairs"][BTC_USD]["counts"]
     assert (counts["reconciled"], counts["released"], counts["placed"]) == (1, 1, 1)
     assert await position_uncovered(desk) == 0
+
+
+async def test_a_split_session_covers_what_reconciliation_released_in_the_same_run() -> None:
+    desk = Desk()
+    reconciling(desk, group_pairs=1)  # BTC/USD and ETH/USD: two groups and the part ''
+    await desk.start("s1", BTC_USD, ETH_USD)
+    await desk.buy("b1", "0.5")
+    first = await desk.settlement.run("s1")
+    [placed] = first[0].pairs[BTC_USD].placed
+    desk.exchange.engine_cancel(placed.order_id)
+
+    groups_then_whole = await desk.settlement.run("s1")
+
+    assert [r.part for r in groups_then_whole] == ["g0", "g1", ""]
+    assert await tp_status(desk, placed.order_id) is TpStatus.GONE
+    [again] = groups_then_whole[-1].pairs[BTC_USD].placed  # the part '' covered it
+    assert again.position_id == "b1" and again.order_id != placed.order_id
+    assert await position_uncovered(desk) == 0
+
+
+async def test_mmops_reconcile_holds_every_lock_of_a_split_session() -> None:
+    desk = Desk()
+    reconciler = reconciling(desk, group_pairs=1)
+    session = await desk.start("s1", BTC_USD, ETH_USD)
+
+    async with desk.locks.hold("s1", "g1"):  # a group's run is going on
+        with pytest.raises(LockNotAcquired):
+            await reconciler.locked(session)
+    assert (await reconciler.locked(session)).rows == ()
 
 
 async def test_a_take_profit_filled_while_mmops_was_stopped_is_recorded_once_as_fills() -> None:

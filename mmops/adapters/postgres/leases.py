@@ -11,9 +11,10 @@ connection drops and the row is free at once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from mmops.adapters.postgres.pool import pg_errors
@@ -34,21 +35,28 @@ SELECT %(kind)s, s.id FROM sessions s WHERE {wanted}
 ON CONFLICT DO NOTHING
 """
 
+# At most one part of a session per claim, so a big session's parts go to several workers.
 _CLAIM = """
 WITH due AS (
-    SELECT l.session_id, l.part FROM work_leases l JOIN sessions s ON s.id = l.session_id
+    SELECT l.session_id, l.part, l.last_done FROM work_leases l
+    JOIN sessions s ON s.id = l.session_id
     WHERE l.kind = %(kind)s AND {wanted} AND l.leased_until < now()
       AND (l.last_done IS NULL OR l.last_done < CASE
            WHEN %(round_started)s::timestamptz IS NOT NULL THEN %(round_started)s::timestamptz
            ELSE now() - CASE WHEN l.stale_since IS NULL
                 THEN %(due_age)s ELSE %(stale_due_age)s END END)
-    ORDER BY l.last_done NULLS FIRST, l.session_id
+    ORDER BY l.last_done NULLS FIRST, l.session_id, l.part
     LIMIT %(limit)s
     FOR UPDATE OF l SKIP LOCKED
+), one AS (
+    SELECT DISTINCT ON (session_id) session_id, part FROM due
+    ORDER BY session_id, last_done NULLS FIRST, part
 )
 UPDATE work_leases l SET worker = %(worker)s, leased_until = now() + %(ttl)s
-FROM due WHERE l.kind = %(kind)s AND l.session_id = due.session_id AND l.part = due.part
-RETURNING l.session_id, l.part, l.last_done
+FROM one WHERE l.kind = %(kind)s AND l.session_id = one.session_id AND l.part = one.part
+RETURNING l.session_id, l.part, l.last_done, l.pairs,
+    ARRAY(SELECT g.part FROM work_leases g WHERE g.kind = l.kind
+          AND g.session_id = l.session_id AND g.part <> '' ORDER BY g.part)
 """
 
 _HOLD = """
@@ -183,7 +191,10 @@ class PostgresWorkLeases:
             cur = await conn.execute(_CLAIM.format(wanted=_WANTED[kind]), params)
             rows = await cur.fetchall()
         rows.sort(key=lambda r: (r[2] is not None, r[2].timestamp() if r[2] else 0.0, r[0], r[1]))
-        return [WorkItem(r[0], r[1]) for r in rows]
+        return [
+            WorkItem(sid, part, tuple(pairs or ()), tuple(groups) if part == "" else ())
+            for sid, part, _, pairs, groups in rows
+        ]
 
     async def done(self, kind: WorkKind, item: WorkItem, worker: str) -> bool:
         """Mark the part done in this round and end the lease, if ``worker`` still holds it
@@ -213,22 +224,44 @@ class PostgresWorkLeases:
             rows = await cur.fetchall()
         return {sid: tuple(str(p) for p in pairs) for sid, pairs in rows}
 
-    async def set_parts(self, kind: WorkKind, session_id: str, parts: Sequence[str]) -> None:
-        """Give the session exactly these parts besides its part '' (new ones are due at once;
-        a stale flag is copied from the session's part '')."""
+    async def set_parts(
+        self, kind: WorkKind, session_id: str, parts: Mapping[str, Sequence[str]]
+    ) -> None:
+        """Give the session exactly these parts (name → its pairs) besides its part '': new
+        ones are due at once, with the stale flag of the session's part ''; a part whose pairs
+        changed keeps its lease and takes the new pairs."""
         async with pg_errors(), self._pool.connection() as conn, conn.transaction():
             await conn.execute(
-                "INSERT INTO work_leases (kind, session_id, part, stale_since)"
-                " SELECT %(kind)s, %(sid)s, p, (SELECT stale_since FROM work_leases"
+                "INSERT INTO work_leases (kind, session_id, part, pairs, stale_since)"
+                " SELECT %(kind)s, %(sid)s, p.name, p.pairs, (SELECT stale_since FROM work_leases"
                 "   WHERE kind = %(kind)s AND session_id = %(sid)s AND part = '')"
-                " FROM unnest(%(parts)s::text[]) AS p ON CONFLICT DO NOTHING",
-                {"kind": kind.value, "sid": session_id, "parts": list(parts)},
+                " FROM unnest(%(names)s::text[], %(pairs)s::jsonb[]) AS p(name, pairs)"
+                " ON CONFLICT (kind, session_id, part) DO UPDATE SET pairs = EXCLUDED.pairs"
+                " WHERE work_leases.pairs IS DISTINCT FROM EXCLUDED.pairs",
+                {
+                    "kind": kind.value,
+                    "sid": session_id,
+                    "names": list(parts),
+                    "pairs": [Jsonb(list(pairs)) for pairs in parts.values()],
+                },
             )
             await conn.execute(
                 "DELETE FROM work_leases WHERE kind = %s AND session_id = %s"
                 " AND part <> '' AND NOT (part = ANY(%s::text[]))",
                 (kind.value, session_id, list(parts)),
             )
+
+    async def renew(self, kind: WorkKind, item: WorkItem, worker: str, ttl: timedelta) -> bool:
+        """Extend ``worker``'s lease by ``ttl`` from now; False when it is no longer its own
+        (it ran out and another worker took it)."""
+        async with pg_errors(), self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE work_leases SET leased_until = now() + %s"
+                " WHERE kind = %s AND session_id = %s AND part = %s AND worker = %s"
+                " AND leased_until > now()",
+                (ttl, kind.value, item.session_id, item.part, worker),
+            )
+            return cur.rowcount == 1
 
     @contextlib.asynccontextmanager
     async def hold(
@@ -246,7 +279,7 @@ class PostgresWorkLeases:
             if row is not None:
                 await conn.execute(
                     "UPDATE work_leases SET worker = %s, last_done = now()"
-                    " WHERE kind = %s AND session_id = %s",
+                    " WHERE kind = %s AND session_id = %s AND part = ''",
                     (worker, kind.value, row[0]),
                 )
 

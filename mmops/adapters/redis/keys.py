@@ -83,6 +83,8 @@ def settlement_lock(session_id: str, scope: str = "") -> str:
     """The session's settlement lock; with ``scope``, the lock of one group of its pairs (a
     big session settled in parts). A group lock is not in the key registry: it lives only
     the lock's TTL."""
+    if any(c in scope for c in "{}\r\n"):
+        raise ValueError(f"a lock scope without braces or line breaks, got {scope!r}")
     base = f"lock:settlement:{_tag(session_id)}"
     return f"{base}:{scope}" if scope else base
 

@@ -13,17 +13,13 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
-import redis.exceptions as rex
-from redis.asyncio.lock import Lock
-from redis.exceptions import LockError
-
 from mmops import logs
 from mmops.adapters.redis import keys, scripts
 from mmops.adapters.redis.client import Redis, redis_errors
 from mmops.adapters.redis.store import positions_from_rows
 from mmops.domain.models import Position
 from mmops.domain.records import ReadResult, SessionLease
-from mmops.errors import LockNotAcquired
+from mmops.errors import LockNotAcquired, MmopsError
 
 log = logs.get_logger("mmops.locks")
 
@@ -73,18 +69,58 @@ return released
 """
 
 
+# The settlement locks of one session (its keys share the session's slot): all or none.
+# KEYS: lock keys   ARGV: token, ttl ms   → 1 when every one was free and is now ours, else 0
+_LOCK_ALL = """
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then return 0 end
+end
+for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
+
+# Extend the locks still ours. KEYS: lock keys   ARGV: token, ttl ms   → 1 if all were ours
+_EXTEND_ALL = """
+local all = 1
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) else all = 0 end
+end
+return all
+"""
+
+# Delete the locks still ours. KEYS: lock keys   ARGV: token   → how many were ours
+_UNLOCK_ALL = """
+local released = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then released = released + redis.call('DEL', key) end
+end
+return released
+"""
+
+LOCK_POLL_S = 0.05  # how often a waiting holder tries again
+
+
 class SettlementLocks:
-    """``lock:settlement:{S}``: one worker settles a session at a time (redis-py's Lock); a big
-    session settled in parts has a lock per group of pairs (``lock:settlement:{S}:g0``, ...)."""
+    """``lock:settlement:{S}``: one worker settles a session at a time; a big session settled
+    in parts has a lock per group of pairs too (``lock:settlement:{S}:g0``, ...).
+
+    A holder takes one or several of a session's locks in one script, all or none, under one
+    random token (``SET PX``), and keeps them alive every third of the TTL; only the token's
+    holder may extend or delete them, so a worker whose lock expired never releases a lock
+    another worker has since taken. (redis-py's ``Lock`` holds one key: taking several one by
+    one would hold the first while waiting for the next, and let them expire meanwhile.)
+    """
 
     def __init__(self, redis: Redis, ttl_seconds: float) -> None:
         self._r = redis
         self._ttl = ttl_seconds
+        self._lock_all = redis.register_script(_LOCK_ALL)
+        self._extend_all = redis.register_script(_EXTEND_ALL)
+        self._unlock_all = redis.register_script(_UNLOCK_ALL)
 
     @contextlib.asynccontextmanager
     async def hold(self, session_id: str, scope: str = "") -> AsyncIterator[SessionLease]:
-        """Hold the session's lock (or, with ``scope``, one group's) for the block, extending
-        it every third of its TTL.
+        """Hold the session's lock (or, with ``scope``, one group's) for the block.
 
         Yields the lease: its token is what the fence checks before any order is sent, and its
         ``lost`` flag turns on as soon as an extension finds the lock gone (a pause longer than
@@ -98,79 +134,63 @@ class SettlementLocks:
     async def hold_all(
         self, session_id: str, scopes: Sequence[str], wait: float
     ) -> AsyncIterator[SessionLease]:
-        """Hold several of the session's locks at once, all with one token (the lease's scope
-        is the first of them), waiting up to ``wait`` seconds for each: the part of a split
-        session that needs all of it waits for its groups' runs to end. Taken in name order,
-        so two such holders never wait on each other in a circle. Raises LockNotAcquired (and
-        keeps none) when one cannot be had."""
+        """Hold several of the session's locks at once (all or none), trying again for up to
+        ``wait`` seconds in all while any is held; the lease's scope is the first by name
+        (``''``, the session's own lock, when it is among them). Raises LockNotAcquired when
+        they cannot all be had in time."""
         names = sorted(set(scopes))
+        lock_keys = [keys.settlement_lock(session_id, scope) for scope in names]
         token = secrets.token_hex(16)
-        locks: list[Lock] = []
-        try:
-            for scope in names:
-                lock = Lock(
-                    self._r,
-                    keys.settlement_lock(session_id, scope),
-                    timeout=self._ttl,
-                    blocking=wait > 0,
-                    blocking_timeout=wait if wait > 0 else None,
-                    thread_local=False,
-                )
-                if not await _acquire(lock, token):
-                    raise LockNotAcquired(
-                        f"session {session_id} is being settled by another worker"
-                    )
-                locks.append(lock)
-        except BaseException:
-            await self._release(session_id, locks, None)
-            raise
-        lease = SessionLease(session_id, token, scope=names[0] if names else "")
-        keeper = asyncio.create_task(self._keep(locks, lease))
+        deadline = asyncio.get_running_loop().time() + wait
+        while not await self._call(self._lock_all, lock_keys, token, self._ttl_ms):
+            if asyncio.get_running_loop().time() >= deadline:
+                raise LockNotAcquired(f"session {session_id} is being settled by another worker")
+            await asyncio.sleep(LOCK_POLL_S)
+        lease = SessionLease(session_id, token, scope=names[0])
+        keeper = asyncio.create_task(self._keep(lock_keys, lease))
         try:
             yield lease
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            await self._release(session_id, locks, lease)
+            await self._release(lock_keys, lease)
 
-    async def _release(
-        self, session_id: str, locks: Sequence[Lock], lease: SessionLease | None
-    ) -> None:
-        """Release each lock this worker still owns."""
-        for lock in locks:
-            try:
-                await lock.release()
-            except LockError:
-                if lease is not None:
-                    lease.lost = True
-                log.warning("lock.lost", session=session_id)
-            except (rex.ConnectionError, rex.TimeoutError, OSError) as e:
-                # Redis is gone: the lock expires by its TTL; don't hide the error in flight.
-                log.error("lock.release_failed", session=session_id, error=str(e))
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self._ttl * 1000)
 
-    async def _keep(self, locks: Sequence[Lock], lease: SessionLease) -> None:
+    @redis_errors
+    async def _call(self, script: Any, lock_keys: list[str], *args: object) -> int:
+        return int(await script(keys=lock_keys, args=list(args)))
+
+    async def _release(self, lock_keys: list[str], lease: SessionLease) -> None:
+        """Delete the locks this worker still owns; one gone already means it was lost."""
+        try:
+            released = await self._call(self._unlock_all, lock_keys, lease.token)
+        except MmopsError as e:  # Redis is gone: the locks expire by their TTL
+            log.error("lock.release_failed", session=lease.session_id, error=str(e))
+            return
+        if released < len(lock_keys):
+            lease.lost = True
+            log.warning("lock.lost", session=lease.session_id)
+
+    async def _keep(self, lock_keys: list[str], lease: SessionLease) -> None:
         session_id = lease.session_id
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
-                for lock in locks:
-                    await lock.extend(self._ttl, replace_ttl=True)
-            except LockError:
-                lease.lost = True  # the fence refuses anything more for this session
-                log.error("settlement.lock_lost", session=session_id)
-                return
-            except (rex.ConnectionError, rex.TimeoutError, OSError) as e:
+                ours = await self._call(self._extend_all, lock_keys, lease.token, self._ttl_ms)
+            except MmopsError as e:
                 # Redis is gone; the run itself will fail on its next command and say so. The
                 # lock is no longer kept alive, so it is treated as lost: nothing more is sent.
                 lease.lost = True
                 log.error("lock.extend_failed", session=session_id, error=str(e))
                 return
-
-
-@redis_errors
-async def _acquire(lock: Lock, token: str) -> bool:
-    return bool(await lock.acquire(token=token))
+            if not ours:
+                lease.lost = True  # the fence refuses anything more for this session
+                log.error("settlement.lock_lost", session=session_id)
+                return
 
 
 class Attempts:
