@@ -369,6 +369,32 @@ async def test_the_fence_refuses_everything_once_the_lock_is_not_the_lease_s(
     assert (after.pending, after.generation) == ((), 0)
 
 
+async def test_a_session_s_locks_are_taken_all_or_none_and_the_fence_checks_the_part_s(
+    stores: Stores,
+) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    p = await one(stores, "b1")
+    async with stores.locks.hold(sid, "g1"):  # a group's run
+        with pytest.raises(LockNotAcquired):  # the whole session's part waits for it
+            async with stores.locks.hold_all(sid, ("", "g0", "g1"), wait=0):
+                pass
+        async with stores.locks.hold(sid, "g0") as group:  # not taken by the failed try
+            assert group.scope == "g0"
+            async with stores.locks.hold(sid):  # nor was the session's own
+                pass
+    async with stores.locks.hold_all(sid, ("g1", "", "g0"), wait=0) as whole:
+        assert whole.scope == ""  # the session's own lock: the one the fence checks
+        for scope in ("", "g0", "g1"):
+            with pytest.raises(LockNotAcquired):
+                async with stores.locks.hold(sid, scope):
+                    pass
+        pending = PendingTakeProfit(0, "cid-0", Decimal("1"), DEADLINE)
+        assert await fence(stores, p, pending, lease=whole) == {"b1"}
+    async with stores.locks.hold_all(sid, ("", "g0", "g1"), wait=0):  # all released
+        pass
+
+
 async def test_recording_coverage_clears_the_pending_marker_of_its_generation_only(
     stores: Stores,
 ) -> None:
