@@ -3,7 +3,8 @@ simulated minutes and migration hourly, as ``mmops demo`` runs it, at a scale wh
 settlement run covers 100+ positions.
 
 Prints JSON: settlement runs, positions placed per run, average / p50 / p99 settlement latency
-(wall clock), migration outcome, wall time. Servers as the tests use them, else embedded.
+(wall clock), fills and take-profits (the same for a seed on every run), migration outcome,
+wall time. Servers as the tests use them, else embedded.
 Run: .venv/bin/python bench/workflow.py [--pairs 10 --hours 6 --seed 7]
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import statistics
 import sys
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmops import logs
 from mmops.adapters.paper.catalog import SYMBOLS
-from mmops.bootstrap import Urls, open_runtime
+from mmops.bootstrap import Runtime, Urls, open_paper_venue, open_runtime
 from mmops.config import Settings
 from mmops.entrypoints.workflow import WorkflowPlan, percentile, run_workflow
 from tests.conftest import SessionIds
@@ -43,6 +45,7 @@ async def run(
                             settle_every=settle_every, settle_on_fill=False)  # fmt: skip
         try:
             result = await run_workflow(rt, plan, sid, venue=sid)
+            trades = await venue_trades_digest(rt, sid)
         finally:
             cleaner = SessionIds()
             cleaner.made = [sid]
@@ -65,10 +68,21 @@ async def run(
             "settlement_ms_avg_100_plus": round(statistics.fmean(big), 2) if big else None,
             "settlement_ms_p99_100_plus": round(percentile(big, 99), 2) if big else None,
             "fills_recorded": result.loop.fills,
+            "take_profits_placed": sum(result.settle_positions) + result.triggered_placed,
+            "venue_trades_digest": trades,
             "migration_state": last.state,
             "fills_migrated": sum(c.pg_fills for c in last.pairs.values()),
             "wall_s": round(result.wall_seconds, 2),
         }
+
+
+async def venue_trades_digest(rt: Runtime, venue: str) -> str:
+    """A digest of the venue's trades (ids, orders, times, amounts): equal for two runs only
+    if they traded exactly alike."""
+    async with open_paper_venue(rt, rt.clock, venue=venue) as exchange:
+        trades, _ = await exchange.trades(0)
+    lines = "\n".join(f"{t.id} {t.order_id} {t.timestamp.isoformat()} {t.amount}" for t in trades)
+    return hashlib.blake2b(lines.encode(), digest_size=8).hexdigest()
 
 
 def main(pairs: int, hours: float, seed: int) -> None:

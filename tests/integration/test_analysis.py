@@ -346,7 +346,10 @@ async def test_overview_splits_realized_pnl_at_midnight_utc(
         F("BTC/USD", "s2", "sell", D(99), D(1), D("0.1"), midnight + timedelta(seconds=1)),
     ]
     tps = [TP("BTC/USD", "s1", "b1", 0, D("0.01"), D(1), 0, early, "filled")]
-    await insert(pool, sid, fills, tps, started_at=now + timedelta(days=3650))
+    # Newest (overview lists the newest first), and clear of the far-future window that
+    # tests/integration/test_session_registry.py keeps for itself (100 years on) in the shared
+    # database.
+    await insert(pool, sid, fills, tps, started_at=now + timedelta(days=20_000))
     whole = fifo_pnl(sid, "BTC/USD", [as_fill(sid, f) for f in fills])
     before = fifo_pnl(sid, "BTC/USD", [as_fill(sid, f) for f in fills if f.timestamp < midnight])
     async with pool.connection() as conn:

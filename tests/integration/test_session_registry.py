@@ -62,7 +62,7 @@ async def test_recent_sessions_read_pairs_from_jsonb(
     redis: Redis, pool: AsyncConnectionPool, session_ids: SessionIds
 ) -> None:
     reg = registry(redis, pool)
-    far_future = NOW + timedelta(days=3650)  # clear of rows other tests of this run wrote
+    far_future = NOW + timedelta(days=36_500)  # newer than any row other tests of this run wrote
     recent = session_ids.new("recent")
     old = session_ids.new("old")
     await reg.start(Session(recent, ("SOL/USD", "XRP/USD"), far_future - timedelta(hours=1)))

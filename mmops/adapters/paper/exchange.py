@@ -183,7 +183,7 @@ class PaperExchange:
         listing = self._listing(symbol)
         if (refused := await self._whole_refusals(symbol, orders)) is not None:
             return refused
-        ids = await self._next_ids("P", len(orders))
+        ids = await self._order_ids(symbol, len(orders))
 
         async def place(pipe: Pipe) -> list[PlacementResult]:
             now = self._clock.now()
@@ -589,6 +589,15 @@ class PaperExchange:
     async def _next_ids(self, prefix: str, count: int) -> list[str]:
         last = int(await self._r.incrby(self.keys.seq, count))
         return [f"{prefix}-{n:08d}" for n in range(last - count + 1, last + 1)]
+
+    async def _order_ids(self, symbol: str, count: int) -> list[str]:
+        """Ids for ``count`` new orders of ``symbol``, numbered per pair: a pair's ids depend
+        on its own placements only, not on how concurrent placements on other pairs (one
+        settlement run places every pair's batch at once) reach the venue, so one seed's run
+        gets the same ids every time (the matching order and trade ids follow them)."""
+        last = int(await self._r.incrby(self.keys.order_seq(symbol), count))
+        pair = symbol.replace("/", "_")
+        return [f"P-{pair}-{n:08d}" for n in range(last - count + 1, last + 1)]
 
     def _listing(self, symbol: str) -> Listing:
         listing = self._listings.get(symbol)

@@ -12,14 +12,18 @@ All keys of one venue share the hash tag ``{V}`` so a transaction may span them 
 | ``paper:{V}:trades`` | LIST | JSON trades, oldest first (a reader keeps its own index) |
 | ``paper:{V}:rate:<pair>`` | STRING | ``"value|at"``: the pair's trading counter |
 | ``paper:{V}:adjust:<pair>`` | STRING | price multiplier (a test's or demo's price shock) |
-| ``paper:{V}:seq`` | STRING | counter for order and trade ids |
+| ``paper:{V}:seq`` | STRING | counter for trade ids |
+| ``paper:{V}:seq:<pair>`` | STRING | counter for the pair's order ids |
 | ``paper:{V}:down`` | STRING | while it exists, ``tickers`` fails as if the venue were down |
 | ``paper:{V}:matched_at`` | STRING | epoch seconds up to which resting orders were matched |
 | ``paper:{V}:status`` | HASH | pair → its mode when not online |
 | ``paper:{V}:open:cancelling`` | SET | ids of open orders whose cancel is pending |
 
 Balances, client ids and counters are split per asset and per pair so that placements on
-pairs sharing nothing never conflict (a transaction WATCHes only what it touches).
+pairs sharing nothing never conflict (a transaction WATCHes only what it touches). Order ids
+are numbered per pair (``P-BTC_USD-00000001``) for the same reason, and so that they do not
+depend on how placements on different pairs interleave: settlement places every pair's batch
+at once, and one venue-wide counter gave the same seed's run other ids on every run.
 """
 
 from __future__ import annotations
@@ -55,7 +59,11 @@ class VenueKeys:
         venue's slot)."""
         fixed = [self.assets, self.orders, self.open, self.trades, self.seq, self.matched_at,
                  self.down, self.status, self.cancelling]  # fmt: skip
-        per_pair = [k for s in symbols for k in (self.clients(s), self.adjust(s), self.rate(s))]
+        per_pair = [
+            k
+            for s in symbols
+            for k in (self.clients(s), self.adjust(s), self.rate(s), self.order_seq(s))
+        ]
         return fixed + [self.balance(a) for a in assets] + per_pair
 
     def balance(self, asset: str) -> str:
@@ -69,6 +77,9 @@ class VenueKeys:
 
     def rate(self, symbol: str) -> str:
         return f"{self._prefix}:rate:{check_symbol(symbol)}"
+
+    def order_seq(self, symbol: str) -> str:
+        return f"{self.seq}:{check_symbol(symbol)}"
 
 
 @dataclass(frozen=True, slots=True)
