@@ -381,7 +381,11 @@ async def open_feed(rt: Runtime, exchange: Exchange) -> AsyncIterator[ExecutionF
 FEED_SESSION_LIMIT = 1000
 
 
-def build_feed(rt: Runtime, exchange: Exchange, feed: ExecutionFeed) -> FeedService:
+def build_feed(
+    rt: Runtime, exchange: Exchange, feed: ExecutionFeed, clock: Clock | None = None
+) -> FeedService:
+    """The fill feed; ``clock`` (default the runtime's) is what "recent sessions" are measured
+    against: a simulated clock for a paper run on simulated time."""
     s = rt.settings
     return FeedService(
         feed=feed,
@@ -390,7 +394,7 @@ def build_feed(rt: Runtime, exchange: Exchange, feed: ExecutionFeed) -> FeedServ
         orders=rt.orders,
         fills=rt.fills,
         exchange=exchange,
-        clock=rt.clock,
+        clock=clock or rt.clock,
         hours_back=s.settlement_hours_back,
         # Attribution looks through every recent session, not one run's share of them.
         session_limit=max(FEED_SESSION_LIMIT, s.settlement_session_limit),

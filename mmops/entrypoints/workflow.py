@@ -161,7 +161,7 @@ async def _trade(
         config=LoopConfig(plan.pairs, capital=plan.capital, seed=plan.seed, record_fills=False),
         session_id=session_id,
     )
-    feed = build_feed(rt, exchange, PaperFeed(exchange))
+    feed = build_feed(rt, exchange, PaperFeed(exchange), clock=clock)
     settlement = build_settlement(rt, exchange, dry_run=False, clock=clock)
     migration = build_migration(rt) if plan.migrate else None
     result = WorkflowResult(session_id, exchange.venue, plan.hours * 3600)
