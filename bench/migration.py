@@ -2,10 +2,20 @@
 
 Writes SESSIONS x PAIRS x FILLS fills (two per order) into Redis the way the store lays them
 out, registers and ends the sessions, then runs ``mmops migrate`` as a subprocess (its own peak
-RSS, reported by a small launcher). For comparison it measures, in the same run, a plain COPY
-of the same rows into an empty table of the same shape as ``fills`` (the target:
-``ratio_to_plain_copy``) and, for scale, into an empty table with no indexes or constraints.
-Prints one JSON object.
+RSS, reported by a small launcher). For comparison it measures, in the same run:
+
+- a plain COPY of the same rows into an empty table of the same shape as ``fills`` (a target:
+  ``ratio_to_plain_copy`` = COPY time / migrate time, higher is better) and, for scale, into an
+  empty table with no indexes or constraints;
+- the straightforward script a user would write (``SCRIPT`` below): HSCAN
+  each session's per-pair hashes, ``json.loads`` each record, COPY the rows into the same
+  ``orders`` and ``fills`` tables, one session after another in one transaction each, no
+  checks at all (a target: ``ratio_to_script`` = migrate time / script time, lower is better).
+  It runs as a subprocess too, on the same data, into the same emptied warehouse.
+
+Prints one JSON object, with the CPU seconds each round's programs spent (``cpu_s``: the
+program itself, the PostgreSQL backends serving it, read from ``/proc`` as pg_stat_statements
+is not required, and the Redis server).
 
 Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
 Each round empties the warehouse and migrates again; times are the rounds' medians (a single
@@ -23,8 +33,10 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -99,26 +111,147 @@ def checkpoint(database_url: str) -> None:
 # large process would report this process's size, not the migration's.
 _LAUNCH = (
     "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]);"
-    " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr);"
+    " u = resource.getrusage(resource.RUSAGE_CHILDREN);"
+    " print(u.ru_utime + u.ru_stime, u.ru_maxrss, file=sys.stderr);"
     " sys.exit(code)"
 )
 
 
-def migrate(redis_url: str, database_url: str) -> tuple[float, int, dict[str, object]]:
+class BackendCpu:
+    """CPU seconds spent by the PostgreSQL backends serving the bench database while a phase
+    runs: its backends' pids are listed from ``pg_stat_activity`` every 50 ms and their CPU
+    read from ``/proc/<pid>/stat`` (the last reading of each; a backend's final 50 ms may be
+    missed). Needs PostgreSQL on this host; otherwise reports None."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self.available = True
+
+    def __enter__(self) -> BackendCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float | None:
+        return round(sum(self._seen.values()), 2) if self.available else None
+
+    def _sample(self) -> None:
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            while not self._stop.wait(0.05):
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall()
+                for (pid,) in rows:
+                    try:
+                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    except OSError:
+                        self.available = self.available and Path("/proc/self/stat").exists()
+                        continue
+                    self._seen[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+
+
+def _env(redis_url: str, database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMOPS_")}
     env.update(MMOPS_REDIS_URL=redis_url, MMOPS_DATABASE_URL=database_url, MMOPS_LOG_LEVEL="ERROR")
+    return env
+
+
+@dataclass
+class Ran:
+    """One timed program: wall seconds, and CPU seconds of the program itself, of the
+    PostgreSQL backends serving it and of the Redis server (all its clients: others' work on a
+    shared server counts too)."""
+
+    wall: float
+    cpu: float
+    postgres_cpu: float | None
+    redis_cpu: float
+    peak_kb: int
+    stdout: str
+
+
+def redis_cpu(redis_url: str) -> float:
+    import redis
+
+    with redis.Redis.from_url(redis_url) as r:
+        info = r.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def timed(redis_url: str, database_url: str, argv: list[str]) -> Ran:
+    """Run ``argv`` through the launcher, from a checkpoint."""
     checkpoint(database_url)
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", _LAUNCH, sys.executable, "-m", "mmops.entrypoints", "migrate",
-         "--json"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    wall = time.perf_counter() - started
+    redis_before = redis_cpu(redis_url)
+    with BackendCpu(database_url) as pg:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCH, *argv], env=_env(redis_url, database_url),
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"migrate failed ({done.returncode}): {done.stderr[-2000:]}")
-    peak_kb = int(done.stderr.strip().splitlines()[-1])
-    return wall, peak_kb, json.loads(done.stdout)
+        raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stderr[-2000:]}")
+    cpu, peak_kb = done.stderr.strip().splitlines()[-1].split()
+    redis_spent = redis_cpu(redis_url) - redis_before
+    return Ran(wall, float(cpu), pg.seconds, redis_spent, int(peak_kb), done.stdout)
+
+
+def migrate(redis_url: str, database_url: str) -> Ran:
+    """``mmops migrate --json``."""
+    argv = [sys.executable, "-m", "mmops.entrypoints", "migrate", "--json"]
+    return timed(redis_url, database_url, argv)
+
+
+def run_script(redis_url: str, database_url: str) -> Ran:
+    """The straightforward script (``SCRIPT``), a program of its own as ``mmops migrate`` is."""
+    return timed(redis_url, database_url, [sys.executable, "-c", SCRIPT, redis_url, database_url])
+
+
+# What a user would write to move the data, with no checks: no validation, no
+# de-duplication, no quarantine, no statistics, no verification; run as a program of its own
+# that imports only what it uses. HSCAN with the same COUNT as mmops reads (redis-py's default
+# of 10 would make the script needlessly slow). The key names are those docs/REDIS_SCHEMA.md
+# documents. Arguments: the Redis URL, the database URL.
+SCRIPT = """
+import json, sys
+import psycopg, redis
+
+r = redis.Redis.from_url(sys.argv[1], decode_responses=True)
+with psycopg.connect(sys.argv[2]) as conn:
+    sessions = conn.execute("SELECT id, pairs FROM sessions ORDER BY id").fetchall()
+    for sid, pairs in sessions:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(
+                "COPY orders (session_id, order_id, symbol, pair_index, side, kind, price,"
+                " amount, filled, status, client_order_id, created_at) FROM STDIN"
+            ) as copy:
+                for index, pair in enumerate(pairs):
+                    for _, raw in r.hscan_iter(f"orders:{{{sid}}}:{pair}", count=1000):
+                        o = json.loads(raw)
+                        copy.write_row((sid, o["order_id"], pair, index, o["side"], o["kind"],
+                                        o["price"], o["amount"], o["filled"], o["status"],
+                                        o["client_order_id"], o["created_at"]))
+            with cur.copy(
+                "COPY fills (session_id, order_id, symbol, side, price, quantity, fee,"
+                " trade_id, timestamp) FROM STDIN"
+            ) as copy:
+                for pair in pairs:
+                    for _, raw in r.hscan_iter(f"fills:{{{sid}}}:{pair}", count=1000):
+                        f = json.loads(raw)
+                        copy.write_row((sid, f["order_id"], pair, f["side"], f["price"],
+                                        f["quantity"], f["fee"], f["trade_id"],
+                                        f["timestamp"]))
+r.close()
+"""
 
 
 def plain_copy(database_url: str) -> dict[str, tuple[int, float]]:
@@ -158,6 +291,12 @@ async def cleanup(redis_url: str, ids: list[str]) -> None:
     await redis.aclose()
 
 
+def fill_count(database_url: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM fills").fetchone()
+    return int(row[0]) if row else 0
+
+
 def reset(database_url: str) -> None:
     """Empty the warehouse for another round (the sessions stay registered, as not migrated)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -168,6 +307,7 @@ def reset(database_url: str) -> None:
 def main(sessions: int, pairs: int, fills: int, rounds: int) -> None:
     logs.configure("ERROR", "console")
     measured: list[dict[str, float]] = []
+    cpu: list[dict[str, float | None]] = []
     with bench_servers() as (redis_url, database_url):
         started = time.perf_counter()
         ids = asyncio.run(generate(redis_url, database_url, sessions, pairs, fills))
@@ -176,21 +316,36 @@ def main(sessions: int, pairs: int, fills: int, rounds: int) -> None:
             for n in range(rounds):
                 if n:
                     reset(database_url)
-                wall, peak_kb, report = migrate(redis_url, database_url)
+                ran = migrate(redis_url, database_url)
+                wall, peak_kb, report = ran.wall, ran.peak_kb, json.loads(ran.stdout)
                 inserted = sum(int(s["fills_inserted"]) for s in report["sessions"])  # type: ignore[index, union-attr, call-overload]
                 verified = sum(bool(s["verified"]) for s in report["sessions"])  # type: ignore[index, union-attr]
                 copies = plain_copy(database_url)
+                reset(database_url)
+                scripted = run_script(redis_url, database_url)
+                script_s = scripted.wall
+                if (copied := fill_count(database_url)) != inserted:
+                    raise RuntimeError(f"the script copied {copied} fills, not {inserted}")
                 measured.append({
                     "migrate_s": wall,
                     "copy_s": copies["same_shape"][1],
                     "bare_s": copies["bare"][1],
+                    "script_s": script_s,
                     "ratio": copies["same_shape"][1] / wall,  # the same rows both ways
+                    "ratio_to_script": wall / script_s,
+                })  # fmt: skip
+                cpu.append({
+                    f"{name}_{part}": None if value is None else round(value, 2)
+                    for name, r in (("migrate", ran), ("script", scripted))
+                    for part, value in (("self", r.cpu), ("postgres", r.postgres_cpu),
+                                        ("redis", r.redis_cpu))
                 })  # fmt: skip
         finally:
             asyncio.run(cleanup(redis_url, ids))
         wall = statistics.median(m["migrate_s"] for m in measured)
         copy_s = statistics.median(m["copy_s"] for m in measured)
         bare_s = statistics.median(m["bare_s"] for m in measured)
+        script_s = statistics.median(m["script_s"] for m in measured)
         print(json.dumps({
         "bench": "migration",
         "sessions": sessions,
@@ -207,6 +362,9 @@ def main(sessions: int, pairs: int, fills: int, rounds: int) -> None:
         "ratio_to_plain_copy": round(copy_s / wall, 3),
         "bare_copy_s": round(bare_s, 2),
         "ratio_to_bare_copy": round(bare_s / wall, 3),
+        "script_s": round(script_s, 2),
+        "ratio_to_script": round(wall / script_s, 3),
+        "cpu_s": cpu,
         "each_round": [{k: round(v, 3) for k, v in m.items()} for m in measured],
         }))  # fmt: skip
 

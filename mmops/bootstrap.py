@@ -352,6 +352,8 @@ def build_migration(rt: Runtime, batch_size: int | None = None) -> MigrationServ
         retention_seconds=s.migration_retention_grace if s.migration_retention else None,
         leases=rt.leases,
         worker=worker_name(s),
+        prices=PriceStore(rt.redis),
+        take_profits=rt.positions,
     )
 
 

@@ -22,6 +22,7 @@ from mmops.domain.models import (
     Ticker,
 )
 from mmops.domain.records import (
+    AnalyticsCopy,
     Coverage,
     Fence,
     FillEvent,
@@ -300,6 +301,9 @@ class MigrationTransaction(Protocol):
     async def move_fills(self) -> FillMove: ...
     def orphans(self, chunk: int = ...) -> AsyncIterator[list[Stray]]: ...
     async def recompute_stats(self) -> None: ...
+    async def copy_analytics(
+        self, prices: PriceSource, take_profits: TakeProfitSource
+    ) -> AnalyticsCopy: ...
 
 
 class MigrationTarget(Protocol):
@@ -423,3 +427,17 @@ class PriceRecorder(Protocol):
     async def record(self, session_id: str, tickers: Sequence[Ticker]) -> None:
         """Append one run's tickers of the session: one store call."""
         ...
+
+
+class PriceSource(Protocol):
+    """``mmops.adapters.redis.prices.PriceStore``."""
+
+    def read(self, session_id: str, chunk: int = ...) -> AsyncIterator[ReadResult[Ticker]]: ...
+
+
+class TakeProfitSource(Protocol):
+    """``mmops.adapters.redis.store.PositionStore``."""
+
+    async def tp_orders(
+        self, session_id: str, order_ids: Sequence[str]
+    ) -> ReadResult[tuple[str, TakeProfitRecord]]: ...

@@ -256,3 +256,89 @@ class FillEvent:
     event_id: str
     session_id: str
     symbol: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsCopy:
+    """What the step read from Redis and what PostgreSQL holds of it afterwards."""
+
+    session_id: str
+    prices_read: int  # distinct (pair, time) points read
+    prices_held: int  # of those, rows in ``prices``
+    prices_rejected: int
+    take_profits_read: int
+    take_profits_held: int  # of those, rows in ``take_profits`` with the state read
+    take_profits_rejected: int
+
+    def mismatches(self) -> list[str]:
+        found = []
+        if self.prices_held != self.prices_read:
+            found.append(f"prices: {self.prices_read} read, {self.prices_held} in PostgreSQL")
+        if self.take_profits_held != self.take_profits_read:
+            found.append(
+                f"take_profits: {self.take_profits_read} read, "
+                f"{self.take_profits_held} in PostgreSQL"
+            )
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.session_id,
+            "prices": {"read": self.prices_read, "held": self.prices_held,
+                       "rejected": self.prices_rejected},
+            "take_profits": {"read": self.take_profits_read, "held": self.take_profits_held,
+                             "rejected": self.take_profits_rejected},
+            "mismatches": self.mismatches(),
+        }  # fmt: skip
+
+
+_INSERT_PRICES = """
+INSERT INTO prices (session_id, symbol, at, bid, ask)
+SELECT %(session)s, symbol, at, bid, ask
+FROM unnest(%(symbols)s::text[], %(ats)s::timestamptz[], %(bids)s::numeric[], %(asks)s::numeric[])
+     AS p(symbol, at, bid, ask)
+ON CONFLICT (session_id, symbol, at) DO NOTHING
+"""
+
+_COUNT_PRICES = """
+SELECT count(*) FROM prices p
+JOIN unnest(%(symbols)s::text[], %(ats)s::timestamptz[]) AS r(symbol, at)
+  ON (p.symbol, p.at) = (r.symbol, r.at)
+WHERE p.session_id = %(session)s
+"""
+
+_TP_ORDER_IDS = """
+SELECT order_id FROM orders WHERE session_id = %s AND kind = 'take_profit' ORDER BY order_id
+"""
+
+_UPSERT_TAKE_PROFITS = """
+INSERT INTO take_profits (session_id, order_id, symbol, position, tier, markup, price, amount,
+                          generation, created_at, status)
+SELECT %(session)s, * FROM unnest(
+    %(order_ids)s::text[], %(symbols)s::text[], %(positions)s::text[], %(tiers)s::int[],
+    %(markups)s::numeric[], %(prices)s::numeric[], %(amounts)s::numeric[],
+    %(generations)s::int[], %(created)s::timestamptz[], %(statuses)s::text[])
+ON CONFLICT (session_id, order_id) DO UPDATE SET
+    symbol = EXCLUDED.symbol, position = EXCLUDED.position, tier = EXCLUDED.tier,
+    markup = EXCLUDED.markup, price = EXCLUDED.price, amount = EXCLUDED.amount,
+    generation = EXCLUDED.generation, created_at = EXCLUDED.created_at, status = EXCLUDED.status
+"""
+
+_COUNT_TAKE_PROFITS = """
+SELECT count(*) FROM take_profits t
+JOIN unnest(%(order_ids)s::text[], %(statuses)s::text[]) AS r(order_id, status)
+  ON (t.order_id, t.status) = (r.order_id, r.status)
+WHERE t.session_id = %(session)s
+"""
+
+_REJECT = """
+INSERT INTO migration_rejects (session_id, kind, symbol, redis_key, raw_payload, reason)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (session_id, md5(redis_key)) DO UPDATE SET
+    kind = EXCLUDED.kind, symbol = EXCLUDED.symbol, raw_payload = EXCLUDED.raw_payload,
+    reason = EXCLUDED.reason
+"""

@@ -306,7 +306,9 @@ async def serve(settings: Settings, urls: Urls, listener: socket.socket) -> None
 async def _serve(daemon: Daemon, w: Watchers, listener: socket.socket) -> None:
     """HTTP, the schedules and the exchange-truth loops, until a signal stops uvicorn."""
     settings = daemon.settings
-    probes = Probes(daemon.alive, daemon.readiness, daemon.metrics.render, daemon.status)
+    probes = Probes(
+        daemon.alive, daemon.readiness, daemon.metrics.render, daemon.status, daemon.rt.pool
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(probes),  # host and port: the listener's

@@ -7,9 +7,13 @@ all, and a killed worker's sessions are free again at once. Each is migrated in 
 PostgreSQL transaction: the session upserted, its orders and fills streamed from Redis pair by
 pair in chunks, every record validated (a bad one quarantined in ``migration_rejects`` with its
 raw payload, key and reason), fills inserted de-duplicated, ``session_pair_stats`` recomputed
-from the rows. After the commit, the Redis and PostgreSQL counts are compared per pair; only an
-ended session whose counts match is marked complete (``migration:completed:{S}`` and
-``sessions.migrated_at``). Re-running is always safe: nothing is inserted twice.
+from the rows. How the rows are written is the warehouse's choice, taken inside the
+transaction under the session row's lock: a session with nothing in PostgreSQL yet goes with
+one COPY straight into the tables, its checks done before (``first_copy``); any other through
+staging and conflict-safe statements (see docs/MIGRATION.md). After the commit, the Redis and
+PostgreSQL counts are compared per pair; only an ended session whose counts match is marked
+complete (``migration:completed:{S}`` and ``sessions.migrated_at``). Re-running is always
+safe: nothing is inserted twice.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from mmops.ports import (
     MigrationMarks,
     MigrationTarget,
     MigrationTransaction,
+    PriceSource,
     RecordLines,
     SessionRecords,
+    TakeProfitSource,
     WorkLeases,
 )
 
@@ -74,6 +80,7 @@ class SessionMigration:
     pairs: dict[str, PairCounts] = field(default_factory=dict)
     error: str | None = None
     duration_ms: int = 0
+    analytics: list[str] = field(default_factory=list)  # prices / take-profits not all held
 
     @property
     def ok(self) -> bool:
@@ -81,11 +88,14 @@ class SessionMigration:
 
     def mismatches(self) -> list[str]:
         return [
-            f"{pair}: Redis {c.redis_orders} orders / {c.redis_fills} fills, PostgreSQL "
-            f"{c.pg_orders} (+{c.rejected_orders} rejected) / {c.pg_fills} "
-            f"(+{c.rejected_fills} rejected)"
-            for pair, c in self.pairs.items()
-            if not c.complete
+            *(
+                f"{pair}: Redis {c.redis_orders} orders / {c.redis_fills} fills, PostgreSQL "
+                f"{c.pg_orders} (+{c.rejected_orders} rejected) / {c.pg_fills} "
+                f"(+{c.rejected_fills} rejected)"
+                for pair, c in self.pairs.items()
+                if not c.complete
+            ),
+            *self.analytics,
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +128,8 @@ class MigrationService:
         retention_seconds: int | None = None,
         leases: WorkLeases | None = None,
         worker: str = "migration",
+        prices: PriceSource | None = None,
+        take_profits: TakeProfitSource | None = None,
     ) -> None:
         self._live = live
         self._records = records
@@ -130,6 +142,8 @@ class MigrationService:
         self._retention = retention_seconds
         self._leases = leases
         self.worker = worker
+        self._prices = prices  # price history and take-profit metadata (analytics);
+        self._take_profits = take_profits  # not copied when either is None
 
     async def run(
         self,
@@ -222,12 +236,20 @@ class MigrationService:
     async def _copy(
         self, tx: MigrationTransaction, session: Session, result: SessionMigration
     ) -> None:
-        """Stream every order, then every fill, into the transaction and recompute the stats."""
+        """The session's data sets, each read from Redis and written into the transaction in
+        turn: orders, then fills (checked against the orders), then the statistics computed
+        from both, then the analytics (recorded prices and take-profit metadata, counted back
+        in the same transaction). A new data set is one more step here (and its counts in
+        ``_verify``)."""
         for pair in session.pairs:
             result.pairs[pair] = PairCounts()
         await self._copy_orders(tx, session, result)
         await self._copy_fills(tx, session, result)
         await tx.recompute_stats()
+        if self._prices is not None and self._take_profits is not None:
+            copied = await tx.copy_analytics(self._prices, self._take_profits)
+            result.analytics = copied.mismatches()
+            result.rejects += copied.prices_rejected + copied.take_profits_rejected
 
     async def _copy_orders(
         self, tx: MigrationTransaction, session: Session, result: SessionMigration
@@ -271,9 +293,9 @@ class MigrationService:
         tx: MigrationTransaction,
         session: Session,
     ) -> Counter[str]:
-        """Stream every pair's records into staging and quarantine those refused; return how
-        many were refused per pair, each record once (HSCAN may return a field twice; only
-        refused keys are held, and they are few)."""
+        """Stream every pair's records into the transaction, one pair after another, and
+        quarantine those refused; return how many were refused per pair, each record once
+        (HSCAN may return a field twice; only refused keys are held, and they are few)."""
         refused: dict[str, set[str]] = {}
         for pair in session.pairs:
             async for chunk in source.lines(session.id, pair):

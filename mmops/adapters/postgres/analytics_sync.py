@@ -13,69 +13,17 @@ rows PostgreSQL holds are counted against what was read.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 from psycopg import AsyncConnection
 
 from mmops.domain.models import Ticker
-from mmops.domain.records import ReadResult, TakeProfitRecord
+from mmops.domain.records import AnalyticsCopy, TakeProfitRecord
 from mmops.errors import BadRecordError
+from mmops.ports import PriceSource, TakeProfitSource
 
 TP_CHUNK = 500  # take-profit ids per Redis read
-
-
-class PriceSource(Protocol):
-    """``mmops.adapters.redis.prices.PriceStore``."""
-
-    def read(self, session_id: str, chunk: int = ...) -> AsyncIterator[ReadResult[Ticker]]: ...
-
-
-class TakeProfitSource(Protocol):
-    """``mmops.adapters.redis.store.PositionStore``."""
-
-    async def tp_orders(
-        self, session_id: str, order_ids: Sequence[str]
-    ) -> ReadResult[tuple[str, TakeProfitRecord]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AnalyticsCopy:
-    """What the step read from Redis and what PostgreSQL holds of it afterwards."""
-
-    session_id: str
-    prices_read: int  # distinct (pair, time) points read
-    prices_held: int  # of those, rows in ``prices``
-    prices_rejected: int
-    take_profits_read: int
-    take_profits_held: int  # of those, rows in ``take_profits`` with the state read
-    take_profits_rejected: int
-
-    def mismatches(self) -> list[str]:
-        found = []
-        if self.prices_held != self.prices_read:
-            found.append(f"prices: {self.prices_read} read, {self.prices_held} in PostgreSQL")
-        if self.take_profits_held != self.take_profits_read:
-            found.append(
-                f"take_profits: {self.take_profits_read} read, "
-                f"{self.take_profits_held} in PostgreSQL"
-            )
-        return found
-
-    @property
-    def ok(self) -> bool:
-        return not self.mismatches()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "session": self.session_id,
-            "prices": {"read": self.prices_read, "held": self.prices_held,
-                       "rejected": self.prices_rejected},
-            "take_profits": {"read": self.take_profits_read, "held": self.take_profits_held,
-                             "rejected": self.take_profits_rejected},
-            "mismatches": self.mismatches(),
-        }  # fmt: skip
 
 
 _INSERT_PRICES = """

@@ -1,18 +1,28 @@
 """Writing one session's Redis data into PostgreSQL, in one transaction.
 
-Orders and fills arrive as TSV lines of records the domain's rules already passed. They are
-streamed in with COPY into temporary staging tables (dropped at commit), then moved with
-set-based statements: orders upserted, fills inserted de-duplicated by the unique constraints
-(``ON CONFLICT DO NOTHING``). What PostgreSQL cannot take as it is (a fill whose order does not
-exist, an order id recorded under two pairs) is returned to the caller to quarantine, and
-``session_pair_stats`` is recomputed in SQL from the rows. Nothing is held in memory beyond one
-chunk.
+Orders and fills arrive as TSV lines of records the domain's rules already passed. The
+transaction first upserts the session row, whose lock it then holds, and decides under it how
+the rows go in:
+
+- a session with nothing in PostgreSQL yet (its first migration): the checks run in Python
+  (:mod:`first_copy`: each record once, an order id under two pairs kept once, fills whose order
+  is missing set apart, executions de-duplicated by the unique key) and the rows go with COPY
+  straight into ``orders`` and, pair by pair, ``fills``;
+- any other: streamed with COPY into temporary staging tables (dropped at commit), then moved
+  with set-based statements: orders upserted, fills inserted de-duplicated by the unique
+  constraints (``ON CONFLICT DO NOTHING``).
+
+Either way what PostgreSQL cannot take as it is (a fill whose order does not exist, an order id
+recorded under two pairs) is returned to the caller to quarantine, and ``session_pair_stats``
+is recomputed in SQL from the rows. The conflict-safe path holds nothing in memory beyond one
+chunk; the first one a session's order lines, then its order ids, and one pair's executions.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,11 +33,20 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from mmops import logs
+from mmops.adapters.postgres.analytics_sync import copy_analytics
+from mmops.adapters.postgres.first_copy import (
+    FILL_COPY_COLUMNS,
+    ORDER_COPY_COLUMNS,
+    FillPick,
+    OrderPick,
+    copy_text,
+)
 from mmops.adapters.postgres.pool import pg_errors
 from mmops.domain.models import Session
 from mmops.domain.records import (
     FILL_LINE_COLUMNS,
     ORDER_LINE_COLUMNS,
+    AnalyticsCopy,
     FillMove,
     MigrationCounts,
     OrderMove,
@@ -36,6 +55,7 @@ from mmops.domain.records import (
     RejectKind,
     Stray,
 )
+from mmops.ports import PriceSource, TakeProfitSource
 
 log = logs.get_logger("mmops.migration")
 
@@ -54,6 +74,16 @@ CREATE TEMP TABLE fills_staging (
 """
 _COPY_ORDERS = f"COPY orders_staging ({', '.join(ORDER_LINE_COLUMNS)}) FROM STDIN"
 _COPY_FILLS = f"COPY fills_staging ({', '.join(FILL_LINE_COLUMNS)}) FROM STDIN"
+# A session's first migration writes straight into the tables (see first_copy).
+_COPY_ORDERS_FIRST = f"COPY orders ({', '.join(ORDER_COPY_COLUMNS)}) FROM STDIN"
+_COPY_FILLS_FIRST = f"COPY fills ({', '.join(FILL_COPY_COLUMNS)}) FROM STDIN"
+_COPY_LINES = 5000
+# A session's first migration: nothing of it in PostgreSQL, not even a reject.
+_FIRST = """
+SELECT NOT EXISTS (SELECT 1 FROM orders WHERE session_id = %(session)s)
+   AND NOT EXISTS (SELECT 1 FROM fills WHERE session_id = %(session)s)
+   AND NOT EXISTS (SELECT 1 FROM migration_rejects WHERE session_id = %(session)s)
+"""
 
 _UPSERT_SESSION = """
 INSERT INTO sessions (id, status, mode, exchange, capital, started_at, ended_at, pairs, pair_count)
@@ -217,24 +247,46 @@ ON CONFLICT (session_id, symbol) DO UPDATE SET
 
 class WarehouseTransaction:
     """One session's migration transaction (``MigrationTransaction``; see
-    :meth:`Warehouse.session`)."""
+    :meth:`Warehouse.session`).
 
-    def __init__(self, conn: AsyncConnection, session: Session) -> None:
+    On the session's first migration (``first``: it had no order, fill or reject in
+    PostgreSQL when its row was locked) the checks run in Python (:mod:`first_copy`) and the
+    rows go with one COPY straight into ``orders`` and, pair by pair, into ``fills``. Otherwise
+    they go through the staging tables and the conflict-safe statements. A first COPY that
+    meets a row anyway (written outside migration, or a trade id recorded for two executions)
+    is rolled back to its savepoint and redone the conflict-safe way."""
+
+    def __init__(self, conn: AsyncConnection, session: Session, *, first: bool) -> None:
         self._conn = conn
         self.session = session
+        self.first = first
         self._params = {"session": session.id, "pairs": list(session.pairs)}
         self._staged_fills = 0
+        self._staging = False
+        self._orders = OrderPick() if first else None  # first: until the orders are written
+        self._fills: FillPick | None = None  # first: once the orders are written
+        self._distinct: Counter[str] = Counter()  # first: executions per pair
+        self._inserted = 0
 
     async def stage_orders(self, lines: Sequence[str]) -> None:
-        """COPY TSV lines (``ORDER_LINE_COLUMNS``) into the staging table."""
-        async with self._conn.cursor().copy(_COPY_ORDERS) as copy:
-            await copy.write("".join(lines))
+        """Take TSV lines (``ORDER_LINE_COLUMNS``): held for the first COPY, or staged."""
+        if self._orders is not None:
+            self._orders.add(lines)
+        else:
+            await self._stage(_COPY_ORDERS, lines)
 
     async def stage_fills(self, lines: Sequence[str]) -> None:
-        """COPY TSV lines (``FILL_LINE_COLUMNS``) into the staging table."""
-        async with self._conn.cursor().copy(_COPY_FILLS) as copy:
-            await copy.write("".join(lines))
-        self._staged_fills += len(lines)
+        """Take TSV lines (``FILL_LINE_COLUMNS``), the chunks of one pair after another: picked
+        for the first COPY (a pair's executions written when the next pair's lines arrive), or
+        staged."""
+        if self._fills is None:
+            await self._stage(_COPY_FILLS, lines)
+            self._staged_fills += len(lines)
+            return
+        held = self._fills.symbol
+        if lines and held is not None and held != lines[0].split("\t", 3)[2]:
+            await self._write_fills()
+        self._fills.add(lines)
 
     async def reject(self, rejects: Sequence[Reject]) -> None:
         if not rejects:
@@ -256,8 +308,82 @@ class WarehouseTransaction:
             )
 
     async def move_orders(self) -> OrderMove:
-        """Upsert the staged orders; return what was written, the records read per pair, and
+        """Write the orders taken; return what was written, the records read per pair, and
         the copies of an order id already recorded under another pair (not written)."""
+        if self._orders is None:
+            return await self._move_staged_orders()
+        picked, self._orders = self._orders, None
+        rows, records, strays = picked.pick(_pair_index(self.session))
+        try:
+            async with self._conn.transaction():  # a savepoint
+                await self._copy(_COPY_ORDERS_FIRST, rows)
+        except UniqueViolation:  # an order written outside migration: upsert them all
+            log.info("migration.conflict_retried", session=self.session.id, table="orders")
+            await self._stage(_COPY_ORDERS, list(picked.lines.values()))
+            return await self._move_staged_orders()
+        self._fills = FillPick(picked.order_ids)
+        return OrderMove(written=len(rows), records=dict(records), strays=strays)
+
+    async def move_fills(self) -> FillMove:
+        """Write the fills taken whose order exists, one per execution, skipping those already
+        in PostgreSQL; the others are left for :meth:`orphans`."""
+        if self._fills is None:
+            return await self._move_staged_fills()
+        await self._write_fills()
+        return FillMove(self._fills.received, self._inserted, dict(self._distinct))
+
+    async def orphans(self, chunk: int = 1000) -> AsyncIterator[list[Stray]]:
+        """The fills taken whose order does not exist (not written), each record once, in
+        chunks (the conflict-safe path reads them from a server-side cursor: a session that
+        lost its orders does not load all its fills at once)."""
+        if self._fills is not None:
+            strays = list(self._fills.orphans.values())
+            for start in range(0, len(strays), chunk):
+                yield strays[start : start + chunk]
+            return
+        async with self._conn.cursor(name="orphans") as cur:
+            await cur.execute(_ORPHANS, self._params)
+            while rows := await cur.fetchmany(chunk):
+                yield [Stray(symbol, key, reason) for symbol, key, reason in rows]
+
+    async def recompute_stats(self) -> None:
+        """session_pair_stats of every pair of the session from the rows now in PostgreSQL."""
+        await self._conn.execute(_STATS, self._params)
+
+    async def copy_analytics(
+        self, prices: PriceSource, take_profits: TakeProfitSource
+    ) -> AnalyticsCopy:
+        """The session's recorded prices and take-profit metadata (after its orders: the
+        take-profits copied are those of its ``take_profit`` orders), counted back."""
+        return await copy_analytics(
+            self._conn, self.session.id, prices=prices, take_profits=take_profits
+        )
+
+    async def _write_fills(self) -> None:
+        """COPY the executions of the pair held into ``fills``; if one meets a row (a trade id
+        recorded for two executions), insert them the conflict-safe way instead."""
+        assert self._fills is not None
+        symbol, lines = self._fills.symbol, self._fills.take()
+        if symbol is None:
+            return
+        try:
+            async with self._conn.transaction():  # a savepoint
+                await self._copy_text(_COPY_FILLS_FIRST, lines, copy_text)
+        except UniqueViolation:
+            log.info("migration.conflict_retried", session=self.session.id, table="fills",
+                     pair=symbol)  # fmt: skip
+            await self._stage(_COPY_FILLS, lines)
+            cur = await self._conn.execute(_MOVE_FILLS.format(conflict=_SKIP_FILLS), self._params)
+            for pair, distinct, inserted in await cur.fetchall():
+                self._distinct[pair] += int(distinct)
+                self._inserted += int(inserted)
+            await self._conn.execute("DELETE FROM fills_staging")
+            return
+        self._distinct[symbol] += len(lines)
+        self._inserted += len(lines)
+
+    async def _move_staged_orders(self) -> OrderMove:
+        await self._ensure_staging()
         await self._conn.execute(_RANK_ORDERS)
         records = await (await self._conn.execute(_ORDER_RECORDS)).fetchall()
         duplicates = await (await self._conn.execute(_DUPLICATE_ORDERS)).fetchall()
@@ -268,9 +394,8 @@ class WarehouseTransaction:
             strays=[Stray(symbol, key, reason) for symbol, key, reason in duplicates],
         )
 
-    async def move_fills(self) -> FillMove:
-        """Insert the staged fills whose order exists, one per execution, skipping those
-        already in PostgreSQL; the others are left for :meth:`orphans`."""
+    async def _move_staged_fills(self) -> FillMove:
+        await self._ensure_staging()
         per_pair = await self._move("fills", _MOVE_FILLS, _SKIP_FILLS)
         await self._conn.execute(_CLEAR_RESOLVED, self._params)
         return FillMove(
@@ -279,14 +404,26 @@ class WarehouseTransaction:
             distinct={symbol: int(n) for symbol, n, _ in per_pair},
         )
 
-    async def orphans(self, chunk: int = 1000) -> AsyncIterator[list[Stray]]:
-        """The staged fills whose order does not exist (not inserted), each record once, in
-        chunks from a server-side cursor: a session that lost its orders does not load all its
-        fills at once."""
-        async with self._conn.cursor(name="orphans") as cur:
-            await cur.execute(_ORPHANS, self._params)
-            while rows := await cur.fetchmany(chunk):
-                yield [Stray(symbol, key, reason) for symbol, key, reason in rows]
+    async def _stage(self, statement: str, lines: Sequence[str]) -> None:
+        await self._ensure_staging()
+        await self._copy(statement, lines)
+
+    async def _ensure_staging(self) -> None:
+        if not self._staging:
+            await self._conn.execute(_STAGING)
+            self._staging = True
+
+    async def _copy(self, statement: str, lines: Sequence[str]) -> None:
+        """COPY ``lines`` with ``statement``, a few thousand lines per write."""
+        await self._copy_text(statement, lines, "".join)
+
+    async def _copy_text(
+        self, statement: str, lines: Sequence[str], text: Callable[[Sequence[str]], str]
+    ) -> None:
+        """COPY ``text`` of ``lines`` with ``statement``, a few thousand lines per write."""
+        async with self._conn.cursor().copy(statement) as copy:
+            for start in range(0, len(lines), _COPY_LINES):
+                await copy.write(text(lines[start : start + _COPY_LINES]))
 
     async def _move(self, table: str, statement: SQL, conflict: SQL) -> list[tuple[Any, ...]]:
         """Run ``statement`` as a plain INSERT if the session has no rows in ``table`` yet, else
@@ -310,9 +447,9 @@ class WarehouseTransaction:
         row = await (await self._conn.execute(query, (self.session.id,))).fetchone()
         return bool(row and row[0])
 
-    async def recompute_stats(self) -> None:
-        """session_pair_stats of every pair of the session from the rows now in PostgreSQL."""
-        await self._conn.execute(_STATS, self._params)
+
+def _pair_index(session: Session) -> dict[str, int]:
+    return {pair: index for index, pair in enumerate(session.pairs)}
 
 
 def _storable(text: str) -> str:
@@ -334,7 +471,6 @@ class Warehouse:
         """One transaction for the whole session: committed on a clean exit, rolled back on
         any error, so an interrupted migration leaves no half-written session."""
         async with pg_errors(), self._pool.connection() as conn, conn.transaction():
-            await conn.execute(_STAGING)
             await conn.execute(
                 _UPSERT_SESSION,
                 (
@@ -343,7 +479,14 @@ class Warehouse:
                     Jsonb(list(session.pairs)), session.pair_count,
                 ),
             )  # fmt: skip
-            yield WarehouseTransaction(conn, session)
+            # The upsert holds the session's row lock until this transaction ends, so another
+            # migration of the session (another worker, `mmops migrate --session`) waits here,
+            # then sees this one's rows: only one of them can find the session without rows
+            # and take the first-migration COPY.
+            cur = await conn.execute(_FIRST, {"session": session.id})
+            first = bool((await cur.fetchone() or (False,))[0])
+            log.info("migration.path", session=session.id, first=first)
+            yield WarehouseTransaction(conn, session, first=first)
 
     async def pending_sessions(self, limit: int, after: str | None = None) -> list[str]:
         """Ids of sessions whose migration is not complete, in id order, after ``after``."""

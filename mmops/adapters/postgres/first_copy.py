@@ -1,0 +1,145 @@
+"""The checks of a session's first migration, done in Python before the rows reach PostgreSQL.
+
+A session with no rows in the warehouse yet can be written with one COPY straight into
+``orders`` and ``fills`` if nothing PostgreSQL's keys would refuse is sent: these classes pick,
+from the migration lines (``records.ORDER_LINE_COLUMNS`` / ``FILL_LINE_COLUMNS``, TSV ending
+with the Redis key), exactly the rows the conflict-safe SQL path would write, and the records
+it would quarantine:
+
+- orders: each Redis record once (HSCAN may return a field twice); an order id recorded under
+  two pairs is kept once, under its first pair by name (then by key), the copies are strays;
+- fills: a fill whose order id is not among the session's orders is an orphan (each record
+  once); the others are de-duplicated per pair by the unique key's identity (order, time,
+  price, quantity), keeping, of two records of one execution, the one with a trade id, then
+  the smallest trade id, then the smallest key.
+
+The identity is compared as text: a replay is the same text. Two spellings of one value
+(``1.50`` and ``1.5``, which only a record in another layout can hold) are two identities
+here and one to PostgreSQL's unique key, so the COPY meets a conflict and the warehouse redoes
+that pair the conflict-safe way, which compares values: the rows written are the same either
+way.
+
+No I/O here; the warehouse sends what these return. Memory: one session's order lines, then
+its order ids, and one pair's distinct fills at a time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from mmops.domain.records import Stray
+
+_NULL = "\\N"
+
+
+def record_key(line: str) -> str:
+    """The Redis key a migration line ends with (its last column, before the newline)."""
+    return line[line.rindex("\t") + 1 : -1]
+
+
+class OrderPick:
+    """A session's order lines, read pair by pair; then the rows to write and the strays."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, str] = {}  # Redis key → line: each record once
+        self.order_ids: set[str] = set()  # after pick: the order ids written
+
+    def add(self, lines: Iterable[str]) -> None:
+        held = self.lines
+        for line in lines:
+            held[line[line.rindex("\t") + 1 : -1]] = line
+
+    def pick(self, pair_index: Mapping[str, int]) -> tuple[list[str], Counter[str], list[Stray]]:
+        """(COPY lines for ``orders`` in order id order, columns ``ORDER_COPY_COLUMNS``; the
+        records read per pair; the copies of an order id kept under another pair)."""
+        kept: dict[str, tuple[str, str, str]] = {}  # order id → (symbol, key, line)
+        copies: dict[str, list[tuple[str, str]]] = {}  # order id → every (symbol, key) seen
+        records: Counter[str] = Counter()
+        for key, line in self.lines.items():
+            order_id, _, symbol, _ = line.split("\t", 3)
+            records[symbol] += 1
+            best = kept.get(order_id)
+            if best is None:
+                kept[order_id] = (symbol, key, line)
+                continue
+            copies.setdefault(order_id, [best[:2]]).append((symbol, key))
+            if (symbol, key) < best[:2]:
+                kept[order_id] = (symbol, key, line)
+        self.order_ids = set(kept)
+        strays = [
+            Stray(symbol, key, f"order id {order_id} also recorded under {kept[order_id][0]}")
+            for order_id, seen in copies.items()
+            for symbol, key in seen
+            if key != kept[order_id][1]
+        ]
+        rows = [
+            f"{line[: line.rindex(chr(9))]}\t{pair_index.get(symbol, _NULL)}\n"
+            for symbol, _, line in kept.values()
+        ]
+        rows.sort()  # order id first: the primary key's order, so each index page is hot once
+        return rows, records, strays
+
+
+# The columns of a COPY line for ``orders`` made by OrderPick: a migration line without its
+# key, then the pair's index in the session.
+ORDER_COPY_COLUMNS = ("order_id", "session_id", "symbol", "side", "price", "amount", "filled",
+                      "status", "kind", "client_order_id", "created_at", "pair_index")  # fmt: skip
+# ... and for ``fills`` (FillPick.take): a migration line without its key.
+FILL_COPY_COLUMNS = ("session_id", "order_id", "symbol", "side", "price", "quantity", "fee",
+                     "timestamp", "trade_id")  # fmt: skip
+
+
+class FillPick:
+    """One session's fill lines, pair by pair, against the order ids it wrote."""
+
+    def __init__(self, order_ids: set[str]) -> None:
+        self._order_ids = order_ids
+        self._executions: dict[tuple[str, str, str, str], str] = {}  # identity → line
+        self._symbol: str | None = None
+        self.received = 0  # lines, repeats and orphans included
+        self.orphans: dict[str, Stray] = {}  # Redis key → stray, each record once
+
+    @property
+    def symbol(self) -> str | None:
+        """The pair whose executions are held (None: none held)."""
+        return self._symbol if self._executions else None
+
+    def add(self, lines: Iterable[str]) -> None:
+        """Take lines of the pair held (or of a new pair once the held one was taken)."""
+        executions, order_ids = self._executions, self._order_ids
+        for line in lines:
+            self.received += 1
+            _, order_id, symbol, _, price, quantity, _, at, _, _ = line.split("\t")
+            if order_id not in order_ids:
+                key = record_key(line)
+                reason = f"fill references order {order_id}, which does not exist"
+                self.orphans[key] = Stray(symbol, key, reason)
+                continue
+            if symbol != self._symbol:
+                if executions:
+                    raise ValueError(f"fills of {symbol} while {self._symbol} is held")
+                self._symbol = symbol
+            identity = (order_id, at, price, quantity)
+            held = executions.setdefault(identity, line)
+            if held is not line and _rank(line) < _rank(held):
+                executions[identity] = line
+
+    def take(self) -> list[str]:
+        """The held pair's executions, one line each (with its key), in the unique key's
+        order (order id first: the lines are of one session), and hold none."""
+        lines = sorted(self._executions.values())
+        self._executions = {}
+        return lines
+
+
+def _rank(line: str) -> tuple[bool, str, str]:
+    """Which of two records of one execution is kept: one with a trade id, the smallest trade
+    id, the smallest key (the conflict-safe path's ``ORDER BY trade_id NULLS LAST, key``)."""
+    trade_id, key = line[:-1].split("\t")[-2:]
+    return trade_id == _NULL, trade_id, key
+
+
+def copy_text(lines: Sequence[str]) -> str:
+    """Fill migration lines without their keys (``FILL_COPY_COLUMNS``), as one text."""
+    return "".join([f"{line[: line.rindex(chr(9))]}\n" for line in lines])

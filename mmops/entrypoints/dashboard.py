@@ -1,0 +1,220 @@
+"""The dashboard of ``mmops serve``: two HTML pages and the JSON endpoints behind their plots.
+
+``/`` is the overview (every recent session: status, coverage against the exchange, stop-loss
+level, P&L today) and ``/sessions/{id}`` a session's page (its plots and tier table). Both are
+static HTML from ``static/`` whose script polls the JSON endpoints below every few seconds and
+redraws in place; the chart library (Chart.js, ``static/vendor/chartjs/VERSION.md``) is package
+data too, so a machine with no internet shows the same page.
+
+JSON carries money and rates exactly: every Decimal is a plain decimal string (never a float,
+never an exponent) and every time an ISO 8601 string. A store that does not answer within
+``QUERY_TIMEOUT`` seconds gives a 503 with the error, scrubbed of secrets, never a trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import Enum
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Path
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from psycopg_pool import AsyncConnectionPool
+
+from mmops import logs
+from mmops.adapters.postgres import analysis
+
+QUERY_TIMEOUT = 5.0  # seconds a dashboard query may take before its endpoint answers 503
+STATUS_TTL = 10.0  # seconds one status view (a reconciliation against the exchange) is reused
+
+Rows = list[dict[str, Any]]
+Status = Callable[[], Awaitable[Rows]]
+SessionQuery = Callable[[AsyncConnectionPool, str], Awaitable[Rows]]
+
+
+def _tiers(pool: AsyncConnectionPool, session_id: str) -> Awaitable[Rows]:
+    return analysis.tier_report(pool, session_id)
+
+
+# /api/sessions/{id}/<name> → the warehouse query behind it (one per plot, and the tier table).
+SESSION_SERIES: Mapping[str, SessionQuery] = {
+    "pnl": analysis.pnl_series,
+    "coverage": analysis.coverage_series,
+    "funnel": analysis.tp_funnel,
+    "time-to-fill": analysis.time_to_fill,
+    "markouts": analysis.markouts,
+    "tiers": _tiers,
+}
+
+# Pages only load what they are served from here: no inline script, nothing from elsewhere.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_SESSION_ID = Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@+-]+$")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with every Decimal as a plain decimal string, every date and time as ISO 8601
+    and every enum as its value, through dicts, lists and tuples; what ``json`` takes as is
+    (str, int, bool, None, and finite floats: ages in seconds, never money) unchanged. Raises
+    TypeError for anything else."""
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, Decimal):
+        return _plain(value)
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return jsonable(value.value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    raise TypeError(f"not JSON for the dashboard: {type(value).__name__}")
+
+
+def _plain(d: Decimal) -> str:
+    """'0.00000001', never '1E-8'; a negative zero without its sign; NaN and infinities are
+    refused (no JSON reader could take them as numbers)."""
+    if not d.is_finite():
+        raise TypeError(f"not a finite Decimal: {d}")
+    text = format(d, "f")
+    return text.lstrip("-") if d.is_zero() else text
+
+
+class JSON(JSONResponse):
+    """A JSONResponse through :func:`jsonable`, compact, never cached by the browser."""
+
+    def __init__(self, content: Any, status_code: int = 200) -> None:
+        super().__init__(content, status_code, headers={"Cache-Control": "no-store"})
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(jsonable(content), separators=(",", ":")).encode()
+
+
+def _page(name: str) -> str:
+    return (resources.files("mmops.entrypoints") / "static" / name).read_text(encoding="utf-8")
+
+
+def _reason(e: Exception) -> str:
+    """Why a store did not answer, in one line without secrets."""
+    if isinstance(e, TimeoutError):
+        return f"no answer within {QUERY_TIMEOUT:g} s"
+    return logs.scrub(f"{type(e).__name__}: {e}")
+
+
+async def _timed(query: Awaitable[Rows]) -> Rows:
+    async with asyncio.timeout(QUERY_TIMEOUT):
+        return await query
+
+
+class SharedStatus:
+    """The status view, measured at most once per ``ttl`` seconds however many pages poll it:
+    each measurement reads the exchange (open orders for coverage), whose rate limits do not
+    grow with the number of open browser tabs. Concurrent callers share one measurement; a
+    failure is not kept."""
+
+    def __init__(self, status: Status, ttl: float = STATUS_TTL) -> None:
+        self._status = status
+        self._ttl = ttl
+        self._lock = asyncio.Lock()
+        self._value: tuple[float, Rows] | None = None
+
+    async def __call__(self) -> Rows:
+        async with self._lock:
+            now = time.monotonic()
+            if self._value is None or now - self._value[0] >= self._ttl:
+                self._value = (now, await self._status())
+            return self._value[1]
+
+
+def mount(app: FastAPI, status: Status, pool: AsyncConnectionPool | None) -> None:
+    """Add the pages, the JSON endpoints and ``/static`` to ``app``. Without a pool (no
+    warehouse), the warehouse endpoints answer 503 and the pages say so."""
+    app.mount("/static", StaticFiles(packages=[("mmops.entrypoints", "static")]), name="static")
+    pages = {"overview": _page("overview.html"), "session": _page("session.html")}
+    headers = {"Content-Security-Policy": _CSP, "Cache-Control": "no-store"}
+    app.include_router(_api(SharedStatus(status), pool))
+
+    @app.get("/", response_class=HTMLResponse)
+    async def overview_page() -> HTMLResponse:
+        return HTMLResponse(pages["overview"], headers=headers)
+
+    @app.get("/sessions/{session_id}", response_class=HTMLResponse)
+    async def session_page(session_id: str = _SESSION_ID) -> HTMLResponse:
+        return HTMLResponse(pages["session"], headers=headers)
+
+
+def _api(status: Status, pool: AsyncConnectionPool | None) -> APIRouter:
+    router = APIRouter(prefix="/api")
+
+    @router.get("/sessions")
+    async def sessions() -> JSON:
+        """The overview: every recent session's status row (as ``/status``) with its
+        warehouse figures under ``warehouse`` (null before its first migration)."""
+        errors: list[str] = []
+        try:
+            rows = await _timed(status())
+        except Exception as e:  # a store is down: the page says so and keeps polling
+            errors.append(_reason(e))
+            rows = []
+        figures: dict[str, dict[str, Any]] = {}
+        if pool is None:
+            errors.append("no PostgreSQL pool: warehouse figures unavailable")
+        else:
+            try:
+                figures = {r["session_id"]: r for r in await _timed(analysis.overview(pool))}
+            except Exception as e:
+                errors.append(_reason(e))
+        body = {"generated_at": datetime.now(UTC), "sessions": _merge(rows, figures),
+                "errors": errors}  # fmt: skip
+        return JSON(body, status_code=503 if len(errors) == 2 else 200)
+
+    for name, query in SESSION_SERIES.items():
+        router.add_api_route(f"/sessions/{{session_id}}/{name}", _series(name, query, pool))
+    return router
+
+
+def _merge(rows: Rows, figures: Mapping[str, dict[str, Any]]) -> Rows:
+    """The status rows (recent sessions, measured live), each with its warehouse figures; then
+    the warehouse's other sessions, older ones, with what the warehouse knows of them."""
+    merged = [{**row, "warehouse": figures.get(row["session"])} for row in rows]
+    live = {row["session"] for row in rows}
+    for sid, w in figures.items():
+        if sid not in live:
+            merged.append({
+                "session": sid, "status": w["status"], "mode": w["mode"], "exchange": None,
+                "pairs": w["pairs"], "started_at": w["started_at"], "ended_at": w["ended_at"],
+                "last_settlement": None, "coverage": None, "stale": False,
+                "migration_completed_at": w["migrated_at"], "warehouse": w,
+            })  # fmt: skip
+    return merged
+
+
+def _series(
+    name: str, query: SessionQuery, pool: AsyncConnectionPool | None
+) -> Callable[[str], Awaitable[JSON]]:
+    async def endpoint(session_id: str = _SESSION_ID) -> JSON:
+        if pool is None:
+            return JSON({"error": "no PostgreSQL pool"}, status_code=503)
+        try:
+            rows = await _timed(query(pool, session_id))
+        except Exception as e:  # StoreUnavailable, a timeout: 503 with the reason
+            return JSON({"error": _reason(e)}, status_code=503)
+        return JSON({"session": session_id, "series": name, "rows": rows})
+
+    endpoint.__name__ = f"series_{name.replace('-', '_')}"
+    return endpoint
