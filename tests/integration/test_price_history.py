@@ -167,3 +167,33 @@ async def test_a_bad_price_is_quarantined_and_the_rest_copied(w: World) -> None:
             "SELECT kind, raw_payload FROM migration_rejects WHERE session_id = %s", (sid,)
         )
         assert await cur.fetchall() == [("price", "not a price")]
+
+
+async def test_records_postgresql_would_refuse_are_quarantined_and_migration_completes(
+    w: World,
+) -> None:
+    """A take-profit record with a zero price, a negative generation or a tier past INTEGER, and
+    a price value holding a NUL: each goes to migration_rejects; the session still migrates."""
+    pairs = ("BTC/USD",)
+    sid = await w.start_session(pairs)
+    await w.seed_positions(sid, "BTC/USD", [5, 90, 300])
+    [result] = await w.settlement().run(sid)
+    placed = [p.order_id for p in result.pairs["BTC/USD"].placed]
+    assert len(placed) == 3
+    await w.rt.redis.hset(keys.tp_order(sid, placed[0]), "price", "0")
+    await w.rt.redis.hset(keys.tp_order(sid, placed[1]), "generation", "-1")
+    await w.rt.redis.hset(keys.tp_order(sid, placed[2]), "tier", "99999999999")
+    await w.rt.redis.xadd(keys.prices(sid), {"BTC/USD": "1\x00 2 x"})
+
+    migrated = await build_migration(w.rt).migrate(sid)
+
+    assert migrated.ok, (migrated.error, migrated.mismatches())
+    async with w.rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT kind, count(*) FROM migration_rejects WHERE session_id = %s"
+            " GROUP BY kind ORDER BY kind",
+            (sid,),
+        )
+        assert await cur.fetchall() == [("price", 1), ("take_profit", 3)]
+        cur = await conn.execute("SELECT count(*) FROM take_profits WHERE session_id = %s", (sid,))
+        assert await cur.fetchone() == (0,)

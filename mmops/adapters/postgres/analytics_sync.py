@@ -18,12 +18,16 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from mmops.domain.models import Ticker
+from mmops.adapters.postgres.text import storable
+from mmops.adapters.redis import keys
+from mmops.domain.bounds import within_bounds
+from mmops.domain.models import ZERO, Ticker
 from mmops.domain.records import AnalyticsCopy, TakeProfitRecord
 from mmops.errors import BadRecordError
 from mmops.ports import PriceSource, TakeProfitSource
 
 TP_CHUNK = 500  # take-profit ids per Redis read
+INT_MAX = 2**31 - 1  # PostgreSQL INTEGER
 
 
 _INSERT_PRICES = """
@@ -146,11 +150,29 @@ async def _copy_take_profits(
     rejected = 0
     for start in range(0, len(ids), TP_CHUNK):
         read = await source.tp_orders(session_id, ids[start : start + TP_CHUNK])
-        rejected += await _reject(conn, session_id, "take_profit", read.bad)
-        if read.items:
-            await conn.execute(_UPSERT_TAKE_PROFITS, _tp_params(session_id, read.items))
-            copied.extend(read.items)
+        checked = [(oid, r, _unstorable(session_id, oid, r)) for oid, r in read.items]
+        bad = [*read.bad, *(e for _, _, e in checked if e is not None)]
+        rejected += await _reject(conn, session_id, "take_profit", bad)
+        items = [(oid, r) for oid, r, problem in checked if problem is None]
+        if items:
+            await conn.execute(_UPSERT_TAKE_PROFITS, _tp_params(session_id, items))
+            copied.extend(items)
     return copied, rejected
+
+
+def _unstorable(session_id: str, order_id: str, r: TakeProfitRecord) -> BadRecordError | None:
+    """Why ``take_profits`` would refuse the record (its checks, INTEGER columns, the bound
+    every amount keeps), so it is quarantined instead of failing the session's migration."""
+    reason = None
+    if not (r.price > 0 and r.amount > 0):
+        reason = f"price {r.price} and amount {r.amount} must be positive"
+    elif not all(within_bounds(v) for v in (r.price, r.amount, r.markup or ZERO)):
+        reason = "an amount beyond the 40-digit bound"
+    elif not 0 <= r.generation <= INT_MAX or not 0 <= (r.tier or 0) <= INT_MAX:
+        reason = f"generation {r.generation} or tier {r.tier} out of range"
+    if reason is None:
+        return None
+    return BadRecordError(keys.tp_order(session_id, order_id), repr(r), reason)
 
 
 def _tp_params(session_id: str, items: Sequence[tuple[str, TakeProfitRecord]]) -> dict[str, Any]:
@@ -188,6 +210,7 @@ async def _reject(
     conn: AsyncConnection[Any], session_id: str, kind: str, bad: Sequence[BadRecordError]
 ) -> int:
     for e in bad:
-        symbol = e.key.rsplit(":", 1)[-1] if kind == "price" else None
-        await conn.execute(_REJECT, (session_id, kind, symbol, e.key, str(e.raw), e.reason))
+        symbol = storable(e.key.rsplit(":", 1)[-1]) if kind == "price" else None
+        row = (session_id, kind, symbol, storable(e.key), storable(str(e.raw)), storable(e.reason))
+        await conn.execute(_REJECT, row)
     return len(bad)

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.errors import UniqueViolation
+from psycopg.errors import DataError, IntegrityError, UniqueViolation
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -42,6 +42,7 @@ from mmops.adapters.postgres.first_copy import (
     copy_text,
 )
 from mmops.adapters.postgres.pool import pg_errors
+from mmops.adapters.postgres.text import storable
 from mmops.domain.models import Session
 from mmops.domain.records import (
     FILL_LINE_COLUMNS,
@@ -55,6 +56,7 @@ from mmops.domain.records import (
     RejectKind,
     Stray,
 )
+from mmops.errors import BadDataError
 from mmops.ports import PriceSource, TakeProfitSource
 
 log = logs.get_logger("mmops.migration")
@@ -299,9 +301,9 @@ class WarehouseTransaction:
                         self.session.id,
                         r.kind.value,
                         r.symbol,
-                        _storable(r.key),
-                        _storable(r.raw),
-                        _storable(r.reason),
+                        storable(r.key),
+                        storable(r.raw),
+                        storable(r.reason),
                     )
                     for r in rejects
                 ],
@@ -355,9 +357,15 @@ class WarehouseTransaction:
     ) -> AnalyticsCopy:
         """The session's recorded prices and take-profit metadata (after its orders: the
         take-profits copied are those of its ``take_profit`` orders), counted back."""
-        return await copy_analytics(
-            self._conn, self.session.id, prices=prices, take_profits=take_profits
-        )
+        try:
+            async with self._conn.transaction():  # a savepoint
+                return await copy_analytics(
+                    self._conn, self.session.id, prices=prices, take_profits=take_profits
+                )
+        except (DataError, IntegrityError) as e:
+            # A record the checks let through and PostgreSQL refuses fails this session's
+            # migration (reported, retried next run), never the whole run.
+            raise BadDataError(f"analytics of session {self.session.id}: {e}") from e
 
     async def _write_fills(self) -> None:
         """COPY the executions of the pair held into ``fills``; if one meets a row (a trade id
@@ -450,14 +458,6 @@ class WarehouseTransaction:
 
 def _pair_index(session: Session) -> dict[str, int]:
     return {pair: index for index, pair in enumerate(session.pairs)}
-
-
-def _storable(text: str) -> str:
-    """``text`` as PostgreSQL can store it: a NUL and lone surrogates (which hostile records can
-    hold) written as escapes, so their reject is recorded instead of failing the session."""
-    if "\x00" in text or not text.isascii():
-        text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
-    return text
 
 
 class Warehouse:
@@ -558,12 +558,12 @@ class Warehouse:
         """Quarantine one ingest message in ``ingest_rejects``; False if it already was (a
         redelivered message is recorded once). Text PostgreSQL cannot store (a NUL, lone
         surrogates) is kept with backslash escapes. Raises StoreUnavailable."""
-        fields = {_storable(k): _storable(v) for k, v in raw.items()}
+        fields = {storable(k): storable(v) for k, v in raw.items()}
         async with pg_errors(), self._pool.connection() as conn:
             cur = await conn.execute(
                 "INSERT INTO ingest_rejects (stream, message_id, session_id, raw, reason,"
                 " received_at) VALUES (%s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (stream, message_id) DO NOTHING",
-                (stream, message_id, session_id, Jsonb(fields), _storable(reason), received_at),
+                (stream, message_id, session_id, Jsonb(fields), storable(reason), received_at),
             )
             return cur.rowcount == 1
