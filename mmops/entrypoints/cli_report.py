@@ -23,6 +23,7 @@ from mmops.entrypoints.cli_common import (
     refuse_outdated_schema,
     run_async,
 )
+from mmops.errors import UnknownSession
 
 OVERVIEW_LIMIT = 100
 
@@ -55,7 +56,8 @@ def report(
     to take-profit and from take-profit to its fill (p50/p90); markup planned versus captured;
     realized P&L; inventory-hours. Then each session's key figures.
 
-    Exit 0 on a report (empty when nothing is migrated), 2 on bad configuration.
+    Exit 0 on a report (empty when nothing is migrated), 2 on bad configuration or a session
+    the warehouse does not know.
     """
     with handled():
         context = context_of(ctx)
@@ -64,10 +66,10 @@ def report(
 
         async def go() -> dict[str, Any]:
             async with open_runtime(context.settings, urls) as rt:
+                sessions = await analysis.overview(rt.pool, OVERVIEW_LIMIT, session)
+                if session is not None and not sessions:
+                    raise UnknownSession(session)  # not in the warehouse (not migrated yet?)
                 tiers = await analysis.tier_report(rt.pool, session)
-                sessions = await analysis.overview(rt.pool, OVERVIEW_LIMIT)
-            if session is not None:
-                sessions = [s for s in sessions if s["session_id"] == session]
             return {"tiers": rows_json(tiers), "sessions": rows_json(sessions)}
 
         data = run_async(go())

@@ -26,8 +26,8 @@ from mmops.entrypoints.cli_common import (
     refuse_outdated_schema,
     run_async,
 )
-from mmops.errors import UnknownSession
-from mmops.services.backtest import BacktestReport, Candidate, run_backtest
+from mmops.errors import BadDataError, UnknownSession
+from mmops.services.backtest import BASELINE, BacktestReport, Candidate, run_backtest
 
 tiers = typer.Typer(help="Take-profit tier tables.", no_args_is_help=True)
 
@@ -43,7 +43,7 @@ TiersOption = Annotated[
 
 def parse_tables(values: list[str], allow_loss: bool) -> list[Candidate]:
     """``--tiers`` values as labelled tables. Raises typer.BadParameter naming the bad one."""
-    candidates = []
+    candidates: list[Candidate] = []
     for n, raw in enumerate(values, start=1):
         label, _, text = raw.partition("=") if not raw.lstrip().startswith("{") else ("", "", raw)
         label = label.strip() or f"table-{n}"
@@ -52,12 +52,23 @@ def parse_tables(values: list[str], allow_loss: bool) -> list[Candidate]:
             if not isinstance(table, dict) or not table:
                 raise ValueError("expected a JSON object {minutes: markup}")
             parsed = TierTable.parse(
-                {_minutes(k): Decimal(str(v)) for k, v in table.items()}, allow_loss=allow_loss
+                {_minutes(k): _markup(k, v) for k, v in table.items()}, allow_loss=allow_loss
             )
         except (ValueError, ArithmeticError) as e:
             raise typer.BadParameter(f"{label}: {e}", param_hint="--tiers") from None
+        if label == BASELINE or label in {c.label for c in candidates}:
+            raise typer.BadParameter(
+                f"{label}: each table needs its own label, and {BASELINE!r} is the session's own",
+                param_hint="--tiers",
+            )
         candidates.append(Candidate(label, TierPolicy(default=parsed)))
     return candidates
+
+
+def _markup(minutes: str, value: object) -> Decimal:
+    if not isinstance(value, Decimal):  # JSON numbers are parsed as Decimal
+        raise ValueError(f"tier {minutes}: markup must be a number, got {value!r}")
+    return value
 
 
 def _minutes(key: str) -> int:
@@ -95,9 +106,12 @@ def backtest(
                 if history is None:
                     raise UnknownSession(session)
                 markets = await _markets(rt, history)
-            return run_backtest(
-                history, markets, settings.tier_policy(), candidates, resamples=resamples
-            )
+            try:
+                return run_backtest(
+                    history, markets, settings.tier_policy(), candidates, resamples=resamples
+                )
+            except ValueError as e:  # a pair with no market (delisted, or not in the catalog)
+                raise BadDataError(f"session {session}: {e}") from None
 
         report = run_async(go())
     if json_out:

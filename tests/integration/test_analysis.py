@@ -158,7 +158,7 @@ def expected_tiers(fills: Sequence[F], tps: Sequence[TP], end: datetime) -> dict
         r["open"] += not filled and t.status == "open"
         if first[t.position] is t and opened is not None:
             r["fill_to_tp"].append(D((t.created_at - opened).total_seconds()))
-        if t.markup is not None:
+        if t.markup is not None and filled:  # planned over the filled ones, as captured
             r["markups"].append(t.markup)
         if sells and basis is not None and opened is not None:
             net = sum(f.price * f.quantity for f in sells) - sum(f.fee for f in sells)
@@ -309,7 +309,7 @@ async def test_coverage_series_counts_a_replaced_take_profit_until_its_successor
     assert by_time[at(3700)]["covered"] == D("3.5")
 
 
-async def test_markouts_take_the_first_mid_at_or_after_each_horizon(
+async def test_markouts_take_the_first_mid_within_ten_minutes_after_each_horizon(
     pool: AsyncConnectionPool, sid: str
 ) -> None:
     fills = [buy("BTC/USD", "b1", "100", "1", "0", 0), buy("BTC/USD", "b2", "110", "1", "0", 400)]
@@ -318,6 +318,7 @@ async def test_markouts_take_the_first_mid_at_or_after_each_horizon(
         ("BTC/USD", at(60), D("100"), D("102")),  # mid 101 exactly at b1 + 1 min
         ("BTC/USD", at(320), D("103"), D("105")),  # mid 104
         ("BTC/USD", at(500), D("108"), D("110")),  # mid 109
+        ("BTC/USD", at(4300), D("119"), D("121")),  # mid 120: b2 + 65 min; b1 + 71 min
         ("ETH/USD", at(3600), D("1"), D("2")),  # another pair: never used
     ]
     await insert(pool, sid, fills, prices=prices)
@@ -325,13 +326,15 @@ async def test_markouts_take_the_first_mid_at_or_after_each_horizon(
     by_order = {r["order_id"]: r for r in rows}
     assert by_order["b1"]["markout_1m_bps"] == D(100)  # (101 - 100) / 100 * 10 000
     assert by_order["b1"]["markout_5m_bps"] == D(400)  # first at or after 300 s: 320 s
-    assert by_order["b1"]["markout_1h_bps"] is None
+    assert by_order["b1"]["markout_1h_bps"] is None  # 11 min past its hour: not its 1 h mid
+    b2_1h = (D(120) - D(110)) / D(110) * 10000
+    assert close(by_order["b2"]["markout_1h_bps"], b2_1h)
     assert close(by_order["b2"]["markout_1m_bps"], (D(109) - D(110)) / D(110) * 10000)
     assert by_order["b2"]["markout_5m_bps"] is None
     avg_1m = (D(100) + (D(109) - D(110)) / D(110) * 10000) / 2
     assert all(close(r["pair_avg_1m_bps"], avg_1m) for r in rows)
     assert all(r["pair_avg_5m_bps"] == D(400) for r in rows)
-    assert all(r["pair_avg_1h_bps"] is None for r in rows)
+    assert all(close(r["pair_avg_1h_bps"], b2_1h) for r in rows)
 
 
 async def test_overview_splits_realized_pnl_at_midnight_utc(

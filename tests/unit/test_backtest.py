@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal, localcontext
 
 import pytest
+import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +30,7 @@ from mmops.domain.backtest_stats import (
 )
 from mmops.domain.models import Market
 from mmops.domain.tiers import DEFAULT_TIERS, TierTable
+from mmops.entrypoints.cli_tiers import parse_tables
 
 D = Decimal
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -285,3 +287,18 @@ def test_the_same_table_reproduces_its_own_fills() -> None:
 def test_replays_of_other_positions_cannot_be_compared() -> None:
     with pytest.raises(ValueError, match="different positions"):
         confidence(replay(many(2), FLAT), {"x": Replay((), None)})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (['session={"0": 0.01}'], "'session' is the session's own"),
+        (['{"0": 0.01}', 'table-1={"0": 0.02}'], "each table needs its own label"),
+        (['{"0": true}'], "markup must be a number"),
+        (['{"zero": 0.01}'], "must be whole minutes"),
+        (["{"], "table-1"),
+    ],
+)
+def test_a_bad_tiers_option_is_refused_naming_the_table(values: list[str], message: str) -> None:
+    with pytest.raises(typer.BadParameter, match=message):
+        parse_tables(values, allow_loss=False)

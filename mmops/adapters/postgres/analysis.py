@@ -106,7 +106,7 @@ SELECT session_id, symbol, tier,
        percentile_disc(0.9) WITHIN GROUP (ORDER BY fill_to_tp_s) AS fill_to_tp_p90_s,
        percentile_disc(0.5) WITHIN GROUP (ORDER BY tp_to_fill_s) AS tp_to_fill_p50_s,
        percentile_disc(0.9) WITHIN GROUP (ORDER BY tp_to_fill_s) AS tp_to_fill_p90_s,
-       avg(markup) AS markup_planned,
+       avg(markup) FILTER (WHERE filled) AS markup_planned,
        avg(captured) AS markup_captured,
        coalesce(sum(realized), 0) AS realized_pnl,
        coalesce(sum(inventory), 0) AS inventory_hours
@@ -243,20 +243,26 @@ WHERE t.session_id = %(session_id)s AND s.quantity >= t.amount
 ORDER BY t.symbol, t.tier NULLS LAST, seconds, t.order_id
 """.strip()
 
-# Per buy fill: the mid 1 min, 5 min and 1 h later (first recorded price at or after), as bps of
-# the fill price; and each pair's average of each horizon (over the fills that have one).
+# Per buy fill: the mid 1 min, 5 min and 1 h later (first recorded price at or after, within 10
+# minutes of the horizon), as bps of the fill price; and each pair's average of each horizon (over the fills that have one).
 MARKOUTS = """
 WITH m AS (
     SELECT f.symbol, f.order_id, f.timestamp AS at, f.price, f.quantity,
            (SELECT (p.bid + p.ask) / 2 FROM prices p
              WHERE p.session_id = f.session_id AND p.symbol = f.symbol
-               AND p.at >= f.timestamp + interval '1 minute' ORDER BY p.at LIMIT 1) AS mid_1m,
+               AND p.at >= f.timestamp + interval '1 minute'
+               AND p.at < f.timestamp + interval '1 minute' + interval '10 minutes'
+             ORDER BY p.at LIMIT 1) AS mid_1m,
            (SELECT (p.bid + p.ask) / 2 FROM prices p
              WHERE p.session_id = f.session_id AND p.symbol = f.symbol
-               AND p.at >= f.timestamp + interval '5 minutes' ORDER BY p.at LIMIT 1) AS mid_5m,
+               AND p.at >= f.timestamp + interval '5 minutes'
+               AND p.at < f.timestamp + interval '5 minutes' + interval '10 minutes'
+             ORDER BY p.at LIMIT 1) AS mid_5m,
            (SELECT (p.bid + p.ask) / 2 FROM prices p
              WHERE p.session_id = f.session_id AND p.symbol = f.symbol
-               AND p.at >= f.timestamp + interval '1 hour' ORDER BY p.at LIMIT 1) AS mid_1h
+               AND p.at >= f.timestamp + interval '1 hour'
+               AND p.at < f.timestamp + interval '1 hour' + interval '10 minutes'
+             ORDER BY p.at LIMIT 1) AS mid_1h
     FROM fills f
     WHERE f.session_id = %(session_id)s AND f.side = 'buy'
 ),
@@ -281,7 +287,8 @@ ORDER BY symbol, at, order_id
 # each side matched (see PNL_SERIES), so today's = total - that.
 OVERVIEW = """
 WITH s AS (
-    SELECT * FROM sessions ORDER BY started_at DESC, id LIMIT %(limit)s
+    SELECT * FROM sessions WHERE %(session)s::text IS NULL OR id = %(session)s
+    ORDER BY started_at DESC, id LIMIT %(limit)s
 ),
 day AS (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS start),
 f AS (
@@ -417,9 +424,12 @@ async def markouts(pool: AsyncConnectionPool, session_id: str) -> list[dict[str,
     return await _rows(pool, MARKOUTS, {"session_id": session_id})
 
 
-async def overview(pool: AsyncConnectionPool, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest ``limit`` sessions of the warehouse: session_id, status, mode, pairs (list),
+async def overview(
+    pool: AsyncConnectionPool, limit: int = 100, session_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` sessions of the warehouse (or just ``session_id``): session_id,
+    status, mode, pairs (list),
     started_at, ended_at, migrated_at, realized_pnl, realized_pnl_today (since midnight UTC),
     coverage_ratio (None without buys or without take-profits copied), stoploss_level (str,
     None if never measured), drawdown."""
-    return await _rows(pool, OVERVIEW, {"limit": limit})
+    return await _rows(pool, OVERVIEW, {"limit": limit, "session": session_id})
