@@ -244,7 +244,8 @@ ORDER BY t.symbol, t.tier NULLS LAST, seconds, t.order_id
 """.strip()
 
 # Per buy fill: the mid 1 min, 5 min and 1 h later (first recorded price at or after, within 10
-# minutes of the horizon), as bps of the fill price; and each pair's average of each horizon (over the fills that have one).
+# minutes of the horizon), as bps of the fill price; and each pair's average of each horizon
+# (over the fills that have one).
 MARKOUTS = """
 WITH m AS (
     SELECT f.symbol, f.order_id, f.timestamp AS at, f.price, f.quantity,
