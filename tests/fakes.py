@@ -253,7 +253,9 @@ class MemoryStore:
     ) -> None:
         record = self.take_profits.get((session_id, order_id))
         if record is not None:
-            amended = replace(record, price=price, tier=tier, markup=markup)
+            amended = replace(
+                record, price=price, tier=tier, markup=markup, amends=record.amends + 1
+            )
             self.take_profits[(session_id, order_id)] = amended
 
     async def tp_order(self, session_id: str, order_id: str) -> TakeProfitRecord | None:

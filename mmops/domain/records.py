@@ -54,6 +54,7 @@ class TakeProfitRecord:
     generation: int
     created_at: datetime
     status: TpStatus = TpStatus.OPEN
+    amends: int = 0  # times repriced in place (the tier and markup above are the latest)
 
 
 @dataclass(frozen=True, slots=True)

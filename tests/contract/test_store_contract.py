@@ -453,6 +453,24 @@ async def test_a_take_profit_status_is_set_only_on_a_recorded_take_profit(
     assert [(oid, r.status) for oid, r in read.items] == [("tp1", TpStatus.FILLED)]
 
 
+async def test_an_amend_reprices_the_record_in_place_and_counts_itself(stores: Stores) -> None:
+    sid = stores.session_id
+    await stores.fills.record(buy(sid, "b1", "1", T0))
+    await stores.positions.record_coverage([coverage(await one(stores, "b1"), "tp1", "1")])
+    before = await stores.positions.tp_order(sid, "tp1")
+    assert before is not None and before.amends == 0
+    for _ in range(2):
+        await stores.positions.amend_tp(sid, "tp1", Decimal("101.5"), 60, Decimal("0.006"))
+    await stores.positions.amend_tp(sid, "tp-unknown", Decimal("1"), 60, Decimal("0.006"))
+    after = await stores.positions.tp_order(sid, "tp1")
+    assert after is not None
+    assert (after.price, after.tier, after.markup, after.amends) == (
+        Decimal("101.5"), 60, Decimal("0.006"), 2,
+    )  # fmt: skip
+    assert (after.generation, after.status) == (before.generation, before.status)
+    assert await stores.positions.tp_order(sid, "tp-unknown") is None
+
+
 # -- TakeProfitClaims ------------------------------------------------------------------------
 
 

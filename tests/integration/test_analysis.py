@@ -53,6 +53,7 @@ class TP:
     created_at: datetime
     status: str
     price: Decimal = Decimal(1)
+    amends: int = 0
 
 
 async def insert(
@@ -80,10 +81,10 @@ async def insert(
         for t in tps:
             await conn.execute(
                 "INSERT INTO take_profits (session_id, order_id, symbol, position, tier, markup,"
-                " price, amount, generation, created_at, status)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " price, amount, generation, amends, created_at, status)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (sid, t.order_id, t.symbol, t.position, t.tier, t.markup, t.price, t.amount,
-                 t.generation, t.created_at, t.status),
+                 t.generation, t.amends, t.created_at, t.status),
             )  # fmt: skip
         for symbol, when, bid, ask in prices:
             await conn.execute(
@@ -117,7 +118,7 @@ TPS = [
     TP("BTC/USD", "tp2a", "b2", 0, D("0.01"), D("1.0"), 0, at(130), "replaced"),
     TP("BTC/USD", "tp2b", "b2", 60, D("0.006"), D("1.0"), 1, at(3700), "open"),
     TP("BTC/USD", "tp3", "b3", 0, D("0.01"), D("0.5"), 0, at(220), "filled"),
-    TP("ETH/USD", "tpe", "e1", 60, D("0.006"), D("2"), 0, at(80), "open"),
+    TP("ETH/USD", "tpe", "e1", 60, D("0.006"), D("2"), 0, at(80), "open", amends=2),
     TP("ETH/USD", "tpx", "e9", None, None, D("1"), 0, at(90), "gone"),  # no buy fills known
 ]
 
@@ -154,7 +155,7 @@ def expected_tiers(fills: Sequence[F], tps: Sequence[TP], end: datetime) -> dict
         })  # fmt: skip
         r["placed"] += 1
         r["filled"] += filled
-        r["repriced"] += t.generation > 0 or t.status == "replaced"
+        r["repriced"] += t.amends > 0 or t.generation > 0 or t.status == "replaced"
         r["open"] += not filled and t.status == "open"
         if first[t.position] is t and opened is not None:
             r["fill_to_tp"].append(D((t.created_at - opened).total_seconds()))
@@ -219,6 +220,8 @@ async def test_tier_report_follows_its_definitions_on_raw_rows(
     # The BTC/USD tier-0 row by hand: tp1 and tp3 filled, tp2a replaced.
     [btc0] = [r for r in rows if (r["symbol"], r["tier"]) == ("BTC/USD", 0)]
     assert (btc0["placed"], btc0["filled"], btc0["repriced"], btc0["open"]) == (3, 2, 1, 0)
+    [eth60] = [r for r in rows if (r["symbol"], r["tier"]) == ("ETH/USD", 60)]
+    assert eth60["repriced"] == 1  # tpe: amended in place twice, one take-profit repriced
 
 
 async def test_tier_report_without_a_session_covers_every_session(

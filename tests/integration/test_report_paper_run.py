@@ -56,7 +56,7 @@ async def test_tier_report_of_a_paper_run_equals_raw_sql(
                     " WHERE session_id = %s", (sid,))).fetchall()]  # fmt: skip
                 tps = [TP(*row) for row in await (await conn.execute(
                     "SELECT symbol, order_id, position, tier, markup, amount, generation,"
-                    " created_at, status FROM take_profits WHERE session_id = %s",
+                    " created_at, status, price, amends FROM take_profits WHERE session_id = %s",
                     (sid,))).fetchall()]  # fmt: skip
                 tp_orders = Counter(row[0] for row in await (await conn.execute(
                     "SELECT symbol FROM orders WHERE session_id = %s AND kind = 'take_profit'",

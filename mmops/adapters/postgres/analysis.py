@@ -7,8 +7,9 @@ times and ``None`` where a figure is undefined (no sample); turning them into JS
 caller's. Definitions (the SQL is the reference; docs/MONITORING_QUERIES.md explains them):
 
 - a take-profit is **filled** when its own sell fills add up to its amount; **open** when not
-  filled and its last recorded state is ``open``; **repriced** when it is not its position's first
-  attempt (``generation > 0``) or was replaced by repricing (``status = 'replaced'``);
+  filled and its last recorded state is ``open``; **repriced** when it was amended in place
+  (``amends > 0``), is not its position's first attempt (``generation > 0``) or was replaced by
+  repricing (``status = 'replaced'``);
 - **cost basis** of a position = (buy notional + buy fees) / bought quantity, from its buy fills;
 - **captured markup** of a filled take-profit = (sell notional - sell fees) / sold quantity /
   basis - 1: net of the fees on both sides, so it compares with the **planned** markup (the
@@ -77,7 +78,7 @@ first_tp AS (
     FROM tp ORDER BY session_id, position, created_at, generation, order_id
 ),
 per_tp AS (
-    SELECT tp.session_id, tp.symbol, tp.tier, tp.markup, tp.generation, tp.status,
+    SELECT tp.session_id, tp.symbol, tp.tier, tp.markup, tp.generation, tp.amends, tp.status,
            coalesce(s.quantity >= tp.amount, false) AS filled,
            CASE WHEN ft.order_id IS NOT NULL
                 THEN extract(epoch FROM tp.created_at - b.opened_at) END AS fill_to_tp_s,
@@ -100,7 +101,7 @@ per_tp AS (
 SELECT session_id, symbol, tier,
        count(*) AS placed,
        count(*) FILTER (WHERE filled) AS filled,
-       count(*) FILTER (WHERE generation > 0 OR status = 'replaced') AS repriced,
+       count(*) FILTER (WHERE amends > 0 OR generation > 0 OR status = 'replaced') AS repriced,
        count(*) FILTER (WHERE NOT filled AND status = 'open') AS open,
        percentile_disc(0.5) WITHIN GROUP (ORDER BY fill_to_tp_s) AS fill_to_tp_p50_s,
        percentile_disc(0.9) WITHIN GROUP (ORDER BY fill_to_tp_s) AS fill_to_tp_p90_s,
@@ -223,7 +224,8 @@ WITH sold AS (
 )
 SELECT t.tier,
        count(*) AS placed,
-       count(*) FILTER (WHERE t.generation > 0 OR t.status = 'replaced') AS repriced,
+       count(*) FILTER (WHERE t.amends > 0 OR t.generation > 0 OR t.status = 'replaced')
+           AS repriced,
        count(*) FILTER (WHERE s.quantity >= t.amount) AS filled,
        count(*) FILTER (WHERE coalesce(s.quantity < t.amount, true)
                           AND t.status = 'open') AS open

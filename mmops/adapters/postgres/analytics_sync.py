@@ -51,15 +51,16 @@ SELECT order_id FROM orders WHERE session_id = %s AND kind = 'take_profit' ORDER
 
 _UPSERT_TAKE_PROFITS = """
 INSERT INTO take_profits (session_id, order_id, symbol, position, tier, markup, price, amount,
-                          generation, created_at, status)
+                          generation, amends, created_at, status)
 SELECT %(session)s, * FROM unnest(
     %(order_ids)s::text[], %(symbols)s::text[], %(positions)s::text[], %(tiers)s::int[],
     %(markups)s::numeric[], %(prices)s::numeric[], %(amounts)s::numeric[],
-    %(generations)s::int[], %(created)s::timestamptz[], %(statuses)s::text[])
+    %(generations)s::int[], %(amends)s::int[], %(created)s::timestamptz[], %(statuses)s::text[])
 ON CONFLICT (session_id, order_id) DO UPDATE SET
     symbol = EXCLUDED.symbol, position = EXCLUDED.position, tier = EXCLUDED.tier,
     markup = EXCLUDED.markup, price = EXCLUDED.price, amount = EXCLUDED.amount,
-    generation = EXCLUDED.generation, created_at = EXCLUDED.created_at, status = EXCLUDED.status
+    generation = EXCLUDED.generation, amends = EXCLUDED.amends,
+    created_at = EXCLUDED.created_at, status = EXCLUDED.status
 """
 
 _COUNT_TAKE_PROFITS = """
@@ -168,8 +169,8 @@ def _unstorable(session_id: str, order_id: str, r: TakeProfitRecord) -> BadRecor
         reason = f"price {r.price} and amount {r.amount} must be positive"
     elif not all(within_bounds(v) for v in (r.price, r.amount, r.markup or ZERO)):
         reason = "an amount beyond the 40-digit bound"
-    elif not 0 <= r.generation <= INT_MAX or not 0 <= (r.tier or 0) <= INT_MAX:
-        reason = f"generation {r.generation} or tier {r.tier} out of range"
+    elif not all(0 <= n <= INT_MAX for n in (r.generation, r.tier or 0, r.amends)):
+        reason = f"generation {r.generation}, tier {r.tier} or amends {r.amends} out of range"
     if reason is None:
         return None
     return BadRecordError(keys.tp_order(session_id, order_id), repr(r), reason)
@@ -186,6 +187,7 @@ def _tp_params(session_id: str, items: Sequence[tuple[str, TakeProfitRecord]]) -
         "prices": [r.price for _, r in items],
         "amounts": [r.amount for _, r in items],
         "generations": [r.generation for _, r in items],
+        "amends": [r.amends for _, r in items],
         "created": [r.created_at for _, r in items],
         "statuses": [r.status.value for _, r in items],
     }

@@ -211,6 +211,7 @@ def take_profit_from_fields(fields: Mapping[str, str]) -> TakeProfitRecord:
         generation=integer(fields["generation"]),
         created_at=aware(fields["created_at"]),
         status=TpStatus(fields["status"]),
+        amends=integer(fields.get("amends") or "0"),
     )
 
 

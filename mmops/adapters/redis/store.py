@@ -567,12 +567,15 @@ class PositionStore:
     async def amend_tp(
         self, session_id: str, order_id: str, price: Decimal, tier: int, markup: Decimal
     ) -> None:
-        """Note a take-profit amended in place: its new price and the tier it is priced at."""
+        """Note a take-profit amended in place: its new price, the tier it is priced at, and one
+        more amend (``amends``: how analytics counts it repriced)."""
         key = keys.tp_order(session_id, order_id)
         if await self._r.exists(key):
-            await self._r.hset(
-                key, mapping={"price": str(price), "tier": str(tier), "markup": str(markup)}
-            )
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={"price": str(price), "tier": str(tier),
+                                        "markup": str(markup)})  # fmt: skip
+                pipe.hincrby(key, "amends", 1)
+                await pipe.execute()
 
     @redis_errors
     async def read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]:

@@ -34,6 +34,7 @@ CREATE TABLE take_profits (
     price      NUMERIC NOT NULL CHECK (price > 0),
     amount     NUMERIC NOT NULL CHECK (amount > 0),
     generation INTEGER NOT NULL CHECK (generation >= 0),
+    amends     INTEGER NOT NULL DEFAULT 0 CHECK (amends >= 0),
     created_at TIMESTAMPTZ NOT NULL,
     status     TEXT NOT NULL,
     PRIMARY KEY (session_id, order_id)
