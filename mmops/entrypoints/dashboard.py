@@ -33,7 +33,10 @@ from mmops import logs
 from mmops.adapters.postgres import analysis
 
 QUERY_TIMEOUT = 5.0  # seconds a dashboard query may take before its endpoint answers 503
-STATUS_TTL = 10.0  # seconds one status view (a reconciliation against the exchange) is reused
+STATUS_TTL = 30.0  # seconds one status view (a reconciliation against the exchange) is reused
+# Seconds a warehouse series is reused: it changes only when migration runs (hourly by default),
+# while every open session page polls each series every few seconds.
+SERIES_TTL = 30.0
 
 Rows = list[dict[str, Any]]
 Status = Callable[[], Awaitable[Rows]]
@@ -121,24 +124,51 @@ async def _timed(query: Awaitable[Rows]) -> Rows:
         return await query
 
 
+class Shared:
+    """Values computed at most once per ``ttl`` seconds per key, however many pages poll them:
+    concurrent callers share one computation, and a failure is kept as long as a value (a
+    store or venue in trouble is not asked again by every open tab). At most ``size`` keys are
+    kept, the oldest dropped first."""
+
+    def __init__(self, ttl: float, size: int = 256) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._values: dict[str, tuple[float, Any, BaseException | None]] = {}
+
+    async def get(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            now = time.monotonic()
+            kept = self._values.get(key)
+            if kept is None or now - kept[0] >= self._ttl:
+                try:
+                    kept = (now, await compute(), None)
+                except Exception as e:  # kept, then raised to each caller for the TTL
+                    kept = (now, None, e)
+                self._values.pop(key, None)
+                self._values[key] = kept
+                while len(self._values) > self._size:
+                    oldest = next(iter(self._values))
+                    self._values.pop(oldest)
+                    self._locks.pop(oldest, None)
+            if kept[2] is not None:
+                raise kept[2]
+            return kept[1]
+
+
 class SharedStatus:
     """The status view, measured at most once per ``ttl`` seconds however many pages poll it:
     each measurement reads the exchange (open orders for coverage), whose rate limits do not
-    grow with the number of open browser tabs. Concurrent callers share one measurement; a
-    failure is not kept."""
+    grow with the number of open browser tabs. A failure is kept as long."""
 
     def __init__(self, status: Status, ttl: float = STATUS_TTL) -> None:
         self._status = status
-        self._ttl = ttl
-        self._lock = asyncio.Lock()
-        self._value: tuple[float, Rows] | None = None
+        self._shared = Shared(ttl, size=1)
 
     async def __call__(self) -> Rows:
-        async with self._lock:
-            now = time.monotonic()
-            if self._value is None or now - self._value[0] >= self._ttl:
-                self._value = (now, await self._status())
-            return self._value[1]
+        rows: Rows = await self._shared.get("status", self._status)
+        return rows
 
 
 def mount(app: FastAPI, status: Status, pool: AsyncConnectionPool | None) -> None:
@@ -183,8 +213,10 @@ def _api(status: Status, pool: AsyncConnectionPool | None) -> APIRouter:
                 "errors": errors}  # fmt: skip
         return JSON(body, status_code=503 if len(errors) == 2 else 200)
 
+    shared = Shared(SERIES_TTL)
     for name, query in SESSION_SERIES.items():
-        router.add_api_route(f"/sessions/{{session_id}}/{name}", _series(name, query, pool))
+        route = _series(name, query, pool, shared)
+        router.add_api_route(f"/sessions/{{session_id}}/{name}", route)
     return router
 
 
@@ -205,13 +237,13 @@ def _merge(rows: Rows, figures: Mapping[str, dict[str, Any]]) -> Rows:
 
 
 def _series(
-    name: str, query: SessionQuery, pool: AsyncConnectionPool | None
+    name: str, query: SessionQuery, pool: AsyncConnectionPool | None, shared: Shared
 ) -> Callable[[str], Awaitable[JSON]]:
     async def endpoint(session_id: str = _SESSION_ID) -> JSON:
         if pool is None:
             return JSON({"error": "no PostgreSQL pool"}, status_code=503)
         try:
-            rows = await _timed(query(pool, session_id))
+            rows = await shared.get(f"{name}/{session_id}", lambda: _timed(query(pool, session_id)))
         except Exception as e:  # StoreUnavailable, a timeout: 503 with the reason
             return JSON({"error": _reason(e)}, status_code=503)
         return JSON({"session": session_id, "series": name, "rows": rows})

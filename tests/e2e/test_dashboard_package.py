@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,35 @@ async def test_many_pages_polling_measure_the_status_once_per_ttl() -> None:
     assert await shared() == [{"session": "s1"}]
     await asyncio.sleep(0.3)
     assert await shared() == [{"session": "s2"}] and calls == 2
+
+
+async def test_a_shared_series_is_computed_once_per_ttl_per_key_and_a_failure_is_kept() -> None:
+    """Every open session page polls each series: the warehouse is asked once per TTL, and a
+    store in trouble is not asked again by every tab."""
+    import asyncio
+
+    from mmops.entrypoints.dashboard import Shared
+
+    asked: list[str] = []
+
+    def query(key: str, fail: bool = False) -> Callable[[], Awaitable[str]]:
+        async def compute() -> str:
+            asked.append(key)
+            await asyncio.sleep(0.02)
+            if fail:
+                raise TimeoutError(f"{key} took too long")
+            return f"rows of {key}"
+
+        return compute
+
+    shared = Shared(ttl=0.3)
+    got = await asyncio.gather(*(shared.get("pnl/s1", query("pnl/s1")) for _ in range(4)))
+    assert got == ["rows of pnl/s1"] * 4
+    assert await shared.get("pnl/s2", query("pnl/s2")) == "rows of pnl/s2"  # its own key
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            await shared.get("markouts/s1", query("markouts/s1", fail=True))
+    assert asked == ["pnl/s1", "pnl/s2", "markouts/s1"]
+    await asyncio.sleep(0.3)
+    assert await shared.get("markouts/s1", query("markouts/s1")) == "rows of markouts/s1"
+    assert asked[-1] == "markouts/s1" and len(asked) == 4
