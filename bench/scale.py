@@ -70,6 +70,11 @@ def run_workers(n: int, env: dict[str, str]) -> tuple[float, float, list[int]]:
         for i in range(n)
     ]
     codes = [p.wait(timeout=1800) for p in procs]
+    for p in procs:
+        assert p.stderr is not None
+        err = p.stderr.read().decode(errors="replace").strip()
+        if err:
+            print(err[-2000:], file=sys.stderr)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -102,6 +107,14 @@ async def outcome(w: World, ids: list[str], pairs: int) -> dict[str, Any]:
             )
         ).fetchall()
     workers_per_session = Counter(int(r[1]) for r in rows)
+    async with w.rt.pool.connection() as conn:
+        by_worker = await (
+            await conn.execute(
+                "SELECT worker, count(*) FROM settlement_runs WHERE session_id = ANY(%s)"
+                " GROUP BY worker ORDER BY worker",
+                [ids],
+            )
+        ).fetchall()
     return {
         "positions": total,
         "covered": covered,
@@ -109,6 +122,7 @@ async def outcome(w: World, ids: list[str], pairs: int) -> dict[str, Any]:
         "sessions_settled": len(rows),
         "workers_per_session": {str(k): v for k, v in sorted(workers_per_session.items())},
         "runs_per_session_max": max((int(r[2]) for r in rows), default=0),
+        "runs_per_worker": {str(r[0]): int(r[1]) for r in by_worker},
     }
 
 

@@ -116,9 +116,10 @@ class Settings(BaseSettings):
     settlement_claim_batch: int = Field(default=10, gt=0, le=1000)
     settlement_lease_ttl: int | None = Field(default=None, gt=0)
     # A session with more pairs than this is settled in parts: groups of at most this many pairs
-    # that share no base asset, each leased on its own, so several workers settle it at once;
-    # 0 never splits.
-    settle_group_pairs: int = Field(default=25, ge=0, le=10_000)
+    # that share no base asset, each leased on its own, so several workers settle it at once.
+    # 0 (the default) never splits: one worker settles a session's pairs concurrently, so a
+    # split only pays when a session is too big for one worker (docs/PERFORMANCE.md).
+    settle_group_pairs: int = Field(default=0, ge=0, le=10_000)
     # A running session with no fill for this many seconds is flagged stale and settled only
     # every session_stale_every rounds (its existing take-profits stay).
     session_stale_after: int = Field(default=6 * 3600, gt=0)
