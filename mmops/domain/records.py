@@ -264,6 +264,7 @@ class AnalyticsCopy:
     """What the step read from Redis and what PostgreSQL holds of it afterwards."""
 
     session_id: str
+    last_price_id: str | None  # the last price entry read (None: none new)
     prices_read: int  # distinct (pair, time) points read
     prices_held: int  # of those, rows in ``prices``
     prices_rejected: int

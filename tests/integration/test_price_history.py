@@ -197,3 +197,29 @@ async def test_records_postgresql_would_refuse_are_quarantined_and_migration_com
         assert await cur.fetchall() == [("price", 1), ("take_profit", 3)]
         cur = await conn.execute("SELECT count(*) FROM take_profits WHERE session_id = %s", (sid,))
         assert await cur.fetchone() == (0,)
+
+
+async def test_each_migration_copies_only_the_prices_recorded_since_the_last(w: World) -> None:
+    pairs = ("BTC/USD", "ETH/USD")
+    sid = await w.start_session(pairs)
+    store = PriceStore(w.rt.redis)
+    for i in range(2):
+        await store.record(sid, [tick(p, "100", "100.5", 60 * (i + 1)) for p in pairs])
+    migration = build_migration(w.rt)
+    assert (await migration.migrate(sid)).ok
+    through = await store.copied(sid)
+    assert through is not None
+    assert keys.prices_copied(sid) in await w.rt.redis.smembers(keys.registry(sid))
+
+    await store.record(sid, [tick(p, "101", "101.5", 180) for p in pairs])
+    async with w.rt.pool.connection() as conn:
+        async with conn.transaction(force_rollback=True):
+            copied = await copy_analytics(conn, sid, prices=store, take_profits=w.rt.positions,
+                                          prices_after=through)  # fmt: skip
+    assert (copied.prices_read, copied.prices_held) == (2, 2)  # the new run only
+
+    assert (await migration.migrate(sid)).ok
+    assert await store.copied(sid) != through
+    async with w.rt.pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM prices WHERE session_id = %s", (sid,))
+        assert await cur.fetchone() == (6,)

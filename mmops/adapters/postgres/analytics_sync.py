@@ -6,9 +6,13 @@ One call, :func:`copy_analytics`, after the session's orders are in ``orders`` (
 copied are those of its ``take_profit`` orders: a take-profit without an order record has no
 fills PostgreSQL keeps either). Idempotent: prices are inserted ON CONFLICT DO NOTHING (a price
 recorded is never revised), take-profits upserted (a later copy carries the later state). A
-record that does not parse goes to ``migration_rejects`` (kind ``price`` or ``take_profit``,
-which completeness counts as neither orders nor fills), nothing is dropped silently. Then the
-rows PostgreSQL holds are counted against what was read.
+record that does not parse, or that PostgreSQL would refuse, goes to ``migration_rejects``
+(kind ``price`` or ``take_profit``, which completeness counts as neither orders nor fills),
+nothing is dropped silently. Then the rows PostgreSQL holds are counted against what was read.
+
+Incremental: a run reads only the price entries after the one ``prices:copied:{S}`` names (set
+by migration after its commit) and only the take-profits not yet copied in a final state, so an
+hourly migration of a long-running session does not read its whole history again.
 """
 
 from __future__ import annotations
@@ -45,8 +49,14 @@ JOIN unnest(%(symbols)s::text[], %(ats)s::timestamptz[]) AS r(symbol, at)
 WHERE p.session_id = %(session)s
 """
 
+# The session's take-profits whose copy may still change: not copied yet, or last copied open
+# (filled, replaced, canceled and gone are final).
 _TP_ORDER_IDS = """
-SELECT order_id FROM orders WHERE session_id = %s AND kind = 'take_profit' ORDER BY order_id
+SELECT o.order_id FROM orders o
+WHERE o.session_id = %(session)s AND o.kind = 'take_profit'
+  AND NOT EXISTS (SELECT 1 FROM take_profits t WHERE t.session_id = o.session_id
+                  AND t.order_id = o.order_id AND t.status <> 'open')
+ORDER BY o.order_id
 """
 
 _UPSERT_TAKE_PROFITS = """
@@ -85,14 +95,18 @@ async def copy_analytics(
     *,
     prices: PriceSource,
     take_profits: TakeProfitSource,
+    prices_after: str | None = None,
 ) -> AnalyticsCopy:
-    """Copy the session's prices and take-profit metadata on ``conn`` (the caller's transaction:
-    nothing is committed here) and count what PostgreSQL holds of them. Raises what the stores
+    """Copy the session's prices recorded after the entry ``prices_after`` (None: all) and the
+    take-profits not yet final in PostgreSQL on ``conn`` (the caller's transaction: nothing is
+    committed here), and count what PostgreSQL holds of what was read. The caller marks the
+    last price entry copied (``last_price_id``) once it has committed. Raises what the stores
     raise (StoreUnavailable); psycopg errors are the caller's to map (``pg_errors``)."""
-    points, price_rejects = await _copy_prices(conn, session_id, prices)
+    points, price_rejects, last = await _copy_prices(conn, session_id, prices, prices_after)
     tps, tp_rejects = await _copy_take_profits(conn, session_id, take_profits)
     return AnalyticsCopy(
         session_id=session_id,
+        last_price_id=last,
         prices_read=len(points),
         prices_held=await _count_prices(conn, session_id, points),
         prices_rejected=price_rejects,
@@ -103,12 +117,15 @@ async def copy_analytics(
 
 
 async def _copy_prices(
-    conn: AsyncConnection[Any], session_id: str, source: PriceSource
-) -> tuple[dict[tuple[str, Any], Ticker], int]:
-    """Insert every recorded price (a chunk per statement); the distinct points read."""
+    conn: AsyncConnection[Any], session_id: str, source: PriceSource, after: str | None
+) -> tuple[dict[tuple[str, Any], Ticker], int, str | None]:
+    """Insert the prices recorded after the entry ``after`` (a chunk per statement); the
+    distinct points read, the rejects and the last entry id read (None: nothing new)."""
     points: dict[tuple[str, Any], Ticker] = {}
     rejected = 0
-    async for chunk in source.read(session_id):
+    last: str | None = None
+    async for entry_id, chunk in source.read_after(session_id, after):
+        last = entry_id
         rejected += await _reject(conn, session_id, "price", chunk.bad)
         fresh = {(t.symbol, t.timestamp): t for t in chunk.items}
         points.update(fresh)
@@ -124,7 +141,7 @@ async def _copy_prices(
                     "asks": [t.ask for t in rows],
                 },
             )
-    return points, rejected
+    return points, rejected, last
 
 
 async def _count_prices(
@@ -145,7 +162,7 @@ async def _count_prices(
 async def _copy_take_profits(
     conn: AsyncConnection[Any], session_id: str, source: TakeProfitSource
 ) -> tuple[list[tuple[str, TakeProfitRecord]], int]:
-    cur = await conn.execute(_TP_ORDER_IDS, (session_id,))
+    cur = await conn.execute(_TP_ORDER_IDS, {"session": session_id})
     ids = [str(row[0]) for row in await cur.fetchall()]
     copied: list[tuple[str, TakeProfitRecord]] = []
     rejected = 0

@@ -62,16 +62,39 @@ class PriceStore:
     ) -> AsyncIterator[ReadResult[Ticker]]:
         """The recorded tickers, oldest run first, in chunks of ``chunk`` runs; a value that
         does not parse is in ``bad`` (key ``prices:{S}#<entry id>:<pair>``)."""
+        async for _, part in self.read_after(session_id, None, chunk):
+            yield part
+
+    async def read_after(
+        self, session_id: str, after: str | None, chunk: int = READ_CHUNK
+    ) -> AsyncIterator[tuple[str, ReadResult[Ticker]]]:
+        """As :meth:`read`, only the entries after the entry id ``after`` (None: all), each
+        chunk with the id of its last entry."""
         key = keys.prices(session_id)
-        start = "-"
+        start = "-" if after is None else "(" + after
         while True:
             entries = await self._range(key, start, chunk)
             if not entries:
                 return
-            yield _decode(key, entries)
+            yield entries[-1][0], _decode(key, entries)
             if len(entries) < chunk:
                 return
             start = "(" + entries[-1][0]
+
+    @redis_errors
+    async def copied(self, session_id: str) -> str | None:
+        """The id of the last entry migration copied (None: none yet)."""
+        value = await self._r.get(keys.prices_copied(session_id))
+        return None if value is None else str(value)
+
+    @redis_errors
+    async def mark_copied(self, session_id: str, entry_id: str) -> None:
+        """Note that every entry up to ``entry_id`` is in PostgreSQL (after the commit)."""
+        mark = keys.prices_copied(session_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.sadd(keys.registry(session_id), mark)
+            pipe.set(mark, entry_id)
+            await pipe.execute()
 
     @redis_errors
     async def runs(self, session_id: str) -> int:
