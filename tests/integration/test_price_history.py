@@ -212,10 +212,9 @@ async def test_each_migration_copies_only_the_prices_recorded_since_the_last(w: 
     assert keys.prices_copied(sid) in await w.rt.redis.smembers(keys.registry(sid))
 
     await store.record(sid, [tick(p, "101", "101.5", 180) for p in pairs])
-    async with w.rt.pool.connection() as conn:
-        async with conn.transaction(force_rollback=True):
-            copied = await copy_analytics(conn, sid, prices=store, take_profits=w.rt.positions,
-                                          prices_after=through)  # fmt: skip
+    async with w.rt.pool.connection() as conn, conn.transaction(force_rollback=True):
+        copied = await copy_analytics(conn, sid, prices=store, take_profits=w.rt.positions,
+                                      prices_after=through)  # fmt: skip
     assert (copied.prices_read, copied.prices_held) == (2, 2)  # the new run only
 
     assert (await migration.migrate(sid)).ok
