@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from mmops.adapters.postgres import schema
@@ -14,6 +16,15 @@ from mmops.adapters.redis.client import Redis, create_client
 from mmops.adapters.redis.store import SessionStore
 from tests.cluster import LocalCluster, redis_server_binary
 from tests.servers import Servers, throwaway_database
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Every test ends with structlog as a fresh process has it: a test that configures it (to
+    a buffer of its own, or as the CLI does) must not take the log lines of the tests that run
+    after it in the same worker (some read them from stdout)."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +37,11 @@ def servers() -> Iterator[Servers]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(servers: Servers) -> str:
+def redis_url(servers: Servers, request: pytest.FixtureRequest) -> str:
+    """The tests' Redis: one server, or with ``MMOPS_TEST_REDIS_CLUSTER=1`` a local 3-master
+    cluster (every test that takes this fixture then runs on the cluster)."""
+    if os.environ.get("MMOPS_TEST_REDIS_CLUSTER") == "1":
+        return str(request.getfixturevalue("redis_cluster_url"))
     return servers.redis_url()
 
 

@@ -169,8 +169,8 @@ async def stored(w: World, sessions: Sequence[str]) -> dict[str, Stored]:
             (list(sessions),),
         )
         rows = await cur.fetchall()
-    marks = await w.rt.redis.mget([keys.migration_completed(sid) for sid in sessions])
-    mark = dict(zip(sessions, marks, strict=True))
+    # One GET per session: each mark is in its own session's slot (MGET spans slots on a cluster).
+    mark = {sid: await w.rt.redis.get(keys.migration_completed(sid)) for sid in sessions}
     return {r[0]: Stored(r[1], r[2], r[3], r[4], mark[r[0]] is not None) for r in rows}
 
 
