@@ -78,8 +78,8 @@ async def test_a_big_session_is_settled_in_groups_by_several_workers(
 ) -> None:
     """One session of all ten pairs, in groups of at most three that share no base asset
     (BTC/USD and BTC/EUR together): two workers started together (with the default claim
-    batch) both take parts, settle each group and the part '' (reconciliation, stop-loss,
-    status) exactly once, and every position gets exactly one take-profit."""
+    batch) settle each group and the part '' (reconciliation, stop-loss, status) exactly once,
+    and every position gets exactly one take-profit."""
     fixture = "redis_url" if redis == "single" else "redis_cluster_url"
     redis_url: str = request.getfixturevalue(fixture)
     async with private_world(redis_url, admin_database_url) as w:
@@ -112,7 +112,10 @@ async def test_a_big_session_is_settled_in_groups_by_several_workers(
         assert any({"BTC/USD", "BTC/EUR"} <= g for g in groups)  # one base, one group
         shares = Counter(worker for _, worker, _, _ in rows)
         print(f"parts settled per worker: {dict(shares)}")
-        assert len(shares) == 2  # one claim takes one part of a session: both workers share it
+        # Which worker takes how many parts depends on when each process gets going (a worker
+        # can finish all five before the other has started); that a claim takes one part of a
+        # session, so a second worker gets the next, is checked without timing in
+        # tests/integration/test_leases.py.
 
         a = await audit(w, {sid: list(PAIRS)}, await paper_sells(w))
         assert a.duplicate_client_ids == [] and a.doubled == []
