@@ -82,9 +82,7 @@ class PricePoint:
 
 
 @dataclass(frozen=True, slots=True)
-class BuyFill:
-    """One execution of a buy order: it grows the position whose id is the order's id."""
-
+class _Execution:
     position_id: str
     symbol: str
     at: datetime
@@ -102,23 +100,13 @@ class BuyFill:
 
 
 @dataclass(frozen=True, slots=True)
-class RealSell:
+class BuyFill(_Execution):
+    """One execution of a buy order: it grows the position whose id is the order's id."""
+
+
+@dataclass(frozen=True, slots=True)
+class RealSell(_Execution):
     """A take-profit fill that really happened (a sell fill of a take-profit order)."""
-
-    position_id: str
-    symbol: str
-    at: datetime
-    price: Decimal
-    quantity: Decimal
-    fee: Decimal
-
-    def __post_init__(self) -> None:
-        check_order_id(self.position_id)
-        check_symbol(self.symbol)
-        check_time("at", self.at)
-        check_amount("price", self.price, positive=True)
-        check_amount("quantity", self.quantity, positive=True)
-        check_amount("fee", self.fee)
 
 
 @dataclass(frozen=True, slots=True)

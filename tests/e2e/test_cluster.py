@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -43,21 +43,14 @@ T0 = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
 
 @pytest.fixture
-async def cluster(redis_cluster_url: str) -> AsyncIterator[Redis]:
-    client = create_client(redis_cluster_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+def cluster(cluster_redis: Redis) -> Redis:
+    """The shared cluster client (tests/conftest.py), by a shorter name."""
+    return cluster_redis
 
 
 @pytest.fixture
-async def ids(cluster: Redis) -> AsyncIterator[SessionIds]:
-    made = SessionIds()
-    try:
-        yield made
-    finally:
-        await made.cleanup(cluster)
+def ids(cluster_session_ids: SessionIds) -> SessionIds:
+    return cluster_session_ids
 
 
 async def test_the_client_is_a_cluster_client_and_every_node_answers(cluster: Redis) -> None:
