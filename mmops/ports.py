@@ -302,7 +302,7 @@ class MigrationTransaction(Protocol):
     def orphans(self, chunk: int = ...) -> AsyncIterator[list[Stray]]: ...
     async def recompute_stats(self) -> None: ...
     async def copy_analytics(
-        self, prices: PriceSource, take_profits: TakeProfitSource, prices_after: str | None
+        self, prices: PriceSource, take_profits: TakeProfitSource
     ) -> AnalyticsCopy: ...
 
 
@@ -430,14 +430,11 @@ class PriceRecorder(Protocol):
 
 
 class PriceSource(Protocol):
-    """``mmops.adapters.redis.prices.PriceStore``: the recorded prices, and how far migration
-    has copied them."""
+    """``mmops.adapters.redis.prices.PriceStore``: the recorded prices, read after an entry."""
 
     def read_after(
         self, session_id: str, after: str | None, chunk: int = ...
     ) -> AsyncIterator[tuple[str, ReadResult[Ticker]]]: ...
-    async def copied(self, session_id: str) -> str | None: ...
-    async def mark_copied(self, session_id: str, entry_id: str) -> None: ...
 
 
 class TakeProfitSource(Protocol):

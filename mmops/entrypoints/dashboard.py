@@ -146,6 +146,10 @@ class Shared:
                     kept = (now, await compute(), None)
                 except Exception as e:  # kept, then raised to each caller for the TTL
                     kept = (now, None, e)
+                except BaseException:  # cancelled: nothing kept, nor its lock
+                    if key not in self._values:
+                        self._locks.pop(key, None)
+                    raise
                 self._values.pop(key, None)
                 self._values[key] = kept
                 while len(self._values) > self._size:
@@ -153,7 +157,7 @@ class Shared:
                     self._values.pop(oldest)
                     self._locks.pop(oldest, None)
             if kept[2] is not None:
-                raise kept[2]
+                raise kept[2].with_traceback(None)  # each raise from here, not piled up
             return kept[1]
 
 

@@ -81,7 +81,6 @@ class SessionMigration:
     error: str | None = None
     duration_ms: int = 0
     analytics: list[str] = field(default_factory=list)  # prices / take-profits not all held
-    prices_through: str | None = None  # the last price entry copied in this run
 
     @property
     def ok(self) -> bool:
@@ -219,10 +218,6 @@ class MigrationService:
             session = await self._session(session_id)
             async with self._warehouse.session(session) as tx:
                 await self._copy(tx, session, result)
-            if self._prices is not None and result.prices_through is not None:
-                # Committed: the next run reads the prices after these (a crash before this
-                # line only makes it copy them again, which changes nothing).
-                await self._prices.mark_copied(session.id, result.prices_through)
             await self._verify(session, result)
         except RECOVERABLE_INPUT as e:  # a store down ends the run (rolled back)
             result.state, result.error = "failed", f"{type(e).__name__}: {e}"
@@ -252,11 +247,9 @@ class MigrationService:
         await self._copy_fills(tx, session, result)
         await tx.recompute_stats()
         if self._prices is not None and self._take_profits is not None:
-            after = await self._prices.copied(session.id)
-            copied = await tx.copy_analytics(self._prices, self._take_profits, after)
+            copied = await tx.copy_analytics(self._prices, self._take_profits)
             result.analytics = copied.mismatches()
             result.rejects += copied.prices_rejected + copied.take_profits_rejected
-            result.prices_through = copied.last_price_id
 
     async def _copy_orders(
         self, tx: MigrationTransaction, session: Session, result: SessionMigration

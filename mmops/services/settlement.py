@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -211,14 +211,14 @@ class SettlementService:
                 await self._record(r, dry_run=self._tp.dry_run, full=part.whole)
             return results
         results = []
-        for i, together in _batches(parts):
-            if still_ours is not None and not await still_ours(i):
-                results.extend(self._locked(part, self._clock.now()) for part in together)
-                continue
-            done = await asyncio.gather(*(self._settle(part, data) for part in together))
-            for result in done:
+        for start, together in _batches(parts):
+            ours = [still_ours is None or await still_ours(start + k) for k in range(len(together))]
+            runs = (self._settle(p, data) for p, o in zip(together, ours, strict=True) if o)
+            settled = iter(await _all(runs))
+            for part, mine in zip(together, ours, strict=True):
+                result = next(settled) if mine else self._locked(part, self._clock.now())
                 data = _after_placements(data, result)
-            results.extend(done)
+                results.append(result)
         return results
 
     async def _run_shared(self, sharing: WorkSharing, scheduled: bool) -> list[SessionResult]:
@@ -609,6 +609,16 @@ def _after_placements(data: MarketData, result: SessionResult) -> MarketData:
 
 async def _nothing() -> None:
     return None
+
+
+async def _all(runs: Iterable[Awaitable[SessionResult]]) -> list[SessionResult]:
+    """Every run to its end (none left running on its own when another raises), then the
+    results in order, or the first exception raised."""
+    done = await asyncio.gather(*runs, return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [outcome for outcome in done if not isinstance(outcome, BaseException)]
 
 
 def _batches(parts: list[Part]) -> list[tuple[int, list[Part]]]:

@@ -10,9 +10,10 @@ record that does not parse, or that PostgreSQL would refuse, goes to ``migration
 (kind ``price`` or ``take_profit``, which completeness counts as neither orders nor fills),
 nothing is dropped silently. Then the rows PostgreSQL holds are counted against what was read.
 
-Incremental: a run reads only the price entries after the one ``prices:copied:{S}`` names (set
-by migration after its commit) and only the take-profits not yet copied in a final state, so an
-hourly migration of a long-running session does not read its whole history again.
+Incremental: a run reads only the price entries after the one ``sessions.prices_through`` names
+(moved on in the same transaction, so a restore of an older backup brings back the matching
+mark) and only the take-profits not yet copied in a final state, so an hourly migration of a
+long-running session does not read its whole history again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from mmops.ports import PriceSource, TakeProfitSource
 TP_CHUNK = 500  # take-profit ids per Redis read
 INT_MAX = 2**31 - 1  # PostgreSQL INTEGER
 
+
+_PRICES_THROUGH = "SELECT prices_through FROM sessions WHERE id = %(session)s"
+_MARK_PRICES = "UPDATE sessions SET prices_through = %(through)s WHERE id = %(session)s"
 
 _INSERT_PRICES = """
 INSERT INTO prices (session_id, symbol, at, bid, ask)
@@ -95,14 +99,18 @@ async def copy_analytics(
     *,
     prices: PriceSource,
     take_profits: TakeProfitSource,
-    prices_after: str | None = None,
 ) -> AnalyticsCopy:
-    """Copy the session's prices recorded after the entry ``prices_after`` (None: all) and the
-    take-profits not yet final in PostgreSQL on ``conn`` (the caller's transaction: nothing is
-    committed here), and count what PostgreSQL holds of what was read. The caller marks the
-    last price entry copied (``last_price_id``) once it has committed. Raises what the stores
-    raise (StoreUnavailable); psycopg errors are the caller's to map (``pg_errors``)."""
-    points, price_rejects, last = await _copy_prices(conn, session_id, prices, prices_after)
+    """Copy the session's prices recorded after the entry ``sessions.prices_through`` names
+    (NULL: all; moved on in the same transaction) and the take-profits not yet final in
+    PostgreSQL, on ``conn`` (the caller's transaction: nothing is committed here), and count
+    what PostgreSQL holds of what was read. Raises what the stores raise (StoreUnavailable);
+    psycopg errors are the caller's to map (``pg_errors``)."""
+    cur = await conn.execute(_PRICES_THROUGH, {"session": session_id})
+    row = await cur.fetchone()
+    after = None if row is None else row[0]
+    points, price_rejects, last = await _copy_prices(conn, session_id, prices, after)
+    if last is not None:
+        await conn.execute(_MARK_PRICES, {"session": session_id, "through": last})
     tps, tp_rejects = await _copy_take_profits(conn, session_id, take_profits)
     return AnalyticsCopy(
         session_id=session_id,

@@ -353,15 +353,14 @@ class WarehouseTransaction:
         await self._conn.execute(_STATS, self._params)
 
     async def copy_analytics(
-        self, prices: PriceSource, take_profits: TakeProfitSource, prices_after: str | None
+        self, prices: PriceSource, take_profits: TakeProfitSource
     ) -> AnalyticsCopy:
         """The session's recorded prices and take-profit metadata (after its orders: the
         take-profits copied are those of its ``take_profit`` orders), counted back."""
         try:
             async with self._conn.transaction():  # a savepoint
                 return await copy_analytics(
-                    self._conn, self.session.id, prices=prices, take_profits=take_profits,
-                    prices_after=prices_after,
+                    self._conn, self.session.id, prices=prices, take_profits=take_profits
                 )  # fmt: skip
         except (DataError, IntegrityError) as e:
             # A record the checks let through and PostgreSQL refuses fails this session's

@@ -79,12 +79,6 @@ def prices(session_id: str) -> str:
     return f"prices:{_tag(session_id)}"
 
 
-def prices_copied(session_id: str) -> str:
-    """STRING: the id of the last ``prices:{S}`` entry migration has copied into PostgreSQL
-    (set after the commit), so each migration reads only the entries after it."""
-    return f"prices:copied:{_tag(session_id)}"
-
-
 def settlement_lock(session_id: str, scope: str = "") -> str:
     """The session's settlement lock; with ``scope``, the lock of one group of its pairs (a
     big session settled in parts). A group lock is not in the key registry: it lives only

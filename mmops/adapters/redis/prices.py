@@ -82,21 +82,6 @@ class PriceStore:
             start = "(" + entries[-1][0]
 
     @redis_errors
-    async def copied(self, session_id: str) -> str | None:
-        """The id of the last entry migration copied (None: none yet)."""
-        value = await self._r.get(keys.prices_copied(session_id))
-        return None if value is None else str(value)
-
-    @redis_errors
-    async def mark_copied(self, session_id: str, entry_id: str) -> None:
-        """Note that every entry up to ``entry_id`` is in PostgreSQL (after the commit)."""
-        mark = keys.prices_copied(session_id)
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.sadd(keys.registry(session_id), mark)
-            pipe.set(mark, entry_id)
-            await pipe.execute()
-
-    @redis_errors
     async def runs(self, session_id: str) -> int:
         """How many runs the stream holds (XLEN)."""
         return int(await self._r.xlen(keys.prices(session_id)))

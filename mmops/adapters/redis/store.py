@@ -392,12 +392,23 @@ return fenced
 )
 
 
+# An amend in place, only on a take-profit still recorded (a record deleted meanwhile, by
+# retention, is not written back in part). KEYS: tp_order   ARGV: price, tier, markup
+_AMEND_TP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'price', ARGV[1], 'tier', ARGV[2], 'markup', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'amends', 1)
+return 1
+"""
+
+
 class PositionStore:
     """Positions (``position:{S}:<id>``) and the per-pair age-ordered uncovered index."""
 
     def __init__(self, redis: Redis) -> None:
         self._r = redis
         self._fence = redis.register_script(_FENCE)
+        self._amend = redis.register_script(_AMEND_TP)
         self._cover = redis.register_script(_RECORD_COVERAGE)
         self._release = redis.register_script(_RELEASE_COVERAGE)
         self._hashes = redis.register_script(_READ_HASHES)
@@ -570,12 +581,7 @@ class PositionStore:
         """Note a take-profit amended in place: its new price, the tier it is priced at, and one
         more amend (``amends``: how analytics counts it repriced)."""
         key = keys.tp_order(session_id, order_id)
-        if await self._r.exists(key):
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={"price": str(price), "tier": str(tier),
-                                        "markup": str(markup)})  # fmt: skip
-                pipe.hincrby(key, "amends", 1)
-                await pipe.execute()
+        await self._amend(keys=[key], args=[str(price), str(tier), str(markup)])
 
     @redis_errors
     async def read_many(self, session_id: str, ids: Sequence[str]) -> ReadResult[Position]:

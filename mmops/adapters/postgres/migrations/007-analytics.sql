@@ -15,6 +15,11 @@
 -- It drops both tables and their rows; the Redis copies of an ended session are gone after its
 -- retention, so take `mmops db backup` first if they matter.
 
+-- `sessions.prices_through`: the id of the last `prices:{S}` entry copied, written in the same
+-- transaction as the copy (so a restore of an older backup brings back the matching mark, and
+-- the next migration copies again what the restore took away).
+ALTER TABLE sessions ADD COLUMN prices_through TEXT;
+
 CREATE TABLE prices (
     session_id TEXT NOT NULL,
     symbol     TEXT NOT NULL,
