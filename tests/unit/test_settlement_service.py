@@ -3,14 +3,17 @@ the stop-loss acted on once across runs."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
 
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import RunState
-from mmops.errors import UnknownSession
-from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, Desk
+from mmops.errors import StoreUnavailable, UnknownSession
+from mmops.services import settlement as settlement_module
+from mmops.services.settlement import SessionResult
+from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, T0, Desk
 
 
 async def test_a_run_covers_the_session_and_records_its_status_and_a_run_row() -> None:
@@ -161,3 +164,21 @@ async def test_a_quick_run_of_a_big_session_takes_only_the_groups_of_its_pairs()
     assert [(r.part, sorted(r.pairs), r.state) for r in results] == [("g1", [ETH_USD], RunState.OK)]
     assert [o.symbol for o in desk.exchange.orders.values()] == [ETH_USD]
     assert "s1" not in desk.ops.statuses  # a narrowed run writes no status
+
+
+async def test_groups_settled_together_all_end_before_an_error_is_raised() -> None:
+    """One group's run failing (a store down) must not leave another running on its own, still
+    placing orders, while the caller gives up its leases."""
+    finished: list[str] = []
+
+    async def fails() -> SessionResult:
+        raise StoreUnavailable("Redis", "connection refused")
+
+    async def slow() -> SessionResult:
+        await asyncio.sleep(0.05)
+        finished.append("slow")
+        return SessionResult("s1", RunState.OK, T0, T0, part="g1")
+
+    with pytest.raises(StoreUnavailable):
+        await settlement_module._all([fails(), slow()])
+    assert finished == ["slow"]
