@@ -155,6 +155,8 @@ class RejectKind(StrEnum):
 
     ORDER = "order"
     FILL = "fill"
+    PRICE = "price"  # analytics: neither an order nor a fill to completeness
+    TAKE_PROFIT = "take_profit"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,11 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from mmops.adapters.postgres.text import storable
+from mmops.adapters.postgres.rejects import write_rejects
 from mmops.adapters.redis import keys
 from mmops.domain.bounds import within_bounds
 from mmops.domain.models import ZERO, Ticker
-from mmops.domain.records import AnalyticsCopy, TakeProfitRecord
+from mmops.domain.records import AnalyticsCopy, Reject, RejectKind, TakeProfitRecord
 from mmops.errors import BadRecordError
 from mmops.ports import PriceSource, TakeProfitSource
 
@@ -84,14 +84,6 @@ JOIN unnest(%(order_ids)s::text[], %(statuses)s::text[]) AS r(order_id, status)
 WHERE t.session_id = %(session)s
 """
 
-_REJECT = """
-INSERT INTO migration_rejects (session_id, kind, symbol, redis_key, raw_payload, reason)
-VALUES (%s, %s, %s, %s, %s, %s)
-ON CONFLICT (session_id, md5(redis_key)) DO UPDATE SET
-    kind = EXCLUDED.kind, symbol = EXCLUDED.symbol, raw_payload = EXCLUDED.raw_payload,
-    reason = EXCLUDED.reason
-"""
-
 
 async def copy_analytics(
     conn: AsyncConnection[Any],
@@ -134,7 +126,7 @@ async def _copy_prices(
     last: str | None = None
     async for entry_id, chunk in source.read_after(session_id, after):
         last = entry_id
-        rejected += await _reject(conn, session_id, "price", chunk.bad)
+        rejected += await _reject(conn, session_id, RejectKind.PRICE, chunk.bad)
         fresh = {(t.symbol, t.timestamp): t for t in chunk.items}
         points.update(fresh)
         if fresh:
@@ -178,7 +170,7 @@ async def _copy_take_profits(
         read = await source.tp_orders(session_id, ids[start : start + TP_CHUNK])
         checked = [(oid, r, _unstorable(session_id, oid, r)) for oid, r in read.items]
         bad = [*read.bad, *(e for _, _, e in checked if e is not None)]
-        rejected += await _reject(conn, session_id, "take_profit", bad)
+        rejected += await _reject(conn, session_id, RejectKind.TAKE_PROFIT, bad)
         items = [(oid, r) for oid, r, problem in checked if problem is None]
         if items:
             await conn.execute(_UPSERT_TAKE_PROFITS, _tp_params(session_id, items))
@@ -234,10 +226,12 @@ async def _count_take_profits(
 
 
 async def _reject(
-    conn: AsyncConnection[Any], session_id: str, kind: str, bad: Sequence[BadRecordError]
+    conn: AsyncConnection[Any], session_id: str, kind: RejectKind, bad: Sequence[BadRecordError]
 ) -> int:
-    for e in bad:
-        symbol = storable(e.key.rsplit(":", 1)[-1]) if kind == "price" else None
-        row = (session_id, kind, symbol, storable(e.key), storable(str(e.raw)), storable(e.reason))
-        await conn.execute(_REJECT, row)
+    """Quarantine ``bad`` (a price's pair is the end of its key); how many."""
+    await write_rejects(conn, session_id, [
+        Reject(kind, e.key.rsplit(":", 1)[-1] if kind is RejectKind.PRICE else None, e.key,
+               str(e.raw), e.reason)
+        for e in bad
+    ])  # fmt: skip
     return len(bad)

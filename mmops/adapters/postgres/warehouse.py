@@ -42,7 +42,7 @@ from mmops.adapters.postgres.first_copy import (
     copy_text,
 )
 from mmops.adapters.postgres.pool import pg_errors
-from mmops.adapters.postgres.text import storable
+from mmops.adapters.postgres.rejects import storable, write_rejects
 from mmops.domain.models import Session
 from mmops.domain.records import (
     FILL_LINE_COLUMNS,
@@ -61,7 +61,8 @@ from mmops.ports import PriceSource, TakeProfitSource
 
 log = logs.get_logger("mmops.migration")
 
-_REJECT_KINDS = frozenset(kind.value for kind in RejectKind)
+# The kinds completeness counts (an analytics reject, a price or a take-profit, is neither).
+_REJECT_KINDS = frozenset({RejectKind.ORDER.value, RejectKind.FILL.value})
 
 _STAGING = """
 CREATE TEMP TABLE orders_staging (
@@ -172,17 +173,6 @@ WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s
                   AND o.order_id = s.order_id)
 """
 
-# One row per Redis record (a hash of its key: keys can be long), holding its latest text and
-# the kind of record it is (what completeness counts it as).
-_REJECT = """
-INSERT INTO migration_rejects (session_id, kind, symbol, redis_key, raw_payload, reason)
-VALUES (%s, %s, %s, %s, %s, %s)
-ON CONFLICT (session_id, md5(redis_key)) DO UPDATE SET
-    symbol = EXCLUDED.symbol, raw_payload = EXCLUDED.raw_payload, reason = EXCLUDED.reason
-WHERE (migration_rejects.raw_payload, migration_rejects.reason)
-      IS DISTINCT FROM (EXCLUDED.raw_payload, EXCLUDED.reason)
-"""
-
 # A fill quarantined as an orphan in an earlier run whose order has since arrived is no longer
 # a reject: it is in fills now.
 _CLEAR_RESOLVED = """
@@ -291,23 +281,7 @@ class WarehouseTransaction:
         self._fills.add(lines)
 
     async def reject(self, rejects: Sequence[Reject]) -> None:
-        if not rejects:
-            return
-        async with self._conn.cursor() as cur:
-            await cur.executemany(
-                _REJECT,
-                [
-                    (
-                        self.session.id,
-                        r.kind.value,
-                        r.symbol,
-                        storable(r.key),
-                        storable(r.raw),
-                        storable(r.reason),
-                    )
-                    for r in rejects
-                ],
-            )
+        await write_rejects(self._conn, self.session.id, rejects)
 
     async def move_orders(self) -> OrderMove:
         """Write the orders taken; return what was written, the records read per pair, and
