@@ -203,7 +203,9 @@ class SettlementService:
         started = self._clock.now()
         sessions = [p.session for p in parts]
         try:
-            data = await self._market_data(sessions, reconcile=any(p.whole for p in parts))
+            # A split session's part '' asks for the open orders itself, once it holds its locks.
+            reconcile = any(p.work is Work.FULL for p in parts)
+            data = await self._market_data(sessions, reconcile=reconcile)
         except RECOVERABLE as e:
             log.error("settlement.market_data_failed", error=str(e))
             results = [self._failed(p, started, f"market data: {e}") for p in parts]
@@ -477,8 +479,9 @@ class SettlementService:
     ) -> MarketData:
         """Believe the exchange before anything is read: fills recorded, take-profits it no
         longer shows released (so this run covers their positions again); counts per pair.
-        A split session's part '' asks for the open orders again: its snapshot predates its
-        wait for the groups' runs, whose take-profits it would otherwise look up one by one."""
+        A split session's part '' asks for the open orders only now, holding its locks: a
+        snapshot taken before its wait for the groups' runs would miss their take-profits,
+        which it would then look up one by one."""
         if self._reconciler is None:
             return data
         session = part.session
