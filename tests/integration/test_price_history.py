@@ -31,7 +31,7 @@ def tick(symbol: str, bid: str, ask: str, seconds: int) -> Ticker:
 async def read_all(store: PriceStore, sid: str, chunk: int = 1000) -> tuple[list[Ticker], int]:
     items: list[Ticker] = []
     bad = 0
-    async for part in store.read(sid, chunk=chunk):
+    async for _, part in store.read_after(sid, None, chunk=chunk):
         items.extend(part.items)
         bad += len(part.bad)
     return items, bad
@@ -48,7 +48,7 @@ async def test_recorded_tickers_read_back_in_order_and_the_key_is_registered(
     await store.record(sid, [])  # nothing fetched: nothing written
     items, bad = await read_all(store, sid, chunk=3)  # several chunks
     assert items == [t for run in runs for t in run] and bad == 0
-    assert await store.runs(sid) == 7
+    assert await redis.xlen(keys.prices(sid)) == 7
     assert keys.prices(sid) in await redis.smembers(keys.registry(sid))
 
 
@@ -72,7 +72,7 @@ async def test_a_value_that_does_not_parse_is_reported_not_dropped(
     store = PriceStore(redis)
     await store.record(sid, [tick("BTC/USD", "100", "101", 0)])
     await redis.xadd(keys.prices(sid), {"BTC/USD": "1e999999 oops", "ETH/USD": "-1 2 x"})
-    chunks = [c async for c in store.read(sid)]
+    chunks = [c async for _, c in store.read_after(sid, None)]
     assert [t.bid for c in chunks for t in c.items] == [Decimal(100)]
     bad = [e for c in chunks for e in c.bad]
     assert len(bad) == 2 and all(e.key.startswith(keys.prices(sid) + "#") for e in bad)

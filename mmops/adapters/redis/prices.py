@@ -57,19 +57,12 @@ class PriceStore:
             pipe.xadd(key, fields, maxlen=self._max_runs, approximate=True)
             await pipe.execute()
 
-    async def read(
-        self, session_id: str, chunk: int = READ_CHUNK
-    ) -> AsyncIterator[ReadResult[Ticker]]:
-        """The recorded tickers, oldest run first, in chunks of ``chunk`` runs; a value that
-        does not parse is in ``bad`` (key ``prices:{S}#<entry id>:<pair>``)."""
-        async for _, part in self.read_after(session_id, None, chunk):
-            yield part
-
     async def read_after(
         self, session_id: str, after: str | None, chunk: int = READ_CHUNK
     ) -> AsyncIterator[tuple[str, ReadResult[Ticker]]]:
-        """As :meth:`read`, only the entries after the entry id ``after`` (None: all), each
-        chunk with the id of its last entry."""
+        """The tickers recorded after the entry id ``after`` (None: all), oldest run first, in
+        chunks of ``chunk`` runs, each with the id of its last entry; a value that does not
+        parse is in ``bad`` (key ``prices:{S}#<entry id>:<pair>``)."""
         key = keys.prices(session_id)
         start = "-" if after is None else "(" + after
         while True:
@@ -80,11 +73,6 @@ class PriceStore:
             if len(entries) < chunk:
                 return
             start = "(" + entries[-1][0]
-
-    @redis_errors
-    async def runs(self, session_id: str) -> int:
-        """How many runs the stream holds (XLEN)."""
-        return int(await self._r.xlen(keys.prices(session_id)))
 
     @redis_errors
     async def _range(self, key: str, start: str, count: int) -> list[tuple[str, dict[str, str]]]:
