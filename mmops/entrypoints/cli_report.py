@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -24,21 +23,9 @@ from mmops.entrypoints.cli_common import (
     run_async,
 )
 from mmops.errors import UnknownSession
+from mmops.jsonable import jsonable
 
 OVERVIEW_LIMIT = 100
-
-
-def jsonable(value: Any) -> Any:
-    """Decimals as strings (exact), times as ISO 8601, containers converted throughout."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
 
 
 def rows_json(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -315,10 +315,7 @@ async def report(rt: Runtime, plan: WorkflowPlan, result: WorkflowResult) -> dic
             "fills_in_postgres": sum(c.pg_fills for c in last.pairs.values()),
             "rejects": last.rejects,
         },
-        "analysis_query": [
-            {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
-            for row in analysis
-        ],
+        "analysis_query": rows_json(analysis),
         # Take-profits per tier (mmops report; docs/MONITORING_QUERIES.md), JSON-ready.
         "tiers": rows_json(await tier_report(rt.pool, result.session_id)),
         "timings": {

@@ -30,6 +30,7 @@ from mmops.domain.backtest_stats import (
 )
 from mmops.domain.models import Market
 from mmops.domain.tiers import TierPolicy
+from mmops.jsonable import jsonable
 
 BASELINE = "session"
 
@@ -54,7 +55,7 @@ class BacktestReport:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        result: dict[str, Any] = _plain(
+        result: dict[str, Any] = jsonable(
             {
                 "session": self.session_id,
                 "baseline": BASELINE,
@@ -142,16 +143,3 @@ def _tables(policy: TierPolicy) -> dict[str, dict[int, Decimal]]:
 
 def _fields(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in fields(record)}
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: Decimal as text (exact), tuples as lists, enums as their value."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "value") and isinstance(value.value, str):
-        return value.value
-    return value

@@ -115,7 +115,7 @@ def test_json_carries_decimals_as_plain_strings_and_times_as_iso() -> None:
     from datetime import UTC, datetime
     from decimal import Decimal
 
-    from mmops.entrypoints.dashboard import jsonable
+    from mmops.jsonable import jsonable
 
     row = {"pnl": Decimal("1E-8"), "zero": Decimal("-0.00"), "big": Decimal("1.5E+3"),
            "at": datetime(2026, 1, 2, 3, 4, 5), "utc": datetime(2026, 1, 2, tzinfo=UTC),
