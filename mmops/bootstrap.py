@@ -110,6 +110,7 @@ class Runtime:
     warehouse: Warehouse
     notifier: AppriseNotifier
     leases: PostgresWorkLeases
+    prices: PriceStore  # settlement's tickers and the paper loop's fill path
 
 
 async def ping_redis(redis: Redis) -> None:
@@ -155,6 +156,7 @@ async def open_runtime(
             warehouse=Warehouse(pool),
             notifier=AppriseNotifier(settings.alert_url_list()),
             leases=PostgresWorkLeases(pool),
+            prices=PriceStore(redis),
         )
     finally:
         await pool.close()
@@ -314,7 +316,7 @@ def build_settlement(
             stale_every=s.session_stale_every,
         ),
         group_pairs=s.settle_group_pairs,
-        prices=PriceStore(rt.redis),
+        prices=rt.prices,
     )
 
 
@@ -352,7 +354,7 @@ def build_migration(rt: Runtime, batch_size: int | None = None) -> MigrationServ
         retention_seconds=s.migration_retention_grace if s.migration_retention else None,
         leases=rt.leases,
         worker=worker_name(s),
-        prices=PriceStore(rt.redis),
+        prices=rt.prices,
         take_profits=rt.positions,
     )
 

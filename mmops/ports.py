@@ -29,6 +29,7 @@ from mmops.domain.records import (
     FillMove,
     MigrationCounts,
     OrderMove,
+    PriceSeries,
     ReadResult,
     Reject,
     SessionLease,
@@ -330,6 +331,16 @@ class Venue(Exchange, Protocol):
         self, until: datetime | None = None, step_seconds: float = ...
     ) -> list[Trade]: ...
 
+    async def path_cursor(self) -> str:
+        """Where a reader of ``fill_path`` starting now begins."""
+        ...
+
+    async def fill_path(self, symbols: Sequence[str], after: str) -> tuple[list[list[Ticker]], str]:
+        """The quotes of ``symbols`` at each time the venue's matches since the cursor
+        ``after`` looked at, oldest first (what resting orders filled on), and the next
+        cursor."""
+        ...
+
     async def trades(self, start: int = 0) -> tuple[list[Trade], int]: ...
 
     async def fund(self, asset: str, amount: Decimal) -> None: ...
@@ -429,11 +440,20 @@ class PriceRecorder(Protocol):
         ...
 
 
+class PathRecorder(Protocol):
+    """Where the paper loop puts its venue's fill path (Redis ``path:{S}``)."""
+
+    async def record_path(self, session_id: str, steps: Sequence[Sequence[Ticker]]) -> None:
+        """Append the quotes of the session's pairs, one entry per match step: one store call."""
+        ...
+
+
 class PriceSource(Protocol):
-    """``mmops.adapters.redis.prices.PriceStore``: the recorded prices, read after an entry."""
+    """``mmops.adapters.redis.prices.PriceStore``: the recorded prices of a series (the
+    settlement runs' tickers, or the fill path), read after an entry."""
 
     def read_after(
-        self, session_id: str, after: str | None, chunk: int = ...
+        self, session_id: str, after: str | None, chunk: int = ..., *, series: PriceSeries = ...
     ) -> AsyncIterator[tuple[str, ReadResult[Ticker]]]: ...
 
 

@@ -91,6 +91,19 @@ def allocate(
     )
 
 
+def funding_groups(pairs: Iterable[str], markets: Mapping[str, Market]) -> list[tuple[str, ...]]:
+    """The pairs in groups that spend no balance in common, so each group can be allocated
+    (and placed) on its own with the same outcome as all of them at once: the pairs of one
+    base asset (by their markets) together, each base apart, in the order first seen. A pair
+    with no market is a group of its own (nothing of it is allocated)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for pair in dict.fromkeys(pairs):
+        market = markets.get(pair)
+        key = ("base", market.base) if market is not None else ("alone", pair)
+        groups.setdefault(key, []).append(pair)
+    return [tuple(group) for group in groups.values()]
+
+
 def _grantable(quote: TakeProfitQuote, left: Decimal, market: Market) -> Decimal:
     """The whole amount if it fits, else the lot-rounded rest if that is still placeable, else 0."""
     if quote.amount <= left:

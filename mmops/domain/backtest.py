@@ -4,8 +4,9 @@ post-only switch to the ask, tick and lot rounding, dust).
 
 What settlement really does, and what the replay does in its place:
 
-* **Settlement runs** happen at the times a price was recorded for the pair (settlement records
-  one ticker per pair per run; ``ReplayData.runs``). At a run, in this order:
+* **Settlement runs** happen at the times a price was recorded for the pair (every run, quick
+  ones included, records one ticker per pair it settles; ``ReplayData.runs``). At a run, in
+  this order:
   1. the buy fills up to the run's time are known (the fill feed records a fill before the
      run it triggers), and the position's age is counted from its first buy fill;
   2. **reprice**: a resting take-profit whose tier is older than the position's current tier is
@@ -15,19 +16,26 @@ What settlement really does, and what the replay does in its place:
      post-only sell at ``price_take_profit`` of the run's ticker; dust is never placed.
 * **Fills**: the paper venue fills a resting sell at its own price when the best bid reaches it
   (``adapters/paper/matching.py``); the replay does the same on a **fill path** of bid prices:
-  a sell at P fills, whole, at the first path time *after* it was placed or amended with
-  bid ≥ P, at P, paying the maker fee. A path point at a run's time is matched before that run
-  (the trading loop matches, then settlement runs). With no separate path, the fill path is
-  the settlement-time tickers themselves.
+  a sell at P fills at each path time *after* it was placed or amended with bid ≥ P, at P,
+  paying the maker fee, until nothing of it is left. How much a crossing fills is the
+  ``FillModel``'s answer: all that is left (``whole_fills``, the default), or the venue's own
+  rule (the paper venue's half fills, ``adapters/paper/matching.fill_quantity``), which needs
+  the take-profit's client order id: (session, position, generation), the k-th take-profit of
+  a position being generation k, as settlement's fence counts them. A path point at a run's
+  time is matched before that run (the trading loop matches, then settlement runs). With no
+  separate path, the fill path is the settlement-time tickers themselves.
 
 Known differences from a real session (so a replay is an estimate, measured in docs/BACKTEST.md):
 
 * the venue matches on a finer path (every 10 s of the paper loop) than settlement records
   (every run, ~3 min): a crossing that comes and goes between two runs fills on the venue and
-  not in a replay of settlement-time prices (and a fill seen by the replay is seen late). A
-  path recorded at the venue's own steps (``ReplayData.path``) removes that difference;
-* the paper venue sometimes fills half an order at a crossing (its reproducible coin); the
-  replay fills whole orders;
+  not in a replay of settlement-time prices (and a fill seen by the replay is seen late). The
+  fill path the paper loop records at the venue's own steps (``ReplayData.path``, Redis
+  ``path:{S}``, PostgreSQL ``price_path``) removes that difference;
+* a live exchange fills part of an order as its book decides; the replay cannot know, and
+  fills what its ``FillModel`` says;
+* a placement refused or cancelled and replaced moves a real position's generation on; the
+  replay has no refusals, so after one its client ids (and the venue's coin) differ;
 * balances, the stop-loss, pair status changes and engine refusals are not replayed: every
   placeable take-profit is assumed placed.
 
@@ -36,11 +44,12 @@ Money is ``Decimal`` throughout; time is passed in, never read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from mmops.domain.ids import client_order_id
 from mmops.domain.models import (
     ZERO,
     Market,
@@ -57,6 +66,15 @@ from mmops.domain.pricing import Dust, TakeProfitQuote, age_in_minutes, price_ta
 from mmops.domain.tiers import TierPolicy, TierTable
 
 _HOUR_MICROS = Decimal(3_600_000_000)
+
+# How much of a resting sell one crossing fills: (its client order id, what is left of it, its
+# market, the path time) -> the quantity, more than 0 and at most what is left.
+FillModel = Callable[[str, Decimal, Market, datetime], Decimal]
+
+
+def whole_fills(client_id: str, remaining: Decimal, market: Market, at: datetime) -> Decimal:
+    """Every crossing fills all that is left (the replay's default: no book is modelled)."""
+    return remaining
 
 
 def hours(delta: timedelta) -> Decimal:
@@ -113,7 +131,8 @@ class RealSell(_Execution):
 class SessionHistory:
     """One session as the backtest reads it from the warehouse: its buys, the tickers
     settlement recorded, its real take-profit fills, the (pair, tier minutes, markup) its
-    take-profits were priced at, and the rows left out as bad (with the reason)."""
+    take-profits were priced at, the rows left out as bad (with the reason), and the fill path
+    recorded at the venue's match steps (empty when none was: a live session)."""
 
     session: Session
     buys: tuple[BuyFill, ...]
@@ -121,6 +140,7 @@ class SessionHistory:
     sells: tuple[RealSell, ...]
     tiers_used: tuple[tuple[str, int, Decimal], ...] = ()
     bad: tuple[str, ...] = ()
+    path: tuple[PricePoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,12 +255,14 @@ class Replay:
 
 @dataclass(slots=True)
 class _Tp:
+    client_id: str
     price: Decimal
     amount: Decimal
     tier: int
     markup: Decimal
     since: datetime  # placed or last amended: it can fill only on later path points
-    filled_at: datetime | None = None
+    sold: Decimal = ZERO
+    filled_at: datetime | None = None  # when the last of it sold
 
 
 @dataclass(slots=True)
@@ -277,9 +299,13 @@ class _Pos:
         )
 
 
-def replay(data: ReplayData, tiers: TierPolicy | TierTable) -> Replay:
+def replay(
+    data: ReplayData, tiers: TierPolicy | TierTable, fills: FillModel = whole_fills
+) -> Replay:
     """Replay ``data`` against ``tiers`` (a table for every pair, or a policy with per-pair
-    tables) and return each position's outcome. Pure: the same input gives the same output."""
+    tables), each crossing filling what ``fills`` says, and return each position's outcome.
+    Pure: the same input gives the same output. Raises ValueError if ``fills`` answers a
+    quantity that is not more than 0 and at most what is left."""
     policy = tiers if isinstance(tiers, TierPolicy) else TierPolicy(default=tiers)
     end = data.until
     outcomes: list[PositionOutcome] = []
@@ -289,7 +315,9 @@ def replay(data: ReplayData, tiers: TierPolicy | TierTable) -> Replay:
         path_all = data.runs if data.path is None else data.path
         path = sorted((p for p in path_all if p.symbol == symbol), key=lambda p: p.at)
         buys = sorted((b for b in data.buys if b.symbol == symbol), key=lambda b: b.at)
-        positions = _replay_pair(data.session_id, market, policy.for_pair(symbol), runs, path, buys)
+        positions = _replay_pair(
+            data.session_id, market, policy.for_pair(symbol), runs, path, buys, fills
+        )
         outcomes += [_outcome(p, market, end) for p in positions]
     outcomes.sort(key=lambda o: (o.opened_at, o.symbol, o.position_id))
     return Replay(tuple(outcomes), end)
@@ -302,13 +330,14 @@ def _replay_pair(
     runs: Sequence[PricePoint],
     path: Sequence[PricePoint],
     buys: Sequence[BuyFill],
+    fills: FillModel,
 ) -> list[_Pos]:
     positions: dict[str, _Pos] = {}
     known = 0  # buys[:known] are known to settlement
     p = 0
     for run in runs:
         while p < len(path) and path[p].at <= run.at:  # the venue matches before the run
-            _match(positions.values(), path[p], market)
+            _match(positions.values(), path[p], market, fills)
             p += 1
         while known < len(buys) and buys[known].at <= run.at:
             b = buys[known]
@@ -322,26 +351,32 @@ def _replay_pair(
             _reprice(pos, market, ticker, table)
             _place(pos, market, ticker, table)
     for point in path[p:]:
-        _match(positions.values(), point, market)
+        _match(positions.values(), point, market, fills)
     for b in buys[known:]:  # bought after the last run: never settled
         pos = positions.setdefault(b.position_id, _Pos(session_id, b.position_id, b.symbol, b.at))
         pos.buys.append(b)
     return list(positions.values())
 
 
-def _match(positions: Iterable[_Pos], point: PricePoint, market: Market) -> None:
+def _match(positions: Iterable[_Pos], point: PricePoint, market: Market, fills: FillModel) -> None:
     for pos in positions:
         for tp in pos.tps:
             if tp.filled_at is None and tp.since < point.at and point.bid >= tp.price:
-                tp.filled_at = point.at
+                left = tp.amount - tp.sold
+                qty = fills(tp.client_id, left, market, point.at)
+                if not ZERO < qty <= left:
+                    raise ValueError(f"a fill model answered {qty} of {left} left")
+                tp.sold += qty
+                if tp.sold == tp.amount:
+                    tp.filled_at = point.at
                 pos.fills.append(
                     TpFill(
                         position_id=pos.position_id,
                         symbol=pos.symbol,
                         at=point.at,
                         price=tp.price,
-                        quantity=tp.amount,
-                        fee=tp.price * tp.amount * market.maker_fee,
+                        quantity=qty,
+                        fee=tp.price * qty * market.maker_fee,
                         tier_minutes=tp.tier,
                         markup=tp.markup,
                         basis=pos.cost / pos.filled,
@@ -381,8 +416,10 @@ def _place(pos: _Pos, market: Market, ticker: Ticker, table: TierTable) -> None:
         pos.dust = pos.dust or quote.amount > 0
         return
     _note(pos, quote)
+    # The k-th take-profit of a position is fenced with generation k (no refusals replayed).
+    cid = client_order_id(pos.session_id, pos.position_id, len(pos.tps))
     pos.tps.append(
-        _Tp(quote.price, quote.amount, quote.tier_minutes, quote.markup, ticker.timestamp)
+        _Tp(cid, quote.price, quote.amount, quote.tier_minutes, quote.markup, ticker.timestamp)
     )
 
 
@@ -392,7 +429,7 @@ def _note(pos: _Pos, quote: TakeProfitQuote) -> None:
 
 def _outcome(pos: _Pos, market: Market, end: datetime | None) -> PositionOutcome:
     taken = sum((tp.amount for tp in pos.tps), ZERO)
-    resting = sum((tp.amount for tp in pos.tps if tp.filled_at is None), ZERO)
+    resting = sum((tp.amount - tp.sold for tp in pos.tps), ZERO)
     uncovered = pos.filled - taken
     placeable = uncovered >= market.lot and uncovered >= market.min_amount
     return PositionOutcome(

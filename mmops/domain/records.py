@@ -150,6 +150,14 @@ class WorkItem:
     groups: tuple[str, ...] = ()  # for part '': the session's group parts (none: not split)
 
 
+class PriceSeries(StrEnum):
+    """A session's two price records: the tickers of its settlement runs (``prices``), and the
+    fill path the paper loop records at its venue's match steps (``price_path``)."""
+
+    RUNS = "runs"
+    PATH = "path"
+
+
 class RejectKind(StrEnum):
     """The kind of record migration quarantined (``migration_rejects.kind``)."""
 
@@ -273,11 +281,22 @@ class AnalyticsCopy:
     take_profits_read: int
     take_profits_held: int  # of those, rows in ``take_profits`` with the state read
     take_profits_rejected: int
+    last_path_id: str | None = None  # the same for the fill path (``price_path``)
+    path_read: int = 0
+    path_held: int = 0
+    path_rejected: int = 0
+
+    @property
+    def rejected(self) -> int:
+        """Records quarantined by the step, of every kind."""
+        return self.prices_rejected + self.path_rejected + self.take_profits_rejected
 
     def mismatches(self) -> list[str]:
         found = []
         if self.prices_held != self.prices_read:
             found.append(f"prices: {self.prices_read} read, {self.prices_held} in PostgreSQL")
+        if self.path_held != self.path_read:
+            found.append(f"price_path: {self.path_read} read, {self.path_held} in PostgreSQL")
         if self.take_profits_held != self.take_profits_read:
             found.append(
                 f"take_profits: {self.take_profits_read} read, "
@@ -294,6 +313,8 @@ class AnalyticsCopy:
             "session": self.session_id,
             "prices": {"read": self.prices_read, "held": self.prices_held,
                        "rejected": self.prices_rejected},
+            "price_path": {"read": self.path_read, "held": self.path_held,
+                           "rejected": self.path_rejected},
             "take_profits": {"read": self.take_profits_read, "held": self.take_profits_held,
                              "rejected": self.take_profits_rejected},
             "mismatches": self.mismatches(),

@@ -12,9 +12,10 @@ import typer
 from rich.table import Table
 
 from mmops.adapters.paper.catalog import BY_SYMBOL
+from mmops.adapters.paper.matching import fill_quantity
 from mmops.adapters.postgres.backtest_reads import read_history
 from mmops.bootstrap import Runtime, open_exchange, open_runtime
-from mmops.domain.backtest import SessionHistory
+from mmops.domain.backtest import SessionHistory, whole_fills
 from mmops.domain.models import Market
 from mmops.domain.tiers import TierPolicy, TierTable
 from mmops.entrypoints.cli_common import (
@@ -106,9 +107,18 @@ def backtest(
                 if history is None:
                     raise UnknownSession(session)
                 markets = await _markets(rt, history)
+            # A paper session's half fills are the venue's reproducible coin, replayed exactly
+            # on the fill path it recorded (without one, the coin would toss at other times).
+            paper = history.session.exchange == "paper" and history.path
+            fills = fill_quantity if paper else whole_fills
             try:
                 return run_backtest(
-                    history, markets, settings.tier_policy(), candidates, resamples=resamples
+                    history,
+                    markets,
+                    settings.tier_policy(),
+                    candidates,
+                    fills=fills,
+                    resamples=resamples,
                 )
             except ValueError as e:  # a pair with no market (delisted, or not in the catalog)
                 raise BadDataError(f"session {session}: {e}") from None
@@ -148,6 +158,12 @@ def _print(report: BacktestReport) -> None:
             f"over {c.positions} positions: {c.verdict.value}"
         )
     r = report.reproduction
+    console.print(
+        f"fills matched on the recorded fill path ({report.path_points} points)"
+        if report.path_points
+        else f"fills matched on the settlement-time prices ({report.price_records} points): "
+        "no fill path was recorded, so fills between runs are missed"
+    )
     console.print(
         f"session table vs real take-profit fills: {r.matched}/{r.real_sold} positions "
         f"reproduced ({_pct(r.rate)}), {r.only_real} real only, {r.only_replay} replay only; "

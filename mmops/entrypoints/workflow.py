@@ -160,6 +160,7 @@ async def _trade(
         # The venue's executions are recorded by mmops's fill feed, as on a live account.
         config=LoopConfig(plan.pairs, capital=plan.capital, seed=plan.seed, record_fills=False),
         session_id=session_id,
+        path=rt.prices,
     )
     feed = build_feed(rt, exchange, PaperFeed(exchange), clock=clock)
     settlement = build_settlement(rt, exchange, dry_run=False, clock=clock)

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
-from mmops.domain.backtest import PricePoint, Replay, ReplayData, SessionHistory, replay
+from mmops.domain.backtest import (
+    FillModel,
+    Replay,
+    ReplayData,
+    SessionHistory,
+    replay,
+    whole_fills,
+)
 from mmops.domain.backtest_stats import (
     BOOTSTRAP_RESAMPLES,
     Confidence,
@@ -45,6 +52,7 @@ class Candidate:
 class BacktestReport:
     session_id: str
     price_records: int
+    path_points: int  # the fill path replayed on (0: the settlement-time prices themselves)
     buys: int
     tables: list[TableFigures]  # best first
     confidence: list[Confidence]  # each other table against the baseline
@@ -60,6 +68,7 @@ class BacktestReport:
                 "session": self.session_id,
                 "baseline": BASELINE,
                 "price_records": self.price_records,
+                "fill_path_points": self.path_points,
                 "buy_fills": self.buys,
                 "ranking": [t.label for t in self.tables],
                 "tables": [_fields(t) for t in self.tables],
@@ -80,11 +89,12 @@ def run_backtest(
     baseline: TierPolicy,
     candidates: Sequence[Candidate],
     *,
-    path: Sequence[PricePoint] | None = None,
+    fills: FillModel = whole_fills,
     resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> BacktestReport:
-    """Replay ``history`` against ``baseline`` and each candidate; ``path`` is a denser fill
-    path than the recorded settlement tickers, when one is known.
+    """Replay ``history`` against ``baseline`` and each candidate, each crossing filling what
+    ``fills`` says. Fills are matched on the fill path the session recorded (``history.path``),
+    else on the settlement-time tickers.
 
     Raises ValueError if a candidate is labelled like the baseline or two share a label, or if
     the history names a pair ``markets`` does not hold.
@@ -92,20 +102,22 @@ def run_backtest(
     labels = [BASELINE, *(c.label for c in candidates)]
     if len(set(labels)) != len(labels):
         raise ValueError(f"table labels must be distinct (and not {BASELINE!r}): {labels}")
+    fill_path = history.path or None
     data = ReplayData(
         history.session.id,
         markets,
         history.buys,
         history.prices,
-        path=None if path is None else tuple(path),
+        path=fill_path,
         end=history.session.ended_at,
     )
-    base = replay(data, baseline)
-    others: dict[str, Replay] = {c.label: replay(data, c.tiers) for c in candidates}
+    base = replay(data, baseline, fills)
+    others: dict[str, Replay] = {c.label: replay(data, c.tiers, fills) for c in candidates}
     figures = [summarize(BASELINE, base), *(summarize(k, r) for k, r in others.items())]
     return BacktestReport(
         session_id=history.session.id,
         price_records=len(history.prices),
+        path_points=len(fill_path or ()),
         buys=len(history.buys),
         tables=ranked(figures),
         confidence=confidence(base, others, resamples=resamples),

@@ -249,7 +249,7 @@ class MigrationService:
         if self._prices is not None and self._take_profits is not None:
             copied = await tx.copy_analytics(self._prices, self._take_profits)
             result.analytics = copied.mismatches()
-            result.rejects += copied.prices_rejected + copied.take_profits_rejected
+            result.rejects += copied.rejected
 
     async def _copy_orders(
         self, tx: MigrationTransaction, session: Session, result: SessionMigration

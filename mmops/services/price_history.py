@@ -1,5 +1,5 @@
-"""Price history: each settlement run records the tickers it fetched for a session's pairs, so
-markouts and the tier backtest work for live sessions as well as paper ones.
+"""Price history: each settlement run records the tickers it fetched for the pairs it settles,
+so markouts and the tier backtest work for live sessions as well as paper ones.
 
 Recording is a side line of settlement: it never fails a run. Any error is logged
 (``prices.record_failed``) and the run goes on.
@@ -23,17 +23,14 @@ def session_tickers(session: Session, tickers: Mapping[str, Ticker]) -> list[Tic
 
 
 async def record_prices(
-    recorder: PriceRecorder | None,
-    session: Session,
-    tickers: Mapping[str, Ticker],
-    *,
-    whole: bool = True,
+    recorder: PriceRecorder | None, session: Session, tickers: Mapping[str, Ticker]
 ) -> bool:
-    """Record the session's tickers; True if recorded. Only for a ``whole`` run (settlement's
-    full run of the whole session, not a part narrowed to some pairs), so a session gets one
-    store call per run. Never raises (but cancellation): a failure is logged and the caller's
-    run goes on."""
-    if recorder is None or not whole:
+    """Record the tickers of the session's pairs (a part's session holds only the pairs it
+    settles: a quick run's, a group's), one store call; True if recorded. Every run records,
+    quick ones too: the tier backtest replays a pair's settlement at the times its prices were
+    recorded, and a quick run covers and reprices like a full one. Never raises (but
+    cancellation): a failure is logged and the caller's run goes on."""
+    if recorder is None:
         return False
     found = session_tickers(session, tickers)
     if not found:

@@ -21,7 +21,7 @@ reports what would be done and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
@@ -31,7 +31,7 @@ from mmops import logs
 from mmops.domain.exchange import ExchangeOrder
 from mmops.domain.groups import lock_scopes
 from mmops.domain.models import ZERO, Fill, OrderStatus, Position, Session, Side
-from mmops.domain.records import TpStatus
+from mmops.domain.records import ReadResult, TpStatus
 from mmops.errors import RECOVERABLE
 from mmops.ports import Exchange, FillWriter, Orders, OrderWriter, Positions, SessionLocks
 
@@ -197,6 +197,7 @@ class Reconciler:
         open_orders: Sequence[ExchangeOrder] | None = None,
         dry_run: bool | None = None,
         report_unknown: bool = True,
+        positions: Mapping[str, ReadResult[Position]] | None = None,
     ) -> ReconcileReport:
         """Reconcile a session's take-profits (of ``pairs``, default all) with the exchange.
 
@@ -205,12 +206,14 @@ class Reconciler:
         sells of the pairs that are no order of this session (one look-up each: with many
         sessions on one account, every other session's take-profits are such sells, so
         settlement runs leave it to ``mmops reconcile``). ``dry_run`` (default: the reconciler's)
-        reports and changes nothing. A look-up that fails is reported, never raised; raises
-        only what the stores raise (StoreUnavailable).
+        reports and changes nothing. ``positions`` are the pairs' positions as the caller
+        just read them (``Positions.all``), so they are not read twice; a pair it lacks is
+        read. A look-up that fails is reported, never raised; raises only what the stores
+        raise (StoreUnavailable).
         """
         wanted = [p for p in session.pairs if pairs is None or p in pairs]
         run = _Run(session, self.dry_run if dry_run is None else dry_run)
-        believed = await self._believed(session.id, wanted)
+        believed = await self._believed(session.id, wanted, positions or {})
         if open_orders is None:
             try:
                 open_orders = await self._exchange.open_orders()
@@ -247,11 +250,15 @@ class Reconciler:
         async with self._locks.hold_all(session.id, scopes, wait=0):
             return await self.session(session)
 
-    async def _believed(self, session_id: str, pairs: Sequence[str]) -> list[_Believed]:
+    async def _believed(
+        self, session_id: str, pairs: Sequence[str], known: Mapping[str, ReadResult[Position]]
+    ) -> list[_Believed]:
         """The take-profits held in the pairs' positions whose record says ``open``."""
         held: list[tuple[Position, str, Decimal]] = []
         for pair in pairs:
-            read = await self._positions.all(session_id, pair)
+            read = known.get(pair)
+            if read is None:
+                read = await self._positions.all(session_id, pair)
             held.extend(
                 (p, order_id, amount)
                 for p in read.items

@@ -18,13 +18,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from mmops import logs
 from mmops.domain.exchange import ExchangeOrder
 from mmops.domain.models import ZERO, Balance, Position, Session
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import (
+    ReadResult,
     RunState,
     SessionLease,
     SettlementRun,
@@ -53,7 +54,7 @@ from mmops.ports import (
 )
 from mmops.services.parts import Part, Parts, Work
 from mmops.services.price_history import record_prices
-from mmops.services.reconcile import Reconciler
+from mmops.services.reconcile import ReconcileAction, Reconciler, ReconcileReport
 from mmops.services.reprice import Repricer
 from mmops.services.sessions import SessionRegistry, WorkSharing
 from mmops.services.stoploss import StopLossReport, StopLossService
@@ -61,6 +62,7 @@ from mmops.services.take_profit import TakeProfitService
 from mmops.services.tp_results import MarketData, PairReport
 
 log = logs.get_logger("mmops.settlement")
+T = TypeVar("T")
 
 NEVER_SPLIT = 2**31 - 1  # a group size no session reaches
 _ENDS_RUN: tuple[type[Exception], ...] = (LockLost, *RECOVERABLE)
@@ -381,6 +383,13 @@ class SettlementService:
             part.session.id, RunState.LOCKED, started, self._clock.now(), part=part.name
         )
 
+    async def _record_prices(self, part: Part, data: MarketData) -> None:
+        """Price history (analytics and the backtest's runs): the tickers of the pairs this
+        part settles, once per run; never fails the run. A split session's part '' covers
+        only what reconciliation released, and its groups record every pair: it records none."""
+        if part.work is not Work.CHECK:
+            await record_prices(self._prices, part.session, data.tickers)
+
     async def _settle_locked(
         self, part: Part, data: MarketData, started: datetime, lease: SessionLease
     ) -> SessionResult:
@@ -388,11 +397,11 @@ class SettlementService:
         exchange and ends with the stop-loss check; the part covers its pairs (a split
         session's part '' only those where reconciliation released a take-profit)."""
         session, full = part.session, part.whole
-        # Price history (analytics), once per session and full run; never fails the run.
-        await record_prices(self._prices, session, data.tickers, whole=full)
+        await self._record_prices(part, data)
         reports = {pair: PairReport(pair) for pair in session.pairs}
+        read: dict[str, ReadResult[Position]] = {}
         if full:
-            data = await self._reconcile(part, data, reports)
+            data, read = await self._reconcile(part, data, reports)
         pairs = _to_cover(part, reports)
         if not pairs or await self._flattened(session.id):
             if not full:
@@ -401,17 +410,17 @@ class SettlementService:
                 )
             return await self._only_stoploss(session, data, started, reports, lease)
         reads = await asyncio.gather(
-            *(self._coverable(session.id, pair, reports[pair], data) for pair in pairs),
+            *(self._coverable(session.id, p, reports[p], data, read.get(p)) for p in pairs),
             return_exceptions=True,
         )
         by_pair: dict[str, list[Position]] = {}
-        for pair, read in zip(pairs, reads, strict=True):
-            if isinstance(read, RECOVERABLE):
-                reports[pair].error = f"{type(read).__name__}: {read}"
-            elif isinstance(read, BaseException):
-                raise read
+        for pair, positions in zip(pairs, reads, strict=True):
+            if isinstance(positions, RECOVERABLE):
+                reports[pair].error = f"{type(positions).__name__}: {positions}"
+            elif isinstance(positions, BaseException):
+                raise positions
             else:
-                by_pair[pair] = read
+                by_pair[pair] = positions
         data = _with_released(data, reports)
         reports = await self._tp.create_batch(session.id, by_pair, data, reports, lease)
         if lease.lost:  # found lost after the last send: say so, and do nothing more
@@ -476,34 +485,72 @@ class SettlementService:
 
     async def _reconcile(
         self, part: Part, data: MarketData, reports: dict[str, PairReport]
-    ) -> MarketData:
-        """Believe the exchange before anything is read: fills recorded, take-profits it no
+    ) -> tuple[MarketData, dict[str, ReadResult[Position]]]:
+        """Believe the exchange before anything is covered: fills recorded, take-profits it no
         longer shows released (so this run covers their positions again); counts per pair.
         A split session's part '' asks for the open orders only now, holding its locks: a
         snapshot taken before its wait for the groups' runs would miss their take-profits,
-        which it would then look up one by one."""
+        which it would then look up one by one.
+
+        Returns the market data and every pair's positions as they are after reconciling:
+        read once (all pairs at once) for both reconciliation and covering, those it changed
+        read again. What a fill changes meanwhile, the claim's own read sees."""
         if self._reconciler is None:
-            return data
+            return data, {}
         session = part.session
         if part.work is Work.CHECK:
             data = replace(data, open_orders=await self._open_orders())
+        reads = await _all(self._positions.all(session.id, pair) for pair in session.pairs)
+        read = dict(zip(session.pairs, reads, strict=True))
         report = await self._reconciler.session(
-            session, open_orders=data.open_orders, dry_run=self._tp.dry_run, report_unknown=False
-        )
+            session, open_orders=data.open_orders, dry_run=self._tp.dry_run,
+            report_unknown=False, positions=read,
+        )  # fmt: skip
         for pair, pair_report in reports.items():
             pair_report.reconciled = report.counts(pair)
-        return data
+        return data, await self._read_changed(session.id, read, report)
+
+    async def _read_changed(
+        self,
+        session_id: str,
+        read: dict[str, ReadResult[Position]],
+        report: ReconcileReport,
+    ) -> dict[str, ReadResult[Position]]:
+        """The positions ``read`` with those reconciliation changed (a coverage released, a
+        take-profit marked filled) read again."""
+        acted = (ReconcileAction.RELEASED, ReconcileAction.RECORDED_FILL)
+        changed = sorted(
+            {r.position_id for r in report.rows if r.position_id and r.action in acted}
+        )
+        if report.dry_run or not changed:
+            return read
+        fresh = await self._positions.read_many(session_id, changed)
+        by_id = {p.position_id: p for p in fresh.items}
+        return {
+            pair: ReadResult([by_id.get(p.position_id, p) for p in r.items], r.bad)
+            for pair, r in read.items()
+        }
 
     async def _coverable(
-        self, session_id: str, pair: str, report: PairReport, data: MarketData
+        self,
+        session_id: str,
+        pair: str,
+        report: PairReport,
+        data: MarketData,
+        known: ReadResult[Position] | None,
     ) -> list[Position]:
         """The pair's positions that need a take-profit, after repricing stale ones.
 
-        With repricing on, every position is read once (repricing needs the covered ones too)
+        From ``known`` (every position, as reconciliation left them) when given, else read:
+        with repricing on, every position is read once (repricing needs the covered ones too)
         and the uncovered are taken from that read; otherwise only the uncovered index is read.
         """
         live = self._repricer is not None and not self._tp.dry_run
-        read = await (self._positions.all if live else self._positions.uncovered)(session_id, pair)
+        read = known
+        if read is None:
+            read = await (self._positions.all if live else self._positions.uncovered)(
+                session_id, pair
+            )
         # A position of another pair in this pair's index would be priced, allocated and sold
         # against the wrong market: a bad record, like one that does not parse.
         strays = [_stray(session_id, pair, p) for p in read.items if p.symbol != pair]
@@ -614,7 +661,7 @@ async def _nothing() -> None:
     return None
 
 
-async def _all(runs: Iterable[Awaitable[SessionResult]]) -> list[SessionResult]:
+async def _all(runs: Iterable[Awaitable[T]]) -> list[T]:
     """Every run to its end (none left running on its own when another raises), then the
     results in order, or the first exception raised."""
     done = await asyncio.gather(*runs, return_exceptions=True)

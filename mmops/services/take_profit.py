@@ -13,6 +13,10 @@
    every placed order with its coverage (one round trip), and look up the client id of any
    order whose answer was lost.
 
+Phases 2-4 run per funding group (the pairs of one base asset: pairs of different bases spend
+no balance in common, so allocating them apart gives the same grants): a group starts placing
+as soon as it is priced and funded, while the next group is priced.
+
 Invariants: the sum of a position's take-profits never exceeds its filled quantity (pending
 markers count as covering), and one (position, generation) never has two live orders (the
 client order id is derived from them, and claimed before it is sent).
@@ -23,13 +27,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from mmops import logs
-from mmops.domain.allocation import Allocation, Grant, ReservationRequest, Shortfall, allocate
+from mmops.domain.allocation import (
+    Allocation,
+    Grant,
+    ReservationRequest,
+    Shortfall,
+    allocate,
+    funding_groups,
+)
 from mmops.domain.exchange import (
     DEFAULT_DEADLINE,
     MAX_BATCH,
@@ -163,11 +174,52 @@ class TakeProfitService:
             },
         )
         now = self._clock.now()
+        snapshot = data.fetched_at
+        if self._reserves and snapshot is None and any(ready.values()):
+            # A snapshot of unknown age: take a fresh one (once, for every group).
+            snapshot, data = await self._fresh_snapshot(data, now)
+        placing: list[asyncio.Task[None]] = []
+        try:
+            # Pairs of different base assets spend no balance in common: each group is priced,
+            # allocated and reserved on its own, and starts placing at once. The next group is
+            # priced while the first batches wait out the exchange's latency, and the groups'
+            # later batches do not all wake (and queue for the CPU) at the same moment.
+            for group in funding_groups(ready, data.markets):
+                mine = {pair: ready[pair] for pair in group}
+                grants, held = await self._fund(mine, data, snapshot, reports, now)
+                placing.append(
+                    asyncio.create_task(
+                        self._place_group(session_id, grants, held, data, reports, now, lease)
+                    )
+                )
+                await asyncio.sleep(0)  # the groups placing send before the next is priced
+        finally:
+            outcomes = await asyncio.gather(*placing, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return reports
+
+    @property
+    def _reserves(self) -> bool:
+        return self._ledger is not None and not self.dry_run
+
+    async def _fund(
+        self,
+        ready: Mapping[str, Sequence[Position]],
+        data: MarketData,
+        snapshot: datetime | None,
+        reports: dict[str, PairReport],
+        now: datetime,
+    ) -> tuple[dict[str, list[Grant]], dict[str, tuple[str, Decimal]]]:
+        """Price and allocate one funding group (and reserve what it is granted): the grants
+        per pair, and per asset the reservation held (asset → (reservation id, amount))."""
         quotes = self._price(ready, data, reports, now)
         allocation = allocate(quotes, data.balances, data.markets, self._reserve)
-        held: dict[str, tuple[str, Decimal]] = {}  # asset → (reservation id, amount)
-        if self._ledger is not None and not self.dry_run:
-            allocation, held = await self._reserve_balance(quotes, allocation, data, now)
+        held: dict[str, tuple[str, Decimal]] = {}
+        if self._reserves:
+            assert snapshot is not None  # create_batch took one
+            allocation, held = await self._reserve_balance(quotes, allocation, data, snapshot, now)
         grants: dict[str, list[Grant]] = {pair: [] for pair in ready}
         for grant in allocation.granted:
             grants[grant.quote.symbol].append(grant)
@@ -176,6 +228,20 @@ class TakeProfitService:
             reports[short.quote.symbol].skipped.append(
                 Skipped(short.quote.position_id, SkipReason.INSUFFICIENT_BALANCE, detail)
             )
+        return grants, held
+
+    async def _place_group(
+        self,
+        session_id: str,
+        grants: Mapping[str, Sequence[Grant]],
+        held: Mapping[str, tuple[str, Decimal]],
+        data: MarketData,
+        reports: dict[str, PairReport],
+        now: datetime,
+        lease: SessionLease | None,
+    ) -> None:
+        """Place one funding group's grants (its pairs concurrently), then settle its
+        reservations."""
         sent: dict[str, Decimal] | None = None
         try:
             sent = await self._per_pair(
@@ -188,7 +254,6 @@ class TakeProfitService:
         finally:
             if held:
                 await self._settle_reservations(held, grants, sent, data)
-        return reports
 
     # -- 3b. reserve (one account, many workers) ----------------------------------------
 
@@ -197,6 +262,7 @@ class TakeProfitService:
         quotes: Sequence[TakeProfitQuote],
         allocation: Allocation,
         data: MarketData,
+        snapshot: datetime,
         now: datetime,
     ) -> tuple[Allocation, dict[str, tuple[str, Decimal]]]:
         """Reserve each base asset's granted total in the account's ledger, so a worker
@@ -207,9 +273,6 @@ class TakeProfitService:
         assert self._ledger is not None
         if not allocation.granted:
             return allocation, {}
-        snapshot = data.fetched_at
-        if snapshot is None:  # a snapshot of unknown age: take a fresh one, stamped before
-            snapshot, allocation = await self._fresh_allocation(quotes, allocation, data, now)
         demand: dict[str, Decimal] = {}
         for g in allocation.granted:
             base = data.markets[g.quote.symbol].base
@@ -266,24 +329,18 @@ class TakeProfitService:
             except MmopsError as e:  # it expires by its TTL
                 log.warning("tp.reservation_not_released", asset=asset, error=str(e))
 
-    async def _fresh_allocation(
-        self,
-        quotes: Sequence[TakeProfitQuote],
-        allocation: Allocation,
-        data: MarketData,
-        now: datetime,
-    ) -> tuple[datetime, Allocation]:
-        """Allocate again from balances fetched now, stamped before the call (one more
-        balance call, only when the caller's snapshot carries no ``fetched_at``). If the fetch
-        fails, keep the allocation and assume the snapshot is as old as a reservation lives:
+    async def _fresh_snapshot(self, data: MarketData, now: datetime) -> tuple[datetime, MarketData]:
+        """Balances fetched now, stamped before the call (one more balance call, only when the
+        caller's snapshot carries no ``fetched_at``), and the data with them. If the fetch
+        fails, keep the balances and assume the snapshot is as old as a reservation lives:
         placed reservations of that window count against it (safe, maybe short)."""
         stamp = self._clock.now()
         try:
             balances = await self._exchange.balances()
         except RECOVERABLE as e:
             log.warning("tp.balance_refresh_failed", error=str(e))
-            return now - self._reservation_ttl, allocation
-        return stamp, allocate(quotes, balances, data.markets, self._reserve)
+            return now - self._reservation_ttl, data
+        return stamp, replace(data, balances=balances, fetched_at=stamp)
 
     async def _settle_reservations(
         self,

@@ -1,10 +1,12 @@
 """The paper trading loop: a small multi-pair market maker on the paper venue.
 
 It produces the data everything else in mmops works on. Each step it lets the venue match
-resting orders up to the clock's time, records the account's executions as fills through the
-store API (sometimes twice, as a real feed replays executions after a reconnect), and keeps a
-ladder of post-only bids below the mid on each pair. It obeys the session's status: once the
-stop-loss halts the session it cancels its bids and buys nothing more.
+resting orders up to the clock's time, records the venue's quotes at the times it matched on
+(the session's fill path, ``path:{S}``, which the tier backtest replays), records the account's
+executions as fills through the store API (sometimes twice, as a real feed replays executions
+after a reconnect), and keeps a ladder of post-only bids below the mid on each pair. It obeys
+the session's status: once the stop-loss halts the session it cancels its bids and buys
+nothing more.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mmops.ports import (
     LiveSessions,
     Orders,
     OrderWriter,
+    PathRecorder,
     SessionLifecycle,
     Venue,
     cancel_or_fetch,
@@ -83,6 +86,7 @@ class TradingLoop:
         clock: Clock,
         config: LoopConfig,
         session_id: str,
+        path: PathRecorder | None = None,
     ) -> None:
         self._venue = venue
         self._registry = registry
@@ -99,6 +103,8 @@ class TradingLoop:
         self._markets: dict[str, Market] = {}
         self._cursor = 0
         self._bid_number = 0
+        self._path = path
+        self._path_cursor: str | None = None  # the venue's fill path recorded up to here
 
     async def start(self) -> Session:
         """Register the session (Redis and PostgreSQL) and start the venue's match clock."""
@@ -107,7 +113,9 @@ class TradingLoop:
         if missing:
             raise ValueError(f"the venue does not list {missing}")
         _, self._cursor = await self._venue.trades(0)
-        await self._venue.match(self._clock.now())
+        if self._path is not None:
+            self._path_cursor = await self._venue.path_cursor()
+        await self._match()
         session = Session(
             self.session_id,
             self.config.pairs,
@@ -120,7 +128,7 @@ class TradingLoop:
 
     async def step(self) -> None:
         """Match up to now, record executions, then quote (unless halted)."""
-        await self._venue.match(self._clock.now())
+        await self._match()
         await self._record_trades()
         session = await self._live.get(self.session_id)
         if session is not None and session.status is SessionStatus.HALTED:
@@ -135,10 +143,28 @@ class TradingLoop:
 
     async def end(self) -> None:
         """Cancel the ladder, record what filled meanwhile, and end the session."""
-        await self._venue.match(self._clock.now())
+        await self._match()
         await self._record_trades()
         await self._cancel_all()
         await self._registry.end(self.session_id, self._clock.now())
+
+    async def _match(self) -> None:
+        """Let the venue match up to now, then record the quotes of the session's pairs at
+        every time it matched on since the last record, whoever made it match (a venue may be
+        shared). The path is a side line: a failure to record it is logged, trading goes on,
+        and the next step records what this one could not."""
+        await self._venue.match(self._clock.now())
+        if self._path is None or self._path_cursor is None:
+            return
+        try:
+            steps, cursor = await self._venue.fill_path(self.config.pairs, self._path_cursor)
+            await self._path.record_path(self.session_id, steps)
+        except MmopsError as e:
+            log.warning(
+                "sim.path_failed", session=self.session_id, error=f"{type(e).__name__}: {e}"
+            )
+            return
+        self._path_cursor = cursor
 
     # -- executions -----------------------------------------------------------------------
 

@@ -1,20 +1,23 @@
 """The tier backtest on a recorded paper session (real Redis, PostgreSQL and the paper venue):
-the table the session ran with reproduces its own take-profit fills, and a table with higher
-markups never fills more. docs/BACKTEST.md gives the figures these bounds come from."""
+on the fill path the session recorded, the table it ran with reproduces its own take-profit
+fills exactly; on settlement-time prices alone most of them; a table with higher markups never
+fills more. docs/BACKTEST.md gives the figures."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from mmops.adapters.paper.catalog import BY_SYMBOL, SYMBOLS
+from mmops.adapters.paper.matching import fill_quantity
 from mmops.adapters.paper.prices import PricePath
 from mmops.adapters.paper.state import VenueKeys
 from mmops.adapters.postgres.backtest_reads import read_history
 from mmops.bootstrap import Urls, open_runtime
 from mmops.config import Settings
-from mmops.domain.backtest import PricePoint, SessionHistory
+from mmops.domain.backtest import PricePoint, ReplayData, SessionHistory, replay
 from mmops.domain.tiers import TierPolicy, TierTable
 from mmops.entrypoints.workflow import WorkflowPlan, run_workflow
 from mmops.services.backtest import BacktestReport, Candidate, run_backtest
@@ -49,7 +52,8 @@ async def recorded_session(
 
 
 def venue_path(plan: WorkflowPlan, end: datetime) -> list[PricePoint]:
-    """The paper venue's own prices at its 10 s match steps (what it filled orders on)."""
+    """The paper venue's prices at its 10 s match steps, computed from the seed: what the
+    recorded fill path must hold (no shock was applied)."""
     path, points, t = PricePath(plan.seed, origin=START.timestamp()), [], START
     while t <= end:
         for pair in plan.pairs:
@@ -57,6 +61,11 @@ def venue_path(plan: WorkflowPlan, end: datetime) -> list[PricePoint]:
             points.append(PricePoint(pair, t, q.bid, q.ask))
         t += timedelta(seconds=10)
     return points
+
+
+def replay_data(history: SessionHistory) -> ReplayData:
+    return ReplayData(history.session.id, MARKETS, history.buys, history.prices,
+                      path=history.path, end=history.session.ended_at)  # fmt: skip
 
 
 def closed(report: BacktestReport, label: str) -> int:
@@ -73,22 +82,35 @@ async def test_the_sessions_own_table_reproduces_its_take_profit_fills(
     assert not history.bad
     baseline = Settings().tier_policy()  # the session ran with the default settings
     assert history.session.ended_at is not None
+    # The fill path the loop recorded is the venue's own path, every 10 s of the session.
+    recorded = {(p.symbol, p.at): (p.bid, p.ask) for p in history.path}
+    expected = {(p.symbol, p.at): (p.bid, p.ask) for p in venue_path(plan, START + timedelta(
+        hours=plan.hours)) if p.at > START}  # fmt: skip
+    assert recorded == expected
 
-    # On settlement-time prices alone: every fill the replay sees the venue made too (the
-    # venue matches on a finer path), most positions reproduce exactly.
-    runs = run_backtest(history, MARKETS, baseline, [HIGHER], resamples=200)
-    assert runs.tier_mismatches == []
-    r = runs.reproduction
-    assert r.only_replay == 0
-    assert r.rate is not None and r.rate >= Decimal("0.6"), r
-    # On the venue's own path: reproduced within rounding (the venue's half fills and a
-    # repricing between two halves are what is left).
-    dense = run_backtest(history, MARKETS, baseline, [HIGHER], resamples=200,
-                         path=venue_path(plan, history.session.ended_at))  # fmt: skip
-    d = dense.reproduction
-    assert d.rate is not None and d.rate >= Decimal("0.95"), d
-    assert d.only_real == 0 and d.only_replay == 0
-    assert abs(d.replay_pnl - d.real_pnl) <= Decimal("0.02") * abs(d.real_pnl)
+    # On the recorded fill path with the venue's half fills: every position reproduced, the
+    # same quantity at the same price, and the same realized P&L.
+    exact = run_backtest(history, MARKETS, baseline, [HIGHER], fills=fill_quantity, resamples=200)
+    assert exact.tier_mismatches == []
+    assert exact.path_points == len(history.path)
+    r = exact.reproduction
+    assert (r.matched, r.only_real, r.only_replay) == (r.real_sold, 0, 0), r
+    assert r.replay_pnl == r.real_pnl, r
+    assert set(r.delays_s) == {0}, r
+    # Execution by execution: the same times, prices, quantities and fees.
+    baseline_replay = replay(replay_data(history), baseline, fill_quantity)
+    replayed = sorted((f.position_id, f.at, f.price, f.quantity, f.fee)
+                      for p in baseline_replay.positions for f in p.fills)  # fmt: skip
+    real = sorted((s.position_id, s.at, s.price, s.quantity, s.fee) for s in history.sells)
+    assert replayed == real
+
+    # On settlement-time prices alone (all a live session has): every fill the replay sees
+    # the venue made too, most positions reproduce exactly.
+    coarse = run_backtest(replace(history, path=()), MARKETS, baseline, [HIGHER], resamples=200)
+    c = coarse.reproduction
+    assert coarse.path_points == 0
+    assert c.only_replay == 0
+    assert c.rate is not None and c.rate >= Decimal("0.6"), c
     # A table with higher markups never fills more, on either path.
-    for report in (runs, dense):
+    for report in (exact, coarse):
         assert closed(report, "higher") <= closed(report, "session")

@@ -18,6 +18,7 @@ from mmops.adapters.postgres import warehouse
 from mmops.adapters.redis import codec, keys
 from mmops.bootstrap import build_migration
 from mmops.domain.models import Fill, Order, OrderStatus, Side
+from mmops.errors import IntegrityError
 from tests.integration.world import World, world
 
 pytestmark = pytest.mark.integration
@@ -152,3 +153,15 @@ async def test_a_session_migrated_before_takes_the_conflict_safe_path_and_change
     assert "first=False" in capsys.readouterr().out
     assert again.state == "verified" and again.fills_inserted == 0, again.to_dict()
     assert await stored(w, sid) == before
+
+
+async def test_a_pair_copy_failing_while_the_next_pair_is_read_fails_the_whole_session(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pair's COPY goes on while the next pair is read from Redis: its error is raised all
+    the same, and the session's transaction rolls back whole (its rejects too)."""
+    sid = await messy_session(w)
+    monkeypatch.setattr(warehouse, "_COPY_FILLS_FIRST", "COPY fills (no_such_column) FROM STDIN")
+    with pytest.raises(IntegrityError, match="no_such_column"):
+        await build_migration(w.rt).run(sid)
+    assert await stored(w, sid) == {"orders": [], "fills": [], "rejects": [], "stats": []}

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any, cast
 
 import pytest
 
@@ -21,10 +22,19 @@ from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.paper.faults import FaultPlan
 from mmops.adapters.paper.state import PaperOrder
 from mmops.adapters.redis.client import Redis
-from mmops.domain.exchange import OrderRequest
+from mmops.domain.exchange import ExchangeOrder, OrderRequest
 from mmops.domain.models import OrderStatus, Side
 from mmops.domain.ratelimit import TradingCounter
-from mmops.errors import DeadlineRefused, ExchangeRejected, ExchangeUnavailable, RateLimited
+from mmops.domain.rounding import round_amount_down
+from mmops.errors import (
+    DeadlineRefused,
+    ExchangeRejected,
+    ExchangeUnavailable,
+    InsufficientFunds,
+    MinimumNotMet,
+    OrderNotFound,
+    RateLimited,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -282,3 +292,126 @@ async def test_two_processes_on_one_venue_keep_balances_and_orders_consistent(
         assert balance.total == expected[asset], asset
         assert balance.used == held[asset], asset
         assert balance.free >= 0, asset
+
+
+class CountingRedis:
+    """Counts the commands a venue sends (each is one round trip: the venue pipelines none)."""
+
+    def __init__(self, redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        send = redis.execute_command
+
+        async def counted(*args: Any, **kw: Any) -> Any:
+            self.sent.append(str(args[0]))
+            return await send(*args, **kw)
+
+        monkeypatch.setattr(redis, "execute_command", counted)
+
+    def take(self) -> list[str]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def asks(symbol: str, price: Decimal, count: int, amount: str = "0.01") -> list[OrderRequest]:
+    return [
+        OrderRequest(symbol, Side.SELL, Decimal(amount), price + i, str(uuid.uuid4()))
+        for i in range(count)
+    ]
+
+
+async def test_a_batch_amend_cancel_and_each_read_cost_one_round_trip(
+    redis: Redis, venue_ids: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = new_venue(redis, venue_ids, SimulatedClock(T0))
+    await ex.fund("BTC", Decimal(1))
+    price = (await ex.tickers(["BTC/USD"]))["BTC/USD"].ask + 1000
+    await ex.balances(), await ex.open_orders(), await ex.find_by_client_id("BTC/USD", "-")
+    counting = CountingRedis(redis, monkeypatch)  # the scripts are loaded on the server now
+    first = await ex.place_batch(asks("BTC/USD", price, 15))
+    assert all(r.placed for r in first) and len(counting.take()) <= 2  # learns the pair's state
+    second = await ex.place_batch(asks("BTC/USD", price + 100, 15))
+    assert all(r.placed for r in second) and len(counting.take()) == 1
+    order = cast(ExchangeOrder, second[0].order)
+    assert (await ex.amend("BTC/USD", order.id, price + 50)).price == price + 50
+    assert len(counting.take()) == 1
+    assert (await ex.cancel("BTC/USD", order.id)).status is OrderStatus.CANCELED
+    assert len(counting.take()) == 1
+    await ex.balances()
+    assert len(await ex.open_orders("BTC/USD")) == 29
+    assert await ex.find_by_client_id("BTC/USD", order.client_order_id or "") is not None
+    assert len(await ex.fetch_orders([order.id])) == 1
+    assert len(counting.take()) == 4
+
+
+async def test_what_another_handle_changed_is_seen_before_anything_is_decided(
+    redis: Redis, venue_ids: list[str]
+) -> None:
+    one = new_venue(redis, venue_ids, SimulatedClock(T0))
+    other = PaperExchange(redis, SimulatedClock(T0), venue=one.venue)
+    await one.fund("BTC", Decimal(1))
+    price = (await one.tickers(["BTC/USD"]))["BTC/USD"].ask + 1000
+    [placed] = await one.place_batch(asks("BTC/USD", price, 1, "0.5"))
+    await other.fund("BTC", Decimal("-0.4"))  # one still remembers 0.5 BTC free
+    [refused] = await one.place_batch(asks("BTC/USD", price, 1, "0.5"))
+    assert isinstance(refused.error, InsufficientFunds)
+    await other.fund("BTC", Decimal(1))
+    await one.fund("BTC", Decimal("-1.1"))  # all that is free now, though one saw less
+    with pytest.raises(InsufficientFunds):
+        await one.fund("BTC", Decimal("-0.00000001"))
+    # A client id another handle took is refused; an order it cancelled is not cancelled twice.
+    [taken] = await other.place_batch(asks("BTC/USD", price, 1, "0.00001"))
+    assert isinstance(taken.error, MinimumNotMet)  # refused: the id stays free
+    await one.fund("BTC", Decimal(1))
+    [mine] = await other.place_batch([replace(taken.request, amount=Decimal("0.01"))])
+    [twin] = await one.place_batch([mine.request])
+    assert mine.placed and "Duplicate client order id" in str(twin.error)
+    order = cast(ExchangeOrder, placed.order)
+    await other.cancel("BTC/USD", order.id)
+    with pytest.raises(OrderNotFound):
+        await one.cancel("BTC/USD", order.id)
+    with pytest.raises(OrderNotFound):
+        await one.amend("BTC/USD", order.id, price + 1)
+    balance = (await one.balances())["BTC"]
+    assert balance.total == Decimal("1.5") and balance.used == Decimal("0.01")
+
+
+@pytest.mark.parametrize("client_id", ["a|b", "3:x", "0:", "é€ü", 'q"\\\n|', "|" * 20])
+async def test_any_client_order_id_is_kept_and_found(
+    redis: Redis, venue_ids: list[str], client_id: str
+) -> None:
+    ex = new_venue(redis, venue_ids, SimulatedClock(T0))
+    await ex.fund("BTC", Decimal(1))
+    price = (await ex.tickers(["BTC/USD"]))["BTC/USD"].ask + 1000
+    request = OrderRequest("BTC/USD", Side.SELL, Decimal("0.01"), price, client_id)
+    [placed, twin] = await ex.place_batch([request, replace(request, price=price + 1)])
+    assert placed.placed and "Duplicate client order id" in str(twin.error)
+    found = await ex.find_by_client_id("BTC/USD", client_id)
+    assert found is not None and found.client_order_id == client_id
+    await ex.cancel("BTC/USD", found.id)
+    [again] = await ex.place_batch([replace(request, price=price + 2)])
+    assert again.placed  # "open": a cancelled order frees its id
+
+
+async def test_handles_placing_at_once_never_hold_more_than_there_is(
+    redis: Redis, venue_ids: list[str]
+) -> None:
+    one = new_venue(redis, venue_ids, SimulatedClock(T0))
+    handles = [one, PaperExchange(redis, SimulatedClock(T0), venue=one.venue)]
+    await one.fund("USD", Decimal(1000))
+    tickers = await one.tickers(["BTC/USD", "ETH/USD"])
+
+    async def bids(ex: PaperExchange, symbol: str) -> list[bool]:
+        price = tickers[symbol].bid - 100
+        amount = round_amount_down(Decimal(99) / price, Decimal("0.00000001"))  # 99.25 held
+        placed = []
+        for _ in range(6):
+            batch = [OrderRequest(symbol, Side.BUY, amount, price, str(uuid.uuid4()))]
+            placed += [r.placed for r in await ex.place_batch(batch)]
+        return placed
+
+    outcomes = await asyncio.gather(*[bids(ex, s) for ex in handles for s in tickers])
+    accepted = sum(sum(o) for o in outcomes)
+    usd = (await one.balances())["USD"]
+    assert accepted == 10 and usd.total == 1000 and 0 <= usd.free < 100
+    holds = [o for o in await one.open_orders() if o.side is Side.BUY]
+    assert len(holds) == 10

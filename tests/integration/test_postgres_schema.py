@@ -36,6 +36,7 @@ BASE_TABLES = {
     "work_leases",
     "work_runs",
     "prices",
+    "price_path",
     "take_profits",
 }
 

@@ -238,3 +238,49 @@ async def prices_through(w: World, sid: str) -> str | None:
         cur = await conn.execute("SELECT prices_through FROM sessions WHERE id = %s", (sid,))
         row = await cur.fetchone()
     return None if row is None else row[0]
+
+
+async def test_the_fill_path_is_its_own_stream_copied_into_price_path_incrementally(
+    w: World,
+) -> None:
+    pairs = ("BTC/USD", "ETH/USD")
+    sid = await w.start_session(pairs)
+    store = PriceStore(w.rt.redis)
+    steps = [[tick(p, "100", "100.5", 10 * (i + 1)) for p in pairs] for i in range(6)]
+    await store.record_path(sid, [*steps[:3], []])  # an empty step writes nothing
+    await store.record(sid, [tick(p, "99", "99.5", 30) for p in pairs])  # a run at a step's time
+    assert await w.rt.redis.xlen(keys.price_path(sid)) == 3
+    assert keys.price_path(sid) in await w.rt.redis.smembers(keys.registry(sid))
+    migration = build_migration(w.rt)
+    assert (await migration.migrate(sid)).ok
+    await store.record_path(sid, steps[3:])
+    async with w.rt.pool.connection() as conn, conn.transaction():
+        copied = await copy_analytics(conn, sid, prices=store, take_profits=w.rt.positions)
+    # Only the steps since the last copy, and no run: the two series have marks of their own.
+    assert (copied.path_read, copied.path_held, copied.prices_read) == (6, 6, 0), copied
+    assert copied.last_path_id is not None and copied.ok
+    async with w.rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT symbol, at, bid FROM price_path WHERE session_id = %s ORDER BY at, symbol",
+            (sid,),
+        )
+        assert await cur.fetchall() == [(t.symbol, t.timestamp, t.bid) for s in steps for t in s]
+        cur = await conn.execute(
+            "SELECT count(*), min(bid) FROM prices WHERE session_id = %s", (sid,)
+        )
+        assert await cur.fetchone() == (2, Decimal("99"))  # the run's, not the path's
+
+
+async def test_a_bad_path_point_is_quarantined_as_a_price(w: World) -> None:
+    sid = await w.start_session(("BTC/USD",))
+    await w.rt.redis.xadd(keys.price_path(sid), {"BTC/USD": "nan 1 2024-05-01T09:00:00+00:00"})
+    await PriceStore(w.rt.redis).record_path(sid, [[tick("BTC/USD", "100", "100.5", 10)]])
+    result = await build_migration(w.rt).migrate(sid)
+    assert result.ok
+    async with w.rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT kind, symbol FROM migration_rejects WHERE session_id = %s", (sid,)
+        )
+        assert await cur.fetchall() == [("price", "BTC/USD")]
+        cur = await conn.execute("SELECT count(*) FROM price_path WHERE session_id = %s", (sid,))
+        assert await cur.fetchone() == (1,)

@@ -574,3 +574,21 @@ async def test_claiming_reads_in_the_same_round_trip_and_registers_the_attempts(
     registered = await redis.smembers(keys.registry(sid))
     assert {keys.tp_attempt(sid, "b1"), keys.tp_attempt(sid, "b2")} <= registered
     assert await redis.get(keys.tp_attempt(sid, "b1")) == tokens["b1"]
+
+
+async def test_a_claim_reads_the_position_as_it_is_when_it_changed_since_the_last_read(
+    redis: Redis, session_ids: SessionIds
+) -> None:
+    """A position read to be priced, then filled again, is claimed in its new state: only an
+    unchanged row is taken from the earlier parse."""
+    sid = session_ids.new()
+    fills, positions = FillStore(redis), PositionStore(redis)
+    await fills.record(buy_fill(sid, "b1", "1", "10", T0))
+    await fills.record(buy_fill(sid, "b2", "1", "10", T0))
+    [before, same] = (await positions.read_many(sid, ["b1", "b2"])).items
+    await fills.record(buy_fill(sid, "b1", "0.5", "12", T0 + timedelta(seconds=1), trade_id="t2"))
+    _, read = await Attempts(redis, 5).acquire_reading(sid, ["b1", "b2"])
+    [after, unchanged] = read.items
+    assert (before.filled, after.filled) == (Decimal("1"), Decimal("1.5"))
+    assert after.version == before.version + 1
+    assert unchanged == same

@@ -75,3 +75,33 @@ async def test_recent_sessions_read_pairs_from_jsonb(
     assert by_id[recent].pair_count == 2
     limited = await reg.recent_sessions(hours_back=24, limit=1, now=far_future)
     assert [s.id for s in limited] == [recent]
+
+
+async def test_deleting_a_session_deletes_its_analytics_rows_too(
+    redis: Redis, pool: AsyncConnectionPool, session_ids: SessionIds
+) -> None:
+    """``mmops demo`` deletes ``demo-<seed>`` before running it again: no price, fill-path or
+    take-profit row of the old run may be left for the new run's report or backtest."""
+    sid, other = session_ids.new(), session_ids.new()
+    async with pool.connection() as conn:
+        for s in (sid, other):
+            for table in ("prices", "price_path"):
+                await conn.execute(
+                    f"INSERT INTO {table} (session_id, symbol, at, bid, ask)"
+                    " VALUES (%s, 'BTC/USD', %s, 1, 2)",
+                    (s, NOW),
+                )
+            await conn.execute(
+                "INSERT INTO take_profits (session_id, order_id, symbol, position, price, amount,"
+                " generation, created_at, status) VALUES (%s, 'o1', 'BTC/USD', 'p1', 1, 1, 0, %s,"
+                " 'open')",
+                (s, NOW),
+            )
+    await SessionRepository(pool).delete(sid)
+    async with pool.connection() as conn:
+        for table in ("prices", "price_path", "take_profits"):
+            cur = await conn.execute(
+                f"SELECT session_id FROM {table} WHERE session_id IN (%s, %s)",
+                (sid, other),
+            )
+            assert await cur.fetchall() == [(other,)], table

@@ -193,3 +193,24 @@ async def test_balance_freed_by_repricing_is_available_in_the_same_run(w: World)
     assert sorted(p.position_id for p in report.placed) == sorted([old, new])
     assert {p.tier_minutes for p in report.placed} == {60}
     assert second.state == "ok"
+
+
+async def test_a_full_run_reads_each_pair_once_for_reconciling_and_covering(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pairs = PAIRS[:3]
+    sid = await w.start_session(pairs)
+    for pair in pairs:
+        await w.seed_positions(sid, pair, [5, 90, 300])
+    reads: Counter[str] = Counter()
+    read_all = w.rt.positions.all
+
+    async def counted(session_id: str, symbol: str) -> object:
+        reads[symbol] += 1
+        return await read_all(session_id, symbol)
+
+    monkeypatch.setattr(w.rt.positions, "all", counted)
+    [result] = await w.settlement().run(sid)
+    assert result.state == "ok", result.errors()
+    assert result.totals()["placed"] == 9
+    assert reads == {pair: 1 for pair in pairs}

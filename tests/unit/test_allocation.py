@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmops.domain.allocation import Allocation, allocate
+from mmops.domain.allocation import Allocation, allocate, funding_groups
 from mmops.domain.models import Balance, Market, Position, Ticker
 from mmops.domain.pricing import TakeProfitQuote, dust_reason, price_take_profit
 from mmops.domain.rounding import is_multiple
@@ -190,3 +190,27 @@ def test_allocation_never_exceeds_available_nor_breaks_a_minimum(
         assert short.granted + short.missing == short.quote.amount
     reported = set(by_position) | {s.quote.position_id for s in result.insufficient}
     assert reported == {q.position_id for q in quotes}
+
+
+def test_funding_groups_keep_the_pairs_of_one_base_together_and_a_pair_without_market_alone() -> (
+    None
+):
+    pairs = ["ETH/USD", "BTC/USD", "SOL/USD", "BTC/EUR", "ETH/USD"]
+    assert funding_groups(pairs, MARKETS) == [
+        ("ETH/USD",), ("BTC/USD", "BTC/EUR"), ("SOL/USD",),
+    ]  # fmt: skip
+
+
+@given(demands(), amounts, amounts, st.sampled_from(["0", "0.001"]))
+def test_allocating_each_funding_group_apart_grants_what_allocating_all_at_once_does(
+    quotes: list[TakeProfitQuote], btc: Decimal, eth: Decimal, reserve: str
+) -> None:
+    free = {"BTC": Balance("BTC", btc, D(0), btc), "ETH": Balance("ETH", eth, D(0), eth)}
+    kept = {"BTC": D(reserve)}
+    whole = allocate(quotes, free, MARKETS, kept)
+    apart: list[Allocation] = []
+    for group in funding_groups([q.symbol for q in quotes], MARKETS):
+        mine = [q for q in quotes if q.symbol in group]
+        apart.append(allocate(mine, free, MARKETS, kept))
+    assert {g for a in apart for g in a.granted} == set(whole.granted)
+    assert {s for a in apart for s in a.insufficient} == set(whole.insufficient)

@@ -28,6 +28,7 @@ from mmops.domain.backtest_stats import (
     reproduction,
     summarize,
 )
+from mmops.domain.ids import client_order_id
 from mmops.domain.models import Market
 from mmops.domain.tiers import DEFAULT_TIERS, TierTable
 from mmops.entrypoints.cli_tiers import parse_tables
@@ -129,6 +130,48 @@ def test_a_denser_fill_path_sees_a_crossing_between_two_runs() -> None:
     on_path = replay(data([buy()], runs, path=tuple(path)), FLAT).positions[0]
     assert not on_runs.fills
     assert [f.at for f in on_path.fills] == [at(3)]
+
+
+def test_a_fill_model_fills_part_of_a_take_profit_at_a_crossing_and_the_rest_later() -> None:
+    price = target("60000", "0.01")
+    asked: list[tuple[str, Decimal, datetime]] = []
+
+    def half_first(client_id: str, left: Decimal, market: Market, when: datetime) -> Decimal:
+        asked.append((client_id, left, when))
+        return D("0.004") if left == D("0.01") else left
+
+    runs = [point(1, "60000"), point(4, str(price)), point(7, str(price + 5))]
+    [pos] = replay(data([buy()], runs), FLAT, half_first).positions
+    assert [(f.at, f.quantity) for f in pos.fills] == [(at(4), D("0.004")), (at(7), D("0.006"))]
+    assert asked == [(client_order_id("S1", "B1", 0), D("0.01"), at(4)),
+                     (client_order_id("S1", "B1", 0), D("0.006"), at(7))]  # fmt: skip
+    assert pos.closed
+    # Stopped after the first crossing: what is left of the order is still open.
+    [early] = replay(data([buy()], runs[:2]), FLAT, half_first).positions
+    assert (early.sold, early.open_quantity, early.closed) == (D("0.004"), D("0.006"), False)
+
+
+def test_the_kth_take_profit_of_a_position_has_the_kth_client_id() -> None:
+    price = target("60000", "0.01")
+    seen: list[str] = []
+
+    def whole(client_id: str, left: Decimal, market: Market, when: datetime) -> Decimal:
+        seen.append(client_id)
+        return left
+
+    buys = [buy(minutes=0, qty="0.005", price="59850", fee="0.75"), buy(minutes=2, qty="0.005",
+            price="59850", fee="0.75")]  # fmt: skip
+    runs = [point(1, "60000"), point(3, "60000"), point(6, str(price))]
+    [pos] = replay(data(buys, runs), FLAT, whole).positions
+    assert seen == [client_order_id("S1", "B1", 0), client_order_id("S1", "B1", 1)]
+    assert pos.sold == D("0.01")
+
+
+@pytest.mark.parametrize("answer", ["0", "-0.001", "0.02"])
+def test_a_fill_model_answering_nothing_or_more_than_is_left_is_refused(answer: str) -> None:
+    runs = [point(1, "60000"), point(4, "70000")]
+    with pytest.raises(ValueError, match="fill model"):
+        replay(data([buy()], runs), FLAT, lambda *_: D(answer))
 
 
 def test_the_default_table_is_applied_per_pair_through_a_policy() -> None:

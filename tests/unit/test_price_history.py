@@ -1,5 +1,6 @@
-"""Settlement records each full run's tickers of a session's pairs (price history for
-analytics), once per session and run, and a failure to record never fails the run."""
+"""Settlement records each run's tickers of the pairs it settles (price history for analytics
+and the tier backtest), once per session and run, and a failure to record never fails the
+run."""
 
 from __future__ import annotations
 
@@ -56,12 +57,14 @@ async def test_a_full_run_records_the_tickers_of_each_sessions_pairs_once() -> N
     assert [s for s, _ in recorded["s2"]] == [BTC_EUR]
 
 
-async def test_a_quick_run_for_some_pairs_records_nothing() -> None:
+async def test_a_quick_run_records_the_tickers_of_the_pairs_it_settles_only() -> None:
     desk = Desk()
     await desk.start("s1", BTC_USD, ETH_USD)
     prices = MemoryPrices()
     await settlement(desk, prices).run("s1", pairs=[BTC_USD])
-    assert prices.calls == []
+    assert [(sid, [t.symbol for t in tickers]) for sid, tickers in prices.calls] == [
+        ("s1", [BTC_USD])
+    ]
 
 
 async def test_a_recorder_that_fails_does_not_fail_the_run() -> None:

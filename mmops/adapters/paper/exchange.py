@@ -1,9 +1,11 @@
 """The paper exchange: a real venue whose state lives in Redis.
 
 Separate processes (the trading loop, ``settle``, ``serve``) that open the same venue id share
-one venue. Every change is a WATCH/MULTI transaction computed with ``Decimal`` in Python, so two
-processes never double-spend a balance or double-fill an order: a concurrent change makes
-the transaction retry on fresh state.
+one venue. Every change is computed with ``Decimal`` in Python and written atomically only if
+what it was computed from is unchanged, so two processes never double-spend a balance or
+double-fill an order: a concurrent change makes it recompute on fresh state. Placements,
+amends, cancels and funding are one compare-and-set Lua call each (:mod:`.guarded`, usually one
+round trip); matching is a WATCH/MULTI transaction.
 
 Like Kraken: post-only orders that would take are rejected; balances hold what open orders
 reserve (a sell holds its base, a buy its cost plus the maker fee); each pair has a trading
@@ -26,15 +28,17 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar, cast
 
 import redis.exceptions as rex
 
+from mmops.adapters.paper import reads
 from mmops.adapters.paper.catalog import CATALOG, Listing
 from mmops.adapters.paper.faults import FaultPlan
-from mmops.adapters.paper.matching import match_orders
+from mmops.adapters.paper.guarded import Guard, Read, Values, Write
+from mmops.adapters.paper.matching import match_orders, sample_times
 from mmops.adapters.paper.prices import PricePath, Quote
 from mmops.adapters.paper.state import Holding, PaperOrder, VenueKeys, decode_trade, encode_trade
 from mmops.adapters.redis.client import Redis, redis_errors
@@ -68,6 +72,7 @@ from mmops.ports import Clock
 T = TypeVar("T")
 Pipe = Any  # redis.asyncio.client.Pipeline in immediate (WATCH) mode
 MAX_TRANSACTION_RETRIES = 50
+WINDOWS_KEPT = 10_000  # matches a fill-path reader may fall behind by and still find
 ClientIds = Literal["open", "ever"]
 PostOnlyCross = Literal["cancel", "reject"]
 # Kraken's words for a deadline refusal (see tests/kraken_server.py for the sources).
@@ -119,6 +124,10 @@ class PaperExchange:
         self.counter = counter or TradingCounter()
         self.faults = faults or FaultPlan()
         self._listings = {listing.market.symbol: listing for listing in listings}
+        self._guard = Guard(redis)
+        self._open_orders = redis.register_script(reads.OPEN_ORDERS)
+        self._balances = redis.register_script(reads.BALANCES)
+        self._by_client_id = redis.register_script(reads.BY_CLIENT_ID)
         self._calls = 0
         self._placements = 0
         self._orders_seen = 0
@@ -128,7 +137,10 @@ class PaperExchange:
     async def markets(self) -> dict[str, Market]:
         """The catalog's pairs, each with its current mode (:meth:`set_pair_status`)."""
         await self._call()
-        modes = await self._pair_statuses()
+        raw = cast(dict[str, str], await self._r.hgetall(self.keys.status))
+        status = self.keys.status
+        self._guard.note({Read("hget", status, s): raw.get(s, "") for s in self._listings})
+        modes = {symbol: PairStatus(value) for symbol, value in raw.items()}
         return {
             symbol: replace(listing.market, status=modes.get(symbol, PairStatus.ONLINE))
             for symbol, listing in self._listings.items()
@@ -139,12 +151,12 @@ class PaperExchange:
         await self._call()
         now = self._clock.now()
         symbols_listed = list(self._listings)
-        down, *values = await self._r.mget(
-            [self.keys.down, *[self.keys.adjust(s) for s in symbols_listed]]
-        )
+        names = [self.keys.adjust(s) for s in symbols_listed]
+        down, *values = cast(list[str | None], await self._r.mget([self.keys.down, *names]))
         if down:
             raise ExchangeUnavailable("paper venue is down (its down switch is on)")
-        adjust = {s: Decimal(str(v)) for s, v in zip(symbols_listed, values, strict=True) if v}
+        self._guard.note({Read("get", n): v or "" for n, v in zip(names, values, strict=True)})
+        adjust = {s: Decimal(v) for s, v in zip(symbols_listed, values, strict=True) if v}
         result = {}
         for symbol in symbols:
             q = self._quote(symbol, now.timestamp(), adjust)
@@ -154,12 +166,18 @@ class PaperExchange:
     @redis_errors
     async def balances(self) -> dict[str, Balance]:
         await self._call()
-        assets = sorted(cast(set[str], await self._r.smembers(self.keys.assets)))
-        keys = [self.keys.balance(a) for a in assets]
-        values = cast(list[str | None], await self._r.mget(keys) if keys else [])
+        listed = sorted({a for m in self._markets() for a in (m.base, m.quote)})
+        names = [self.keys.balance(a) for a in listed]
+        members, values = await self._balances(keys=[self.keys.assets, *names])
+        seen = dict(zip(listed, cast(list[str | None], values), strict=True))
+        assets = sorted(cast(list[str], members))
+        if others := [a for a in assets if a not in seen]:  # funded, not listed here
+            more = await _mget(self._r, [self.keys.balance(a) for a in others])
+            seen.update(zip(others, more, strict=True))
+        self._guard.note({Read("get", self.keys.balance(a)): v or "" for a, v in seen.items()})
         result = {}
-        for asset, value in zip(assets, values, strict=True):
-            h = Holding.decode(value)
+        for asset in assets:
+            h = Holding.decode(seen[asset])
             result[asset] = Balance(asset, free=h.free, used=h.used, total=h.total)
         return result
 
@@ -180,84 +198,96 @@ class PaperExchange:
         first_number = self._orders_seen + 1
         self._orders_seen += len(orders)
         symbol = orders[0].symbol
-        listing = self._listing(symbol)
-        if (refused := await self._whole_refusals(symbol, orders)) is not None:
-            return refused
-        ids = await self._order_ids(symbol, len(orders))
+        market = self._listing(symbol).market
+        if symbol in self.faults.fail_symbols:
+            raise ExchangeUnavailable(f"paper venue: {symbol} unavailable (injected fault)")
+        k = self.keys
+        assets = sorted({_held_asset(o.side, market) for o in orders})
+        reads = [Read("hget", k.status, symbol), Read("get", k.adjust(symbol))]
+        reads += [Read("get", k.rate(symbol)), Read("get", k.order_seq(symbol))]
+        reads += [Read("get", k.balance(a)) for a in assets]
+        # The order holding each client id: ``clients`` maps an id to the latest order accepted
+        # with it; with ``"open"`` that order holds the id only while it is open.
+        via = k.open if self.client_ids == "open" else ""
+        holders = [Read("held", k.clients(symbol), o.client_order_id, via) for o in orders]
+        reads += holders
 
-        async def place(pipe: Pipe) -> list[PlacementResult]:
-            now = self._clock.now()
-            adjust, rate, *values = await _mget(
-                pipe,
-                [self.keys.adjust(symbol), self.keys.rate(symbol)]
-                + [self.keys.balance(a) for a in assets],
-            )
-            multiplier = {symbol: Decimal(adjust)} if adjust else {}
-            quote = self._quote(symbol, now.timestamp(), multiplier)
-            admitted = self.counter.admit(_counter(rate), now.timestamp(), len(orders))
-            if admitted is None:
-                limited = RateLimited(f"EOrder:Rate limit exceeded ({symbol})")
-                return [PlacementResult(o, error=limited) for o in orders]
-            holdings = {a: Holding.decode(v) for a, v in zip(assets, values, strict=True)}
-            before = dict(holdings)
-            cids = [o.client_order_id for o in orders]
-            taken = dict(zip(cids, await self._taken(pipe, symbol, cids), strict=True))
-            results, accepted = [], []
-            for i, request in enumerate(orders):
-                holder = taken[request.client_order_id]
-                error = self._refusal(request, listing.market, quote, holdings, holder, now)
-                error = error or self.faults.rejection(first_number + i, "order refused")
-                if error is None:
-                    paper = _new_order(ids[i], request, listing.market, now)
-                    holdings = _hold(holdings, listing.market, paper)
-                    accepted.append(paper)
-                    taken[request.client_order_id] = paper.order.id  # open: a twin is refused
-                results.append(
-                    PlacementResult(
-                        request, order=paper.order if error is None else None, error=error
-                    )
-                )
-            results, voided = self._engine_cancels(results, ids, listing.market, now)
-            pipe.multi()
-            pipe.set(self.keys.rate(symbol), _encode_counter(admitted))
-            self._write_orders(pipe, symbol, accepted + voided)
-            for asset, holding in holdings.items():
-                if holding != before[asset]:
-                    pipe.set(self.keys.balance(asset), holding.encode())
-            return results
+        def place(values: Values) -> tuple[list[PlacementResult], list[Write]]:
+            return self._place(values, orders, holders, market, assets, first_number)
 
-        assets = sorted({_held_asset(o.side, listing.market) for o in orders})
-        watched = [self.keys.clients(symbol), self.keys.rate(symbol)]
-        results = await self._transact(watched + [self.keys.balance(a) for a in assets], place)
+        results = await self._guard.run(reads, place)
         if placement in self.faults.timeout_after_accept:
             timeout = ExchangeTimeout("no answer from the paper venue (injected fault)")
             return [PlacementResult(r.request, error=timeout) if r.placed else r for r in results]
         return results
 
-    async def _taken(self, pipe: Pipe, symbol: str, client_ids: list[str]) -> list[str | None]:
-        """Per client id, the order that still holds it (None: the id is free).
+    def _place(
+        self,
+        values: Values,
+        orders: Sequence[OrderRequest],
+        holders: list[Read],
+        market: Market,
+        assets: list[str],
+        first_number: int,
+    ) -> tuple[list[PlacementResult], list[Write]]:
+        """A batch's outcome from the values it depends on, and the writes that record it.
 
-        ``clients`` maps an id to the latest order accepted with it; with ``"open"`` that
-        order holds the id only while it is open. An order closing concurrently at worst
-        makes this refuse an id a moment longer, as the same race does on Kraken.
-        """
-        known = cast(list[str | None], await pipe.hmget(self.keys.clients(symbol), client_ids))
-        if self.client_ids == "ever" or not any(known):
-            return known
-        ids = [k for k in known if k is not None]
-        is_open = dict(zip(ids, await pipe.smismember(self.keys.open, ids), strict=True))
-        return [k if k is not None and is_open[k] else None for k in known]
+        The whole batch is refused if the pair's mode does not admit one of its orders; else
+        it takes order ids (a refused order's too) and, unless the trading counter refuses
+        it, each order is checked against the balances left by the orders before it."""
+        k, symbol = self.keys, market.symbol
+        status = values[Read("hget", k.status, symbol)]
+        mode = PairStatus(status) if status else PairStatus.ONLINE
+        if not all(mode.admits_limit(o.post_only) for o in orders):
+            refused = ExchangeRejected(f"EService:Market in {mode.value} mode ({symbol})")
+            return [PlacementResult(o, error=refused) for o in orders], []
+        last = int(values[Read("get", k.order_seq(symbol))] or 0)
+        ids = _order_ids(symbol, last, len(orders))
+        writes = [Write("SET", k.order_seq(symbol), (str(last + len(orders)),))]
+        now = self._clock.now()
+        adjust = values[Read("get", k.adjust(symbol))]
+        quote = self._quote(symbol, now.timestamp(), {symbol: Decimal(adjust)} if adjust else {})
+        rate = values[Read("get", k.rate(symbol))]
+        admitted = self.counter.admit(_counter(rate), now.timestamp(), len(orders))
+        if admitted is None:
+            limited = RateLimited(f"EOrder:Rate limit exceeded ({symbol})")
+            return [PlacementResult(o, error=limited) for o in orders], writes
+        holdings = {a: Holding.decode(values[Read("get", k.balance(a))]) for a in assets}
+        before = dict(holdings)
+        taken = {o.client_order_id: values[h] or None for o, h in zip(orders, holders, strict=True)}
+        results, accepted = [], []
+        for i, request in enumerate(orders):
+            holder = taken[request.client_order_id]
+            error = self._refusal(request, market, quote, holdings, holder, now)
+            error = error or self.faults.rejection(first_number + i, "order refused")
+            if error is None:
+                paper = _new_order(ids[i], request, market, now)
+                holdings = _hold(holdings, market, paper)
+                accepted.append(paper)
+                taken[request.client_order_id] = paper.order.id  # open: a twin is refused
+            results.append(
+                PlacementResult(request, order=paper.order if error is None else None, error=error)
+            )
+        results, voided = self._engine_cancels(results, ids, market, now)
+        writes.append(Write("SET", k.rate(symbol), (_encode_counter(admitted),)))
+        writes += self._order_writes(symbol, accepted + voided)
+        writes += [
+            Write("SET", k.balance(a), (h.encode(),)) for a, h in holdings.items() if h != before[a]
+        ]
+        return results, writes
 
-    def _write_orders(self, pipe: Pipe, symbol: str, papers: list[PaperOrder]) -> None:
+    def _order_writes(self, symbol: str, papers: list[PaperOrder]) -> list[Write]:
         """Orders the venue accepted: recorded and holding their client ids; the open ones
         resting (an order the engine cancelled at once is known, closed, holding nothing)."""
         if not papers:
-            return
-        pipe.hset(self.keys.orders, mapping={p.order.id: p.encode() for p in papers})
-        if resting := [p.order.id for p in papers if p.order.status is OrderStatus.OPEN]:
-            pipe.sadd(self.keys.open, *resting)
-        clients = {cast(str, p.order.client_order_id): p.order.id for p in papers}
-        pipe.hset(self.keys.clients(symbol), mapping=clients)
+            return []
+        records = tuple(x for p in papers for x in (p.order.id, p.encode()))
+        writes = [Write("HSET", self.keys.orders, records)]
+        if resting := tuple(p.order.id for p in papers if p.order.status is OrderStatus.OPEN):
+            writes.append(Write("SADD", self.keys.open, resting))
+        clients = tuple(x for p in papers for x in (cast(str, p.order.client_order_id), p.order.id))
+        writes.append(Write("HSET", self.keys.clients(symbol), clients))
+        return writes
 
     def _engine_cancels(
         self, results: list[PlacementResult], ids: list[str], market: Market, now: datetime
@@ -281,7 +311,7 @@ class PaperExchange:
         order returned still OPEN (see :meth:`settle_cancels`)."""
         await self._call()
         if self.cancel_pending:
-            order = (await self._read_order(self._r, order_id, symbol)).order
+            order = (await self._read_order(order_id, symbol)).order
             if order.status is not OrderStatus.OPEN:
                 raise OrderNotFound(f"order {order_id} is {order.status.value}, not open")
             await self._r.sadd(self._cancelling, order_id)
@@ -295,7 +325,7 @@ class PaperExchange:
         ids = sorted(cast(set[str], await self._r.smembers(self._cancelling)))
         done = 0
         for order_id in ids:
-            paper = await self._read_order(self._r, order_id, None)
+            paper = await self._read_order(order_id, None)
             try:
                 await self._cancel_now(paper.order.symbol, order_id)
                 done += 1
@@ -315,69 +345,66 @@ class PaperExchange:
         if not self.amends:
             raise ExchangeRejected("paper venue: amend is switched off")
 
-        async def amend(pipe: Pipe) -> ExchangeOrder:
-            paper = await self._read_order(pipe, order_id, symbol)
+        k = self.keys
+        reads = [Read("hget", k.orders, order_id), Read("member", self._cancelling, order_id)]
+        reads.append(Read("get", k.adjust(symbol)))
+
+        def amend(values: Values) -> tuple[ExchangeOrder, list[Write]]:
+            paper = _decode_order(values[reads[0]], order_id, symbol)
             order = paper.order
-            if order.status is not OrderStatus.OPEN or await pipe.sismember(
-                self._cancelling, order_id
-            ):
+            if order.status is not OrderStatus.OPEN or values[reads[1]]:
                 raise OrderNotFound(f"EOrder:Unknown order {order_id!r}")
             if order.side is not Side.SELL:
                 raise ExchangeRejected("paper venue: only sells are amended")
             request = OrderRequest(symbol, order.side, order.amount, price, order_id)
             if broken_rule(request, market) is not None:
                 raise ExchangeRejected("EGeneral:Invalid arguments:price")
-            quote = self._quote(symbol, self._clock.now().timestamp(), await self._adjustments())
+            adjust = values[reads[2]]
+            multiplier = {symbol: Decimal(adjust)} if adjust else {}
+            quote = self._quote(symbol, self._clock.now().timestamp(), multiplier)
             if price <= quote.bid:
                 raise PostOnlyWouldTake("EOrder:Post only order")
             amended = PaperOrder(replace(order, price=price), paper.hold)
-            pipe.multi()
-            pipe.hset(self.keys.orders, order_id, amended.encode())
-            return amended.order
+            return amended.order, [Write("HSET", k.orders, (order_id, amended.encode()))]
 
-        return await self._transact([self.keys.orders, self._cancelling], amend)
+        return await self._guard.run(reads, amend)
 
     async def _cancel_now(self, symbol: str, order_id: str) -> ExchangeOrder:
-        async def cancel(pipe: Pipe) -> ExchangeOrder:
-            paper = await self._read_order(pipe, order_id, symbol)
+        k, market = self.keys, self._listing(symbol).market
+        reads = [Read("hget", k.orders, order_id), Read("get", k.rate(symbol))]
+        reads += [Read("get", k.balance(market.base)), Read("get", k.balance(market.quote))]
+
+        def cancel(values: Values) -> tuple[ExchangeOrder, list[Write]]:
+            paper = _decode_order(values[reads[0]], order_id, symbol)
             if paper.order.status is not OrderStatus.OPEN:
                 raise OrderNotFound(f"order {order_id} is {paper.order.status.value}, not open")
-            market = self._listing(symbol).market
-            held_asset = _held_asset(paper.order.side, market)
-            holding = Holding.decode(await pipe.get(self.keys.balance(held_asset)))
+            held = k.balance(_held_asset(paper.order.side, market))
+            holding = Holding.decode(values[Read("get", held)])
             now = self._clock.now()
             age = (now - paper.order.created_at).total_seconds()
-            state = self.counter.current(
-                _counter(await pipe.get(self.keys.rate(symbol))), now.timestamp()
-            )
+            state = self.counter.current(_counter(values[reads[1]]), now.timestamp())
             penalised = CounterState(state + cancel_penalty(age), now.timestamp())
             canceled = PaperOrder(replace(paper.order, status=OrderStatus.CANCELED), Decimal(0))
-            pipe.multi()
-            pipe.hset(self.keys.orders, order_id, canceled.encode())
-            pipe.srem(self.keys.open, order_id)
             released = Holding(holding.total, holding.used - paper.hold)
-            pipe.set(self.keys.balance(held_asset), released.encode())
-            pipe.set(self.keys.rate(symbol), _encode_counter(penalised))
-            return canceled.order
+            return canceled.order, [
+                Write("HSET", k.orders, (order_id, canceled.encode())),
+                Write("SREM", k.open, (order_id,)),
+                Write("SET", held, (released.encode(),)),
+                Write("SET", k.rate(symbol), (_encode_counter(penalised),)),
+            ]
 
-        market = self._listing(symbol).market
-        watched = [self.keys.orders, self.keys.rate(symbol)]
-        watched += [self.keys.balance(market.base), self.keys.balance(market.quote)]
-        return await self._transact(watched, cancel)
+        return await self._guard.run(reads, cancel)
 
     @redis_errors
     async def fetch_order(self, symbol: str, order_id: str) -> ExchangeOrder:
         await self._call()
-        return (await self._read_order(self._r, order_id, symbol)).order
+        return (await self._read_order(order_id, symbol)).order
 
     @redis_errors
     async def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
         await self._call()
-        ids = sorted(cast(set[str], await self._r.smembers(self.keys.open)))
-        if not ids:
-            return []
-        raws = await self._r.hmget(self.keys.orders, ids)
-        orders = [PaperOrder.decode(str(raw)).order for raw in raws if raw]
+        raws = cast(list[str], await self._open_orders(keys=[self.keys.open, self.keys.orders]))
+        orders = sorted((PaperOrder.decode(raw).order for raw in raws), key=lambda o: o.id)
         return [o for o in orders if symbol is None or o.symbol == symbol]
 
     @redis_errors
@@ -393,7 +420,7 @@ class PaperExchange:
     @redis_errors
     async def order_trades(self, symbol: str, order_id: str) -> list[Trade]:
         """The order's executions from the venue's trade list (the ids ``trades`` gives)."""
-        await self._read_order(self._r, order_id, symbol)  # OrderNotFound
+        await self._read_order(order_id, symbol)  # OrderNotFound
         await self._call()
         raws = cast(list[str], await self._r.lrange(self.keys.trades, 0, -1))
         # Only entries that name the order are decoded (the exact JSON key and value).
@@ -409,10 +436,13 @@ class PaperExchange:
         is accepted again only once no open order holds it, and closed orders stay closed.
         """
         await self._call()
-        order_id = await self._r.hget(self.keys.clients(symbol), client_order_id)
-        if order_id is None:
+        found = await self._by_client_id(
+            keys=[self.keys.clients(symbol), self.keys.orders], args=[client_order_id]
+        )
+        if not found:
             return None
-        order = (await self._read_order(self._r, str(order_id), None)).order
+        order_id, raw = cast(list[str], found)
+        order = _decode_order(raw, order_id, None).order
         return order if order.symbol == symbol else None
 
     async def close(self) -> None:
@@ -430,15 +460,16 @@ class PaperExchange:
     async def fund(self, asset: str, amount: Decimal) -> None:
         """Add ``amount`` of ``asset`` to the account (negative to withdraw free balance)."""
 
-        async def fund(pipe: Pipe) -> None:
-            h = Holding.decode(await pipe.get(self.keys.balance(asset)))
+        key = self.keys.balance(asset)
+
+        def fund(values: Values) -> tuple[None, list[Write]]:
+            h = Holding.decode(values[Read("get", key)])
             if h.free + amount < 0:
                 raise InsufficientFunds(f"cannot withdraw {-amount} {asset}: free {h.free}")
-            pipe.multi()
-            pipe.set(self.keys.balance(asset), Holding(h.total + amount, h.used).encode())
-            pipe.sadd(self.keys.assets, asset)
+            funded = Holding(h.total + amount, h.used).encode()
+            return None, [Write("SET", key, (funded,)), Write("SADD", self.keys.assets, (asset,))]
 
-        await self._transact([self.keys.balance(asset)], fund)
+        await self._guard.run([Read("get", key)], fund)
 
     @redis_errors
     async def set_down(self, down: bool) -> None:
@@ -458,24 +489,6 @@ class PaperExchange:
             await self._r.hdel(self.keys.status, symbol)
         else:
             await self._r.hset(self.keys.status, symbol, status.value)
-
-    async def _whole_refusals(
-        self, symbol: str, orders: Sequence[OrderRequest]
-    ) -> list[PlacementResult] | None:
-        """The whole request refused if the pair's mode does not admit one of its orders.
-
-        Raises ExchangeUnavailable for a pair of ``faults.fail_symbols``."""
-        if symbol in self.faults.fail_symbols:
-            raise ExchangeUnavailable(f"paper venue: {symbol} unavailable (injected fault)")
-        mode = (await self._pair_statuses()).get(symbol, PairStatus.ONLINE)
-        if all(mode.admits_limit(o.post_only) for o in orders):
-            return None
-        refused = ExchangeRejected(f"EService:Market in {mode.value} mode ({symbol})")
-        return [PlacementResult(o, error=refused) for o in orders]
-
-    async def _pair_statuses(self) -> dict[str, PairStatus]:
-        raw = await self._r.hgetall(self.keys.status)
-        return {str(k): PairStatus(str(v)) for k, v in raw.items()}
 
     @redis_errors
     async def shock(self, symbol: str, multiplier: Decimal) -> None:
@@ -519,12 +532,14 @@ class PaperExchange:
                 start,
                 end,
                 step_seconds,
-                self.prices.origin,
             )
             trade_ids = await self._next_ids("T", len(outcome.trades)) if outcome.trades else []
             trades = [replace(t, id=trade_ids[i]) for i, t in enumerate(outcome.trades)]
             pipe.multi()
             pipe.set(self.keys.matched_at, repr(end))
+            window = {"start": repr(start), "end": repr(end), "step": repr(step_seconds)}
+            window |= {f"adjust:{s}": str(m) for s, m in adjust.items()}
+            pipe.xadd(self.keys.windows, window, maxlen=WINDOWS_KEPT, approximate=True)
             for paper in outcome.orders:
                 pipe.hset(self.keys.orders, paper.order.id, paper.encode())
                 if paper.order.status is not OrderStatus.OPEN:
@@ -537,6 +552,35 @@ class PaperExchange:
             return trades
 
         return await self._transact([self.keys.matched_at, self.keys.open, self.keys.orders], run)
+
+    @redis_errors
+    async def path_cursor(self) -> str:
+        """The id of the venue's last match window ('0' before any): where a reader of
+        ``fill_path`` starting now begins."""
+        last = cast(list[tuple[str, Any]], await self._r.xrevrange(self.keys.windows, count=1))
+        return last[0][0] if last else "0"
+
+    @redis_errors
+    async def fill_path(self, symbols: Sequence[str], after: str) -> tuple[list[list[Ticker]], str]:
+        """The quotes of ``symbols`` at each time the venue's matches since the window
+        ``after`` looked at the price path (``sample_times``, with the shocks each match used),
+        oldest first, and the id of the last window read: what a session records so its fills
+        can be replayed. Every match counts, whoever called it. One round trip. Raises
+        ExchangeRejected for a symbol the venue does not list."""
+        for symbol in symbols:
+            self._listing(symbol)
+        start = "-" if after == "0" else "(" + after
+        windows = cast(
+            list[tuple[str, dict[str, str]]], await self._r.xrange(self.keys.windows, start, "+")
+        )
+        steps = []
+        for _, w in windows:
+            adjust = {k[7:]: Decimal(v) for k, v in w.items() if k.startswith("adjust:")}
+            for t in sample_times(float(w["start"]), float(w["end"]), float(w["step"])):
+                at = datetime.fromtimestamp(t, UTC)
+                quotes = [(s, self._quote(s, t, adjust)) for s in symbols]
+                steps.append([Ticker(s, q.bid, q.ask, at, last=q.mid) for s, q in quotes])
+        return steps, windows[-1][0] if windows else after
 
     @redis_errors
     async def trades(self, start: int = 0) -> tuple[list[Trade], int]:
@@ -559,6 +603,7 @@ class PaperExchange:
         assets = known | {a for item in listings for a in (item.market.base, item.market.quote)}
         symbols = {item.market.symbol for item in listings}
         await self._r.delete(*self.keys.all(sorted(assets), sorted(symbols)))
+        self._guard.forget()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -590,15 +635,6 @@ class PaperExchange:
         last = int(await self._r.incrby(self.keys.seq, count))
         return [f"{prefix}-{n:08d}" for n in range(last - count + 1, last + 1)]
 
-    async def _order_ids(self, symbol: str, count: int) -> list[str]:
-        """Ids for ``count`` new orders of ``symbol``, numbered per pair: a pair's ids depend
-        on its own placements only, not on how concurrent placements on other pairs (one
-        settlement run places every pair's batch at once) reach the venue, so one seed's run
-        gets the same ids every time (the matching order and trade ids follow them)."""
-        last = int(await self._r.incrby(self.keys.order_seq(symbol), count))
-        pair = symbol.replace("/", "_")
-        return [f"P-{pair}-{n:08d}" for n in range(last - count + 1, last + 1)]
-
     def _listing(self, symbol: str) -> Listing:
         listing = self._listings.get(symbol)
         if listing is None:
@@ -617,14 +653,9 @@ class PaperExchange:
         values = await _mget(reader or self._r, [self.keys.adjust(s) for s in symbols])
         return {s: Decimal(v) for s, v in zip(symbols, values, strict=True) if v}
 
-    async def _read_order(self, reader: Any, order_id: str, symbol: str | None) -> PaperOrder:
-        raw = await reader.hget(self.keys.orders, order_id)
-        if raw is None:
-            raise OrderNotFound(f"EOrder:Unknown order {order_id!r}")
-        paper = PaperOrder.decode(raw)
-        if symbol is not None and paper.order.symbol != symbol:
-            raise OrderNotFound(f"EOrder:Unknown order {order_id!r} for {symbol}")
-        return paper
+    async def _read_order(self, order_id: str, symbol: str | None) -> PaperOrder:
+        raw = await self._r.hget(self.keys.orders, order_id)
+        return _decode_order(cast(str | None, raw), order_id, symbol)
 
     def _refusal(
         self,
@@ -663,6 +694,25 @@ async def _mget(reader: Any, names: list[str]) -> list[Any]:
     method (keys of several slots cannot be batched), but in the WATCH phase the command runs
     at once on the connection of the venue's one slot, as on a single server."""
     return cast(list[Any], await reader.execute_command("MGET", *names))
+
+
+def _decode_order(raw: str | None, order_id: str, symbol: str | None) -> PaperOrder:
+    """The order stored as ``raw`` ('' or None: unknown), if it is of ``symbol`` (any: None)."""
+    if not raw:
+        raise OrderNotFound(f"EOrder:Unknown order {order_id!r}")
+    paper = PaperOrder.decode(raw)
+    if symbol is not None and paper.order.symbol != symbol:
+        raise OrderNotFound(f"EOrder:Unknown order {order_id!r} for {symbol}")
+    return paper
+
+
+def _order_ids(symbol: str, last: int, count: int) -> list[str]:
+    """Ids for ``count`` new orders of ``symbol`` after the pair's ``last``, numbered per pair:
+    a pair's ids depend on its own placements only, not on how concurrent placements on other
+    pairs (one settlement run places every pair's batch at once) reach the venue, so one
+    seed's run gets the same ids every time (the matching order and trade ids follow them)."""
+    pair = symbol.replace("/", "_")
+    return [f"P-{pair}-{n:08d}" for n in range(last + 1, last + count + 1)]
 
 
 def _held_asset(side: Side, market: Market) -> str:

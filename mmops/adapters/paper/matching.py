@@ -2,7 +2,11 @@
 transaction. A resting buy fills when the best ask falls to its price, a resting sell when
 the best bid rises to it; the order is the maker, so it fills at its own price and pays the
 maker fee. Some crossings fill only part of what is left (a reproducible coin decides), so
-partial fills happen as they do on a real venue.
+partial fills happen as they do on a real venue. The coin reads only the order's client id and
+what is left of it: no time (the same seed trades the same whenever it runs), nothing the venue
+assigns (its ids depend on how concurrent callers interleave), and each crossing leaves a new
+quantity, so a new toss. The tier backtest derives the same client ids and replays the venue's
+half fills exactly (``fill_quantity``, passed to ``mmops.domain.backtest.replay``).
 """
 
 from __future__ import annotations
@@ -44,11 +48,9 @@ def match_orders(
     start: float,
     end: float,
     step: float,
-    origin: float = 0.0,
 ) -> MatchOutcome:
-    """Walk the path from ``start`` (exclusive) to ``end`` in ``step`` seconds. The partial-fill
-    coin reads the time as an offset from ``origin``, the price path's time zero."""
-    times = _sample_times(start, end, step)
+    """Walk the path from ``start`` (exclusive) to ``end`` in ``step`` seconds."""
+    times = sample_times(start, end, step)
     balances = dict(holdings)
     changed: dict[str, PaperOrder] = {}
     trades: list[Trade] = []
@@ -63,8 +65,10 @@ def match_orders(
                 q = quotes[(market.symbol, t)] = quote(market.symbol, t)
             if not _crossed(paper, q):
                 continue
-            qty = _fill_quantity(paper, market, t - origin)
-            paper, trade = _execute(paper, market, qty, t, balances)
+            at = datetime.fromtimestamp(t, UTC)
+            order = paper.order
+            qty = fill_quantity(order.client_order_id or order.id, order.remaining, market, at)
+            paper, trade = _execute(paper, market, qty, at, balances)
             changed[paper.order.id] = paper
             trades.append(trade)
     trades.sort(key=lambda tr: (tr.timestamp, tr.order_id))
@@ -72,7 +76,9 @@ def match_orders(
     return MatchOutcome(list(changed.values()), touched, trades)
 
 
-def _sample_times(start: float, end: float, step: float) -> list[float]:
+def sample_times(start: float, end: float, step: float) -> list[float]:
+    """The times a match from ``start`` (exclusive) to ``end`` looks at the path: every
+    ``step`` seconds (the last ``MAX_SAMPLES`` of a long gap), and ``end`` itself."""
     if step <= 0:
         raise ValueError("step must be positive")
     count = int((end - start) // step)
@@ -88,10 +94,12 @@ def _crossed(paper: PaperOrder, q: Quote) -> bool:
     return q.ask <= o.price if o.side is Side.BUY else q.bid >= o.price
 
 
-def _fill_quantity(paper: PaperOrder, market: Market, offset: float) -> Decimal:
-    remaining = paper.order.remaining
-    # Keyed on the client order id: the venue's own ids depend on how concurrent callers interleave.
-    if stable_fraction(paper.order.client_order_id or paper.order.id, offset) < PARTIAL_CHANCE:
+def fill_quantity(client_id: str, remaining: Decimal, market: Market, at: datetime) -> Decimal:
+    """How much of ``remaining`` one crossing fills: half (down to the lot) when the coin for
+    (client id, remaining) says so, else all. ``at`` is not read: the signature is the
+    backtest's ``FillModel``."""
+    # Normalized: 0.0100 and 0.01 are one quantity, however each side spelled it.
+    if stable_fraction(client_id, remaining.normalize()) < PARTIAL_CHANCE:
         half = round_amount_down(remaining / 2, market.lot)
         if half > 0:
             return half
@@ -99,7 +107,7 @@ def _fill_quantity(paper: PaperOrder, market: Market, offset: float) -> Decimal:
 
 
 def _execute(
-    paper: PaperOrder, market: Market, qty: Decimal, t: float, balances: dict[str, Holding]
+    paper: PaperOrder, market: Market, qty: Decimal, at: datetime, balances: dict[str, Holding]
 ) -> tuple[PaperOrder, Trade]:
     o = paper.order
     cost = qty * o.price
@@ -124,7 +132,7 @@ def _execute(
         price=o.price,
         amount=qty,
         fee=fee,
-        timestamp=datetime.fromtimestamp(t, UTC),
+        timestamp=at,
         client_order_id=o.client_order_id,
     )
     return filled, trade

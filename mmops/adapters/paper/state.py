@@ -1,6 +1,7 @@
 """The paper venue's state in Redis: key names and record encoding.
 
-All keys of one venue share the hash tag ``{V}`` so a transaction may span them on a cluster.
+All keys of one venue share the hash tag ``{V}`` so a transaction or script may span them on a
+cluster.
 
 | key | type | contents |
 |---|---|---|
@@ -16,11 +17,15 @@ All keys of one venue share the hash tag ``{V}`` so a transaction may span them 
 | ``paper:{V}:seq:<pair>`` | STRING | counter for the pair's order ids |
 | ``paper:{V}:down`` | STRING | while it exists, ``tickers`` fails as if the venue were down |
 | ``paper:{V}:matched_at`` | STRING | epoch seconds up to which resting orders were matched |
+| ``paper:{V}:windows`` | STREAM | a match's ``start``, ``end``, ``step``, ``adjust:<pair>`` |
 | ``paper:{V}:status`` | HASH | pair → its mode when not online |
 | ``paper:{V}:open:cancelling`` | SET | ids of open orders whose cancel is pending |
 
+``windows`` holds the last ``WINDOWS_KEPT`` matches (the shocks each used included), so
+``fill_path`` gives the quotes every match filled on, whoever called it.
+
 Balances, client ids and counters are split per asset and per pair so that placements on
-pairs sharing nothing never conflict (a transaction WATCHes only what it touches). Order ids
+pairs sharing nothing never conflict (a change checks only what it read). Order ids
 are numbered per pair (``P-BTC_USD-00000001``) for the same reason, and so that they do not
 depend on how placements on different pairs interleave: settlement places every pair's batch
 at once, and one venue-wide counter gave the same seed's run other ids on every run.
@@ -29,6 +34,7 @@ at once, and one venue-wide counter gave the same seed's run other ids on every 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -48,17 +54,19 @@ class VenueKeys:
         self.trades = f"{self._prefix}:trades"
         self.seq = f"{self._prefix}:seq"
         self.matched_at = f"{self._prefix}:matched_at"
+        self.windows = f"{self._prefix}:windows"  # stream: each match's span, for fill paths
         self.down = f"{self._prefix}:down"
         self.status = f"{self._prefix}:status"  # hash: pair → PairStatus other than online
         self.cancelling = f"{self.open}:cancelling"  # set: ids whose cancel is pending
         self.pattern = "paper:\\{" + venue + "\\}:*"
+        self._per_pair: dict[tuple[str, str], str] = {}  # (kind, pair) → key, pair checked
 
     def all(self, assets: Iterable[str], symbols: Iterable[str]) -> list[str]:
         """Every key the venue may have written for these assets and pairs: what ``reset``
         deletes, by name (no SCAN, so it works on a cluster, where all of them share the
         venue's slot)."""
         fixed = [self.assets, self.orders, self.open, self.trades, self.seq, self.matched_at,
-                 self.down, self.status, self.cancelling]  # fmt: skip
+                 self.windows, self.down, self.status, self.cancelling]  # fmt: skip
         per_pair = [
             k
             for s in symbols
@@ -70,16 +78,23 @@ class VenueKeys:
         return f"{self._prefix}:balance:{asset}"
 
     def clients(self, symbol: str) -> str:
-        return f"{self._prefix}:clients:{check_symbol(symbol)}"
+        return self._pair_key("clients", symbol)
 
     def adjust(self, symbol: str) -> str:
-        return f"{self._prefix}:adjust:{check_symbol(symbol)}"
+        return self._pair_key("adjust", symbol)
 
     def rate(self, symbol: str) -> str:
-        return f"{self._prefix}:rate:{check_symbol(symbol)}"
+        return self._pair_key("rate", symbol)
 
     def order_seq(self, symbol: str) -> str:
-        return f"{self.seq}:{check_symbol(symbol)}"
+        return self._pair_key("seq", symbol)
+
+    def _pair_key(self, kind: str, symbol: str) -> str:
+        """``paper:{V}:<kind>:<pair>``, the pair checked once (every placement names four)."""
+        key = self._per_pair.get((kind, symbol))
+        if key is None:
+            key = self._per_pair[(kind, symbol)] = f"{self._prefix}:{kind}:{check_symbol(symbol)}"
+        return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +125,16 @@ class PaperOrder:
     hold: Decimal  # amount of the held asset still reserved (base for sells, quote for buys)
 
     def encode(self) -> str:
+        """Compact JSON, written by hand exactly as ``json.dumps`` would (the pair, enums,
+        decimals and time are plain by construction; the ids go through ``_json_text``): the
+        venue encodes every order it accepts."""
         o = self.order
-        return json.dumps(
-            {
-                "id": o.id, "symbol": o.symbol, "side": o.side.value, "price": str(o.price),
-                "amount": str(o.amount), "filled": str(o.filled), "status": o.status.value,
-                "created_at": o.created_at.timestamp(), "client_order_id": o.client_order_id,
-                "hold": str(self.hold),
-            },
-            separators=(",", ":"),
-        )  # fmt: skip
+        return (
+            f'{{"id":{_json_text(o.id)},"symbol":"{o.symbol}","side":"{o.side.value}",'
+            f'"price":"{o.price}","amount":"{o.amount}","filled":"{o.filled}",'
+            f'"status":"{o.status.value}","created_at":{o.created_at.timestamp()!r},'
+            f'"client_order_id":{_json_text(o.client_order_id)},"hold":"{self.hold}"}}'
+        )
 
     @staticmethod
     def decode(raw: str) -> PaperOrder:
@@ -143,6 +158,17 @@ class PaperOrder:
         return PaperOrder(
             replace(self.order, filled=filled, status=status), self.hold - hold_released
         )
+
+
+# Text JSON writes as is (json.dumps escapes anything else): printable ASCII but " and \.
+_PLAIN_JSON = re.compile(r"[ !#-\[\]-~]*")
+
+
+def _json_text(value: str | None) -> str:
+    """``value`` as ``json.dumps`` writes it."""
+    if value is None:
+        return "null"
+    return f'"{value}"' if _PLAIN_JSON.fullmatch(value) else json.dumps(value)
 
 
 def encode_trade(t: Trade) -> str:

@@ -1,6 +1,7 @@
-"""Migration's analytics step: a session's recorded prices (Redis ``prices:{S}``) and take-profit
-metadata (``tp_order:{S}:{O}``) copied into PostgreSQL ``prices`` and ``take_profits``
-(migration 007), inside the session's migration transaction.
+"""Migration's analytics step: a session's recorded prices (Redis ``prices:{S}``), its fill path
+(``path:{S}``) and take-profit metadata (``tp_order:{S}:{O}``) copied into PostgreSQL
+``prices``, ``price_path`` (migrations 007, 009) and ``take_profits``, inside the session's
+migration transaction.
 
 One call, :func:`copy_analytics`, after the session's orders are in ``orders`` (the take-profits
 copied are those of its ``take_profit`` orders: a take-profit without an order record has no
@@ -10,24 +11,26 @@ record that does not parse, or that PostgreSQL would refuse, goes to ``migration
 (kind ``price`` or ``take_profit``, which completeness counts as neither orders nor fills),
 nothing is dropped silently. Then the rows PostgreSQL holds are counted against what was read.
 
-Incremental: a run reads only the price entries after the one ``sessions.prices_through`` names
-(moved on in the same transaction, so a restore of an older backup brings back the matching
-mark) and only the take-profits not yet copied in a final state, so an hourly migration of a
-long-running session does not read its whole history again.
+Incremental: a run reads only the entries of each price series after the one its mark names
+(``sessions.prices_through``, ``path_through``; moved on in the same transaction, so a restore
+of an older backup brings back the matching mark) and only the take-profits not yet copied in
+a final state, so an hourly migration of a long-running session does not read its whole
+history again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from mmops.adapters.postgres.rejects import write_rejects
 from mmops.adapters.redis import keys
 from mmops.domain.bounds import within_bounds
 from mmops.domain.models import ZERO, Ticker
-from mmops.domain.records import AnalyticsCopy, Reject, RejectKind, TakeProfitRecord
+from mmops.domain.records import AnalyticsCopy, PriceSeries, Reject, RejectKind, TakeProfitRecord
 from mmops.errors import BadRecordError
 from mmops.ports import PriceSource, TakeProfitSource
 
@@ -35,23 +38,53 @@ TP_CHUNK = 500  # take-profit ids per Redis read
 INT_MAX = 2**31 - 1  # PostgreSQL INTEGER
 
 
-_PRICES_THROUGH = "SELECT prices_through FROM sessions WHERE id = %(session)s"
-_MARK_PRICES = "UPDATE sessions SET prices_through = %(through)s WHERE id = %(session)s"
+@dataclass(frozen=True, slots=True)
+class _SeriesSql:
+    """The statements of one price series: its table and its mark column in ``sessions``."""
 
-_INSERT_PRICES = """
-INSERT INTO prices (session_id, symbol, at, bid, ask)
+    table: str
+    mark: str
+
+    @property
+    def through(self) -> sql.Composed:
+        return sql.SQL("SELECT {} FROM sessions WHERE id = %(session)s").format(
+            sql.Identifier(self.mark)
+        )
+
+    @property
+    def move_mark(self) -> sql.Composed:
+        return sql.SQL("UPDATE sessions SET {} = %(through)s WHERE id = %(session)s").format(
+            sql.Identifier(self.mark)
+        )
+
+    @property
+    def insert(self) -> sql.Composed:
+        return sql.SQL(_INSERT_POINTS).format(sql.Identifier(self.table))
+
+    @property
+    def count(self) -> sql.Composed:
+        return sql.SQL(_COUNT_POINTS).format(sql.Identifier(self.table))
+
+
+_INSERT_POINTS = """
+INSERT INTO {} (session_id, symbol, at, bid, ask)
 SELECT %(session)s, symbol, at, bid, ask
 FROM unnest(%(symbols)s::text[], %(ats)s::timestamptz[], %(bids)s::numeric[], %(asks)s::numeric[])
      AS p(symbol, at, bid, ask)
 ON CONFLICT (session_id, symbol, at) DO NOTHING
 """
 
-_COUNT_PRICES = """
-SELECT count(*) FROM prices p
+_COUNT_POINTS = """
+SELECT count(*) FROM {} p
 JOIN unnest(%(symbols)s::text[], %(ats)s::timestamptz[]) AS r(symbol, at)
   ON (p.symbol, p.at) = (r.symbol, r.at)
 WHERE p.session_id = %(session)s
 """
+
+_SERIES = {
+    PriceSeries.RUNS: _SeriesSql("prices", "prices_through"),
+    PriceSeries.PATH: _SeriesSql("price_path", "path_through"),
+}
 
 # The session's take-profits whose copy may still change: not copied yet, or last copied open
 # (filled, replaced, canceled and gone are final).
@@ -92,69 +125,78 @@ async def copy_analytics(
     prices: PriceSource,
     take_profits: TakeProfitSource,
 ) -> AnalyticsCopy:
-    """Copy the session's prices recorded after the entry ``sessions.prices_through`` names
+    """Copy each price series' entries recorded after the one its mark in ``sessions`` names
     (NULL: all; moved on in the same transaction) and the take-profits not yet final in
     PostgreSQL, on ``conn`` (the caller's transaction: nothing is committed here), and count
     what PostgreSQL holds of what was read. Raises what the stores raise (StoreUnavailable);
     psycopg errors are the caller's to map (``pg_errors``)."""
-    cur = await conn.execute(_PRICES_THROUGH, {"session": session_id})
-    row = await cur.fetchone()
-    after = None if row is None else row[0]
-    points, price_rejects, last = await _copy_prices(conn, session_id, prices, after)
-    if last is not None:
-        await conn.execute(_MARK_PRICES, {"session": session_id, "through": last})
+    runs = await _copy_series(conn, session_id, prices, PriceSeries.RUNS)
+    path = await _copy_series(conn, session_id, prices, PriceSeries.PATH)
     tps, tp_rejects = await _copy_take_profits(conn, session_id, take_profits)
     return AnalyticsCopy(
         session_id=session_id,
-        last_price_id=last,
-        prices_read=len(points),
-        prices_held=await _count_prices(conn, session_id, points),
-        prices_rejected=price_rejects,
+        last_price_id=runs.last,
+        prices_read=runs.read,
+        prices_held=runs.held,
+        prices_rejected=runs.rejected,
         take_profits_read=len(tps),
         take_profits_held=await _count_take_profits(conn, session_id, tps),
         take_profits_rejected=tp_rejects,
+        last_path_id=path.last,
+        path_read=path.read,
+        path_held=path.held,
+        path_rejected=path.rejected,
     )
 
 
-async def _copy_prices(
-    conn: AsyncConnection[Any], session_id: str, source: PriceSource, after: str | None
-) -> tuple[dict[tuple[str, Any], Ticker], int, str | None]:
-    """Insert the prices recorded after the entry ``after`` (a chunk per statement); the
-    distinct points read, the rejects and the last entry id read (None: nothing new)."""
-    points: dict[tuple[str, Any], Ticker] = {}
-    rejected = 0
+@dataclass(frozen=True, slots=True)
+class _Copied:
+    last: str | None  # the last entry id read (None: nothing new)
+    read: int  # (pair, time) points read, distinct within each chunk
+    held: int  # of those, rows PostgreSQL holds
+    rejected: int
+
+
+async def _copy_series(
+    conn: AsyncConnection[Any], session_id: str, source: PriceSource, series: PriceSeries
+) -> _Copied:
+    """Insert the series' points recorded after the entry its mark names, a chunk per
+    statement, count each chunk back (so memory stays one chunk, however long the session)
+    and move the mark to the last entry read."""
+    statements = _SERIES[series]
+    cur = await conn.execute(statements.through, {"session": session_id})
+    row = await cur.fetchone()
+    after = None if row is None else row[0]
+    read = held = rejected = 0
     last: str | None = None
-    async for entry_id, chunk in source.read_after(session_id, after):
+    async for entry_id, chunk in source.read_after(session_id, after, series=series):
         last = entry_id
         rejected += await _reject(conn, session_id, RejectKind.PRICE, chunk.bad)
-        fresh = {(t.symbol, t.timestamp): t for t in chunk.items}
-        points.update(fresh)
-        if fresh:
-            rows = list(fresh.values())
-            await conn.execute(
-                _INSERT_PRICES,
-                {
-                    "session": session_id,
-                    "symbols": [t.symbol for t in rows],
-                    "ats": [t.timestamp for t in rows],
-                    "bids": [t.bid for t in rows],
-                    "asks": [t.ask for t in rows],
-                },
-            )
-    return points, rejected, last
+        points = list({(t.symbol, t.timestamp): t for t in chunk.items}.values())
+        if points:
+            params = _points(session_id, points)
+            await conn.execute(statements.insert, params)
+            read += len(points)
+            held += await _count_points(conn, statements, params)
+    if last is not None:
+        await conn.execute(statements.move_mark, {"session": session_id, "through": last})
+    return _Copied(last, read, held, rejected)
 
 
-async def _count_prices(
-    conn: AsyncConnection[Any], session_id: str, points: dict[tuple[str, Any], Ticker]
-) -> int:
-    if not points:
-        return 0
-    params = {
+def _points(session_id: str, points: Sequence[Ticker]) -> dict[str, Any]:
+    return {
         "session": session_id,
-        "symbols": [symbol for symbol, _ in points],
-        "ats": [at for _, at in points],
+        "symbols": [t.symbol for t in points],
+        "ats": [t.timestamp for t in points],
+        "bids": [t.bid for t in points],
+        "asks": [t.ask for t in points],
     }
-    cur = await conn.execute(_COUNT_PRICES, params)
+
+
+async def _count_points(
+    conn: AsyncConnection[Any], statements: _SeriesSql, params: dict[str, Any]
+) -> int:
+    cur = await conn.execute(statements.count, params)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 

@@ -1,6 +1,7 @@
 """What the tier backtest reads from the warehouse about one session: its row, its buy fills
 (each grows the position of its buy order), the tickers settlement recorded on each run
-(``prices``, migration 007), its take-profit fills (sell fills of orders in
+(``prices``, migration 007), the fill path the paper loop recorded (``price_path``, migration
+009; empty for a live session), its take-profit fills (sell fills of orders in
 ``take_profits``) and the tiers its take-profits were priced at.
 
 A row that fails the domain's checks is not dropped silently: it is left out and returned in
@@ -34,6 +35,12 @@ WHERE session_id = %(session_id)s
 ORDER BY symbol, at
 """.strip()
 
+PATH = """
+SELECT symbol, at, bid, ask FROM price_path
+WHERE session_id = %(session_id)s
+ORDER BY symbol, at
+""".strip()
+
 TAKE_PROFIT_SELLS = """
 SELECT tp.position, f.symbol, f.timestamp, f.price, f.quantity, f.fee FROM fills f
 JOIN take_profits tp ON tp.session_id = f.session_id AND tp.order_id = f.order_id
@@ -52,7 +59,7 @@ async def read_history(pool: AsyncConnectionPool, session_id: str) -> SessionHis
     """The session's history, or None if the warehouse has no such session.
 
     Raises StoreUnavailable / IntegrityError (``pg_errors``) if PostgreSQL fails, e.g. when
-    migration 007 (``prices``, ``take_profits``) is not applied.
+    migration 009 (``price_path``) is not applied.
     """
     session = await SessionRepository(pool).get(session_id)
     if session is None:
@@ -65,11 +72,13 @@ async def read_history(pool: AsyncConnectionPool, session_id: str) -> SessionHis
         buys = _parse(await cur.fetchall(), _buy, "fills", bad)
         await cur.execute(PRICES, args)
         prices = _parse(await cur.fetchall(), _price, "prices", bad)
+        await cur.execute(PATH, args)
+        path = _parse(await cur.fetchall(), _price, "price path", bad)
         await cur.execute(TAKE_PROFIT_SELLS, args)
         sells = _parse(await cur.fetchall(), _sell, "take-profit fills", bad)
         await cur.execute(PLANNED_TIERS, args)
         tiers = [(r["symbol"], int(r["tier"]), r["markup"]) for r in await cur.fetchall()]
-    return SessionHistory(session, buys, prices, sells, tuple(tiers), tuple(bad))
+    return SessionHistory(session, buys, prices, sells, tuple(tiers), tuple(bad), path)
 
 
 def _parse(

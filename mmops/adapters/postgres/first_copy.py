@@ -20,7 +20,8 @@ that pair the conflict-safe way, which compares values: the rows written are the
 way.
 
 No I/O here; the warehouse sends what these return. Memory: one session's order lines, then
-its order ids, and one pair's distinct fills at a time.
+its order ids, and one pair's distinct fills at a time (the warehouse may still be writing the
+pair before).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from mmops.domain.records import Stray
 
 _NULL = "\\N"
+_NO_INDEX = f"\t{_NULL}\n"  # a pair the session does not list
 
 
 def record_key(line: str) -> str:
@@ -73,8 +75,9 @@ class OrderPick:
             for symbol, key in seen
             if key != kept[order_id][1]
         ]
+        index = {pair: f"\t{n}\n" for pair, n in pair_index.items()}
         rows = [
-            f"{line[: line.rindex(chr(9))]}\t{pair_index.get(symbol, _NULL)}\n"
+            line[: line.rindex("\t")] + index.get(symbol, _NO_INDEX)
             for symbol, _, line in kept.values()
         ]
         rows.sort()  # order id first: the primary key's order, so each index page is hot once
@@ -105,21 +108,21 @@ class FillPick:
         """The pair whose executions are held (None: none held)."""
         return self._symbol if self._executions else None
 
-    def add(self, lines: Iterable[str]) -> None:
+    def add(self, lines: Sequence[str]) -> None:
         """Take lines of the pair held (or of a new pair once the held one was taken)."""
-        executions, order_ids = self._executions, self._order_ids
+        executions, order_ids, held_symbol = self._executions, self._order_ids, self._symbol
+        self.received += len(lines)
         for line in lines:
-            self.received += 1
-            _, order_id, symbol, _, price, quantity, _, at, _, _ = line.split("\t")
+            _, order_id, symbol, _, price, quantity, _, at, _ = line.split("\t", 8)
             if order_id not in order_ids:
                 key = record_key(line)
                 reason = f"fill references order {order_id}, which does not exist"
                 self.orphans[key] = Stray(symbol, key, reason)
                 continue
-            if symbol != self._symbol:
+            if symbol != held_symbol:
                 if executions:
-                    raise ValueError(f"fills of {symbol} while {self._symbol} is held")
-                self._symbol = symbol
+                    raise ValueError(f"fills of {symbol} while {held_symbol} is held")
+                held_symbol = self._symbol = symbol
             identity = (order_id, at, price, quantity)
             held = executions.setdefault(identity, line)
             if held is not line and _rank(line) < _rank(held):
@@ -142,4 +145,4 @@ def _rank(line: str) -> tuple[bool, str, str]:
 
 def copy_text(lines: Sequence[str]) -> str:
     """Fill migration lines without their keys (``FILL_COPY_COLUMNS``), as one text."""
-    return "".join([f"{line[: line.rindex(chr(9))]}\n" for line in lines])
+    return "\n".join([line[: line.rindex("\t")] for line in lines]) + "\n" if lines else ""

@@ -25,7 +25,16 @@ ON CONFLICT (id) DO UPDATE SET
     updated_at = now()
 """
 
-_SESSION_TABLES = ("fills", "orders", "session_pair_stats", "migration_rejects", "settlement_runs")
+_SESSION_TABLES = (
+    "fills",
+    "orders",
+    "session_pair_stats",
+    "migration_rejects",
+    "settlement_runs",
+    "prices",
+    "price_path",
+    "take_profits",
+)
 
 _COLUMNS = "id, status, mode, exchange, capital, started_at, ended_at, pairs, migrated_at"
 

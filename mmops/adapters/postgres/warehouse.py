@@ -15,11 +15,14 @@ the rows go in:
 Either way what PostgreSQL cannot take as it is (a fill whose order does not exist, an order id
 recorded under two pairs) is returned to the caller to quarantine, and ``session_pair_stats``
 is recomputed in SQL from the rows. The conflict-safe path holds nothing in memory beyond one
-chunk; the first one a session's order lines, then its order ids, and one pair's executions.
+chunk; the first one a session's order lines, then its order ids, and the executions of one
+pair while those of the pair before are written (PostgreSQL writes a pair while the next is read
+from Redis and checked).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -259,6 +262,7 @@ class WarehouseTransaction:
         self._fills: FillPick | None = None  # first: once the orders are written
         self._distinct: Counter[str] = Counter()  # first: executions per pair
         self._inserted = 0
+        self._writing: asyncio.Task[None] | None = None  # first: a pair's COPY under way
 
     async def stage_orders(self, lines: Sequence[str]) -> None:
         """Take TSV lines (``ORDER_LINE_COLUMNS``): held for the first COPY, or staged."""
@@ -277,11 +281,25 @@ class WarehouseTransaction:
             return
         held = self._fills.symbol
         if lines and held is not None and held != lines[0].split("\t", 3)[2]:
-            await self._write_fills()
+            # The held pair's COPY goes on while the next pair is read from Redis and checked:
+            # PostgreSQL and Python work at once within one session too.
+            await self.written()
+            self._writing = asyncio.create_task(self._write_fills(held, self._fills.take()))
         self._fills.add(lines)
 
     async def reject(self, rejects: Sequence[Reject]) -> None:
+        if rejects:
+            await self.written()  # not inside the savepoint of a pair's COPY
         await write_rejects(self._conn, self.session.id, rejects)
+
+    async def written(self) -> None:
+        """Wait for the COPY under way, if any (its error is raised here; cancelling the wait
+        cancels it)."""
+        if self._writing is not None:
+            try:
+                await self._writing
+            finally:
+                self._writing = None
 
     async def move_orders(self) -> OrderMove:
         """Write the orders taken; return what was written, the records read per pair, and
@@ -305,7 +323,8 @@ class WarehouseTransaction:
         in PostgreSQL; the others are left for :meth:`orphans`."""
         if self._fills is None:
             return await self._move_staged_fills()
-        await self._write_fills()
+        await self.written()
+        await self._write_fills(self._fills.symbol, self._fills.take())
         return FillMove(self._fills.received, self._inserted, dict(self._distinct))
 
     async def orphans(self, chunk: int = 1000) -> AsyncIterator[list[Stray]]:
@@ -341,11 +360,10 @@ class WarehouseTransaction:
             # migration (reported, retried next run), never the whole run.
             raise BadDataError(f"analytics of session {self.session.id}: {e}") from e
 
-    async def _write_fills(self) -> None:
-        """COPY the executions of the pair held into ``fills``; if one meets a row (a trade id
-        recorded for two executions), insert them the conflict-safe way instead."""
-        assert self._fills is not None
-        symbol, lines = self._fills.symbol, self._fills.take()
+    async def _write_fills(self, symbol: str | None, lines: list[str]) -> None:
+        """COPY the executions of a pair (``symbol``, None: none) into ``fills``; if one meets
+        a row (a trade id recorded for two executions), insert them the conflict-safe way
+        instead."""
         if symbol is None:
             return
         try:
@@ -460,7 +478,16 @@ class Warehouse:
             cur = await conn.execute(_FIRST, {"session": session.id})
             first = bool((await cur.fetchone() or (False,))[0])
             log.info("migration.path", session=session.id, first=first)
-            yield WarehouseTransaction(conn, session, first=first)
+            tx = WarehouseTransaction(conn, session, first=first)
+            try:
+                yield tx
+            except BaseException:
+                # A COPY still under way ends before the rollback; its own error, if any, is a
+                # consequence of this one.
+                with contextlib.suppress(Exception):
+                    await tx.written()
+                raise
+            await tx.written()
 
     async def pending_sessions(self, limit: int, after: str | None = None) -> list[str]:
         """Ids of sessions whose migration is not complete, in id order, after ``after``."""

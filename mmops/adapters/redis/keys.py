@@ -79,6 +79,12 @@ def prices(session_id: str) -> str:
     return f"prices:{_tag(session_id)}"
 
 
+def price_path(session_id: str) -> str:
+    """STREAM: the session's fill path, the venue's best bid and ask at each of its match
+    steps, one entry per step (paper sessions; in the key registry)."""
+    return f"path:{_tag(session_id)}"
+
+
 def settlement_lock(session_id: str, scope: str = "") -> str:
     """The session's settlement lock; with ``scope``, the lock of one group of its pairs (a
     big session settled in parts). A group lock is not in the key registry: it lives only

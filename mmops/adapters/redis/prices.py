@@ -1,12 +1,17 @@
-"""The price history of a session: the best bid and ask of its pairs as each settlement run
-fetched them, in ``prices:{S}`` (docs/REDIS_SCHEMA.md). Migration copies it to PostgreSQL
-``prices`` (``mmops.adapters.postgres.analytics_sync``); markouts and the tier backtest read it
-there.
+"""The price history of a session, two series (docs/REDIS_SCHEMA.md):
 
-``prices:{S}`` is a STREAM, one entry per run: one field per pair, its value
-``"<bid> <ask> <time ISO 8601>"`` (the ticker's own time). An append is one XADD with an
-approximate MAXLEN (bounded growth: the oldest runs are trimmed first), queued in one MULTI with
-the key's registration in ``keys:{S}``: one round trip, on the session's slot (cluster-safe).
+* ``prices:{S}``: the best bid and ask of its pairs as each settlement run fetched them;
+* ``path:{S}``: the fill path, the venue's best bid and ask at each of its match steps, which
+  the paper loop records (a venue fills on it, so the tier backtest replays on it).
+
+Migration copies them to PostgreSQL ``prices`` and ``price_path``
+(``mmops.adapters.postgres.analytics_sync``); markouts and the tier backtest read them there.
+
+Each is a STREAM, one entry per run (or step): one field per pair, its value
+``"<bid> <ask> <time ISO 8601>"`` (the ticker's own time). An append is XADDs with an
+approximate MAXLEN (bounded growth: the oldest entries are trimmed first), queued in one MULTI
+with the key's registration in ``keys:{S}``: one round trip, on the session's slot
+(cluster-safe).
 """
 
 from __future__ import annotations
@@ -17,10 +22,15 @@ from typing import Any, cast
 from mmops.adapters.redis import codec, keys
 from mmops.adapters.redis.client import Redis, redis_errors
 from mmops.domain.models import Ticker, check_symbol
-from mmops.domain.records import ReadResult
+from mmops.domain.records import PriceSeries, ReadResult
 from mmops.errors import BadRecordError
 
-DEFAULT_MAX_RUNS = 20_000  # runs kept per session: 41 days of 3-minute runs
+# Entries kept per session (the oldest trimmed first): every run is an entry, quick runs and
+# groups included, so the span is shorter on a busy session than 50,000 x 3 minutes; migration
+# copies them long before on its hourly schedule.
+DEFAULT_MAX_RUNS = 50_000
+DEFAULT_MAX_STEPS = 200_000  # path entries: 23 days of the paper loop's 10-second steps
+_KEYS = {PriceSeries.RUNS: keys.prices, PriceSeries.PATH: keys.price_path}
 READ_CHUNK = 1000  # stream entries per XRANGE
 
 
@@ -37,33 +47,52 @@ def ticker_from_value(symbol: str, value: Any) -> Ticker:
 
 
 class PriceStore:
-    """Append and read ``prices:{S}``."""
+    """Append and read ``prices:{S}`` and ``path:{S}``."""
 
-    def __init__(self, redis: Redis, max_runs: int = DEFAULT_MAX_RUNS) -> None:
-        if max_runs < 1:
-            raise ValueError(f"max_runs must be at least 1, got {max_runs}")
+    def __init__(
+        self, redis: Redis, max_runs: int = DEFAULT_MAX_RUNS, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> None:
+        if max_runs < 1 or max_steps < 1:
+            raise ValueError(f"stream caps must be at least 1, got {max_runs} and {max_steps}")
         self._r = redis
-        self._max_runs = max_runs
+        self._caps = {PriceSeries.RUNS: max_runs, PriceSeries.PATH: max_steps}
 
-    @redis_errors
     async def record(self, session_id: str, tickers: Sequence[Ticker]) -> None:
         """Append one run's tickers of the session's pairs (nothing for none): one round trip."""
-        if not tickers:
+        await self._append(session_id, PriceSeries.RUNS, [tickers])
+
+    async def record_path(self, session_id: str, steps: Sequence[Sequence[Ticker]]) -> None:
+        """Append the venue's quotes of the session's pairs, one entry per match step, oldest
+        first (empty steps skipped): one round trip."""
+        await self._append(session_id, PriceSeries.PATH, steps)
+
+    @redis_errors
+    async def _append(
+        self, session_id: str, series: PriceSeries, entries: Sequence[Sequence[Ticker]]
+    ) -> None:
+        entries = [e for e in entries if e]
+        if not entries:
             return
-        key = keys.prices(session_id)
-        fields: dict[Any, Any] = {t.symbol: ticker_value(t) for t in tickers}
+        key = _KEYS[series](session_id)
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.sadd(keys.registry(session_id), key)
-            pipe.xadd(key, fields, maxlen=self._max_runs, approximate=True)
+            for tickers in entries:
+                fields: dict[Any, Any] = {t.symbol: ticker_value(t) for t in tickers}
+                pipe.xadd(key, fields, maxlen=self._caps[series], approximate=True)
             await pipe.execute()
 
     async def read_after(
-        self, session_id: str, after: str | None, chunk: int = READ_CHUNK
+        self,
+        session_id: str,
+        after: str | None,
+        chunk: int = READ_CHUNK,
+        *,
+        series: PriceSeries = PriceSeries.RUNS,
     ) -> AsyncIterator[tuple[str, ReadResult[Ticker]]]:
-        """The tickers recorded after the entry id ``after`` (None: all), oldest run first, in
-        chunks of ``chunk`` runs, each with the id of its last entry; a value that does not
-        parse is in ``bad`` (key ``prices:{S}#<entry id>:<pair>``)."""
-        key = keys.prices(session_id)
+        """The tickers of ``series`` recorded after the entry id ``after`` (None: all), oldest
+        first, in chunks of ``chunk`` entries, each with the id of its last entry; a value that
+        does not parse is in ``bad`` (key ``<stream>#<entry id>:<pair>``)."""
+        key = _KEYS[series](session_id)
         start = "-" if after is None else "(" + after
         while True:
             entries = await self._range(key, start, chunk)

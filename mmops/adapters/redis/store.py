@@ -622,6 +622,41 @@ class PositionStore:
         return result
 
 
+class _Parsed:
+    """Positions with something to cover, by key, with the row each was parsed from.
+
+    A settlement run reads such a position twice: to price it, then under its claim (the
+    read that guards exactly-once). The second read still comes from Redis; only when its
+    row is the same as the first, field for field, is the position parsed then reused: the
+    same row always parses to the same (immutable) position, so no result changes. Covered
+    positions are not kept (they are not claimed), and the whole is emptied when full.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._by_key: dict[str, tuple[tuple[str, ...], Position]] = {}
+
+    def parse(self, session_id: str, position_id: str, key: str, row: Sequence[str]) -> Position:
+        """The position of ``row``; raises what ``codec.position_from_fields`` raises."""
+        seen = tuple(row)
+        kept = self._by_key.get(key)
+        if kept is not None and kept[0] == seen:
+            position = kept[1]
+            if position.session_id == session_id and position.position_id == position_id:
+                return position
+        position = codec.position_from_fields(session_id, position_id, _fields(row))
+        if position.uncovered > 0 or position.pending:
+            if len(self._by_key) >= self._limit:
+                self._by_key.clear()
+            self._by_key[key] = (seen, position)
+        else:
+            self._by_key.pop(key, None)
+        return position
+
+
+_PARSED = _Parsed(limit=20_000)
+
+
 def positions_from_rows(
     session_id: str,
     ids: Sequence[str],
@@ -635,13 +670,12 @@ def positions_from_rows(
     for position_id, key, row in zip(ids, names, rows, strict=True):
         if not row:
             continue
-        fields = _fields(row)
         try:
-            result.items.append(codec.position_from_fields(session_id, position_id, fields))
+            result.items.append(_PARSED.parse(session_id, position_id, key, row))
         except BadRecordError as e:
             result.bad.append(e)
         except codec.PARSE_ERRORS as e:  # as codec.decode: quarantined with key and reason
-            result.bad.append(BadRecordError(key, fields, f"{type(e).__name__}: {e}"))
+            result.bad.append(BadRecordError(key, _fields(row), f"{type(e).__name__}: {e}"))
 
 
 def _fields(row: Sequence[str]) -> dict[str, str]:
