@@ -17,19 +17,6 @@ from mmops.adapters.redis.store import SessionStore
 from tests.cluster import LocalCluster, redis_server_binary
 from tests.servers import Servers, throwaway_database
 
-# The slowest suites first: pytest-xdist hands out files in collection order, and a long file
-# started last keeps one worker busy while the other has finished (about two minutes of a run
-# on a slow machine). Within a suite the files keep their order.
-_SUITE_ORDER = ("tests/reliability/", "tests/e2e/", "tests/integration/", "tests/contract/")
-
-
-def _suite_rank(nodeid: str) -> int:
-    return next((n for n, s in enumerate(_SUITE_ORDER) if nodeid.startswith(s)), len(_SUITE_ORDER))
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: _suite_rank(item.nodeid))  # stable: same order on every worker
-
 
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
