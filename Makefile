@@ -37,10 +37,8 @@ browser:
 	  echo "$(CHROMIUM) is missing and this is not root: install it (apt-get install chromium)"; \
 	fi
 
-# Three workers on two cores: a quarter of the suite's time is spent waiting (subprocesses,
-# servers stopping and starting, lock and lease timeouts), which a third worker fills.
 test: lint browser
-	$(BIN)/pytest -n 3 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The integration, contract and reliability suites again, every test's Redis a local 3-master
 # cluster the tests start themselves (MMOPS_TEST_REDIS_CLUSTER=1). `make test` runs the cluster
