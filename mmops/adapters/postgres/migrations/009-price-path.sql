@@ -15,11 +15,5 @@
 
 ALTER TABLE sessions ADD COLUMN path_through TEXT;
 
-CREATE TABLE price_path (
-    session_id TEXT NOT NULL,
-    symbol     TEXT NOT NULL,
-    at         TIMESTAMPTZ NOT NULL,
-    bid        NUMERIC NOT NULL CHECK (bid > 0),
-    ask        NUMERIC NOT NULL CHECK (ask > 0),
-    PRIMARY KEY (session_id, symbol, at)
-);
+-- The same shape as `prices` (columns, checks, primary key): one point is one point.
+CREATE TABLE price_path (LIKE prices INCLUDING ALL);
