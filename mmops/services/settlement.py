@@ -199,30 +199,55 @@ class SettlementService:
     ) -> list[SessionResult]:
         """Settle the parts in order on one market-data snapshot, a result per part.
         ``still_ours(i)`` (claimed parts) renews part i's lease first: a part whose lease
-        another worker took meanwhile is left to it (reported locked)."""
+        another worker took meanwhile is left to it (reported locked).
+
+        The snapshot is on its way while the first parts take their locks and read their
+        positions (a round trip to the exchange costs more than both): they wait for it only
+        where they need prices. If it cannot be fetched, no part is settled."""
         if not parts:
             return []
         started = self._clock.now()
-        sessions = [p.session for p in parts]
+        # A split session's part '' asks for the open orders itself, once it holds its locks.
+        reconcile = any(p.work is Work.FULL for p in parts)
+        market = asyncio.ensure_future(
+            self._market_data([p.session for p in parts], reconcile=reconcile)
+        )
         try:
-            # A split session's part '' asks for the open orders itself, once it holds its locks.
-            reconcile = any(p.work is Work.FULL for p in parts)
-            data = await self._market_data(sessions, reconcile=reconcile)
-        except RECOVERABLE as e:
-            log.error("settlement.market_data_failed", error=str(e))
-            results = [self._failed(p, started, f"market data: {e}") for p in parts]
-            for part, r in zip(parts, results, strict=True):
-                await self._record(r, dry_run=self._tp.dry_run, full=part.whole)
-            return results
-        results = []
+            return await self._settle_parts(parts, market, started, still_ours)
+        finally:
+            _forget(market)
+
+    async def _settle_parts(
+        self,
+        parts: list[Part],
+        market: asyncio.Future[MarketData],
+        started: datetime,
+        still_ours: Callable[[int], Awaitable[bool]] | None,
+    ) -> list[SessionResult]:
+        data: MarketData | None = None
+        results: list[SessionResult] = []
         for start, together in _batches(parts):
             ours = [still_ours is None or await still_ours(start + k) for k in range(len(together))]
-            runs = (self._settle(p, data) for p, o in zip(together, ours, strict=True) if o)
+            snapshot = market if data is None else data
+            runs = (self._settle(p, snapshot) for p, o in zip(together, ours, strict=True) if o)
             settled = iter(await _all(runs))
-            for part, mine in zip(together, ours, strict=True):
-                result = next(settled) if mine else self._locked(part, self._clock.now())
+            batch = [
+                next(settled) if mine else self._locked(part, self._clock.now())
+                for part, mine in zip(together, ours, strict=True)
+            ]
+            results.extend(batch)
+            if data is None:
+                try:
+                    data = await market
+                except RECOVERABLE as e:
+                    log.error("settlement.market_data_failed", error=str(e))
+                    for part in parts[start + len(together) :]:
+                        result = self._failed(part, started, f"market data: {e}")
+                        await self._record(result, dry_run=self._tp.dry_run, full=part.whole)
+                        results.append(result)
+                    return results
+            for result in batch:
                 data = _after_placements(data, result)
-                results.append(result)
         return results
 
     async def _run_shared(self, sharing: WorkSharing, scheduled: bool) -> list[SessionResult]:
@@ -352,14 +377,19 @@ class SettlementService:
             log.warning("settlement.open_orders_failed", error=str(e))
             return None
 
-    async def _settle(self, part: Part, data: MarketData) -> SessionResult:
+    async def _settle(
+        self, part: Part, market: MarketData | asyncio.Future[MarketData]
+    ) -> SessionResult:
         session = part.session
         started = self._clock.now()
         plog = log.bind(session=session.id, **({"part": part.name} if part.name else {}))
         plog.info("settlement.started", pairs=len(session.pairs))
         try:
             async with part.lock(self._locks) as lease:
-                result = await self._settle_locked(part, data, started, lease)
+                try:
+                    result = await self._settle_locked(part, market, started, lease)
+                except _NoMarketData as e:  # logged once, by _settle_parts
+                    result = self._failed(part, started, f"market data: {e.error}")
                 # Recorded under the locks: a stop-loss level (flatten) is saved before the
                 # run of a group can read the level it replaces.
                 await self._record(result, dry_run=self._tp.dry_run, full=part.whole)
@@ -391,17 +421,23 @@ class SettlementService:
             await record_prices(self._prices, part.session, data.tickers)
 
     async def _settle_locked(
-        self, part: Part, data: MarketData, started: datetime, lease: SessionLease
+        self,
+        part: Part,
+        market: MarketData | asyncio.Future[MarketData],
+        started: datetime,
+        lease: SessionLease,
     ) -> SessionResult:
         """Under the part's locks. A whole part first reconciles the session with the
         exchange and ends with the stop-loss check; the part covers its pairs (a split
-        session's part '' only those where reconciliation released a take-profit)."""
+        session's part '' only those where reconciliation released a take-profit). Its
+        positions are read first, while the market data may still be on its way."""
         session, full = part.session, part.whole
+        read = await self._read(part)
+        data = await _snapshot(market)
         await self._record_prices(part, data)
         reports = {pair: PairReport(pair) for pair in session.pairs}
-        read: dict[str, ReadResult[Position]] = {}
-        if full:
-            data, read = await self._reconcile(part, data, reports)
+        if full and self._reconciler is not None:
+            data, read = await self._reconcile(part, data, reports, read)
         pairs = _to_cover(part, reports)
         if not pairs or await self._flattened(session.id):
             if not full:
@@ -409,12 +445,12 @@ class SettlementService:
                     session.id, RunState.OK, started, self._clock.now(), reports, part=part.name
                 )
             return await self._only_stoploss(session, data, started, reports, lease)
-        reads = await asyncio.gather(
-            *(self._coverable(session.id, p, reports[p], data, read.get(p)) for p in pairs),
+        coverable = await asyncio.gather(
+            *(self._coverable(session.id, p, reports[p], data, read[p]) for p in pairs),
             return_exceptions=True,
         )
         by_pair: dict[str, list[Position]] = {}
-        for pair, positions in zip(pairs, reads, strict=True):
+        for pair, positions in zip(pairs, coverable, strict=True):
             if isinstance(positions, RECOVERABLE):
                 reports[pair].error = f"{type(positions).__name__}: {positions}"
             elif isinstance(positions, BaseException):
@@ -444,6 +480,24 @@ class SettlementService:
             error=stop_error,
             part=part.name,
         )
+
+    async def _read(self, part: Part) -> dict[str, _Read]:
+        """Every pair's positions as the part needs them, or the error reading them.
+
+        A part that reconciles reads every position (all pairs at once; a pair that cannot be
+        read fails the part, as reconciliation needs them all). Otherwise, with repricing on,
+        every position is read once (repricing needs the covered ones too) and the uncovered
+        are taken from that read; without it only the uncovered index is read."""
+        session = part.session
+        if part.whole and self._reconciler is not None:
+            reads = await _all(self._positions.all(session.id, pair) for pair in session.pairs)
+            return dict(zip(session.pairs, reads, strict=True))
+        live = self._repricer is not None and not self._tp.dry_run
+        read = self._positions.all if live else self._positions.uncovered
+        outcomes = await asyncio.gather(
+            *(read(session.id, pair) for pair in session.pairs), return_exceptions=True
+        )
+        return dict(zip(session.pairs, outcomes, strict=True))
 
     async def _flattened(self, session_id: str) -> bool:
         """A flattened session gets no new take-profits: its positions are being exited."""
@@ -484,31 +538,33 @@ class SettlementService:
             return None, stop_error
 
     async def _reconcile(
-        self, part: Part, data: MarketData, reports: dict[str, PairReport]
-    ) -> tuple[MarketData, dict[str, ReadResult[Position]]]:
+        self,
+        part: Part,
+        data: MarketData,
+        reports: dict[str, PairReport],
+        read: dict[str, _Read],
+    ) -> tuple[MarketData, dict[str, _Read]]:
         """Believe the exchange before anything is covered: fills recorded, take-profits it no
         longer shows released (so this run covers their positions again); counts per pair.
         A split session's part '' asks for the open orders only now, holding its locks: a
         snapshot taken before its wait for the groups' runs would miss their take-profits,
         which it would then look up one by one.
 
-        Returns the market data and every pair's positions as they are after reconciling:
-        read once (all pairs at once) for both reconciliation and covering, those it changed
-        read again. What a fill changes meanwhile, the claim's own read sees."""
-        if self._reconciler is None:
-            return data, {}
+        ``read`` is every pair's positions (read under the lock); returns the market data and
+        those positions as they are after reconciling (those it changed read again). What a
+        fill changes meanwhile, the claim's own read sees."""
+        assert self._reconciler is not None
         session = part.session
         if part.work is Work.CHECK:
             data = replace(data, open_orders=await self._open_orders())
-        reads = await _all(self._positions.all(session.id, pair) for pair in session.pairs)
-        read = dict(zip(session.pairs, reads, strict=True))
+        positions = {pair: r for pair, r in read.items() if isinstance(r, ReadResult)}
         report = await self._reconciler.session(
             session, open_orders=data.open_orders, dry_run=self._tp.dry_run,
-            report_unknown=False, positions=read,
+            report_unknown=False, positions=positions,
         )  # fmt: skip
         for pair, pair_report in reports.items():
             pair_report.reconciled = report.counts(pair)
-        return data, await self._read_changed(session.id, read, report)
+        return data, {**read, **await self._read_changed(session.id, positions, report)}
 
     async def _read_changed(
         self,
@@ -537,20 +593,13 @@ class SettlementService:
         pair: str,
         report: PairReport,
         data: MarketData,
-        known: ReadResult[Position] | None,
+        read: _Read,
     ) -> list[Position]:
-        """The pair's positions that need a take-profit, after repricing stale ones.
-
-        From ``known`` (every position, as reconciliation left them) when given, else read:
-        with repricing on, every position is read once (repricing needs the covered ones too)
-        and the uncovered are taken from that read; otherwise only the uncovered index is read.
-        """
+        """The pair's positions that need a take-profit (from ``read``: what ``_read`` read,
+        as reconciliation left them), after repricing stale ones. Raises the read's error."""
+        if isinstance(read, BaseException):
+            raise read
         live = self._repricer is not None and not self._tp.dry_run
-        read = known
-        if read is None:
-            read = await (self._positions.all if live else self._positions.uncovered)(
-                session_id, pair
-            )
         # A position of another pair in this pair's index would be priced, allocated and sold
         # against the wrong market: a bad record, like one that does not parse.
         strays = [_stray(session_id, pair, p) for p in read.items if p.symbol != pair]
@@ -659,6 +708,36 @@ def _after_placements(data: MarketData, result: SessionResult) -> MarketData:
 
 async def _nothing() -> None:
     return None
+
+
+# A pair's positions as read under the part's lock, or why they could not be read.
+_Read = ReadResult[Position] | BaseException
+
+
+class _NoMarketData(Exception):
+    """The run's market data could not be fetched: the part is not settled."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _snapshot(market: MarketData | asyncio.Future[MarketData]) -> MarketData:
+    """The run's market data, waited for if still on its way; raises _NoMarketData."""
+    if isinstance(market, MarketData):
+        return market
+    try:
+        return await asyncio.shield(market)  # a part cancelled leaves it to the others
+    except RECOVERABLE as e:
+        raise _NoMarketData(e) from e
+
+
+def _forget(market: asyncio.Future[MarketData]) -> None:
+    """Cancel the fetch if still under way; its error, if any, is reported elsewhere."""
+    if not market.done():
+        market.cancel()
+    elif not market.cancelled():
+        market.exception()  # retrieved: no "never retrieved" warning
 
 
 async def _all(runs: Iterable[Awaitable[T]]) -> list[T]:

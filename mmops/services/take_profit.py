@@ -11,7 +11,8 @@
    each position and re-read the claimed positions in the same atomic step (one round trip),
    then per batch of at most 15: write the pending markers (one round trip), send, record
    every placed order with its coverage (one round trip), and look up the client id of any
-   order whose answer was lost.
+   order whose answer was lost. A batch's outcome is recorded while the next batch is fenced
+   and sent (its pending markers cover it meanwhile, as they would after a crash).
 
 Phases 2-4 run per funding group (the pairs of one base asset: pairs of different bases spend
 no balance in common, so allocating them apart gives the same grants): a group starts placing
@@ -534,23 +535,57 @@ class TakeProfitService:
                     )
                 )
             return ZERO
-        sent = ZERO
         # Claimed and read in one atomic step: the orders are built from the state they hold.
         tokens, fresh = await self._attempts.acquire_reading(
             session_id, [g.quote.position_id for g in grants]
         )
         try:
             orders = self._claimed_orders(session_id, grants, tokens, fresh, data, report, now)
+            return await self._send_batches(session_id, pair, orders, tokens, lease, report, now)
+        finally:
+            await self._attempts.release(session_id, tokens)
+
+    async def _send_batches(
+        self,
+        session_id: str,
+        pair: str,
+        orders: Sequence[_Order],
+        tokens: Mapping[str, str],
+        lease: SessionLease | None,
+        report: PairReport,
+        now: datetime,
+    ) -> Decimal:
+        """Send the pair's orders in batches, one batch after another; return the amount
+        they may hold. A batch's take-profits are recorded while the next batch is fenced and
+        sent: until they are, their pending markers stand for them, as after a crash. Every
+        batch sent is recorded before this returns or raises."""
+        sent = ZERO
+        recording: asyncio.Future[None] | None = None
+        try:
             for start in range(0, len(orders), MAX_BATCH):
                 chunk = orders[start : start + MAX_BATCH]
                 # The venue's trading counter may hold a batch back (Kraken Starter: 60 orders
                 # a pair, -1/s): wait here, so the fence stamps the deadline after the wait.
                 await self._exchange.admit(pair, len(chunk))
                 fenced, deadline = await self._fence(session_id, chunk, tokens, lease, report)
-                sent += await self._place_chunk(fenced, report, now, deadline)
+                answers = await self._send(fenced, deadline)
+                held, coverages, clears = await self._outcomes(fenced, answers, report, now)
+                sent += held
+                if recording is not None:
+                    await recording
+                recording = asyncio.ensure_future(self._record(coverages, clears))
         finally:
-            await self._attempts.release(session_id, tokens)
+            if recording is not None:
+                await recording
         return sent
+
+    async def _record(
+        self, coverages: Sequence[Coverage], clears: Sequence[tuple[Position, int]]
+    ) -> None:
+        """Record a batch's take-profits with their coverage, and forget the pending markers
+        of the orders the exchange refused."""
+        await self._positions.record_coverage(coverages)
+        await self._positions.clear_pending(clears)
 
     async def _fence(
         self,
@@ -616,18 +651,29 @@ class TakeProfitService:
             orders.append(_Order(p, quote, amount, p.generation, cid, uncovered))
         return orders
 
-    async def _place_chunk(
-        self, chunk: Sequence[_Order], report: PairReport, now: datetime, deadline: datetime
-    ) -> Decimal:
-        """Send one fenced batch; return the amount it may hold (placed or answer lost)."""
+    async def _send(self, chunk: Sequence[_Order], deadline: datetime) -> list[PlacementResult]:
+        """Send one fenced batch: an answer per order (a failed call: its error in each)."""
         if not chunk:
-            return ZERO
-        sent = ZERO
+            return []
         requests = [o.request(deadline) for o in chunk]
         try:
-            results = await self._exchange.place_batch(requests)
+            return await self._exchange.place_batch(requests)
         except RECOVERABLE as e:  # the whole call failed: every outcome is unknown
-            results = [PlacementResult(r, error=e) for r in requests]
+            return [PlacementResult(r, error=e) for r in requests]
+
+    async def _outcomes(
+        self,
+        chunk: Sequence[_Order],
+        results: Sequence[PlacementResult],
+        report: PairReport,
+        now: datetime,
+    ) -> tuple[Decimal, list[Coverage], list[tuple[Position, int]]]:
+        """A sent batch's outcomes, reported, with a lost answer looked up: the amount the
+        batch may hold (placed or answer lost), the coverages to record and the pending
+        markers to clear (orders refused)."""
+        if not chunk:
+            return ZERO, [], []
+        sent = ZERO
         coverages: list[Coverage] = []
         clears: list[tuple[Position, int]] = []
         # One bound logger for the batch (one pair of one session): binding per event costs
@@ -690,9 +736,7 @@ class TakeProfitService:
                     Failed(o.position.position_id, type(r.error).__name__, str(r.error))
                 )
                 pair_log.warning("tp.rejected", position=o.position.position_id, error=str(r.error))
-        await self._positions.record_coverage(coverages)
-        await self._positions.clear_pending(clears)
-        return sent
+        return sent, coverages, clears
 
     async def _lookup(self, o: _Order) -> ExchangeOrder | None:
         try:
