@@ -4,15 +4,18 @@ the stop-loss acted on once across runs."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from decimal import Decimal
 
 import pytest
 
+from mmops.domain.models import Ticker
 from mmops.domain.pnl import StopLossLevel
 from mmops.domain.records import RunState
-from mmops.errors import StoreUnavailable, UnknownSession
+from mmops.errors import ExchangeUnavailable, StoreUnavailable, UnknownSession
 from mmops.services import settlement as settlement_module
 from mmops.services.settlement import SessionResult
+from tests import fakes
 from tests.unit.desk import BTC_EUR, BTC_USD, ETH_USD, T0, Desk
 
 
@@ -182,3 +185,27 @@ async def test_groups_settled_together_all_end_before_an_error_is_raised() -> No
     with pytest.raises(StoreUnavailable):
         await settlement_module._all([fails(), slow()])
     assert finished == ["slow"]
+
+
+class NoTickersVenue(fakes.MemoryExchange):
+    async def tickers(self, symbols: Sequence[str]) -> dict[str, Ticker]:
+        raise ExchangeUnavailable("tickers: 503")
+
+
+async def test_without_market_data_every_part_is_recorded_failed_and_nothing_is_sent() -> None:
+    """The first parts take their locks and read while the market data is on its way; when it
+    cannot be fetched, they and every later part are recorded failed with the reason."""
+    desk = Desk(group_pairs=1, venue=NoTickersVenue)
+    await desk.start("s1", BTC_USD, ETH_USD)
+    await desk.buy("b1", "0.5")
+    await desk.buy("h1", "1", pair=ETH_USD, price="10")
+
+    results = await desk.settlement.run("s1")
+
+    assert [(r.part, r.state) for r in results] == [
+        ("g0", RunState.FAILED), ("g1", RunState.FAILED), ("", RunState.FAILED),
+    ]  # fmt: skip
+    assert {r.error for r in results} == {"market data: tickers: 503"}
+    assert [row.details.get("part", "") for row in desk.runs.rows] == ["g0", "g1", ""]
+    assert desk.exchange.batches == []
+    assert (await desk.position("b1")).pending == ()

@@ -4,6 +4,7 @@ recovery of placements whose outcome was lost."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -13,9 +14,9 @@ import pytest
 
 from mmops.adapters.clock import SimulatedClock
 from mmops.domain.allocation import ReservationRequest
-from mmops.domain.exchange import OrderRequest
+from mmops.domain.exchange import OrderRequest, PlacementResult
 from mmops.domain.models import OrderStatus, PairStatus, Side
-from mmops.domain.records import TpStatus
+from mmops.domain.records import Coverage, TpStatus
 from mmops.domain.tiers import TierPolicy
 from mmops.errors import ExchangeRejected, LockLost, PostOnlyWouldTake
 from mmops.services.take_profit import TakeProfitService
@@ -317,6 +318,52 @@ async def test_a_lost_lock_stops_sending_before_the_next_batch() -> None:
             )
     assert desk.exchange.batches == []
     assert (await desk.position("b1")).pending == ()
+
+
+class LockTakenAfterFirstBatch(fakes.MemoryExchange):
+    """Another worker takes the session's lock while the first batch is on its way."""
+
+    locks: fakes.FakeLocks
+
+    async def place_batch(self, orders: Sequence[OrderRequest]) -> list[PlacementResult]:
+        results = await super().place_batch(orders)
+        if len(self.batches) == 1:
+            self.locks.take_away("s1")
+        return results
+
+
+async def test_a_lock_lost_between_batches_sends_no_more_and_records_what_was_sent() -> None:
+    """A batch's take-profits are recorded while the next batch is fenced: when that fence
+    finds the lock lost, what was sent is still recorded before the run gives up."""
+    desk = Desk(venue=LockTakenAfterFirstBatch)
+    venue = desk.exchange
+    assert isinstance(venue, LockTakenAfterFirstBatch)
+    venue.locks = desk.locks
+    record = desk.store.record_coverage
+
+    async def slow_record(coverages: Sequence[Coverage]) -> None:
+        await asyncio.sleep(0.01)  # still recording when the next fence fails
+        await record(coverages)
+
+    desk.store.record_coverage = slow_record  # type: ignore[method-assign]
+    for i in range(20):
+        await desk.buy(f"b{i:02}", "0.1")
+
+    async with desk.locks.hold("s1") as lease:
+        with pytest.raises(LockLost):
+            await desk.take_profits.create_batch(
+                "s1", await desk.uncovered(), await desk.data(), lease=lease
+            )
+
+    [first] = venue.batches
+    sent = {r.client_order_id for r in first}
+    assert len(sent) == 15
+    positions = [await desk.position(f"b{i:02}") for i in range(20)]
+    recorded = [p for p in positions if p.take_profits]
+    covering = [venue.orders[order_id] for p in recorded for order_id, _ in p.take_profits]
+    assert {o.client_order_id for o in covering} == sent
+    assert all(p.pending == () and p.uncovered == 0 for p in recorded)
+    assert [p for p in positions if not p.take_profits and not p.pending] == positions[15:]
 
 
 async def test_dry_run_prices_and_allocates_but_sends_and_records_nothing() -> None:
