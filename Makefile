@@ -37,7 +37,10 @@ browser:
 	  echo "$(CHROMIUM) is missing and this is not root: install it (apt-get install chromium)"; \
 	fi
 
+# mmops compiled to bytecode first, as a regular install would: the suite starts a few hundred
+# `mmops` processes, and where PYTHONDONTWRITEBYTECODE is set each would compile it again.
 test: lint browser
+	$(BIN)/python -m compileall -q mmops
 	$(BIN)/pytest -n 2 --dist loadfile
 
 # The integration, contract and reliability suites again, every test's Redis a local 3-master
