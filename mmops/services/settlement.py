@@ -1,10 +1,11 @@
 """The settlement run: every recent session's uncovered positions covered, the stop-loss checked,
 the outcome recorded.
 
-One run: discover sessions (PostgreSQL) → fetch markets, tickers and balances once → per
-session, under ``lock:settlement:{S}``: reconcile the take-profits believed live with the
-exchange (``mmops.services.reconcile``), reprice stale ones, read uncovered positions,
-create take-profits (pairs concurrently, isolated), check the portfolio stop-loss, write
+One run: discover sessions (PostgreSQL) → ask for markets, tickers and balances once → per
+session, under ``lock:settlement:{S}``: read its positions (while the market data is still on
+its way, for the first), reconcile the take-profits believed live with the exchange
+(``mmops.services.reconcile``), reprice stale ones, create take-profits for the uncovered
+positions (pairs concurrently, isolated), check the portfolio stop-loss, write
 ``settlement:status:{S}`` / ``settlement:last_run:{S}`` and a ``settlement_runs`` row. Several
 workers may run at once: leases (``WorkSharing``) share the sessions out, each due session to
 one worker per round, and the session lock still guards each one.
@@ -224,6 +225,10 @@ class SettlementService:
         started: datetime,
         still_ours: Callable[[int], Awaitable[bool]] | None,
     ) -> list[SessionResult]:
+        """``_settle_all``'s loop: the parts batch after batch (``_batches``), the first
+        batch with the market data still on its way. If it cannot be fetched, the parts that
+        waited for it were recorded failed under their locks; every later part gets a
+        ``settlement_runs`` row only (its status is written only under its lock)."""
         data: MarketData | None = None
         results: list[SessionResult] = []
         for start, together in _batches(parts):
@@ -236,14 +241,17 @@ class SettlementService:
                 for part, mine in zip(together, ours, strict=True)
             ]
             results.extend(batch)
+            rest = parts[start + len(together) :]
             if data is None:
+                if not rest and not market.done():
+                    return results  # no part needed it (all held elsewhere): not waited for
                 try:
                     data = await market
                 except RECOVERABLE as e:
                     log.error("settlement.market_data_failed", error=str(e))
-                    for part in parts[start + len(together) :]:
+                    for part in rest:
                         result = self._failed(part, started, f"market data: {e}")
-                        await self._record(result, dry_run=self._tp.dry_run, full=part.whole)
+                        await self._record(result, dry_run=self._tp.dry_run, full=False)
                         results.append(result)
                     return results
             for result in batch:
@@ -492,11 +500,16 @@ class SettlementService:
         if part.whole and self._reconciler is not None:
             reads = await _all(self._positions.all(session.id, pair) for pair in session.pairs)
             return dict(zip(session.pairs, reads, strict=True))
+        if part.work is Work.CHECK:
+            return {}  # it covers what reconciliation released: without a reconciler, nothing
         live = self._repricer is not None and not self._tp.dry_run
         read = self._positions.all if live else self._positions.uncovered
         outcomes = await asyncio.gather(
             *(read(session.id, pair) for pair in session.pairs), return_exceptions=True
         )
+        for outcome in outcomes:  # a pair's recoverable error fails that pair only
+            if isinstance(outcome, BaseException) and not isinstance(outcome, RECOVERABLE):
+                raise outcome
         return dict(zip(session.pairs, outcomes, strict=True))
 
     async def _flattened(self, session_id: str) -> bool:
@@ -557,6 +570,7 @@ class SettlementService:
         session = part.session
         if part.work is Work.CHECK:
             data = replace(data, open_orders=await self._open_orders())
+        # Every pair's (``_read`` raises for a part that reconciles); narrowed for the types.
         positions = {pair: r for pair, r in read.items() if isinstance(r, ReadResult)}
         report = await self._reconciler.session(
             session, open_orders=data.open_orders, dry_run=self._tp.dry_run,

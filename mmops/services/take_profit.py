@@ -558,11 +558,16 @@ class TakeProfitService:
         """Send the pair's orders in batches, one batch after another; return the amount
         they may hold. A batch's take-profits are recorded while the next batch is fenced and
         sent: until they are, their pending markers stand for them, as after a crash. Every
-        batch sent is recorded before this returns or raises."""
+        batch sent has its recording started, and finished (or failed), before this returns
+        or raises; a failed recording sends nothing more (at most the batch already on its
+        way when it failed) and is raised."""
         sent = ZERO
-        recording: asyncio.Future[None] | None = None
+        latest: asyncio.Future[None] | None = None  # the last batch's recording
         try:
             for start in range(0, len(orders), MAX_BATCH):
+                if latest is not None and latest.done():
+                    done, latest = latest, None
+                    done.result()  # the batch before failed to record: send nothing more
                 chunk = orders[start : start + MAX_BATCH]
                 # The venue's trading counter may hold a batch back (Kraken Starter: 60 orders
                 # a pair, -1/s): wait here, so the fence stamps the deadline after the wait.
@@ -571,12 +576,15 @@ class TakeProfitService:
                 answers = await self._send(fenced, deadline)
                 held, coverages, clears = await self._outcomes(fenced, answers, report, now)
                 sent += held
-                if recording is not None:
-                    await recording
-                recording = asyncio.ensure_future(self._record(coverages, clears))
-        finally:
-            if recording is not None:
-                await recording
+                earlier, latest = latest, asyncio.ensure_future(self._record(coverages, clears))
+                if earlier is not None:
+                    await asyncio.shield(earlier)  # a cancel here leaves it to finish
+        except BaseException:
+            if latest is not None:
+                await _recorded_anyway(latest)
+            raise
+        if latest is not None:
+            await asyncio.shield(latest)
         return sent
 
     async def _record(
@@ -744,6 +752,15 @@ class TakeProfitService:
         except RECOVERABLE:
             return None
         return found if found is not None and found.live else None
+
+
+async def _recorded_anyway(recording: asyncio.Future[None]) -> None:
+    """Wait for a batch's recording while the pair is failing already: its own error is
+    logged, not raised over the one on its way (a cancellation stays a cancellation)."""
+    try:
+        await asyncio.shield(recording)
+    except Exception as e:
+        log.error("tp.record_failed", error=f"{type(e).__name__}: {e}")
 
 
 def _base(quote: TakeProfitQuote, data: MarketData) -> str:

@@ -18,7 +18,7 @@ from mmops.domain.exchange import OrderRequest, PlacementResult
 from mmops.domain.models import OrderStatus, PairStatus, Side
 from mmops.domain.records import Coverage, TpStatus
 from mmops.domain.tiers import TierPolicy
-from mmops.errors import ExchangeRejected, LockLost, PostOnlyWouldTake
+from mmops.errors import ExchangeRejected, LockLost, PostOnlyWouldTake, StoreUnavailable
 from mmops.services.take_profit import TakeProfitService
 from mmops.services.tp_results import MarketData, PairReport, SkipReason
 from tests import fakes
@@ -364,6 +364,59 @@ async def test_a_lock_lost_between_batches_sends_no_more_and_records_what_was_se
     assert {o.client_order_id for o in covering} == sent
     assert all(p.pending == () and p.uncovered == 0 for p in recorded)
     assert [p for p in positions if not p.take_profits and not p.pending] == positions[15:]
+
+
+async def test_a_batch_that_fails_to_record_stops_the_pair_after_the_batch_on_its_way() -> None:
+    """Batch 1's recording fails while batch 2 is sent: batch 2 is still recorded, batch 3 is
+    never sent, and the store's error ends the run; batch 1's markers stand for its orders."""
+    desk = Desk()
+    record = desk.store.record_coverage
+    calls: list[int] = []
+
+    async def failing_once(coverages: Sequence[Coverage]) -> None:
+        calls.append(len(coverages))
+        if len(calls) == 1:
+            raise StoreUnavailable("Redis", "connection reset")
+        await record(coverages)
+
+    desk.store.record_coverage = failing_once  # type: ignore[method-assign]
+    for i in range(45):
+        await desk.buy(f"b{i:02}", "0.1")
+
+    with pytest.raises(StoreUnavailable):
+        await desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+
+    assert [len(b) for b in desk.exchange.batches] == [15, 15]
+    assert calls == [15, 15]
+    positions = [await desk.position(f"b{i:02}") for i in range(45)]
+    assert all(p.pending and not p.take_profits for p in positions[:15])
+    assert all(p.take_profits and not p.pending for p in positions[15:30])
+    assert all(not p.take_profits and not p.pending for p in positions[30:])
+
+
+async def test_a_cancelled_pair_still_finishes_recording_the_batch_it_sent() -> None:
+    desk = Desk()
+    record = desk.store.record_coverage
+
+    async def slow_record(coverages: Sequence[Coverage]) -> None:
+        await asyncio.sleep(0.05)
+        await record(coverages)
+
+    desk.store.record_coverage = slow_record  # type: ignore[method-assign]
+    for i in range(20):
+        await desk.buy(f"b{i:02}", "0.1")
+    placing = asyncio.ensure_future(
+        desk.take_profits.create_batch("s1", await desk.uncovered(), await desk.data())
+    )
+    while len(desk.exchange.batches) < 2:
+        await asyncio.sleep(0.001)
+    placing.cancel()  # batch 1 is recording, batch 2 was just sent
+
+    with pytest.raises(asyncio.CancelledError):
+        await placing
+
+    positions = [await desk.position(f"b{i:02}") for i in range(20)]
+    assert all(p.take_profits and not p.pending for p in positions[:15])
 
 
 async def test_dry_run_prices_and_allocates_but_sends_and_records_nothing() -> None:
