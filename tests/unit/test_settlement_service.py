@@ -207,5 +207,6 @@ async def test_without_market_data_every_part_is_recorded_failed_and_nothing_is_
     ]  # fmt: skip
     assert {r.error for r in results} == {"market data: tickers: 503"}
     assert [row.details.get("part", "") for row in desk.runs.rows] == ["g0", "g1", ""]
+    assert "s1" not in desk.ops.statuses  # part '' never took its locks: no status written
     assert desk.exchange.batches == []
     assert (await desk.position("b1")).pending == ()
