@@ -28,38 +28,69 @@ _SYMBOL = re.compile(SYMBOL_PATTERN)
 _ORDER_ID = re.compile(ORDER_ID_PATTERN)
 
 
+# Identifiers already found well-formed, one set per rule: the same few session, position and
+# pair ids are checked again each time a key is named or a record is built from another, and
+# looking one up costs a fraction of matching it. Only exact ``str`` values go in (a subclass
+# could compare equal to a kept id and be something else), each after its full check; a set
+# is emptied when it reaches _KNOWN_KEPT ids, so memory stays bounded.
+_KNOWN_KEPT = 16_384  # per rule: at most a few MB of short strings
+_KNOWN_SESSION_IDS: set[str] = set()
+_KNOWN_SYMBOLS: set[str] = set()
+_KNOWN_ORDER_IDS: set[str] = set()
+
+
+def _keep(value: str, known: set[str]) -> None:
+    if type(value) is str:
+        if len(known) >= _KNOWN_KEPT:
+            known.clear()
+        known.add(value)
+
+
 def check_session_id(value: str) -> str:
     """Return ``value`` if it is a safe session id, else raise :class:`InvalidIdentifier`.
 
     A session id is embedded in Redis keys as a ``{S}`` hash tag, so braces, colons and
     whitespace are refused: they could move a key into another session's slot or name.
     """
+    if type(value) is str and value in _KNOWN_SESSION_IDS:  # passed before, so passes again
+        return value
     if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
         raise InvalidIdentifier(f"invalid session id {value!r}: expected 1-64 of [A-Za-z0-9_.-]")
+    _keep(value, _KNOWN_SESSION_IDS)
     return value
 
 
 def check_symbol(value: str) -> str:
     """Return ``value`` if it is a ccxt unified symbol such as ``BTC/USD``."""
+    if type(value) is str and value in _KNOWN_SYMBOLS:  # passed before, so passes again
+        return value
     if not isinstance(value, str) or not _SYMBOL.fullmatch(value):
         raise InvalidIdentifier(f"invalid pair {value!r}: expected BASE/QUOTE in capitals")
+    _keep(value, _KNOWN_SYMBOLS)
     return value
 
 
 def check_order_id(value: str) -> str:
     """Return ``value`` if it is a safe order/position/fill id (no braces or whitespace)."""
+    if type(value) is str and value in _KNOWN_ORDER_IDS:  # passed before, so passes again
+        return value
     if not isinstance(value, str) or not _ORDER_ID.fullmatch(value):
         raise InvalidIdentifier(f"invalid id {value!r}: expected 1-128 of [A-Za-z0-9_.:-]")
+    _keep(value, _KNOWN_ORDER_IDS)
     return value
 
 
 def check_amount(name: str, value: Decimal, *, positive: bool = False) -> Decimal:
     """Return ``value`` if it is a finite, non-negative ``Decimal`` (strictly positive if asked)."""
+    if (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and (value > 0 or (not positive and value == 0))
+    ):
+        return value  # the common case, decided in one test; what is refused is worded below
     if not isinstance(value, Decimal) or not value.is_finite():
         raise ValueError(f"{name} must be a finite Decimal, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
-    return value
+    raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
 
 
 def check_time(name: str, value: datetime) -> datetime:
@@ -254,12 +285,16 @@ class Position:
         check_order_id(self.position_id)
         check_symbol(self.symbol)
         check_time("opened_at", self.opened_at)
-        for name in ("filled", "cost", "fees", "covered", "closed"):
-            check_amount(name, getattr(self, name))
+        check_amount("filled", self.filled)
+        check_amount("cost", self.cost)
+        check_amount("fees", self.fees)
+        check_amount("covered", self.covered)
+        check_amount("closed", self.closed)
 
     @property
     def pending_amount(self) -> Decimal:
-        return sum((p.amount for p in self.pending), ZERO)
+        pending = self.pending
+        return sum((p.amount for p in pending), ZERO) if pending else ZERO
 
     @property
     def uncovered(self) -> Decimal:
@@ -268,7 +303,10 @@ class Position:
         Pending take-profits count as covering: until their fate is known, the quantity they
         name may already be on the exchange, and covering it again could sell it twice.
         """
-        return max(ZERO, self.filled - self.covered - self.closed - self.pending_amount)
+        pending = self.pending
+        owed = sum((p.amount for p in pending), ZERO) if pending else ZERO
+        rest = self.filled - self.covered - self.closed - owed
+        return rest if rest > ZERO else ZERO  # max(ZERO, rest): ZERO itself when not above
 
     @property
     def average_price(self) -> Decimal:

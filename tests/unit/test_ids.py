@@ -63,3 +63,12 @@ def test_different_inputs_give_different_ids(
     a: tuple[str, str, int], b: tuple[str, str, int]
 ) -> None:
     assert (client_order_id(*a) == client_order_id(*b)) == (a == b)
+
+
+@given(sessions, positions, generations)
+def test_ids_are_exactly_uuid5_of_the_namespace_and_the_joined_name(
+    session: str, position: str, gen: int
+) -> None:
+    """The id is built without ``uuid.UUID`` (for speed) and must equal what ``uuid5`` gives."""
+    expected = str(uuid.uuid5(MMOPS_NAMESPACE, f"tp/{session}/{position}/{gen}"))
+    assert client_order_id(session, position, gen) == expected

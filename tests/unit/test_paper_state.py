@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal as D
 
 from hypothesis import given
@@ -66,3 +66,19 @@ def test_the_order_record_is_what_json_dumps_wrote(
     written = paper.encode()
     assert written == _the_plain_way(paper)
     assert PaperOrder.decode(written).encode() == written
+
+
+@given(
+    at=TIMES,
+    offsets=st.lists(st.integers(min_value=-1439, max_value=1439), min_size=1, max_size=4),
+)
+def test_the_time_is_written_alike_for_one_instant_in_any_zone_and_any_number_of_times(
+    at: datetime, offsets: list[int]
+) -> None:
+    """The written epoch seconds are remembered per instant: one instant in several zones,
+    or written again, reads the same as json.dumps wrote it."""
+    for minutes in offsets:
+        local = at.astimezone(timezone(timedelta(minutes=minutes)))
+        order = ExchangeOrder("O-1", "BTC/USD", Side.SELL, D(1), D(1), OrderStatus.OPEN, local)
+        for _ in range(2):
+            assert PaperOrder(order, D(1)).encode() == _the_plain_way(PaperOrder(order, D(1)))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmops.domain.models import Market, Position, Ticker
+from mmops.domain.models import Market, PendingTakeProfit, Position, Ticker
 from mmops.domain.pricing import (
     Dust,
     DustReason,
@@ -260,3 +260,106 @@ def test_a_quote_meets_the_minimums_and_dust_says_which_it_misses(
         assert result.amount < mkt.min_amount
     else:
         assert result.amount * result.price < mkt.min_cost
+
+
+# -- the fixed-context pricing gives what the localcontext() one gave ----------------------
+
+
+def _reference_price(
+    position: Position, age_minutes: int, market: Market, ticker: Ticker, tiers: TierTable
+) -> TakeProfitQuote | Dust:
+    """``price_take_profit`` as it was before it used one fixed context."""
+    from decimal import ROUND_CEILING, localcontext
+
+    from mmops.domain.pricing import dust_reason
+    from mmops.domain.rounding import round_amount_down, round_price_up
+
+    def plain(value: Decimal) -> Decimal:
+        return value.quantize(Decimal(1)) if int(value.as_tuple().exponent) > 0 else value
+
+    if not position.symbol == market.symbol == ticker.symbol:
+        raise ValueError("pair mismatch")
+    if position.filled == 0:
+        raise ValueError(f"position {position.position_id} has no filled quantity to price")
+    tier_minutes, markup = tiers.markup_at(age_minutes)
+    with localcontext() as ctx:
+        ctx.rounding = ROUND_CEILING
+        basis = plain((position.cost + position.fees) / position.filled)
+        break_even = plain(basis / (1 - market.maker_fee))
+        target = plain(break_even * (1 + markup))
+    crossed = target <= ticker.bid
+    price = round_price_up(ticker.ask if crossed else target, market.tick)
+    amount = round_amount_down(position.uncovered, market.lot)
+    figures: dict[str, object] = dict(
+        session_id=position.session_id, position_id=position.position_id,
+        symbol=position.symbol, opened_at=position.opened_at, age_minutes=age_minutes,
+        tier_minutes=tier_minutes, markup=markup, basis=basis, break_even=break_even,
+        target=target, crossed=crossed, price=price, uncovered=position.uncovered, amount=amount,
+    )  # fmt: skip
+    reason = dust_reason(amount, price, market)
+    if reason is None:
+        return TakeProfitQuote(**figures)  # type: ignore[arg-type]
+    return Dust(**figures, reason=reason)  # type: ignore[arg-type]
+
+
+def _written(result: object) -> object:
+    """A result as text, field by field: two results that print alike are alike."""
+    if isinstance(result, Exception):
+        return (type(result).__name__, str(result))
+    import dataclasses
+
+    fields = dataclasses.fields(result)  # type: ignore[arg-type]
+    return (type(result).__name__, [(f.name, repr(getattr(result, f.name))) for f in fields])
+
+
+# Whole numbers with trailing zeros (6E+4), zeros with exponents, -0, 28+ digit quotients.
+amounts = st.builds(
+    lambda digits, exponent: D((0, tuple(int(c) for c in str(digits)), exponent)),
+    st.integers(min_value=0, max_value=10**30) | st.sampled_from([0, 1, 5, 25, 59850, 6]),
+    st.integers(min_value=-30, max_value=12),
+) | st.sampled_from([D("-0"), D("0E+3"), D("-0E-2")])
+
+
+@st.composite
+def wide_cases(draw: st.DrawFn) -> tuple[Position, int, Market, Ticker, TierTable]:
+    pos, age, mkt, tkr, _ = draw(cases())
+    filled = draw(amounts.filter(lambda a: a > 0))
+    pending = tuple(
+        PendingTakeProfit(i, f"c{i}", draw(amounts)) for i in range(draw(st.integers(0, 2)))
+    )
+    pos = Position(
+        "S1", "P1", "ABC/USD", T0, filled, draw(amounts), draw(amounts), draw(amounts),
+        draw(amounts), pending=pending,
+    )  # fmt: skip
+    tiers = draw(
+        st.sampled_from(
+            [
+                DEFAULT_TIERS,
+                TierTable.parse({0: D("0.01"), 60: D("-0.0105")}, allow_loss=True),
+                TierTable.parse({0: D("0E+2")}),
+            ]
+        )
+    )
+    return pos, age, mkt, tkr, tiers
+
+
+@given(wide_cases() | cases())
+def test_pricing_gives_the_same_figures_and_errors_as_before(
+    case: tuple[Position, int, Market, Ticker, TierTable],
+) -> None:
+    results = []
+    for price in (price_take_profit, _reference_price):
+        try:
+            results.append(_written(price(*case)))
+        except Exception as e:  # the error is the outcome compared
+            results.append(_written(e))
+    assert results[0] == results[1]
+
+
+def test_pricing_is_the_same_in_any_context_of_the_caller() -> None:
+    from decimal import ROUND_FLOOR, localcontext
+
+    expected = quote(age=240, pos=position(cost="600.00", fees="1.56"))
+    with localcontext() as ctx:
+        ctx.prec, ctx.rounding = 5, ROUND_FLOOR
+        assert quote(age=240, pos=position(cost="600.00", fees="1.56")) == expected

@@ -140,3 +140,78 @@ def test_amount_down_is_the_largest_multiple_of_the_lot_not_above_the_amount(
     assert is_multiple(rounded, lot)
     assert amount - lot < rounded <= amount
     assert round_amount_down(rounded, lot) == rounded
+
+
+# -- the fixed-context snap gives what the localcontext() one gave -------------------------
+
+
+def _reference_snap(name: str, value: Decimal, step: Decimal, *, up: bool) -> Decimal:
+    """``_snap`` as it was before it used one fixed context (a ``localcontext()`` per call)."""
+    from decimal import Inexact, InvalidOperation, localcontext
+
+    if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+        raise ValueError(f"{name} must be a finite, non-negative Decimal, got {value!r}")
+    if not isinstance(step, Decimal) or not step.is_finite() or step <= 0:
+        raise ValueError(f"step must be a finite, positive Decimal, got {step!r}")
+    places = Decimal(1).scaleb(min(int(step.as_tuple().exponent), 0))
+    with localcontext() as ctx:
+        ctx.prec = 60
+        ctx.traps[Inexact] = True
+        try:
+            remainder = value % step
+            snapped = value - remainder
+            if up and remainder:
+                snapped += step
+            return snapped.quantize(places)
+        except (Inexact, InvalidOperation) as e:
+            raise ValueError(f"cannot round {name} {value} to step {step} exactly") from e
+
+
+def _outcome(f: object, *args: object) -> tuple[str, str]:
+    """What a call gives, as text: the result with its exponent, or the error and its words."""
+    try:
+        return ("ok", str(f(*args)))  # type: ignore[operator]
+    except Exception as e:  # the error's type and words are the outcome
+        return (type(e).__name__, str(e))
+
+
+# Any digits (up to 70, past the 60 kept), any exponent (past the context's range too), both
+# signs, the special values: every path, the errors included.
+any_decimals = st.one_of(
+    st.builds(
+        lambda sign, digits, exponent: D((sign, tuple(int(c) for c in str(digits)), exponent)),
+        st.sampled_from([0, 1]),
+        st.integers(min_value=0, max_value=10**70),
+        st.integers(min_value=-80, max_value=80) | st.integers(-1_000_040, 1_000_040),
+    ),
+    st.sampled_from([D("NaN"), D("Infinity"), D("-Infinity"), D("-0"), D("0E+5")]),
+)
+
+
+@given(any_decimals | values, any_decimals | steps, st.booleans())
+def test_the_snap_gives_the_same_digits_and_errors_as_before(
+    value: Decimal, step: Decimal, up: bool
+) -> None:
+    from mmops.domain import rounding
+
+    for _ in range(2):  # the second time, with the step's places remembered
+        assert _outcome(lambda v, s: rounding._snap("price", v, s, up=up), value, step) == (
+            _outcome(lambda v, s: _reference_snap("price", v, s, up=up), value, step)
+        )
+
+
+def test_an_equal_step_written_otherwise_keeps_its_own_places() -> None:
+    """The places are remembered per step object, never per value: 0.10 is not 0.1."""
+    tenth, tenth_in_hundredths = D("0.1"), D("0.10")
+    for _ in range(2):
+        assert str(round_price_up(D("100.05"), tenth)) == "100.1"
+        assert str(round_price_up(D("100.05"), tenth_in_hundredths)) == "100.10"
+        assert str(round_amount_down(D("17"), D("1E+1"))) == "10"
+
+
+def test_the_callers_context_plays_no_part() -> None:
+    from decimal import ROUND_FLOOR, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec, ctx.rounding = 3, ROUND_FLOOR
+        assert str(round_price_up(D("60517.84060150375939849624061"), D("0.1"))) == "60517.9"

@@ -208,8 +208,8 @@ class PaperExchange:
         reads += [Read("get", k.balance(a)) for a in assets]
         # The order holding each client id: ``clients`` maps an id to the latest order accepted
         # with it; with ``"open"`` that order holds the id only while it is open.
-        via = k.open if self.client_ids == "open" else ""
-        holders = [Read("held", k.clients(symbol), o.client_order_id, via) for o in orders]
+        via, clients = (k.open if self.client_ids == "open" else ""), k.clients(symbol)
+        holders = [Read("held", clients, o.client_order_id, via) for o in orders]
         reads += holders
 
         def place(values: Values) -> tuple[list[PlacementResult], list[Write]]:

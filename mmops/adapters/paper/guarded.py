@@ -22,9 +22,8 @@ may contain any character.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import groupby
-from typing import Literal, TypeVar, cast
+from typing import Literal, NamedTuple, TypeVar, cast
 
 from mmops.adapters.redis.client import Redis
 from mmops.errors import ExchangeUnavailable, MmopsError
@@ -85,14 +84,16 @@ return {}
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Read:
+class Read(NamedTuple):
     """A value a change depends on, '' when missing.
 
     ``get``: a string key. ``hget``: a hash field. ``held``: the order holding a client id
     (``key`` the clients hash, ``field`` the id): the order the hash names, but '' when
     ``via`` (the set of open orders) is given and the order is not in it. ``member``: '1' if
     ``field`` is in the set ``key``.
+
+    A named tuple, not a dataclass: every change hashes and compares a few of these per order
+    (as keys of the values it reads and of ``Guard.seen``), which a tuple does in C.
     """
 
     op: Literal["get", "hget", "held", "member"]
@@ -101,8 +102,7 @@ class Read:
     via: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(NamedTuple):
     command: Literal["SET", "HSET", "SADD", "SREM"]
     key: str
     args: tuple[str, ...]
@@ -192,9 +192,12 @@ class Guard:
                 self.seen.update((Read("hget", w.key, f), v) for f, v in pairs)
 
 
-def _netstrings(items: Iterable[str]) -> bytes:
+def _netstrings(items: Sequence[str]) -> bytes:
     """Items as ``<bytes>:<text>``, encoded as the client encodes (UTF-8, and back to the
-    original bytes any text it decoded with ``surrogateescape``)."""
+    original bytes any text it decoded with ``surrogateescape``). Usually all ASCII, seen in
+    one look: then each item's length in characters is its length in bytes."""
+    if "".join(items).isascii():
+        return "".join([f"{len(s)}:{s}" for s in items]).encode()
     text = "".join([f"{len(s) if s.isascii() else len(_utf8(s))}:{s}" for s in items])
     return _utf8(text)
 

@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from mmops.domain.exchange import ExchangeOrder, Trade
@@ -130,9 +131,9 @@ class PaperOrder:
         venue encodes every order it accepts."""
         o = self.order
         return (
-            f'{{"id":{_json_text(o.id)},"symbol":"{o.symbol}","side":"{o.side.value}",'
+            f'{{"id":{_json_text(o.id)},"symbol":"{o.symbol}","side":"{o.side._value_}",'
             f'"price":"{o.price}","amount":"{o.amount}","filled":"{o.filled}",'
-            f'"status":"{o.status.value}","created_at":{o.created_at.timestamp()!r},'
+            f'"status":"{o.status._value_}","created_at":{_epoch(o.created_at)},'
             f'"client_order_id":{_json_text(o.client_order_id)},"hold":"{self.hold}"}}'
         )
 
@@ -158,6 +159,14 @@ class PaperOrder:
         return PaperOrder(
             replace(self.order, filled=filled, status=status), self.hold - hold_released
         )
+
+
+@lru_cache(maxsize=64)
+def _epoch(at: datetime) -> str:
+    """``repr`` of the aware ``at``'s epoch seconds, as ``json.dumps`` writes the float. Kept
+    for the last few times: the orders of a batch share one, and the float's repr is dear. An
+    aware datetime equals another only at the same instant, so an equal key has this answer."""
+    return repr(at.timestamp())
 
 
 # Text JSON writes as is (json.dumps escapes anything else): printable ASCII but " and \.
