@@ -21,6 +21,8 @@ may contain any character.
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import groupby
 from typing import Literal, NamedTuple, TypeVar, cast
@@ -30,6 +32,8 @@ from mmops.errors import ExchangeUnavailable, MmopsError
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 50
+BACKOFF_S = 0.0005  # the first wait after a lost race is up to this, doubling after each
+BACKOFF_CAP_S = 0.05
 SEEN_LIMIT = 20_000  # values a handle remembers before it starts afresh (bounds its memory)
 
 # KEYS: every key read or written. ARGV[1]: netstrings: the number of read groups, the groups
@@ -118,6 +122,7 @@ class Guard:
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(GUARDED)
         self.seen: dict[Read, str] = {}
+        self._jitter = random.Random()  # noqa: S311 - retry timing, not crypto nor the venue's draws
 
     async def run(self, reads: Sequence[Read], body: Body[T]) -> T:
         """``body`` computes (answer, writes) from the values of ``reads``; returns the answer
@@ -126,7 +131,7 @@ class Guard:
         to be current."""
         values: Values = {r: self.seen.get(r, "") for r in reads}
         current = False  # whether ``values`` came from Redis in this call
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             try:
                 answer, writes = body(values)
             except MmopsError:
@@ -138,8 +143,16 @@ class Guard:
                 return answer
             if (latest := await self._apply(reads, values, writes)) is None:
                 return answer
+            if current:  # lost to another writer on values just read: real contention
+                await self._back_off(attempt)
             values, current = latest, True
         raise ExchangeUnavailable("paper venue busy: too many concurrent changes, try again")
+
+    async def _back_off(self, attempt: int) -> None:
+        """Wait a random while, longer after each loss (at most BACKOFF_CAP_S): a handle
+        that just wrote knows the values it wrote and would otherwise win every race against
+        one that must read them first, until the loser ran out of attempts."""
+        await asyncio.sleep(self._jitter.uniform(0, min(BACKOFF_S * 2**attempt, BACKOFF_CAP_S)))
 
     def note(self, values: Values) -> None:
         """Remember values read elsewhere (they are checked when a change uses them)."""
