@@ -15,7 +15,9 @@ RSS, reported by a small launcher). For comparison it measures, in the same run:
 
 Prints one JSON object, with the CPU seconds each round's programs spent (``cpu_s``: the
 program itself, the PostgreSQL backends serving it, read from ``/proc`` as pg_stat_statements
-is not required, and the Redis server).
+is not required, and the Redis server; ``*_postgres_autovacuum``: the part of the PostgreSQL
+figure that autovacuum workers spent on the bench database meanwhile, which the program did
+not ask for).
 
 Servers: MMOPS_TEST_REDIS_URL / MMOPS_TEST_DATABASE_URL as the tests use them, else embedded.
 Each round empties the warehouse and migrates again; times are the rounds' medians (a single
@@ -135,6 +137,7 @@ class BackendCpu:
     def __init__(self, database_url: str) -> None:
         self._url = database_url
         self._seen: dict[int, float] = {}
+        self._kinds: dict[int, str] = {}  # pid → backend_type
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._tick = os.sysconf("SC_CLK_TCK")
@@ -152,14 +155,24 @@ class BackendCpu:
     def seconds(self) -> float | None:
         return round(sum(self._seen.values()), 2) if self.available else None
 
+    @property
+    def by_kind(self) -> dict[str, float]:
+        """The same seconds per backend type (client backends, autovacuum workers...)."""
+        kinds: dict[str, float] = {}
+        for pid, spent in self._seen.items():
+            kind = self._kinds.get(pid, "?")
+            kinds[kind] = round(kinds.get(kind, 0.0) + spent, 2)
+        return kinds
+
     def _sample(self) -> None:
         with psycopg.connect(self._url, autocommit=True) as conn:
             while not self._stop.wait(0.05):
                 rows = conn.execute(
-                    "SELECT pid FROM pg_stat_activity"
+                    "SELECT pid, backend_type FROM pg_stat_activity"
                     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 ).fetchall()
-                for (pid,) in rows:
+                for pid, kind in rows:
+                    self._kinds[pid] = kind
                     try:
                         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                     except OSError:
@@ -186,6 +199,7 @@ class Ran:
     redis_cpu: float
     peak_kb: int
     stdout: str
+    autovacuum_cpu: float = 0.0  # of postgres_cpu, what autovacuum spent meanwhile
 
 
 def redis_cpu(redis_url: str) -> float:
@@ -211,7 +225,8 @@ def timed(redis_url: str, database_url: str, argv: list[str]) -> Ran:
         raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stderr[-2000:]}")
     cpu, peak_kb = done.stderr.strip().splitlines()[-1].split()
     redis_spent = redis_cpu(redis_url) - redis_before
-    return Ran(wall, float(cpu), pg.seconds, redis_spent, int(peak_kb), done.stdout)
+    autovacuum = pg.by_kind.get("autovacuum worker", 0.0)
+    return Ran(wall, float(cpu), pg.seconds, redis_spent, int(peak_kb), done.stdout, autovacuum)
 
 
 def migrate(redis_url: str, database_url: str) -> Ran:
@@ -350,7 +365,8 @@ def main(sessions: int, pairs: int, fills: int, rounds: int) -> None:
                     f"{name}_{part}": None if value is None else round(value, 2)
                     for name, r in (("migrate", ran), ("script", scripted))
                     for part, value in (("self", r.cpu), ("postgres", r.postgres_cpu),
-                                        ("redis", r.redis_cpu))
+                                        ("redis", r.redis_cpu),
+                                        ("postgres_autovacuum", r.autovacuum_cpu))
                 })  # fmt: skip
         finally:
             asyncio.run(cleanup(redis_url, ids))

@@ -10,8 +10,9 @@ raw payload, key and reason), fills inserted de-duplicated, ``session_pair_stats
 from the rows. How the rows are written is the warehouse's choice, taken inside the
 transaction under the session row's lock: a session with nothing in PostgreSQL yet goes with
 one COPY straight into the tables, its checks done before (``first_copy``); any other through
-staging and conflict-safe statements (see docs/MIGRATION.md). After the commit, the Redis and
-PostgreSQL counts are compared per pair; only an ended session whose counts match is marked
+staging and conflict-safe statements (see docs/MIGRATION.md). PostgreSQL's rows and rejects
+per pair are counted in the transaction, by the statement that recomputes the statistics; after
+the commit they are compared with Redis's; only an ended session whose counts match is marked
 complete (``migration:completed:{S}`` and ``sessions.migrated_at``). Re-running is always
 safe: nothing is inserted twice.
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 from mmops import logs
 from mmops.domain.models import Session, SessionStatus
-from mmops.domain.records import ReadResult, Reject, RejectKind, Stray, WorkKind
+from mmops.domain.records import MigrationCounts, ReadResult, Reject, RejectKind, Stray, WorkKind
 from mmops.errors import RECOVERABLE_INPUT, UnknownSession
 from mmops.ports import (
     Clock,
@@ -217,8 +218,8 @@ class MigrationService:
         try:
             session = await self._session(session_id)
             async with self._warehouse.session(session) as tx:
-                await self._copy(tx, session, result)
-            await self._verify(session, result)
+                stored = await self._copy(tx, session, result)
+            await self._verify(session, result, stored)
         except RECOVERABLE_INPUT as e:  # a store down ends the run (rolled back)
             result.state, result.error = "failed", f"{type(e).__name__}: {e}"
             log.error("migration.failed", session=session_id, error=result.error)
@@ -235,21 +236,23 @@ class MigrationService:
 
     async def _copy(
         self, tx: MigrationTransaction, session: Session, result: SessionMigration
-    ) -> None:
+    ) -> MigrationCounts:
         """The session's data sets, each read from Redis and written into the transaction in
         turn: orders, then fills (checked against the orders), then the statistics computed
-        from both, then the analytics (recorded prices and take-profit metadata, counted back
-        in the same transaction). A new data set is one more step here (and its counts in
-        ``_verify``)."""
+        from both (the same statement counts the rows and rejects the transaction holds per
+        pair: returned, for ``_verify``), then the analytics (recorded prices and take-profit
+        metadata, counted back in the same transaction). A new data set is one more step here
+        (and its counts in ``_verify``)."""
         for pair in session.pairs:
             result.pairs[pair] = PairCounts()
         await self._copy_orders(tx, session, result)
         await self._copy_fills(tx, session, result)
-        await tx.recompute_stats()
+        stored = await tx.recompute_stats()
         if self._prices is not None and self._take_profits is not None:
             copied = await tx.copy_analytics(self._prices, self._take_profits)
             result.analytics = copied.mismatches()
             result.rejects += copied.rejected
+        return stored
 
     async def _copy_orders(
         self, tx: MigrationTransaction, session: Session, result: SessionMigration
@@ -323,8 +326,11 @@ class MigrationService:
                              for stray, raw in zip(group, raws, strict=True)])  # fmt: skip
         return {pair: len(group) for pair, group in by_pair.items()}
 
-    async def _verify(self, session: Session, result: SessionMigration) -> None:
-        pg = await self._warehouse.counts(session.id)
+    async def _verify(
+        self, session: Session, result: SessionMigration, pg: MigrationCounts
+    ) -> None:
+        """Compare, after the commit, what Redis held with what PostgreSQL holds (``pg``,
+        counted in the session's transaction); mark an ended session complete if they match."""
         for pair in session.pairs:
             stored, counts = pg.pair(pair), result.pairs[pair]
             counts.pg_orders = stored.orders

@@ -18,6 +18,7 @@ from mmops.adapters.postgres import warehouse
 from mmops.adapters.redis import codec, keys
 from mmops.bootstrap import build_migration
 from mmops.domain.models import Fill, Order, OrderStatus, Side
+from mmops.domain.records import RejectKind
 from mmops.errors import IntegrityError
 from tests.integration.world import World, world
 
@@ -165,3 +166,59 @@ async def test_a_pair_copy_failing_while_the_next_pair_is_read_fails_the_whole_s
     with pytest.raises(IntegrityError, match="no_such_column"):
         await build_migration(w.rt).run(sid)
     assert await stored(w, sid) == {"orders": [], "fills": [], "rejects": [], "stats": []}
+
+
+async def test_fills_written_in_several_batches_with_a_conflict_in_one_are_what_one_batch_writes(
+    w: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session's fills go in COPY batches of whole pairs: with a batch per pair, the pair
+    whose price is spelled two ways is redone the conflict-safe way on its own, and the rows,
+    rejects, statistics and summary are those of one batch for the whole session."""
+    whole_sid, per_pair_sid = await messy_session(w), await messy_session(w)
+    [whole] = await build_migration(w.rt).run(whole_sid)
+    monkeypatch.setattr(warehouse, "FILL_BATCH", 1)
+    capsys.readouterr()
+    [per_pair] = await build_migration(w.rt).run(per_pair_sid)
+    retried = [line for line in capsys.readouterr().out.splitlines()
+               if "migration.conflict_retried" in line]  # fmt: skip
+    assert len(retried) == 1 and "BTC/EUR" in retried[0] and "BTC/USD" not in retried[0]
+    summary = {k: v for k, v in whole.to_dict().items() if k not in ("session", "duration_ms")}
+    assert summary == {k: v for k, v in per_pair.to_dict().items()
+                       if k not in ("session", "duration_ms")}  # fmt: skip
+    assert per_pair.state == "verified", per_pair.to_dict()
+    assert await stored(w, whole_sid) == await stored(w, per_pair_sid)
+
+
+async def test_the_counts_taken_in_the_transaction_are_what_postgresql_holds_after_it(
+    w: World,
+) -> None:
+    """Completeness compares Redis with the rows and rejects counted by the statistics
+    statement, inside the session's transaction: the same figures as counting after the
+    commit."""
+    sid = await messy_session(w)
+    [result] = await build_migration(w.rt).run(sid)
+    assert result.state == "verified", result.to_dict()
+    after = await warehouse.Warehouse(w.rt.pool).counts(sid)
+    for pair in PAIRS:
+        inside, stored_now = result.pairs[pair], after.pair(pair)
+        assert (inside.pg_orders, inside.pg_fills) == (stored_now.orders, stored_now.fills)
+        assert (inside.rejected_orders, inside.rejected_fills) == (
+            stored_now.rejects(RejectKind.ORDER),
+            stored_now.rejects(RejectKind.FILL),
+        )
+    assert sum(after.pair(p).rejects(RejectKind.FILL) for p in PAIRS) > 0
+
+
+async def test_every_statement_of_a_session_is_planned_for_that_session(w: World) -> None:
+    """psycopg prepares a statement run five times on a connection; a generic plan costed from
+    statistics of a few sessions would scan whole tables for each new one. The session's
+    transaction plans each execution for its own values."""
+    sid = await w.start_session(PAIRS)
+    session = await w.rt.registry.get(sid)
+    assert session is not None
+    async with warehouse.Warehouse(w.rt.pool).session(session) as tx:
+        cur = await tx._conn.execute("SHOW plan_cache_mode")
+        assert await cur.fetchone() == ("force_custom_plan",)
+    async with w.rt.pool.connection() as conn:  # only for that transaction
+        cur = await conn.execute("SHOW plan_cache_mode")
+        assert await cur.fetchone() == ("auto",)

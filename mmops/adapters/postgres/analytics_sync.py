@@ -46,12 +46,6 @@ class _SeriesSql:
     mark: str
 
     @property
-    def through(self) -> sql.Composed:
-        return sql.SQL("SELECT {} FROM sessions WHERE id = %(session)s").format(
-            sql.Identifier(self.mark)
-        )
-
-    @property
     def move_mark(self) -> sql.Composed:
         return sql.SQL("UPDATE sessions SET {} = %(through)s WHERE id = %(session)s").format(
             sql.Identifier(self.mark)
@@ -85,6 +79,7 @@ _SERIES = {
     PriceSeries.RUNS: _SeriesSql("prices", "prices_through"),
     PriceSeries.PATH: _SeriesSql("price_path", "path_through"),
 }
+_MARKS = "SELECT prices_through, path_through FROM sessions WHERE id = %(session)s"
 
 # The session's take-profits whose copy may still change: not copied yet, or last copied open
 # (filled, replaced, canceled and gone are final).
@@ -130,8 +125,10 @@ async def copy_analytics(
     PostgreSQL, on ``conn`` (the caller's transaction: nothing is committed here), and count
     what PostgreSQL holds of what was read. Raises what the stores raise (StoreUnavailable);
     psycopg errors are the caller's to map (``pg_errors``)."""
-    runs = await _copy_series(conn, session_id, prices, PriceSeries.RUNS)
-    path = await _copy_series(conn, session_id, prices, PriceSeries.PATH)
+    cur = await conn.execute(_MARKS, {"session": session_id})  # both series' marks at once
+    marks = await cur.fetchone() or (None, None)
+    runs = await _copy_series(conn, session_id, prices, PriceSeries.RUNS, marks[0])
+    path = await _copy_series(conn, session_id, prices, PriceSeries.PATH, marks[1])
     tps, tp_rejects = await _copy_take_profits(conn, session_id, take_profits)
     return AnalyticsCopy(
         session_id=session_id,
@@ -158,15 +155,16 @@ class _Copied:
 
 
 async def _copy_series(
-    conn: AsyncConnection[Any], session_id: str, source: PriceSource, series: PriceSeries
+    conn: AsyncConnection[Any],
+    session_id: str,
+    source: PriceSource,
+    series: PriceSeries,
+    after: str | None,
 ) -> _Copied:
-    """Insert the series' points recorded after the entry its mark names, a chunk per
-    statement, count each chunk back (so memory stays one chunk, however long the session)
-    and move the mark to the last entry read."""
+    """Insert the series' points recorded after the entry ``after`` (its mark; None: all), a
+    chunk per statement, count each chunk back (so memory stays one chunk, however long the
+    session) and move the mark to the last entry read."""
     statements = _SERIES[series]
-    cur = await conn.execute(statements.through, {"session": session_id})
-    row = await cur.fetchone()
-    after = None if row is None else row[0]
     read = held = rejected = 0
     last: str | None = None
     async for entry_id, chunk in source.read_after(session_id, after, series=series):

@@ -20,14 +20,14 @@ that pair the conflict-safe way, which compares values: the rows written are the
 way.
 
 No I/O here; the warehouse sends what these return. Memory: one session's order lines, then
-its order ids, and one pair's distinct fills at a time (the warehouse may still be writing the
-pair before).
+its order ids, and one pair's distinct fills at a time (the warehouse holds the pairs taken
+until a batch is written).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from mmops.domain.records import Stray
 
@@ -44,44 +44,56 @@ class OrderPick:
     """A session's order lines, read pair by pair; then the rows to write and the strays."""
 
     def __init__(self) -> None:
-        self.lines: dict[str, str] = {}  # Redis key → line: each record once
+        self._pairs: dict[str, dict[str, str]] = {}  # pair → Redis key → line: each record once
         self.order_ids: set[str] = set()  # after pick: the order ids written
 
-    def add(self, lines: Iterable[str]) -> None:
-        held = self.lines
+    @property
+    def lines(self) -> list[str]:
+        """Every record's line, once."""
+        return [line for held in self._pairs.values() for line in held.values()]
+
+    def add(self, lines: Sequence[str]) -> None:
+        """Take lines of one pair: a chunk as the codec reads it, every line of the pair it was
+        read under (ValueError if its first and last lines say otherwise)."""
+        if not lines:
+            return
+        symbol = lines[0].split("\t", 3)[2]
+        if lines[-1].split("\t", 3)[2] != symbol:
+            raise ValueError(f"order lines of {symbol} and another pair in one chunk")
+        held = self._pairs.setdefault(symbol, {})
         for line in lines:
             held[line[line.rindex("\t") + 1 : -1]] = line
 
     def pick(self, pair_index: Mapping[str, int]) -> tuple[list[str], Counter[str], list[Stray]]:
         """(COPY lines for ``orders`` in order id order, columns ``ORDER_COPY_COLUMNS``; the
         records read per pair; the copies of an order id kept under another pair)."""
-        kept: dict[str, tuple[str, str, str]] = {}  # order id → (symbol, key, line)
-        copies: dict[str, list[tuple[str, str]]] = {}  # order id → every (symbol, key) seen
+        kept: dict[str, tuple[str, str]] = {}  # order id → (pair, key) of the record kept
+        rows: dict[str, str] = {}  # order id → its COPY line
+        others: dict[str, list[tuple[str, str]]] = {}  # order id → (pair, key) of the others
         records: Counter[str] = Counter()
-        for key, line in self.lines.items():
-            order_id, _, symbol, _ = line.split("\t", 3)
-            records[symbol] += 1
-            best = kept.get(order_id)
-            if best is None:
-                kept[order_id] = (symbol, key, line)
-                continue
-            copies.setdefault(order_id, [best[:2]]).append((symbol, key))
-            if (symbol, key) < best[:2]:
-                kept[order_id] = (symbol, key, line)
+        for symbol in sorted(self._pairs):  # pairs by name: the first one keeps an order id
+            held = self._pairs[symbol]
+            records[symbol] = len(held)
+            index = pair_index.get(symbol)
+            suffix = _NO_INDEX if index is None else f"\t{index}\n"
+            for key, line in held.items():
+                order_id = line[: line.index("\t")]
+                best = kept.get(order_id)
+                if best is not None:
+                    if best[0] != symbol or best[1] < key:
+                        others.setdefault(order_id, []).append((symbol, key))
+                        continue
+                    others.setdefault(order_id, []).append(best)  # a smaller key, same pair
+                kept[order_id] = (symbol, key)
+                rows[order_id] = line[: line.rindex("\t")] + suffix
         self.order_ids = set(kept)
         strays = [
             Stray(symbol, key, f"order id {order_id} also recorded under {kept[order_id][0]}")
-            for order_id, seen in copies.items()
+            for order_id, seen in others.items()
             for symbol, key in seen
-            if key != kept[order_id][1]
         ]
-        index = {pair: f"\t{n}\n" for pair, n in pair_index.items()}
-        rows = [
-            line[: line.rindex("\t")] + index.get(symbol, _NO_INDEX)
-            for symbol, _, line in kept.values()
-        ]
-        rows.sort()  # order id first: the primary key's order, so each index page is hot once
-        return rows, records, strays
+        lines = sorted(rows.values())  # order id first: the primary key's order, each index
+        return lines, records, strays  # page hot once
 
 
 # The columns of a COPY line for ``orders`` made by OrderPick: a migration line without its

@@ -7,17 +7,18 @@ the rows go in:
 - a session with nothing in PostgreSQL yet (its first migration): the checks run in Python
   (:mod:`first_copy`: each record once, an order id under two pairs kept once, fills whose order
   is missing set apart, executions de-duplicated by the unique key) and the rows go with COPY
-  straight into ``orders`` and, pair by pair, ``fills``;
+  straight into ``orders`` and, in batches of whole pairs, ``fills``;
 - any other: streamed with COPY into temporary staging tables (dropped at commit), then moved
   with set-based statements: orders upserted, fills inserted de-duplicated by the unique
   constraints (``ON CONFLICT DO NOTHING``).
 
 Either way what PostgreSQL cannot take as it is (a fill whose order does not exist, an order id
 recorded under two pairs) is returned to the caller to quarantine, and ``session_pair_stats``
-is recomputed in SQL from the rows. The conflict-safe path holds nothing in memory beyond one
-chunk; the first one a session's order lines, then its order ids, and the executions of one
-pair while those of the pair before are written (PostgreSQL writes a pair while the next is read
-from Redis and checked).
+is recomputed in SQL from the rows, by a statement that also counts, per pair, the rows and
+rejects the transaction holds (what completeness compares with Redis). The conflict-safe path
+holds nothing in memory beyond one chunk; the first one a session's order lines, then its order
+ids, and a batch of at least ``FILL_BATCH`` executions while the batch before is written
+(PostgreSQL writes a batch while the next pairs are read from Redis and checked).
 """
 
 from __future__ import annotations
@@ -84,12 +85,25 @@ _COPY_FILLS = f"COPY fills_staging ({', '.join(FILL_LINE_COLUMNS)}) FROM STDIN"
 _COPY_ORDERS_FIRST = f"COPY orders ({', '.join(ORDER_COPY_COLUMNS)}) FROM STDIN"
 _COPY_FILLS_FIRST = f"COPY fills ({', '.join(FILL_COPY_COLUMNS)}) FROM STDIN"
 _COPY_LINES = 5000
+# First migration: a session's fills go to PostgreSQL in COPYs of at least this many executions
+# (whole pairs, one pair after another): each COPY statement costs PostgreSQL about half a
+# millisecond to start and end, so one per pair of a thousand fills added a tenth to the
+# COPY's work. Memory: one batch while it is written, the next being gathered.
+FILL_BATCH = 5000
 # A session's first migration: nothing of it in PostgreSQL, not even a reject.
 _FIRST = """
 SELECT NOT EXISTS (SELECT 1 FROM orders WHERE session_id = %(session)s)
    AND NOT EXISTS (SELECT 1 FROM fills WHERE session_id = %(session)s)
    AND NOT EXISTS (SELECT 1 FROM migration_rejects WHERE session_id = %(session)s)
 """
+
+# Every statement of a session's transaction reads one session's rows of tables that grow as a
+# run goes. psycopg prepares a statement run five times on a connection, and PostgreSQL may then
+# switch to a generic plan, costed from statistics taken when few sessions were in: it expects
+# each session to be a large part of the table and scans the whole table for each (a sequential
+# scan to find that a new session has no rows: 1.5 to 2 CPU seconds a run of 100 sessions).
+# Planning each execution for its own session's values keeps the index lookups.
+_CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 _UPSERT_SESSION = """
 INSERT INTO sessions (id, status, mode, exchange, capital, started_at, ended_at, pairs, pair_count)
@@ -191,7 +205,11 @@ WHERE r.session_id = %(session)s AND r.redis_key = s.redis_key
 # older unit would have been matched before a newer one), so their cost is the price of each
 # fill on that side times the part of it within the last |net| units, newest first in the
 # order the domain's fifo_pnl replays them: time, then order id (by code point, as Python
-# compares), price, quantity (unique per pair by the natural key).
+# compares), price, quantity (unique per pair by the natural key). The open side is read again
+# only for a pair whose position is not flat (LATERAL: whatever the statistics make the planner
+# expect of the totals, a flat pair's fills are read once).
+# The same statement returns, per pair, the rows it counted and the records quarantined of each
+# kind: what completeness compares with Redis, counted in the session's own transaction.
 _STATS = """
 WITH totals AS (
     SELECT symbol, count(*) AS fills,
@@ -202,41 +220,54 @@ WITH totals AS (
            sum(fee) AS fees
     FROM fills WHERE session_id = %(session)s GROUP BY symbol
 ),
-open_side AS (
-    SELECT f.symbol, f.price, f.quantity, abs(t.buy_volume - t.sell_volume) AS open,
-           sum(f.quantity) OVER (PARTITION BY f.symbol
-                                 ORDER BY f.timestamp DESC, f.order_id COLLATE "C" DESC,
-                                          f.price DESC, f.quantity DESC
-                                 ROWS UNBOUNDED PRECEDING) - f.quantity AS newer
-    FROM fills f JOIN totals t USING (symbol)
-    WHERE f.session_id = %(session)s AND t.buy_volume <> t.sell_volume
-      AND f.side = CASE WHEN t.buy_volume > t.sell_volume THEN 'buy' ELSE 'sell' END
-),
 open_cost AS (
-    SELECT symbol, sum(price * least(quantity, open - newer)) AS cost
-    FROM open_side WHERE newer < open GROUP BY symbol
+    SELECT t.symbol, open_lots.cost
+    FROM totals t CROSS JOIN LATERAL (
+        SELECT sum(price * least(quantity, open - newer)) AS cost
+        FROM (
+            SELECT f.price, f.quantity, abs(t.buy_volume - t.sell_volume) AS open,
+                   sum(f.quantity) OVER (ORDER BY f.timestamp DESC, f.order_id COLLATE "C" DESC,
+                                                  f.price DESC, f.quantity DESC
+                                         ROWS UNBOUNDED PRECEDING) - f.quantity AS newer
+            FROM fills f
+            WHERE f.session_id = %(session)s AND f.symbol = t.symbol
+              AND f.side = CASE WHEN t.buy_volume > t.sell_volume THEN 'buy' ELSE 'sell' END
+        ) open_side
+        WHERE newer < open
+    ) open_lots
+    WHERE t.buy_volume <> t.sell_volume
 ),
 order_counts AS (
     SELECT symbol, count(*) AS orders FROM orders WHERE session_id = %(session)s GROUP BY symbol
+),
+written AS (
+    INSERT INTO session_pair_stats (session_id, symbol, orders, fills, buy_volume, sell_volume,
+        buy_notional, sell_notional, fees, realized_pnl, open_quantity)
+    SELECT %(session)s, p.symbol, coalesce(o.orders, 0), coalesce(t.fills, 0),
+           coalesce(t.buy_volume, 0), coalesce(t.sell_volume, 0), coalesce(t.buy_notional, 0),
+           coalesce(t.sell_notional, 0), coalesce(t.fees, 0),
+           coalesce(t.sell_notional - t.buy_notional - t.fees
+                    + sign(t.buy_volume - t.sell_volume) * coalesce(c.cost, 0), 0),
+           coalesce(t.buy_volume - t.sell_volume, 0)
+    FROM unnest(%(pairs)s::text[]) AS p(symbol)
+    LEFT JOIN totals t USING (symbol)
+    LEFT JOIN open_cost c USING (symbol)
+    LEFT JOIN order_counts o USING (symbol)
+    ON CONFLICT (session_id, symbol) DO UPDATE SET
+        orders = EXCLUDED.orders, fills = EXCLUDED.fills, buy_volume = EXCLUDED.buy_volume,
+        sell_volume = EXCLUDED.sell_volume, buy_notional = EXCLUDED.buy_notional,
+        sell_notional = EXCLUDED.sell_notional, fees = EXCLUDED.fees,
+        realized_pnl = EXCLUDED.realized_pnl, open_quantity = EXCLUDED.open_quantity,
+        updated_at = now()
+    RETURNING symbol, orders, fills
+),
+rejected AS (
+    SELECT symbol, count(*) FILTER (WHERE kind = 'order') AS orders,
+           count(*) FILTER (WHERE kind = 'fill') AS fills
+    FROM migration_rejects WHERE session_id = %(session)s GROUP BY symbol
 )
-INSERT INTO session_pair_stats (session_id, symbol, orders, fills, buy_volume, sell_volume,
-    buy_notional, sell_notional, fees, realized_pnl, open_quantity)
-SELECT %(session)s, p.symbol, coalesce(o.orders, 0), coalesce(t.fills, 0),
-       coalesce(t.buy_volume, 0), coalesce(t.sell_volume, 0), coalesce(t.buy_notional, 0),
-       coalesce(t.sell_notional, 0), coalesce(t.fees, 0),
-       coalesce(t.sell_notional - t.buy_notional - t.fees
-                + sign(t.buy_volume - t.sell_volume) * coalesce(c.cost, 0), 0),
-       coalesce(t.buy_volume - t.sell_volume, 0)
-FROM unnest(%(pairs)s::text[]) AS p(symbol)
-LEFT JOIN totals t USING (symbol)
-LEFT JOIN open_cost c USING (symbol)
-LEFT JOIN order_counts o USING (symbol)
-ON CONFLICT (session_id, symbol) DO UPDATE SET
-    orders = EXCLUDED.orders, fills = EXCLUDED.fills, buy_volume = EXCLUDED.buy_volume,
-    sell_volume = EXCLUDED.sell_volume, buy_notional = EXCLUDED.buy_notional,
-    sell_notional = EXCLUDED.sell_notional, fees = EXCLUDED.fees,
-    realized_pnl = EXCLUDED.realized_pnl, open_quantity = EXCLUDED.open_quantity,
-    updated_at = now()
+SELECT w.symbol, w.orders, w.fills, coalesce(r.orders, 0), coalesce(r.fills, 0)
+FROM written w LEFT JOIN rejected r USING (symbol)
 """
 
 
@@ -246,10 +277,11 @@ class WarehouseTransaction:
 
     On the session's first migration (``first``: it had no order, fill or reject in
     PostgreSQL when its row was locked) the checks run in Python (:mod:`first_copy`) and the
-    rows go with one COPY straight into ``orders`` and, pair by pair, into ``fills``. Otherwise
-    they go through the staging tables and the conflict-safe statements. A first COPY that
-    meets a row anyway (written outside migration, or a trade id recorded for two executions)
-    is rolled back to its savepoint and redone the conflict-safe way."""
+    rows go with one COPY straight into ``orders`` and, in batches of whole pairs, into
+    ``fills``. Otherwise they go through the staging tables and the conflict-safe statements.
+    A first COPY that meets a row anyway (written outside migration, a value spelled two ways,
+    or a trade id recorded for two executions) is rolled back to its savepoint and its rows
+    (the session's orders, or the batch's fills) are redone the conflict-safe way."""
 
     def __init__(self, conn: AsyncConnection, session: Session, *, first: bool) -> None:
         self._conn = conn
@@ -262,7 +294,9 @@ class WarehouseTransaction:
         self._fills: FillPick | None = None  # first: once the orders are written
         self._distinct: Counter[str] = Counter()  # first: executions per pair
         self._inserted = 0
-        self._writing: asyncio.Task[None] | None = None  # first: a pair's COPY under way
+        self._batch: list[tuple[str, list[str]]] = []  # first: pairs taken, not yet written
+        self._batched = 0  # their executions
+        self._writing: asyncio.Task[None] | None = None  # first: a batch's COPY under way
 
     async def stage_orders(self, lines: Sequence[str]) -> None:
         """Take TSV lines (``ORDER_LINE_COLUMNS``): held for the first COPY, or staged."""
@@ -273,23 +307,32 @@ class WarehouseTransaction:
 
     async def stage_fills(self, lines: Sequence[str]) -> None:
         """Take TSV lines (``FILL_LINE_COLUMNS``), the chunks of one pair after another: picked
-        for the first COPY (a pair's executions written when the next pair's lines arrive), or
-        staged."""
+        for the first COPY (a pair's executions taken when the next pair's lines arrive, and
+        written in batches), or staged."""
         if self._fills is None:
             await self._stage(_COPY_FILLS, lines)
             self._staged_fills += len(lines)
             return
         held = self._fills.symbol
         if lines and held is not None and held != lines[0].split("\t", 3)[2]:
-            # The held pair's COPY goes on while the next pair is read from Redis and checked:
-            # PostgreSQL and Python work at once within one session too.
-            await self.written()
-            self._writing = asyncio.create_task(self._write_fills(held, self._fills.take()))
+            await self._take_pair(held, self._fills.take(), last=False)
         self._fills.add(lines)
+
+    async def _take_pair(self, symbol: str | None, lines: list[str], *, last: bool) -> None:
+        """Add a pair's executions to the batch; once it holds FILL_BATCH executions (or the
+        last pair is in) its COPY starts, and goes on while the next pairs are read from Redis
+        and checked: PostgreSQL and Python work at once within one session too."""
+        if symbol is not None:
+            self._batch.append((symbol, lines))
+            self._batched += len(lines)
+        if self._batched >= FILL_BATCH or (last and self._batch):
+            batch, self._batch, self._batched = self._batch, [], 0
+            await self.written()
+            self._writing = asyncio.create_task(self._write_fills(batch))
 
     async def reject(self, rejects: Sequence[Reject]) -> None:
         if rejects:
-            await self.written()  # not inside the savepoint of a pair's COPY
+            await self.written()  # not inside the savepoint of a batch's COPY
         await write_rejects(self._conn, self.session.id, rejects)
 
     async def written(self) -> None:
@@ -313,7 +356,7 @@ class WarehouseTransaction:
                 await self._copy(_COPY_ORDERS_FIRST, rows)
         except UniqueViolation:  # an order written outside migration: upsert them all
             log.info("migration.conflict_retried", session=self.session.id, table="orders")
-            await self._stage(_COPY_ORDERS, list(picked.lines.values()))
+            await self._stage(_COPY_ORDERS, picked.lines)
             return await self._move_staged_orders()
         self._fills = FillPick(picked.order_ids)
         return OrderMove(written=len(rows), records=dict(records), strays=strays)
@@ -323,8 +366,8 @@ class WarehouseTransaction:
         in PostgreSQL; the others are left for :meth:`orphans`."""
         if self._fills is None:
             return await self._move_staged_fills()
+        await self._take_pair(self._fills.symbol, self._fills.take(), last=True)
         await self.written()
-        await self._write_fills(self._fills.symbol, self._fills.take())
         return FillMove(self._fills.received, self._inserted, dict(self._distinct))
 
     async def orphans(self, chunk: int = 1000) -> AsyncIterator[list[Stray]]:
@@ -341,46 +384,55 @@ class WarehouseTransaction:
             while rows := await cur.fetchmany(chunk):
                 yield [Stray(symbol, key, reason) for symbol, key, reason in rows]
 
-    async def recompute_stats(self) -> None:
-        """session_pair_stats of every pair of the session from the rows now in PostgreSQL."""
-        await self._conn.execute(_STATS, self._params)
+    async def recompute_stats(self) -> MigrationCounts:
+        """session_pair_stats of every pair of the session from the rows now in PostgreSQL;
+        return what PostgreSQL holds of each pair (rows, and records quarantined by kind), as
+        this transaction will commit it."""
+        cur = await self._conn.execute(_STATS, self._params)
+        return MigrationCounts({
+            symbol: PairRows(int(orders), int(fills), {RejectKind.ORDER: int(bad_orders),
+                                                       RejectKind.FILL: int(bad_fills)})
+            for symbol, orders, fills, bad_orders, bad_fills in await cur.fetchall()
+        })  # fmt: skip
 
     async def copy_analytics(
         self, prices: PriceSource, take_profits: TakeProfitSource
     ) -> AnalyticsCopy:
         """The session's recorded prices and take-profit metadata (after its orders: the
-        take-profits copied are those of its ``take_profit`` orders), counted back."""
+        take-profits copied are those of its ``take_profit`` orders), counted back. No
+        savepoint: an error here fails the session, whose transaction rolls back whole."""
         try:
-            async with self._conn.transaction():  # a savepoint
-                return await copy_analytics(
-                    self._conn, self.session.id, prices=prices, take_profits=take_profits
-                )  # fmt: skip
+            return await copy_analytics(
+                self._conn, self.session.id, prices=prices, take_profits=take_profits
+            )
         except (DataError, IntegrityError) as e:
             # A record the checks let through and PostgreSQL refuses fails this session's
             # migration (reported, retried next run), never the whole run.
             raise BadDataError(f"analytics of session {self.session.id}: {e}") from e
 
-    async def _write_fills(self, symbol: str | None, lines: list[str]) -> None:
-        """COPY the executions of a pair (``symbol``, None: none) into ``fills``; if one meets
-        a row (a trade id recorded for two executions), insert them the conflict-safe way
-        instead."""
-        if symbol is None:
-            return
+    async def _write_fills(self, batch: list[tuple[str, list[str]]]) -> None:
+        """COPY the executions of the pairs of ``batch`` into ``fills``; if one meets a row (a
+        value spelled two ways, a trade id recorded for two executions), insert the batch the
+        conflict-safe way instead."""
         try:
             async with self._conn.transaction():  # a savepoint
-                await self._copy_text(_COPY_FILLS_FIRST, lines, copy_text)
+                await self._copy_text(
+                    _COPY_FILLS_FIRST, [line for _, lines in batch for line in lines], copy_text
+                )
         except UniqueViolation:
             log.info("migration.conflict_retried", session=self.session.id, table="fills",
-                     pair=symbol)  # fmt: skip
-            await self._stage(_COPY_FILLS, lines)
+                     pairs=[symbol for symbol, _ in batch])  # fmt: skip
+            for _, lines in batch:
+                await self._stage(_COPY_FILLS, lines)
             cur = await self._conn.execute(_MOVE_FILLS.format(conflict=_SKIP_FILLS), self._params)
             for pair, distinct, inserted in await cur.fetchall():
                 self._distinct[pair] += int(distinct)
                 self._inserted += int(inserted)
             await self._conn.execute("DELETE FROM fills_staging")
             return
-        self._distinct[symbol] += len(lines)
-        self._inserted += len(lines)
+        for symbol, lines in batch:
+            self._distinct[symbol] += len(lines)
+            self._inserted += len(lines)
 
     async def _move_staged_orders(self) -> OrderMove:
         await self._ensure_staging()
@@ -463,6 +515,7 @@ class Warehouse:
         """One transaction for the whole session: committed on a clean exit, rolled back on
         any error, so an interrupted migration leaves no half-written session."""
         async with pg_errors(), self._pool.connection() as conn, conn.transaction():
+            await conn.execute(_CUSTOM_PLANS)
             await conn.execute(
                 _UPSERT_SESSION,
                 (
@@ -507,12 +560,14 @@ class Warehouse:
                 cur = await conn.execute(
                     f"SELECT symbol, count(*) FROM {table} WHERE session_id = %s GROUP BY symbol",  # noqa: S608 - fixed names
                     (session_id,),
+                    prepare=False,  # planned for this session (see _CUSTOM_PLANS)
                 )
                 found.update((symbol, int(n)) for symbol, n in await cur.fetchall())
             cur = await conn.execute(
                 "SELECT symbol, kind, count(*) FROM migration_rejects"
                 " WHERE session_id = %s GROUP BY 1, 2",
                 (session_id,),
+                prepare=False,
             )
             rejected: dict[str, dict[RejectKind, int]] = {}
             for symbol, kind, n in await cur.fetchall():

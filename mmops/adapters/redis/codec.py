@@ -394,14 +394,15 @@ def _one_of(values: type[Side] | type[OrderStatus] | type[OrderKind]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RecordLayout:
-    """How one kind of record becomes a line: the layout its writer uses, the groups holding
-    its session, pair and time, and the full parse for records in any other layout."""
+    """How one kind of record becomes a line: the layout its writer uses, the columns holding
+    its session, pair and time (counted from 0: the pattern's groups are the columns), and the
+    full parse for records in any other layout."""
 
     what: str
     pattern: re.Pattern[str]
-    session_group: int
-    symbol_group: int
-    time_group: int
+    session_column: int
+    symbol_column: int
+    time_column: int
     parse: Callable[[Any], tuple[str | None, ...]]  # the columns but the Redis key
 
 
@@ -427,9 +428,9 @@ FILLS = RecordLayout(
         f'"side":{_one_of(Side)},"price":{_POSITIVE},"quantity":{_POSITIVE},'
         f'"fee":{_NON_NEGATIVE},"timestamp":{_UTC_TIME},"trade_id":{_OPTIONAL_ID}}}'
     ),
-    session_group=1,
-    symbol_group=3,
-    time_group=8,
+    session_column=0,
+    symbol_column=2,
+    time_column=7,
     parse=_fill_columns,
 )
 ORDERS = RecordLayout(
@@ -440,9 +441,9 @@ ORDERS = RecordLayout(
         f'"filled":{_NON_NEGATIVE},"status":{_one_of(OrderStatus)},"kind":{_one_of(OrderKind)},'
         f'"client_order_id":{_OPTIONAL_ID},"created_at":{_UTC_TIME}}}'
     ),
-    session_group=2,
-    symbol_group=3,
-    time_group=11,
+    session_column=1,
+    symbol_column=2,
+    time_column=10,
     parse=_order_columns,
 )
 
@@ -455,30 +456,32 @@ def lines(
     refuses, or one of another session or pair, is in ``bad`` with the reason."""
     result: ReadResult[str] = ReadResult()
     items, bad = result.items, result.bad
-    match, at = layout.pattern.fullmatch, layout.time_group
-    where = (layout.session_group, layout.symbol_group)
+    match, full_parse = layout.pattern.fullmatch, layout.parse
+    session_at, symbol_at, at = layout.session_column, layout.symbol_column, layout.time_column
     prefix = f"{key}#"
+    tail = f"\t{prefix}"
     plain_names = _tsv_plain(records)  # one look at them all: they rarely need escaping
     for name, raw in records.items():
         try:
             field = name if plain_names else _tsv(name)
             found = match(raw) if isinstance(raw, str) else None
             if found is None:
-                columns = layout.parse(raw)
-                session, pair = columns[where[0] - 1], columns[where[1] - 1]
+                columns = full_parse(raw)
                 line = "\t".join(_NULL if c is None else _tsv(c) for c in columns)
             else:
-                datetime.fromisoformat(found[at])  # a real date: no 30 February
-                session, pair = found.group(*where)
-                line = "\t".join(found.groups(_NULL))
+                groups: tuple[str, ...] = found.groups(_NULL)
+                datetime.fromisoformat(groups[at])  # a real date: no 30 February
+                line = "\t".join(groups)
+                columns = groups
         except _PARSE_ERRORS as e:
             bad.append(BadRecordError(prefix + name, raw, f"{type(e).__name__}: {e}"))
             continue
-        if session != session_id or pair != symbol:
-            reason = f"{layout.what} of {session}/{pair} under {symbol}"
+        if columns[session_at] != session_id or columns[symbol_at] != symbol:
+            reason = (f"{layout.what} of {columns[session_at]}/{columns[symbol_at]}"
+                      f" under {symbol}")  # fmt: skip
             bad.append(BadRecordError(prefix + name, raw, reason))
             continue
-        items.append(f"{line}\t{prefix}{field}\n")
+        items.append(f"{line}{tail}{field}\n")
     return result
 
 
