@@ -168,7 +168,7 @@ WITH executions AS MATERIALIZED (
     WHERE EXISTS (SELECT 1 FROM orders o WHERE o.session_id = %(session)s
                   AND o.order_id = s.order_id)
     ORDER BY order_id COLLATE "C", symbol COLLATE "C", timestamp, price, quantity,
-             trade_id NULLS LAST, redis_key COLLATE "C"
+             trade_id COLLATE "C" NULLS LAST, redis_key COLLATE "C"
 ), inserted AS (
     INSERT INTO fills (session_id, order_id, symbol, side, price, quantity, fee, trade_id,
                        timestamp)
@@ -253,6 +253,7 @@ written AS (
     LEFT JOIN totals t USING (symbol)
     LEFT JOIN open_cost c USING (symbol)
     LEFT JOIN order_counts o USING (symbol)
+    -- No WHERE on this update: every pair returns its row, which completeness counts.
     ON CONFLICT (session_id, symbol) DO UPDATE SET
         orders = EXCLUDED.orders, fills = EXCLUDED.fills, buy_volume = EXCLUDED.buy_volume,
         sell_volume = EXCLUDED.sell_volume, buy_notional = EXCLUDED.buy_notional,
@@ -553,7 +554,9 @@ class Warehouse:
             return [row[0] for row in await cur.fetchall()]
 
     async def counts(self, session_id: str) -> MigrationCounts:
-        """Per pair: orders, fills, and the records of each kind quarantined."""
+        """Per pair: orders, fills, and the records of each kind quarantined, as committed.
+        Migration counts them inside the session's transaction (``recompute_stats``); this is
+        the independent count after the commit the tests compare it with."""
         async with pg_errors(), self._pool.connection() as conn:
             rows: dict[str, dict[str, int]] = {"orders": {}, "fills": {}}
             for table, found in rows.items():
