@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -36,6 +35,7 @@ from mmops.domain.records import Fence
 from mmops.errors import IntegrityError, LockNotAcquired, StoreUnavailable
 from tests.conftest import SessionIds
 from tests.e2e.test_serve import free_port, wait_for
+from tests.paper_race import fund_at_once
 
 pytestmark = pytest.mark.e2e
 
@@ -271,18 +271,4 @@ async def test_a_job_whose_last_run_crashed_makes_readiness_say_so_until_it_runs
 async def test_the_venues_watch_multi_loses_no_update_between_cluster_clients(
     redis_cluster_url: str,
 ) -> None:
-    clients = [create_client(redis_cluster_url) for _ in range(4)]
-    name = f"cl-{uuid.uuid4().hex[:8]}"
-    venues = [PaperExchange(c, SimulatedClock(T0), venue=name) for c in clients]
-
-    async def fund(venue: PaperExchange) -> None:
-        for _ in range(25):
-            await venue.fund("USD", Decimal(1))
-
-    try:
-        await asyncio.gather(*[fund(v) for v in venues])
-        assert (await venues[0].balances())["USD"].total == Decimal(100)
-    finally:
-        await venues[0].reset()
-        for c in clients:
-            await c.aclose()
+    assert await fund_at_once(redis_cluster_url, handles=4, times=25) == Decimal(100)

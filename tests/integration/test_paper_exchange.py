@@ -21,7 +21,7 @@ from mmops.adapters.clock import SimulatedClock
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.paper.faults import FaultPlan
 from mmops.adapters.paper.state import PaperOrder
-from mmops.adapters.redis.client import Redis, create_client
+from mmops.adapters.redis.client import Redis
 from mmops.domain.exchange import ExchangeOrder, OrderRequest
 from mmops.domain.models import OrderStatus, Side
 from mmops.domain.ratelimit import TradingCounter
@@ -35,6 +35,7 @@ from mmops.errors import (
     OrderNotFound,
     RateLimited,
 )
+from tests.paper_race import fund_at_once
 
 pytestmark = pytest.mark.integration
 
@@ -417,25 +418,9 @@ async def test_handles_placing_at_once_never_hold_more_than_there_is(
     assert len(holds) == 10
 
 
-async def test_many_handles_changing_one_balance_at_once_all_get_through(
-    redis_url: str, venue_ids: list[str]
-) -> None:
+async def test_many_handles_changing_one_balance_at_once_all_get_through(redis_url: str) -> None:
     """Eight handles (eight connections) fund one asset 25 times each at once: every change
     lands. A handle that just wrote knows the value it wrote and would win every race against
     the others, which must read it first, until they ran out of attempts (``busy``): losers
     back off instead."""
-    clients = [create_client(redis_url) for _ in range(8)]
-    name = f"paper-test-{uuid.uuid4().hex[:10]}"
-    venue_ids.append(name)
-    venues = [PaperExchange(c, SimulatedClock(T0), venue=name) for c in clients]
-
-    async def fund(venue: PaperExchange) -> None:
-        for _ in range(25):
-            await venue.fund("USD", Decimal(1))
-
-    try:
-        await asyncio.gather(*[fund(v) for v in venues])
-        assert (await venues[0].balances())["USD"].total == Decimal(200)
-    finally:
-        for c in clients:
-            await c.aclose()
+    assert await fund_at_once(redis_url, handles=8, times=25) == Decimal(200)
