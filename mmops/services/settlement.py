@@ -502,8 +502,7 @@ class SettlementService:
             return dict(zip(session.pairs, reads, strict=True))
         if part.work is Work.CHECK:
             return {}  # it covers what reconciliation released: without a reconciler, nothing
-        live = self._repricer is not None and not self._tp.dry_run
-        read = self._positions.all if live else self._positions.uncovered
+        read = self._positions.all if self._live_repricer else self._positions.uncovered
         outcomes = await asyncio.gather(
             *(read(session.id, pair) for pair in session.pairs), return_exceptions=True
         )
@@ -511,6 +510,12 @@ class SettlementService:
             if isinstance(outcome, BaseException) and not isinstance(outcome, RECOVERABLE):
                 raise outcome
         return dict(zip(session.pairs, outcomes, strict=True))
+
+    @property
+    def _live_repricer(self) -> Repricer | None:
+        """The repricer when it may change orders (not in a dry run): then every position is
+        read, covered ones too."""
+        return None if self._tp.dry_run else self._repricer
 
     async def _flattened(self, session_id: str) -> bool:
         """A flattened session gets no new take-profits: its positions are being exited."""
@@ -613,7 +618,6 @@ class SettlementService:
         as reconciliation left them), after repricing stale ones. Raises the read's error."""
         if isinstance(read, BaseException):
             raise read
-        live = self._repricer is not None and not self._tp.dry_run
         # A position of another pair in this pair's index would be priced, allocated and sold
         # against the wrong market: a bad record, like one that does not parse.
         strays = [_stray(session_id, pair, p) for p in read.items if p.symbol != pair]
@@ -621,8 +625,8 @@ class SettlementService:
         for bad in [*read.bad, *strays]:
             log.error("settlement.bad_record", session=session_id, key=bad.key, reason=bad.reason)
         positions = [p for p in read.items if p.symbol == pair]
-        if live and self._repricer is not None:
-            released = await self._repricer.run(positions, report, data)
+        if (repricer := self._live_repricer) is not None:
+            released = await repricer.run(positions, report, data)
             if released:
                 fresh = await self._positions.read_many(session_id, sorted(released))
                 by_id = {p.position_id: p for p in fresh.items}
