@@ -19,11 +19,18 @@ import httpx
 import pytest
 import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 
 from mmops.adapters.clock import SimulatedClock
 from mmops.adapters.paper.exchange import PaperExchange
 from mmops.adapters.redis import keys
-from mmops.adapters.redis.client import Redis, create_client, ping_nodes, redis_errors
+from mmops.adapters.redis.client import (
+    Redis,
+    _hiredis_packing,
+    create_client,
+    ping_nodes,
+    redis_errors,
+)
 from mmops.adapters.redis.events import FeedCursorStore, FillEventStream
 from mmops.adapters.redis.ingest import RedisIngestStream
 from mmops.adapters.redis.locks import Attempts, SettlementLocks
@@ -57,6 +64,11 @@ async def test_the_client_is_a_cluster_client_and_every_node_answers(cluster: Re
     assert isinstance(cluster, RedisCluster)
     await ping_nodes(cluster)
     assert len(cluster.get_primaries()) == 3
+    # Every node it learnt of packs commands with hiredis, and so does each connection made.
+    packing = _hiredis_packing(Connection)
+    assert {node.connection_class for node in cluster.get_nodes()} == {packing}
+    made = [c for node in cluster.get_nodes() for c in node._connections]
+    assert made and all(isinstance(c, packing) for c in made)
 
 
 async def test_a_command_spanning_slots_is_an_integrity_error(cluster: Redis) -> None:

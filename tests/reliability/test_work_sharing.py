@@ -104,7 +104,7 @@ async def test_a_big_session_is_settled_in_groups_by_several_workers(
             )
             rows = await cur.fetchall()
         parts = Counter(part for part, _, _, _ in rows)
-        assert parts == Counter({"": 1, "g0": 1, "g1": 1, "g2": 1, "g3": 1})
+        assert parts == Counter({"": 1, "g0": 1, "g1": 1, "g2": 1, "g3": 1}), rows
         assert {state for _, _, state, _ in rows} == {"ok"}
         groups = [set(pairs) for part, _, _, pairs in rows if part]
         assert sorted(len(g) for g in groups) == [1, 3, 3, 3]
