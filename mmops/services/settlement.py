@@ -265,16 +265,20 @@ class SettlementService:
         batch cut short by an exception is released for another worker to take at once."""
         leases, kind = sharing.leases, WorkKind.SETTLEMENT
         since = self._clock.now() - timedelta(hours=self._hours_back)
-        await leases.discover(kind, since)
-        await self._split(sharing, since)
-        await self._flag_stale(sharing)
         # A scheduled run's round is the interval; a one-off run's, the earliest start among
-        # the one-off runs in progress (processes started together split the sessions).
+        # the one-off runs in progress (processes started together split the sessions). A
+        # run joins first, before it touches a lease: a worker that finished the round while
+        # this one was still discovering and splitting (or that found the due parts held for
+        # a moment by another's statement, and stopped) must not leave this run a round of
+        # its own, in which it would settle every part again.
         round_started = (
             None if scheduled else await leases.begin_run(kind, self.worker, sharing.ttl)
         )
         results: list[SessionResult] = []
         try:
+            await leases.discover(kind, since)
+            await self._split(sharing, since)
+            await self._flag_stale(sharing)
             while claimed := await leases.claim(
                 kind, self.worker, sharing.batch, sharing.ttl, sharing.due_age,
                 since=since, stale_due_age=sharing.stale_due_age, round_started=round_started,

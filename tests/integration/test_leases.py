@@ -251,6 +251,35 @@ async def test_a_big_session_is_claimed_in_parts_each_once_per_round(
         assert [r[0] for r in rows] == [""]
 
 
+async def test_splitting_again_neither_locks_nor_waits_on_a_part_it_leaves_as_it_was(
+    db: tuple[str, Pool],
+) -> None:
+    """Every worker splits at the start of its run. A part whose pairs are unchanged is left
+    unlocked (a claim meanwhile skips locked rows: its worker could take the parts for done);
+    one whose pairs changed is updated, a new one inserted."""
+    url, pool = db
+    [big] = add_sessions(url, 1)
+    set_pairs(url, big, [f"A{i}/USD" for i in range(5)])
+    leases = PostgresWorkLeases(pool)
+    await leases.discover(SETTLE, LONG_AGO)
+    groups = {"g0": ["A0/USD", "A1/USD", "A2/USD"], "g1": ["A3/USD", "A4/USD"]}
+    await leases.set_parts(SETTLE, big, groups)
+    regrouped = {"g0": groups["g0"], "g1": ["A3/USD"], "g2": ["A4/USD"]}
+    with psycopg.connect(url) as holder:  # holds g0's row, as a claim does for a moment
+        holder.execute(
+            "SELECT 1 FROM work_leases WHERE session_id = %s AND part = 'g0' FOR UPDATE", (big,)
+        )
+        await asyncio.wait_for(leases.set_parts(SETTLE, big, groups), 5)
+        await asyncio.wait_for(leases.set_parts(SETTLE, big, regrouped), 5)
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT part, pairs FROM work_leases WHERE session_id = %s AND part <> ''"
+            " ORDER BY part",
+            (big,),
+        ).fetchall()
+    assert rows == [(name, pairs) for name, pairs in regrouped.items()]
+
+
 async def test_a_stale_flag_covers_every_part_and_is_reported_once(db: tuple[str, Pool]) -> None:
     url, pool = db
     (sid,) = add_sessions(url, 1, started=timedelta(hours=8))

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from mmops.adapters.postgres.leases import PostgresWorkLeases
+from mmops.bootstrap import Runtime, build_settlement
 from tests.integration.world import PAIRS
 from tests.reliability.harness import audit, buy, cli_env, finish, paper_sells, private_world, spawn
 
@@ -120,3 +124,59 @@ async def test_a_big_session_is_settled_in_groups_by_several_workers(
         a = await audit(w, {sid: list(PAIRS)}, await paper_sells(w))
         assert a.duplicate_client_ids == [] and a.doubled == []
         assert a.live == 3 * len(PAIRS)  # one take-profit per position, none twice
+
+
+class SplitHeldBack:
+    """A worker's leases whose split waits for ``go``: a worker slow to get going (a process
+    still starting, a busy machine) after its run began."""
+
+    def __init__(self, leases: PostgresWorkLeases, go: asyncio.Event) -> None:
+        self._leases = leases
+        self._go = go
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._leases, name)
+
+    async def splittable(self, since: datetime, max_pairs: int) -> dict[str, list[str]]:
+        self.waiting.set()
+        await self._go.wait()
+        return await self._leases.splittable(since, max_pairs)
+
+
+async def test_a_worker_slow_to_split_settles_nothing_its_peer_settled_in_its_round(
+    redis_url: str, admin_database_url: str
+) -> None:
+    """Two one-off runs started together: the one held back in its split while the other
+    settles the whole session (its part '' and every group) joins that round, so it finds
+    every part done. Before, a run joined the round only after its split: by then its peer
+    had finished, so it had a round of its own and settled every part again."""
+    async with private_world(redis_url, admin_database_url, settle_group_pairs=3) as w:
+        sid = await w.start_session(list(PAIRS))
+
+        def runtime(worker: str, **changes: Any) -> Runtime:
+            settings = w.rt.settings.model_copy(update={"worker_id": worker})
+            return replace(w.rt, settings=settings, **changes)
+
+        go = asyncio.Event()
+        held = SplitHeldBack(w.rt.leases, go)
+        slow = build_settlement(runtime("slow", leases=held), w.exchange, dry_run=False)
+        fast = build_settlement(runtime("fast"), w.exchange, dry_run=False)
+        slow_run = asyncio.create_task(slow.run())
+        try:
+            await asyncio.wait_for(held.waiting.wait(), 10)
+            fast_results = await fast.run()
+        finally:
+            go.set()
+        slow_results = await slow_run
+
+        async with w.rt.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT coalesce(details->>'part', ''), worker FROM settlement_runs"
+                " WHERE session_id = %s",
+                (sid,),
+            )
+            rows = await cur.fetchall()
+    assert Counter(part for part, _ in rows) == Counter(["", "g0", "g1", "g2", "g3"]), rows
+    assert {worker for _, worker in rows} == {"fast"}
+    assert len(fast_results) == 5 and slow_results == []

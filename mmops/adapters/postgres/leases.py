@@ -229,21 +229,32 @@ class PostgresWorkLeases:
     ) -> None:
         """Give the session exactly these parts (name → its pairs) besides its part '': new
         ones are due at once, with the stale flag of the session's part ''; a part whose pairs
-        changed keeps its lease and takes the new pairs."""
+        changed keeps its lease and takes the new pairs.
+
+        A row left as it was is not locked (``ON CONFLICT DO UPDATE`` would lock it even where
+        its ``WHERE`` leaves it unchanged): every worker runs this at the start of its run,
+        and a claim meanwhile skips locked rows, so a peer could take the parts for done."""
+        params = {
+            "kind": kind.value,
+            "sid": session_id,
+            "names": list(parts),
+            "pairs": [Jsonb(list(pairs)) for pairs in parts.values()],
+        }
         async with pg_errors(), self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO work_leases (kind, session_id, part, pairs, stale_since)"
                 " SELECT %(kind)s, %(sid)s, p.name, p.pairs, (SELECT stale_since FROM work_leases"
                 "   WHERE kind = %(kind)s AND session_id = %(sid)s AND part = '')"
                 " FROM unnest(%(names)s::text[], %(pairs)s::jsonb[]) AS p(name, pairs)"
-                " ON CONFLICT (kind, session_id, part) DO UPDATE SET pairs = EXCLUDED.pairs"
-                " WHERE work_leases.pairs IS DISTINCT FROM EXCLUDED.pairs",
-                {
-                    "kind": kind.value,
-                    "sid": session_id,
-                    "names": list(parts),
-                    "pairs": [Jsonb(list(pairs)) for pairs in parts.values()],
-                },
+                " ON CONFLICT (kind, session_id, part) DO NOTHING",
+                params,
+            )
+            await conn.execute(
+                "UPDATE work_leases l SET pairs = p.pairs"
+                " FROM unnest(%(names)s::text[], %(pairs)s::jsonb[]) AS p(name, pairs)"
+                " WHERE l.kind = %(kind)s AND l.session_id = %(sid)s AND l.part = p.name"
+                "   AND l.pairs IS DISTINCT FROM p.pairs",
+                params,
             )
             await conn.execute(
                 "DELETE FROM work_leases WHERE kind = %s AND session_id = %s"
