@@ -64,7 +64,13 @@ async def test_the_client_is_a_cluster_client_and_every_node_answers(cluster: Re
     assert isinstance(cluster, RedisCluster)
     await ping_nodes(cluster)
     assert len(cluster.get_primaries()) == 3
-    # Every node it learnt of packs commands with hiredis, and so does each connection made.
+
+
+async def test_every_node_the_client_learns_of_packs_commands_with_hiredis(
+    cluster: Redis,
+) -> None:
+    assert isinstance(cluster, RedisCluster)
+    await ping_nodes(cluster)
     packing = _hiredis_packing(Connection)
     assert {node.connection_class for node in cluster.get_nodes()} == {packing}
     made = [c for node in cluster.get_nodes() for c in node._connections]

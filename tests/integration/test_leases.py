@@ -251,12 +251,12 @@ async def test_a_big_session_is_claimed_in_parts_each_once_per_round(
         assert [r[0] for r in rows] == [""]
 
 
-async def test_splitting_again_neither_locks_nor_waits_on_a_part_it_leaves_as_it_was(
+async def test_splitting_again_does_not_wait_on_a_part_it_leaves_as_it_was(
     db: tuple[str, Pool],
 ) -> None:
-    """Every worker splits at the start of its run. A part whose pairs are unchanged is left
-    unlocked (a claim meanwhile skips locked rows: its worker could take the parts for done);
-    one whose pairs changed is updated, a new one inserted."""
+    """Every worker splits at the start of its run. A part whose pairs are unchanged is not
+    waited on, nor locked (a claim meanwhile skips locked rows: its worker could take the parts
+    for done); one whose pairs changed is updated, a new one inserted."""
     url, pool = db
     [big] = add_sessions(url, 1)
     set_pairs(url, big, [f"A{i}/USD" for i in range(5)])

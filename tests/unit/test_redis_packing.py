@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
@@ -32,19 +33,38 @@ def packed(connection: Any, *args: object) -> bytes:
     return b"".join(connection.pack_command(*args))
 
 
+class Side(enum.IntEnum):
+    BUY = 1
+
+
 @given(st.sampled_from(["EVALSHA", "HSET", b"GET"]), st.lists(ARGUMENTS, max_size=12))
-def test_hiredis_packs_every_command_as_redis_py_does(name: str, args: list[object]) -> None:
+def test_hiredis_packs_every_command_as_redis_py_does(
+    name: str | bytes, args: list[object]
+) -> None:
     assert packed(PACKING, name, *args) == packed(PLAIN, name, *args)
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),  # a command name of two words
-        ("SET", "k", "\udcff\udc80 not UTF-8"),  # decoded with surrogateescape
-        ("SET", "k", "é ✓ 名"),
+        ("SET", "k", "é ✓ 名\x00"),
         ("SET", "k", memoryview(b"raw")),
-        ("SET", "k", 0.1, 10**30, -7),
+        ("SET", "k", 0.1, -0.0, 1e16, 10**30, -7, float("inf")),
+        ("SET", "k", "x" * 10_000),  # beyond redis-py's buffer cutoff: one chunk, same stream
+    ],
+)
+def test_what_hiredis_packs_is_what_redis_py_sends(args: tuple[object, ...]) -> None:
+    assert packed(PACKING, *args) == packed(PLAIN, *args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),  # a command name of two words
+        (b"CLIENT SETINFO", "LIB-VER", "8"),
+        ("SET", "k", "\udcff\udc80 not UTF-8"),  # decoded with surrogateescape
+        ("SET", "k", bytearray(b"raw")),
+        ("SET", "k", Side.BUY),  # an int subclass: redis-py writes its value
     ],
 )
 def test_what_hiredis_cannot_pack_goes_redis_py_s_way(args: tuple[object, ...]) -> None:
@@ -81,3 +101,12 @@ def test_a_cluster_client_s_nodes_connect_with_the_packing_class() -> None:
     made = _hiredis_packing(aioredis.Connection)
     assert cluster.connection_kwargs["connection_class"] is made
     assert [node.connection_class for node in cluster.startup_nodes] == [made]
+
+
+def test_a_client_set_to_another_encoding_keeps_redis_py_s_packing() -> None:
+    """hiredis writes text as UTF-8; redis-py writes it in the client's encoding."""
+    latin = create_client("redis://127.0.0.1:6379/0?encoding=latin-1")
+    assert isinstance(latin, aioredis.Redis)
+    made = latin.connection_pool.connection_class
+    assert made is aioredis.Connection
+    assert b"\xe9" in packed(made(encoding="latin-1"), "SET", "k", "é")

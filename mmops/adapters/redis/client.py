@@ -10,8 +10,9 @@ adapters; every multi-key step (Lua script, MULTI, WATCH) touches keys of one ha
 from __future__ import annotations
 
 import asyncio
+import codecs
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import hiredis
@@ -89,19 +90,26 @@ def _pack_with_hiredis(client: Redis) -> None:
     """Make the client's connections pack commands with hiredis, in C.
 
     redis-py's synchronous client does this when hiredis is installed; its asyncio client
-    packs every argument in Python, which was a tenth of a settlement run's CPU. The
+    packs every argument in Python, about a tenth of a settlement run's instructions. The
     connection class the URL chose (TCP, TLS, Unix socket) is kept, as a subclass. No
-    connection exists yet, so every connection is made with it.
+    connection exists yet, so every connection is made with it. hiredis writes text as
+    UTF-8: a client set to another encoding (``?encoding=`` in the URL) keeps redis-py's.
     """
     if isinstance(client, RedisCluster):
         # The nodes it starts from, and the settings each node it learns of is made with.
         kwargs = client.connection_kwargs
-        kwargs["connection_class"] = _hiredis_packing(kwargs["connection_class"])
-        for node in client.startup_nodes:
-            node.connection_class = kwargs["connection_class"]
+        if _utf8(kwargs):
+            kwargs["connection_class"] = _hiredis_packing(kwargs["connection_class"])
+            for node in client.startup_nodes:
+                node.connection_class = kwargs["connection_class"]
     else:
         pool = client.connection_pool
-        pool.connection_class = _hiredis_packing(pool.connection_class)
+        if _utf8(pool.connection_kwargs):
+            pool.connection_class = _hiredis_packing(pool.connection_class)
+
+
+def _utf8(connection_kwargs: Mapping[str, Any]) -> bool:
+    return codecs.lookup(str(connection_kwargs.get("encoding", "utf-8"))).name == "utf-8"
 
 
 def _hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
@@ -120,10 +128,10 @@ class _Packing:
     def pack_command(self, *args: Any) -> list[bytes]:
         """One buffer packed by hiredis. redis-py's own packing takes what hiredis
         cannot: a command name of two words (``"CLIENT SETINFO"``), text that is not UTF-8
-        (decoded with ``surrogateescape``, it must go back as the same bytes), memoryviews,
+        (decoded with ``surrogateescape``, it must go back as the same bytes), bytearrays,
         and the types redis-py refuses with its own error."""
         name = args[0]
-        if isinstance(name, str) and " " in name:
+        if " " in name if isinstance(name, str) else b" " in name:
             return super().pack_command(*args)  # type: ignore[misc, no-any-return]
         try:
             return [hiredis.pack_command(args)]
