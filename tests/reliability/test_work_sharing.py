@@ -16,12 +16,23 @@ import pytest
 
 from mmops.adapters.postgres.leases import PostgresWorkLeases
 from mmops.bootstrap import Runtime, build_settlement
-from tests.integration.world import PAIRS
+from tests.integration.world import PAIRS, World
 from tests.reliability.harness import audit, buy, cli_env, finish, paper_sells, private_world, spawn
 
 pytestmark = pytest.mark.reliability
 
 SESSIONS = 40
+
+
+async def part_runs(w: World, sid: str) -> list[tuple[str, str, str, list[str] | None]]:
+    """The session's ``settlement_runs`` rows: (part, '' the whole; worker; state; pairs)."""
+    async with w.rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT coalesce(details->>'part', ''), worker, state, details->'pairs'"
+            " FROM settlement_runs WHERE session_id = %s",
+            (sid,),
+        )
+        return await cur.fetchall()
 
 
 @pytest.mark.parametrize(("workers", "redis"), [(2, "single"), (4, "single"), (4, "cluster")])
@@ -100,13 +111,7 @@ async def test_a_big_session_is_settled_in_groups_by_several_workers(
         for run in runs:
             assert run.rc == 0, run.out + run.err
 
-        async with w.rt.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT coalesce(details->>'part', ''), worker, state, details->'pairs'"
-                " FROM settlement_runs WHERE session_id = %s",
-                (sid,),
-            )
-            rows = await cur.fetchall()
+        rows = await part_runs(w, sid)
         parts = Counter(part for part, _, _, _ in rows)
         assert parts == Counter({"": 1, "g0": 1, "g1": 1, "g2": 1, "g3": 1}), rows
         assert {state for _, _, state, _ in rows} == {"ok"}
@@ -170,13 +175,7 @@ async def test_a_worker_slow_to_split_settles_nothing_its_peer_settled_in_its_ro
             go.set()
         slow_results = await slow_run
 
-        async with w.rt.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT coalesce(details->>'part', ''), worker FROM settlement_runs"
-                " WHERE session_id = %s",
-                (sid,),
-            )
-            rows = await cur.fetchall()
-    assert Counter(part for part, _ in rows) == Counter(["", "g0", "g1", "g2", "g3"]), rows
-    assert {worker for _, worker in rows} == {"fast"}
+        rows = await part_runs(w, sid)
+    assert Counter(part for part, _, _, _ in rows) == Counter(["", "g0", "g1", "g2", "g3"]), rows
+    assert {worker for _, worker, _, _ in rows} == {"fast"}
     assert len(fast_results) == 5 and slow_results == []
