@@ -303,9 +303,7 @@ class Position:
         Pending take-profits count as covering: until their fate is known, the quantity they
         name may already be on the exchange, and covering it again could sell it twice.
         """
-        pending = self.pending
-        owed = sum((p.amount for p in pending), ZERO) if pending else ZERO
-        rest = self.filled - self.covered - self.closed - owed
+        rest = self.filled - self.covered - self.closed - self.pending_amount
         return rest if rest > ZERO else ZERO  # max(ZERO, rest): ZERO itself when not above
 
     @property

@@ -241,8 +241,8 @@ class SettlementService:
                 for part, mine in zip(together, ours, strict=True)
             ]
             results.extend(batch)
-            rest = parts[start + len(together) :]
             if data is None:
+                rest = parts[start + len(together) :]
                 if not rest and not market.done():
                     return results  # no part needed it (all held elsewhere): not waited for
                 try:
